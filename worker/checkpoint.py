@@ -1,0 +1,161 @@
+"""Checkpoints: weights in safetensors, training state beside them; every file written atomically.
+
+A run directory looks like this:
+
+    DIR/run.json                          what was trained on, and how (read by `train --resume DIR`)
+    DIR/checkpoints/step-00000500.safetensors   weights + config + vocabulary: self-contained, CPU-loadable
+    DIR/checkpoints/step-00000500.state.pt      optimizer, step, data position, hidden state, RNG states
+    DIR/best.safetensors                  the weights with the lowest validation loss so far
+    DIR/last.json                         which step checkpoint is the latest complete one
+
+Only tensors, numbers, strings, lists and dicts are ever stored, and the state is read back with
+`torch.load(weights_only=True)`: loading a checkpoint never unpickles arbitrary objects.
+A checkpoint counts only once `last.json` names it, and `last.json` is replaced only after both of
+its files are on disk, so a crash mid-write leaves the previous checkpoint in force.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import load as load_safetensors_bytes
+from safetensors.torch import save as save_safetensors_bytes
+
+from worker.data import Vocab
+from worker.model import CharRNN, ModelConfig
+
+FORMAT = "charrnn/1"
+
+
+class CheckpointError(ValueError):
+    pass
+
+
+def atomic_write(path: Path, data: bytes) -> None:
+    """Temp file in the same folder, fsync, rename over the target, fsync the folder."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+def weights_bytes(model: CharRNN, vocab: Vocab, extra: dict[str, str] | None = None) -> bytes:
+    metadata = {
+        "format": FORMAT,
+        "config": json.dumps(model.config.to_dict()),
+        "vocab": json.dumps(vocab.chars, ensure_ascii=False),
+        **(extra or {}),
+    }
+    tensors = {k: v.detach().float().cpu().contiguous() for k, v in model.state_dict().items()}
+    return save_safetensors_bytes(tensors, metadata=metadata)
+
+
+@dataclass
+class LoadedModel:
+    model: CharRNN
+    vocab: Vocab
+    metadata: dict[str, str]
+
+
+def read_metadata(path: str | Path) -> dict[str, str]:
+    with safe_open(str(path), framework="pt", device="cpu") as f:
+        return f.metadata() or {}
+
+
+def load_model(path: str | Path, device: torch.device | str = "cpu") -> LoadedModel:
+    """Load a .safetensors checkpoint onto `device` (the CPU by default, whatever trained it)."""
+    path = Path(path)
+    if path.is_dir():  # a run directory: take its best weights
+        path = path / "best.safetensors"
+    if not path.is_file():
+        raise CheckpointError(f"no checkpoint at {path}")
+    try:
+        metadata = read_metadata(path)
+        if metadata.get("format") != FORMAT:
+            raise CheckpointError(f"{path} is not a charrnn checkpoint (format {metadata.get('format')!r})")
+        config = ModelConfig.from_dict(json.loads(metadata["config"]))
+        vocab = Vocab(json.loads(metadata["vocab"]))
+        state = load_safetensors_bytes(path.read_bytes())
+    except CheckpointError:
+        raise
+    except Exception as exc:  # a truncated or foreign file: say so instead of a stack trace
+        raise CheckpointError(f"{path} is not a readable charrnn checkpoint: {exc}") from None
+    model = CharRNN(config)
+    model.load_state_dict(state)
+    return LoadedModel(model.to(device).eval(), vocab, metadata)
+
+
+def save_state(path: Path, state: dict) -> None:
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    atomic_write(path, buffer.getvalue())
+
+
+def load_state(path: Path) -> dict:
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+class RunDirectory:
+    """The files of one training run; see the module docstring for the layout."""
+
+    def __init__(self, root: str | Path):
+        self.root = Path(root)
+        self.checkpoints = self.root / "checkpoints"
+        self.best = self.root / "best.safetensors"
+        self.run_file = self.root / "run.json"
+        self.last_file = self.root / "last.json"
+
+    def step_paths(self, step: int) -> tuple[Path, Path]:
+        stem = self.checkpoints / f"step-{step:08d}"
+        return stem.with_suffix(".safetensors"), stem.with_suffix(".state.pt")
+
+    def write_run(self, info: dict) -> None:
+        atomic_write(self.run_file, json.dumps(info, indent=2).encode())
+
+    def read_run(self) -> dict:
+        if not self.run_file.is_file():
+            raise CheckpointError(f"{self.root} is not a charrnn run directory (no run.json)")
+        return json.loads(self.run_file.read_text())
+
+    def save(self, step: int, weights: bytes, state: dict) -> Path:
+        """Write a step checkpoint, then make it the latest; drop older training states."""
+        weights_path, state_path = self.step_paths(step)
+        atomic_write(weights_path, weights)
+        save_state(state_path, state)
+        atomic_write(self.last_file, json.dumps({"step": step}).encode())
+        # Only the latest state is needed to resume; older weights stay (they are small and downloadable).
+        for old in self.checkpoints.glob("step-*.state.pt"):
+            if old != state_path:
+                old.unlink(missing_ok=True)
+        return weights_path
+
+    def save_best(self, weights: bytes) -> Path:
+        atomic_write(self.best, weights)
+        return self.best
+
+    def latest(self) -> tuple[int, Path, dict] | None:
+        """(step, weights path, training state) of the latest complete checkpoint, or None."""
+        if not self.last_file.is_file():
+            return None
+        step = json.loads(self.last_file.read_text())["step"]
+        weights_path, state_path = self.step_paths(step)
+        return step, weights_path, load_state(state_path)

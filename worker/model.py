@@ -1,0 +1,113 @@
+"""The char-rnn model: embedding -> stacked RNN/LSTM/GRU -> linear projection to the vocabulary.
+
+The recurrent core is torch's own fused nn.RNN / nn.LSTM / nn.GRU, so cuDNN runs it on a GPU and
+oneDNN on a CPU; nothing here is hand-unrolled except the one-character sampling step (sampler.py).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+Cell = Literal["lstm", "gru", "rnn"]
+Hidden = torch.Tensor | tuple[torch.Tensor, torch.Tensor]  # (h,) for rnn/gru, (h, c) for lstm
+
+CELLS: dict[str, type[nn.RNNBase]] = {"lstm": nn.LSTM, "gru": nn.GRU, "rnn": nn.RNN}
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    vocab_size: int
+    cell: Cell = "lstm"
+    hidden_size: int = 512
+    num_layers: int = 2
+    embedding_dim: int = 64  # small: a character carries little information, the state carries the rest
+    dropout: float = 0.0
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> ModelConfig:
+        return cls(**{k: d[k] for k in cls.__dataclass_fields__ if k in d})
+
+
+class CharRNN(nn.Module):
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        if config.cell not in CELLS:
+            raise ValueError(f"cell must be one of {sorted(CELLS)}, got {config.cell!r}")
+        self.config = config
+        self.embedding = nn.Embedding(config.vocab_size, config.embedding_dim)
+        # nn.RNNBase applies dropout between layers only (not after the last one): that is what we want.
+        self.rnn = CELLS[config.cell](
+            config.embedding_dim,
+            config.hidden_size,
+            num_layers=config.num_layers,
+            dropout=config.dropout if config.num_layers > 1 else 0.0,
+            batch_first=True,
+        )
+        self.drop = nn.Dropout(config.dropout)
+        self.head = nn.Linear(config.hidden_size, config.vocab_size)
+
+    @property
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+    def init_hidden(self, batch_size: int, device: torch.device | str = "cpu") -> Hidden:
+        shape = (self.config.num_layers, batch_size, self.config.hidden_size)
+        h = torch.zeros(shape, device=device)
+        return (h, torch.zeros_like(h)) if self.config.cell == "lstm" else h
+
+    def forward(self, x: torch.Tensor, hidden: Hidden | None = None) -> tuple[torch.Tensor, Hidden]:
+        """x: (B, T) character ids -> logits (B, T, V), new hidden state."""
+        out, hidden = self.rnn(self.embedding(x), hidden)
+        return self.head(self.drop(out)), hidden
+
+
+def detach_hidden(hidden: Hidden) -> Hidden:
+    """Truncated BPTT: keep the state's value, cut the graph that produced it."""
+    if isinstance(hidden, tuple):
+        return tuple(h.detach() for h in hidden)
+    return hidden.detach()
+
+
+def hidden_to_list(hidden: Hidden) -> list[torch.Tensor]:
+    """The state as plain CPU tensors for a checkpoint, dtype kept so that a resume is bitwise exact."""
+    return [h.detach().cpu() for h in (hidden if isinstance(hidden, tuple) else (hidden,))]
+
+
+def hidden_from_list(tensors: list[torch.Tensor], cell: str, device: torch.device | str) -> Hidden:
+    tensors = [t.to(device) for t in tensors]
+    return tuple(tensors) if cell == "lstm" else tensors[0]
+
+
+@torch.inference_mode()
+def mean_cross_entropy(
+    model: CharRNN,
+    inputs: torch.Tensor,
+    targets: torch.Tensor,
+    chunk_len: int = 256,
+    autocast_dtype: torch.dtype | None = None,
+) -> tuple[float, int]:
+    """Sum of the per-character cross-entropy over (S, L) streams, carried chunk by chunk.
+
+    Returns (mean loss in nats per character, number of characters scored); targets of -100 are skipped.
+    """
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    hidden, total, count = None, 0.0, 0
+    for start in range(0, inputs.shape[1], chunk_len):
+        x = inputs[:, start : start + chunk_len].to(device)
+        y = targets[:, start : start + chunk_len].to(device)
+        with torch.autocast(device.type, dtype=autocast_dtype or torch.float32, enabled=autocast_dtype is not None):
+            logits, hidden = model(x, hidden)
+        total += F.cross_entropy(logits.float().flatten(0, 1), y.flatten(), reduction="sum", ignore_index=-100).item()
+        count += int((y != -100).sum())
+    model.train(was_training)
+    return total / max(count, 1), count

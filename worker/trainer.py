@@ -1,0 +1,465 @@
+"""Training: truncated BPTT over parallel streams, AdamW, warmup + cosine decay, exact resumption.
+
+The whole story, top to bottom:
+  1. the corpus becomes character ids; the last `val_fraction` is held out (data.py);
+  2. the training ids are laid out as `batch_size` parallel streams and cut into `seq_len` windows;
+     the hidden state is carried from window to window (detached) and reset at each new epoch;
+  3. each step: forward under autocast (bf16 where the hardware has it), cross-entropy in fp32,
+     backward, gradient-norm clipping, AdamW with a learning rate that is a pure function of progress;
+  4. every `eval_every` steps and at the end, the loss over the *whole* validation split and a sample;
+  5. every `checkpoint_every` steps, at each new best validation loss and at the end, a checkpoint that
+     holds everything the run needs to continue bitwise identically (checkpoint.py).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from worker.checkpoint import CheckpointError, RunDirectory, load_model, weights_bytes
+from worker.data import CorpusError, StreamBatcher, Vocab, split_train_val
+from worker.model import CharRNN, ModelConfig, detach_hidden, hidden_from_list, hidden_to_list
+from worker.sampler import SampleRequest, Sampler
+from worker.scoring import score_ids
+
+# With no stopping rule given, a run stops here: a few minutes on a laptop CPU, seconds on a GPU.
+DEFAULT_MAX_STEPS = 2000
+STOPPING_RULES = ("max_steps", "max_epochs", "max_seconds", "default_max_steps")
+
+
+@dataclass
+class TrainConfig:
+    seq_len: int = 128  # characters of backprop per window; the carried state reaches further back
+    batch_size: int = 32  # parallel streams
+    learning_rate: float = 3e-3  # peak; LSTMs of this size tolerate a high rate with clipping
+    min_lr_ratio: float = 0.1  # the cosine decay ends at learning_rate * min_lr_ratio
+    warmup_steps: int = 50
+    weight_decay: float = 0.01
+    grad_clip: float = 1.0  # max global gradient norm; RNN gradients spike, this keeps a step sane
+    max_steps: int | None = None
+    max_epochs: float | None = None
+    max_seconds: float | None = None
+    val_fraction: float = 0.1
+    eval_every: int = 500
+    checkpoint_every: int = 500
+    log_every: int = 10
+    sample_length: int = 200  # characters of sample text shown at each evaluation
+    seed: int = 1337
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    precision: str = "auto"  # auto | fp32 | bf16
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> TrainConfig:
+        return cls(**{k: d[k] for k in cls.__dataclass_fields__ if k in d})
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN/inf or exploded; the message says at which step and what to change."""
+
+
+class TrainingObserver:
+    """Hooks the trainer calls; the CLI prints them, the service's worker stores them as events."""
+
+    def on_start(self, info: dict) -> None: ...
+    def on_metrics(self, metrics: dict) -> None: ...
+    def on_eval(self, metrics: dict, sample: str) -> None: ...
+    def on_checkpoint(self, info: dict) -> None: ...
+
+    def should_stop(self) -> str | None:
+        """A reason to stop now (cancelled, shutting down), or None to go on."""
+        return None
+
+
+@dataclass
+class TrainResult:
+    steps: int
+    epoch: int
+    train_loss: float | None
+    val_loss: float | None
+    best_val_loss: float | None
+    chars_per_second: float
+    seconds: float
+    checkpoint: str  # the best checkpoint's path
+    last_checkpoint: str
+    num_parameters: int
+    stopped_by: str  # max_steps | max_epochs | max_seconds | default_max_steps | or the observer's reason
+    device: str
+    precision: str
+    resumed_from_step: int | None = None
+    extra: dict = field(default_factory=dict)
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device={name!r} was asked for but no CUDA GPU is visible; use 'cpu' or 'auto'")
+    return device
+
+
+def resolve_precision(name: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype, or None for plain fp32."""
+    if name == "fp32":
+        return None
+    supported = (
+        torch.cuda.is_bf16_supported() if device.type == "cuda" else torch.ops.mkldnn._is_mkldnn_bf16_supported()
+    )
+    if name == "bf16":
+        if not supported:
+            raise ValueError(f"precision='bf16' is not supported on {device}; use 'fp32' or 'auto'")
+        return torch.bfloat16
+    if name == "auto":
+        return torch.bfloat16 if supported else None
+    raise ValueError(f"precision must be auto, fp32 or bf16, got {name!r}")
+
+
+def lr_at(config: TrainConfig, step: int, progress: float) -> float:
+    """Linear warmup, then cosine decay by overall progress (0..1) down to min_lr_ratio."""
+    if step < config.warmup_steps:
+        return config.learning_rate * (step + 1) / config.warmup_steps
+    cosine = 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
+    return config.learning_rate * (config.min_lr_ratio + (1 - config.min_lr_ratio) * cosine)
+
+
+def sha256_text(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def check_config(config: TrainConfig) -> None:
+    checks = [
+        (config.seq_len >= 1, "seq_len must be at least 1"),
+        (config.batch_size >= 1, "batch_size must be at least 1"),
+        (config.learning_rate > 0, "learning_rate must be positive"),
+        (0 <= config.val_fraction < 1, "val_fraction must be in [0, 1)"),
+        (config.eval_every >= 1 and config.checkpoint_every >= 1, "eval_every and checkpoint_every must be >= 1"),
+        (config.max_steps is None or config.max_steps >= 1, "max_steps must be at least 1"),
+        (config.max_epochs is None or config.max_epochs > 0, "max_epochs must be positive"),
+        (config.max_seconds is None or config.max_seconds > 0, "max_seconds must be positive"),
+    ]
+    for ok, message in checks:
+        if not ok:
+            raise ValueError(message)
+
+
+class Trainer:
+    def __init__(
+        self,
+        text: str,
+        run_dir: str | Path,
+        model_config: dict | None = None,
+        train_config: TrainConfig | None = None,
+        init_from: str | Path | None = None,
+        observer: TrainingObserver | None = None,
+        corpus_path: str | None = None,
+    ):
+        """Start a run in `run_dir`, or continue it from its latest checkpoint if it has one.
+
+        `model_config` holds ModelConfig fields except vocab_size (taken from the text);
+        `init_from` starts from another run's weights (and their vocabulary and architecture).
+        """
+        self.run = RunDirectory(run_dir)
+        self.observer = observer or TrainingObserver()
+        self.config = train_config or TrainConfig()
+        check_config(self.config)
+        torch.manual_seed(self.config.seed)
+
+        init = load_model(init_from) if init_from else None
+        if init:
+            missing = init.vocab.unknown(text)
+            if missing:
+                raise CorpusError(
+                    f"the corpus has characters the init_from model never saw: {''.join(missing[:20])!r}; "
+                    "continue training only on text made of the same characters, or train from scratch"
+                )
+            self.vocab, self.model = init.vocab, init.model.train()
+        else:
+            self.vocab = Vocab.from_text(text)
+            self.model = CharRNN(ModelConfig(vocab_size=len(self.vocab), **(model_config or {})))
+
+        self.device = resolve_device(self.config.device)
+        self.autocast_dtype = resolve_precision(self.config.precision, self.device)
+        self.model.to(self.device).train()
+
+        data = self.vocab.encode(text, what="the corpus")
+        self.train_data, self.val_data = split_train_val(data, self.config.val_fraction)
+        if self.config.val_fraction > 0 and len(self.val_data) < 2:
+            raise CorpusError(
+                f"the validation split ({self.config.val_fraction:.0%} of {len(data):,} characters) is under "
+                "2 characters; upload more text or raise val_fraction"
+            )
+        self.batcher = StreamBatcher(self.train_data, self.config.batch_size, self.config.seq_len, self.config.seed)
+
+        decay = [p for n, p in self.model.named_parameters() if p.dim() >= 2 and "embedding" not in n]
+        no_decay = [p for n, p in self.model.named_parameters() if not (p.dim() >= 2 and "embedding" not in n)]
+        self.optimizer = torch.optim.AdamW(
+            [{"params": decay, "weight_decay": self.config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+            lr=self.config.learning_rate,
+            betas=(0.9, 0.99),  # a short memory for the second moment suits short, noisy runs
+            fused=self.device.type in ("cpu", "cuda"),
+        )
+
+        # Training state: everything below is saved in each checkpoint.
+        self.step = 0
+        self.epoch = 0
+        self.batch_index = 0
+        self.elapsed = 0.0  # seconds spent in this run so far, across resumes
+        self.train_seconds = 0.0  # of which in training steps (for chars/s)
+        self.best_val_loss: float | None = None
+        self.last_val_loss: float | None = None
+        self.train_loss: float | None = None
+        self.hidden = None
+        self.resumed_from_step: int | None = None
+
+        self.corpus_sha256 = sha256_text(text)
+        latest = self.run.latest()
+        if latest:
+            self._restore(*latest)
+        else:
+            self.run.write_run(
+                {
+                    "corpus_path": corpus_path,
+                    "corpus_sha256": self.corpus_sha256,
+                    "model": self.model.config.to_dict(),
+                    "training": self.config.to_dict(),
+                    "init_from": str(init_from) if init_from else None,
+                }
+            )
+
+    # -- state -----------------------------------------------------------------------------------
+
+    def _state(self) -> dict:
+        return {
+            "step": self.step,
+            "epoch": self.epoch,
+            "batch_index": self.batch_index,
+            "elapsed": self.elapsed,
+            "train_seconds": self.train_seconds,
+            "best_val_loss": self.best_val_loss,
+            "last_val_loss": self.last_val_loss,
+            "train_loss": self.train_loss,
+            "hidden": hidden_to_list(self.hidden) if self.hidden is not None else [],
+            "optimizer": self.optimizer.state_dict(),
+            "torch_rng": torch.get_rng_state(),
+            "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+            "corpus_sha256": self.corpus_sha256,
+        }
+
+    def _restore(self, step: int, weights_path: Path, state: dict) -> None:
+        if state["corpus_sha256"] != self.corpus_sha256:
+            raise CheckpointError(
+                f"{self.run.root} was trained on a different text (sha256 {state['corpus_sha256'][:12]}…); "
+                "resume it with the same corpus, or start a new run directory"
+            )
+        loaded = load_model(weights_path, device=self.device)
+        self.model.load_state_dict(loaded.model.state_dict())
+        self.model.train()
+        self.optimizer.load_state_dict(state["optimizer"])
+        for key in ("step", "epoch", "batch_index", "elapsed", "train_seconds"):
+            setattr(self, key, state[key])
+        self.best_val_loss, self.last_val_loss = state["best_val_loss"], state["last_val_loss"]
+        self.train_loss = state["train_loss"]
+        self.hidden = hidden_from_list(state["hidden"], self.model.config.cell, self.device) if state["hidden"] else None
+        torch.set_rng_state(state["torch_rng"])
+        if state["cuda_rng"] and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state["cuda_rng"])
+        self.resumed_from_step = step
+
+    # -- progress --------------------------------------------------------------------------------
+
+    def progress(self) -> tuple[float, str]:
+        """Fraction of the run done (the furthest of the stopping rules), and which rule that is."""
+        c, bpe = self.config, self.batcher.batches_per_epoch
+        rules = {}
+        if c.max_steps:
+            rules["max_steps"] = self.step / c.max_steps
+        if c.max_epochs:
+            rules["max_epochs"] = (self.epoch * bpe + self.batch_index) / (c.max_epochs * bpe)
+        if c.max_seconds:
+            rules["max_seconds"] = self.elapsed / c.max_seconds
+        if not rules:
+            rules["default_max_steps"] = self.step / DEFAULT_MAX_STEPS
+        rule = max(rules, key=rules.get)
+        return rules[rule], rule
+
+    def max_steps_estimate(self) -> int:
+        p, _ = self.progress()
+        return max(self.step, round(self.step / p)) if p > 0 else (self.config.max_steps or DEFAULT_MAX_STEPS)
+
+    def _snapshot(self) -> dict:
+        p, _ = self.progress()
+        cps = self.chars_per_second()
+        return {
+            "step": self.step,
+            "max_steps": self.max_steps_estimate(),
+            "epoch": self.epoch,
+            "train_loss": self.train_loss,
+            "val_loss": self.last_val_loss,
+            "best_val_loss": self.best_val_loss,
+            "learning_rate": self.optimizer.param_groups[0]["lr"],
+            "chars_per_second": cps,
+            "elapsed_seconds": self.elapsed,
+            "eta_seconds": self.elapsed * (1 - p) / p if 0 < p < 1 else 0.0,
+        }
+
+    def chars_per_second(self) -> float:
+        trained = self.step * self.config.batch_size * self.config.seq_len
+        return trained / self.train_seconds if self.train_seconds > 0 else 0.0
+
+    # -- the loop --------------------------------------------------------------------------------
+
+    def evaluate(self) -> float | None:
+        if len(self.val_data) < 2:
+            return None
+        loss, _ = score_ids(self.model, self.val_data)
+        self.model.train()
+        return loss
+
+    def sample(self) -> str:
+        request = SampleRequest(length=self.config.sample_length, temperature=0.8, seed=self.config.seed + self.step)
+        text = Sampler(self.model, self.vocab).generate(request)[0].text
+        self.model.train()
+        return text
+
+    def _evaluate_and_report(self) -> bool:
+        """Evaluate; return True if this is a new best validation loss."""
+        val = self.evaluate()
+        self.last_val_loss = val
+        improved = val is not None and (self.best_val_loss is None or val < self.best_val_loss)
+        if improved:
+            self.best_val_loss = val
+        self.observer.on_eval(self._snapshot(), self.sample())
+        return improved
+
+    def _checkpoint(self, is_best: bool) -> Path:
+        weights = weights_bytes(
+            self.model, self.vocab, {"step": str(self.step), "val_loss": str(self.last_val_loss)}
+        )
+        path = self.run.save(self.step, weights, self._state())
+        if is_best or self.best_val_loss is None and not self.run.best.exists():
+            self.run.save_best(weights)
+        self.observer.on_checkpoint(
+            {
+                "step": self.step,
+                "path": str(path),
+                "train_loss": self.train_loss,
+                "val_loss": self.last_val_loss,
+                "is_best": is_best,
+                "size_bytes": path.stat().st_size,
+            }
+        )
+        return path
+
+    def _train_step(self, x: torch.Tensor, y: torch.Tensor) -> tuple[float, float]:
+        if self.batch_index == 0:
+            self.hidden = None  # a new epoch starts new streams: nothing to carry
+        with torch.autocast(self.device.type, dtype=self.autocast_dtype or torch.float32,
+                            enabled=self.autocast_dtype is not None):
+            logits, hidden = self.model(x, self.hidden)
+        loss = F.cross_entropy(logits.float().flatten(0, 1), y.flatten())
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.grad_clip)
+        self.optimizer.step()
+        self.hidden = detach_hidden(hidden)
+        return loss.item(), float(grad_norm)
+
+    def _check_divergence(self, loss: float, grad_norm: float) -> None:
+        # A freshly initialised model scores about ln(V); far above that after warmup is a blow-up.
+        ceiling = 2 * math.log(len(self.vocab)) + 1
+        if not math.isfinite(loss) or not math.isfinite(grad_norm) or (
+            self.step > self.config.warmup_steps and loss > ceiling
+        ):
+            raise TrainingDiverged(
+                f"training diverged at step {self.step}: loss {loss:.4g}, gradient norm {grad_norm:.4g} "
+                f"(a model that guesses uniformly scores {math.log(len(self.vocab)):.2f}). "
+                f"Lower learning_rate (now {self.config.learning_rate:g}) or grad_clip "
+                f"(now {self.config.grad_clip:g}), or switch cell to lstm/gru if it is rnn."
+            )
+
+    def _stop_reason(self) -> str | None:
+        c = self.config
+        if c.max_steps and self.step >= c.max_steps:
+            return "max_steps"
+        if c.max_epochs and self.epoch + self.batch_index / self.batcher.batches_per_epoch >= c.max_epochs:
+            return "max_epochs"
+        if c.max_seconds and self.elapsed >= c.max_seconds:
+            return "max_seconds"
+        if not (c.max_steps or c.max_epochs or c.max_seconds) and self.step >= DEFAULT_MAX_STEPS:
+            return "default_max_steps"
+        return self.observer.should_stop()
+
+    def train(self) -> TrainResult:
+        c = self.config
+        self.observer.on_start(
+            {
+                "num_parameters": self.model.num_parameters,
+                "vocab_size": len(self.vocab),
+                "device": str(self.device),
+                "precision": "bf16" if self.autocast_dtype else "fp32",
+                "train_chars": len(self.train_data),
+                "val_chars": len(self.val_data),
+                "batches_per_epoch": self.batcher.batches_per_epoch,
+                "resumed_from_step": self.resumed_from_step,
+                "model": self.model.config.to_dict(),
+            }
+        )
+        stopped_by = self._stop_reason()
+        while stopped_by is None:
+            t0 = time.perf_counter()
+            x, y = (t.to(self.device, non_blocking=True) for t in self.batcher.batch(self.epoch, self.batch_index))
+            for group in self.optimizer.param_groups:
+                group["lr"] = lr_at(c, self.step, self.progress()[0])
+            loss, grad_norm = self._train_step(x, y)
+            self.step += 1
+            self.batch_index += 1
+            if self.batch_index == self.batcher.batches_per_epoch:
+                self.epoch, self.batch_index = self.epoch + 1, 0
+            self._check_divergence(loss, grad_norm)
+            self.train_loss = loss
+            dt = time.perf_counter() - t0
+            self.train_seconds += dt
+            self.elapsed += dt
+
+            t1 = time.perf_counter()
+            if self.step % c.log_every == 0:
+                self.observer.on_metrics(self._snapshot())
+            stopped_by = self._stop_reason()
+            at_eval = self.step % c.eval_every == 0 and stopped_by is None
+            improved = self._evaluate_and_report() if at_eval else False
+            if (self.step % c.checkpoint_every == 0 or improved) and stopped_by is None:
+                self._checkpoint(is_best=improved)
+            self.elapsed += time.perf_counter() - t1
+            stopped_by = stopped_by or self._stop_reason()
+
+        # Interrupted (cancel, shutdown, lost lease): save where we are and nothing else, so that a
+        # resumed run makes exactly the evaluations and checkpoints an uninterrupted one would.
+        interrupted = stopped_by not in STOPPING_RULES
+        ran = self.step > (self.resumed_from_step or 0)
+        improved = self._evaluate_and_report() if ran and not interrupted else False
+        last = self._checkpoint(is_best=improved)
+        return TrainResult(
+            steps=self.step,
+            epoch=self.epoch,
+            train_loss=self.train_loss,
+            val_loss=self.last_val_loss,
+            best_val_loss=self.best_val_loss,
+            chars_per_second=self.chars_per_second(),
+            seconds=self.elapsed,
+            checkpoint=str(self.run.best),
+            last_checkpoint=str(last),
+            num_parameters=self.model.num_parameters,
+            stopped_by=stopped_by,
+            device=str(self.device),
+            precision="bf16" if self.autocast_dtype else "fp32",
+            resumed_from_step=self.resumed_from_step,
+        )
