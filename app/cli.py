@@ -5,13 +5,160 @@ Engine commands import torch only when they run, so `charrnn api` works where to
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import sys
+from typing import Annotated
+
 import typer
 
 from worker.cli import register_engine_commands
 
-cli = typer.Typer(help="charrnn: train character-level RNN language models and generate text from them.",
-                  no_args_is_help=True, add_completion=False)
+cli = typer.Typer(
+    help="charrnn: train character-level RNN language models and generate text from them.",
+    no_args_is_help=True,
+    add_completion=False,
+)
 register_engine_commands(cli)
+
+db_cli = typer.Typer(help="The database.", no_args_is_help=True)
+keys_cli = typer.Typer(help="API keys.", no_args_is_help=True)
+cli.add_typer(db_cli, name="db")
+cli.add_typer(keys_cli, name="keys")
+
+Host = Annotated[str, typer.Option(help="address to listen on")]
+Port = Annotated[int, typer.Option(help="port to listen on")]
+
+
+def upgrade_database() -> None:
+    from alembic.config import Config
+
+    from alembic import command
+    from app.settings import get_settings
+
+    settings = get_settings()
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    config = Config(os.path.join(root, "alembic.ini"))
+    config.set_main_option("script_location", os.path.join(root, "alembic"))
+    command.upgrade(config, "head")
+
+
+def ensure_key() -> None:
+    from app.db import session_scope
+    from app.keys.service import ensure_bootstrap_key
+    from app.settings import get_settings
+
+    with session_scope() as session:
+        created = ensure_bootstrap_key(session, key=get_settings().bootstrap_key)
+    if created:
+        typer.secho("No API key existed, so one was made. It is shown only this once:", fg="yellow", err=True)
+        typer.echo(created)
+
+
+def run_api(host: str, port: int) -> None:
+    import uvicorn
+
+    from app.logs import setup_logging
+    from app.settings import get_settings
+
+    setup_logging(get_settings().log_level)
+    uvicorn.run("app.main:app", host=host, port=port, log_config=None, timeout_graceful_shutdown=5)
+
+
+@db_cli.command("upgrade")
+def db_upgrade():
+    """Apply the database migrations (Alembic) up to the latest."""
+    upgrade_database()
+    typer.echo("database is up to date", err=True)
+
+
+@keys_cli.command("create")
+def keys_create(
+    name: Annotated[str, typer.Argument(help="the owner: a new key with the same name sees the same data")],
+):
+    """Make an API key and print it (only this once)."""
+    from app.db import session_scope
+    from app.keys.service import create_key
+
+    upgrade_database()
+    with session_scope() as session:
+        record, key = create_key(session, name=name)
+    typer.echo(f"created {record.id} for owner {name!r}; the key is shown only now:", err=True)
+    typer.echo(key)
+
+
+@keys_cli.command("list")
+def keys_list():
+    """List keys (never the keys themselves)."""
+    from app.db import session_scope
+    from app.keys.service import list_keys
+
+    upgrade_database()
+    with session_scope() as session:
+        for k in list_keys(session):
+            state = f"revoked {k.revoked_at:%Y-%m-%d %H:%M}" if k.revoked_at else "active"
+            typer.echo(f"{k.id}\t{k.name}\t{k.prefix}…\t{k.created_at:%Y-%m-%d %H:%M}\t{state}")
+
+
+@keys_cli.command("revoke")
+def keys_revoke(key_id: Annotated[str, typer.Argument(help="the key's id (key_…), from `keys list`")]):
+    """Revoke a key: it stops working at once; its owner's data stays."""
+    from app.db import session_scope
+    from app.keys.service import revoke_key
+
+    with session_scope() as session:
+        ok = revoke_key(session, key_id=key_id)
+    if not ok:
+        typer.secho(f"no active key with id {key_id!r}", fg="red", err=True)
+        raise typer.Exit(1)
+    typer.echo(f"revoked {key_id}", err=True)
+
+
+@cli.command()
+def api(host: Host = "127.0.0.1", port: Port = 8000):
+    """Run the HTTP API alone (start workers separately with `charrnn worker`)."""
+    upgrade_database()
+    ensure_key()
+    run_api(host, port)
+
+
+@cli.command()
+def worker():
+    """Run one worker: trains queued jobs and serves generation for the API."""
+    from worker.runner import main
+
+    upgrade_database()
+    main()
+
+
+@cli.command()
+def serve(host: Host = "127.0.0.1", port: Port = 8000):
+    """Everything on one machine: migrate, then the API and one worker (a child process)."""
+    upgrade_database()
+    ensure_key()
+    child = subprocess.Popen([sys.executable, "-m", "worker.runner"])
+
+    def stop_worker() -> None:
+        if child.poll() is None:
+            child.send_signal(signal.SIGTERM)  # it checkpoints its job and hands it back
+            try:
+                child.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                child.kill()
+
+    def on_term(signum, _frame):
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, on_term)
+    try:
+        run_api(host, port)  # returns on Ctrl-C / SIGTERM
+    except KeyboardInterrupt:
+        pass
+    finally:
+        stop_worker()
+
 
 if __name__ == "__main__":
     cli()

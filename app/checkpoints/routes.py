@@ -1,0 +1,55 @@
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Depends
+from fastapi.responses import FileResponse
+
+from app.checkpoints import repository
+from app.checkpoints.schemas import CheckpointOut
+from app.deps import CurrentOwner, SessionDep, SettingsDep
+from app.errors import ApiError, not_found
+from app.jobs import repository as jobs
+from app.pagination import Page, PageParams, page_params
+
+router = APIRouter(tags=["checkpoints"])
+
+
+@router.get("/jobs/{job_id}/checkpoints", response_model=Page[CheckpointOut], summary="A job's checkpoints")
+def list_checkpoints(
+    job_id: str, session: SessionDep, owner: CurrentOwner, params: Annotated[PageParams, Depends(page_params)]
+):
+    if jobs.get(session, owner=owner, job_id=job_id) is None:
+        raise not_found("job", job_id)
+    rows, has_more = repository.for_job(session, owner=owner, job_id=job_id, params=params)
+    return {"data": rows, "has_more": has_more}
+
+
+@router.get("/checkpoints/{checkpoint_id}", response_model=CheckpointOut, summary="One checkpoint")
+def get_checkpoint(checkpoint_id: str, session: SessionDep, owner: CurrentOwner):
+    checkpoint = repository.get(session, owner=owner, checkpoint_id=checkpoint_id)
+    if checkpoint is None:
+        raise not_found("checkpoint", checkpoint_id)
+    return checkpoint
+
+
+@router.get(
+    "/checkpoints/{checkpoint_id}/download",
+    response_class=FileResponse,
+    summary="The checkpoint file: safetensors weights with config and vocabulary inside",
+    responses={
+        200: {"content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}}
+    },
+)
+def download_checkpoint(checkpoint_id: str, session: SessionDep, owner: CurrentOwner, settings: SettingsDep):
+    checkpoint = repository.get(session, owner=owner, checkpoint_id=checkpoint_id)
+    if checkpoint is None:
+        raise not_found("checkpoint", checkpoint_id)
+    path = settings.data_dir / checkpoint.path
+    if not path.is_file():
+        raise ApiError(410, f"the file of checkpoint {checkpoint_id} is gone from the data directory")
+    return FileResponse(
+        path,
+        media_type="application/octet-stream",
+        filename=f"{checkpoint.job_id}-step{checkpoint.step}.safetensors",
+    )

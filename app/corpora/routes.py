@@ -1,0 +1,86 @@
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Query, Request, Response
+
+from app.corpora import repository, service
+from app.corpora.schemas import CorpusOut
+from app.deps import CurrentOwner, SessionDep, SettingsDep
+from app.pagination import Page, PageParams, page_params
+
+router = APIRouter(prefix="/corpora", tags=["corpora"])
+
+UPLOAD_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "required": ["file"],
+                    "properties": {
+                        "file": {"type": "string", "format": "binary", "description": "UTF-8 text"},
+                        "name": {"type": "string", "maxLength": 200},
+                    },
+                },
+                "example": {"file": "First Citizen:\nBefore we proceed any further, hear me speak.\n"},
+            },
+            "text/plain": {
+                "schema": {"type": "string"},
+                "example": "First Citizen:\nBefore we proceed any further, hear me speak.\n",
+            },
+        },
+    }
+}
+
+
+@router.post(
+    "",
+    status_code=201,
+    response_model=CorpusOut,
+    openapi_extra=UPLOAD_BODY,
+    summary="Upload a corpus (multipart field `file`, or a raw text/plain body)",
+)
+async def upload_corpus(
+    request: Request,
+    session: SessionDep,
+    owner: CurrentOwner,
+    settings: SettingsDep,
+    name: Annotated[
+        str | None, Query(max_length=200, description="a name to show; default: the file name")
+    ] = None,
+):
+    return await service.upload(
+        session,
+        owner=owner,
+        settings=settings,
+        stream=request.stream(),
+        content_type=request.headers.get("content-type", ""),
+        content_length=request.headers.get("content-length"),
+        name=name,
+    )
+
+
+@router.get("", response_model=Page[CorpusOut], summary="List your corpora, newest first")
+def list_corpora(
+    session: SessionDep, owner: CurrentOwner, params: Annotated[PageParams, Depends(page_params)]
+):
+    rows, has_more = repository.list_page(session, owner=owner, params=params)
+    return {"data": rows, "has_more": has_more}
+
+
+@router.get("/{corpus_id}", response_model=CorpusOut, summary="One corpus")
+def get_corpus(corpus_id: str, session: SessionDep, owner: CurrentOwner):
+    return service.get(session, owner=owner, corpus_id=corpus_id)
+
+
+@router.delete(
+    "/{corpus_id}",
+    status_code=204,
+    response_class=Response,
+    summary="Delete a corpus (409 while a queued or running job uses it)",
+)
+def delete_corpus(corpus_id: str, session: SessionDep, owner: CurrentOwner, settings: SettingsDep):
+    service.delete(session, owner=owner, settings=settings, corpus_id=corpus_id)
+    return Response(status_code=204)

@@ -1,0 +1,201 @@
+"""Streaming an upload to disk: the byte limit is enforced while reading, memory stays flat.
+
+Bodies arrive either raw (text/plain) or as multipart/form-data; both are read chunk by chunk from
+the ASGI stream. The UTF-8 check runs incrementally over the same chunks and reports the byte offset
+of the first bad byte, so a 200 MB file is never held in memory, decoded or not.
+"""
+
+from __future__ import annotations
+
+import codecs
+import hashlib
+import os
+import secrets
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+from python_multipart import MultipartParser
+from python_multipart.multipart import parse_options_header
+
+from app.errors import ApiError
+
+# After the limit is passed the rest of the body is read and dropped (so the client sees the 413
+# instead of a broken pipe) - but only up to this much, then the connection is simply answered.
+DRAIN_LIMIT = 256 * 1024 * 1024
+NAME_MAX = 200
+
+
+class TooLarge(Exception):
+    pass
+
+
+class CorpusSink:
+    """Writes bytes to a temporary file while hashing, counting and UTF-8-checking them."""
+
+    def __init__(self, directory: Path, max_bytes: int):
+        directory.mkdir(parents=True, exist_ok=True)
+        self.directory, self.max_bytes = directory, max_bytes
+        self.tmp_path = directory / f".upload-{secrets.token_hex(8)}.tmp"
+        self.file = open(self.tmp_path, "wb")  # noqa: SIM115  (closed in finish/discard)
+        self.sha = hashlib.sha256()
+        self.decoder = codecs.getincrementaldecoder("utf-8")("strict")
+        self.size = 0
+        self.num_chars = 0
+        self.chars: set[str] = set()
+        self.bad: str | None = None
+
+    def write(self, data: bytes) -> None:
+        if not data:
+            return
+        if self.size + len(data) > self.max_bytes:
+            raise TooLarge
+        if self.bad is None:
+            pending = len(self.decoder.buffer)
+            try:
+                text = self.decoder.decode(data)
+            except UnicodeDecodeError as exc:
+                offset = self.size - pending + exc.start
+                byte = (self.decoder.buffer + data)[exc.start] if exc.start < pending + len(data) else 0
+                self.bad = (
+                    f"the upload is not valid UTF-8: byte 0x{byte:02x} at offset {offset} ({exc.reason}). "
+                    "Re-save it as UTF-8, e.g. `iconv -f latin1 -t utf-8 in.txt > out.txt`."
+                )
+            else:
+                self.num_chars += len(text)
+                self.chars.update(text)
+        self.size += len(data)
+        self.sha.update(data)
+        self.file.write(data)
+
+    def finish(self) -> tuple[str, Path]:
+        """Validate the whole upload and move it to its content-addressed name; returns (sha256, path)."""
+        if self.bad is None:
+            try:
+                self.num_chars += len(self.decoder.decode(b"", final=True))
+            except UnicodeDecodeError as exc:
+                self.bad = (
+                    f"the upload is not valid UTF-8: it ends inside a multi-byte character at offset "
+                    f"{self.size - len(self.decoder.buffer) + exc.start} ({exc.reason}). Re-save it as UTF-8."
+                )
+        self.file.close()
+        if self.bad:
+            self.discard()
+            raise ApiError(422, self.bad)
+        if self.size == 0:
+            self.discard()
+            raise ApiError(422, "the upload is empty: a corpus needs text to learn from")
+        digest = self.sha.hexdigest()
+        final = self.directory / f"{digest}.txt"
+        os.replace(self.tmp_path, final)  # same content, same name: replacing is harmless
+        return digest, final
+
+    def discard(self) -> None:
+        self.file.close()
+        self.tmp_path.unlink(missing_ok=True)
+
+
+async def _drain(stream: AsyncIterator[bytes], already: int) -> None:
+    seen = already
+    async for chunk in stream:
+        seen += len(chunk)
+        if seen > DRAIN_LIMIT:
+            break
+
+
+def _too_large(limit: int) -> ApiError:
+    return ApiError(
+        413,
+        f"the upload is larger than the limit of {limit:,} bytes (CHARRNN_MAX_CORPUS_BYTES); "
+        "upload a smaller file or ask the operator to raise the limit",
+    )
+
+
+async def receive_raw(stream: AsyncIterator[bytes], sink: CorpusSink) -> None:
+    try:
+        async for chunk in stream:
+            sink.write(chunk)
+    except TooLarge:
+        sink.discard()
+        await _drain(stream, sink.size)
+        raise _too_large(sink.max_bytes) from None
+
+
+async def receive_multipart(stream: AsyncIterator[bytes], content_type: str, sink: CorpusSink) -> str | None:
+    """Stream the `file` part into the sink; return the `name` field (or the file name) if any."""
+    _, params = parse_options_header(content_type)
+    boundary = params.get(b"boundary")
+    if not boundary:
+        raise ApiError(422, "multipart upload without a boundary; let your HTTP client build the form body")
+
+    state = {"header_field": b"", "headers": {}, "part": None, "file_seen": False}
+    name_field = bytearray()
+    filename: list[str] = []
+
+    def on_header_field(data, start, end):
+        state["header_field"] += data[start:end]
+
+    def on_header_value(data, start, end):
+        key = state["header_field"].lower()
+        state["headers"][key] = state["headers"].get(key, b"") + data[start:end]
+
+    def on_header_end():
+        state["header_field"] = b""
+
+    def on_headers_finished():
+        disposition = state["headers"].get(b"content-disposition", b"")
+        _, options = parse_options_header(disposition)
+        field = options.get(b"name", b"").decode("utf-8", "replace")
+        state["part"] = field
+        if field == "file":
+            state["file_seen"] = True
+            if options.get(b"filename"):
+                filename.append(options[b"filename"].decode("utf-8", "replace"))
+
+    def on_part_data(data, start, end):
+        if state["part"] == "file":
+            sink.write(data[start:end])
+        elif state["part"] == "name" and len(name_field) <= NAME_MAX * 4:
+            name_field.extend(data[start:end])
+
+    def on_part_end():
+        state["part"], state["headers"] = None, {}
+
+    parser = MultipartParser(
+        boundary,
+        {
+            "on_header_field": on_header_field,
+            "on_header_value": on_header_value,
+            "on_header_end": on_header_end,
+            "on_headers_finished": on_headers_finished,
+            "on_part_data": on_part_data,
+            "on_part_end": on_part_end,
+        },
+    )
+    try:
+        async for chunk in stream:
+            parser.write(chunk)
+        parser.finalize()
+    except TooLarge:
+        sink.discard()
+        await _drain(stream, sink.size)
+        raise _too_large(sink.max_bytes) from None
+    except ApiError:
+        sink.discard()
+        raise
+    except Exception as exc:  # the multipart parser's own errors: a malformed body
+        sink.discard()
+        raise ApiError(
+            422, f"malformed multipart body ({exc}); send the text as the form field `file`"
+        ) from None
+    if not state["file_seen"]:
+        sink.discard()
+        raise ApiError(
+            422, "the multipart form has no field named `file`; put the text in a field called `file`"
+        )
+    if name_field:
+        try:
+            return name_field.decode("utf-8")
+        except UnicodeDecodeError:
+            sink.discard()
+            raise ApiError(422, "the form field `name` is not valid UTF-8") from None
+    return filename[0] if filename else None

@@ -1,0 +1,69 @@
+from __future__ import annotations
+
+from fastapi import APIRouter, Request
+from sse_starlette.sse import EventSourceResponse
+from starlette.concurrency import run_in_threadpool
+
+from app.db import get_sessionmaker
+from app.deps import CurrentOwner, SettingsDep
+from app.generation import service
+from app.generation.schemas import GenerateRequest, GenerateResponse, ScoreRequest, ScoreResponse
+
+router = APIRouter(tags=["generation"])
+
+ERRORS = {
+    404: {"description": "unknown model id"},
+    409: {"description": "the job has no checkpoint yet"},
+    422: {"description": "a field out of range, or prompt characters the model never saw"},
+    503: {"description": "no live worker"},
+}
+
+
+def _target(owner: str, settings, model: str):
+    with get_sessionmaker()() as session:
+        checkpoint = service.resolve(session, owner=owner, model=model)
+        urls = service.worker_urls(session, settings=settings, checkpoint_id=checkpoint.id)
+    return checkpoint.id, str((settings.data_dir / checkpoint.path).resolve()), urls
+
+
+@router.post(
+    "/generate",
+    response_model=GenerateResponse,
+    summary="Generate text from a job's best checkpoint or from a checkpoint",
+    responses={
+        **ERRORS,
+        200: {
+            "content": {
+                "text/event-stream": {
+                    "example": 'event: chunk\ndata: {"text": "Th", "pieces": ["Th"]}\n\nevent: done\ndata: {...}\n\n'
+                }
+            }
+        },
+    },
+)
+async def generate(body: GenerateRequest, request: Request, owner: CurrentOwner, settings: SettingsDep):
+    checkpoint_id, path, urls = await run_in_threadpool(_target, owner, settings, body.model)
+    client = request.app.state.http
+    params = body.model_dump(exclude={"model", "stream"})
+    if not body.stream:
+        return await service.generate(
+            client, urls, model=body.model, checkpoint_id=checkpoint_id, path=path, request=params
+        )
+    upstream = await service.open_stream(client, urls, path=path, request=params, checkpoint_id=checkpoint_id)
+    return EventSourceResponse(
+        service.relay(upstream, model=body.model, checkpoint_id=checkpoint_id, prompt=body.prompt)
+    )
+
+
+@router.post(
+    "/score",
+    response_model=ScoreResponse,
+    responses=ERRORS,
+    summary="Mean cross-entropy of a text under the model, in nats per character",
+)
+async def score(body: ScoreRequest, request: Request, owner: CurrentOwner, settings: SettingsDep):
+    checkpoint_id, path, urls = await run_in_threadpool(_target, owner, settings, body.model)
+    out = await service.call(
+        request.app.state.http, urls, "/score", {"path": path, "text": body.text}, checkpoint_id
+    )
+    return {"loss": out["loss"], "chars": out["chars"], "model": body.model, "checkpoint_id": checkpoint_id}

@@ -1,0 +1,221 @@
+"""Job requests and responses. Every field is optional and bounded; a left-out field takes the engine's default."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from app.jobs.defaults import model_defaults, train_defaults
+
+_M, _T = model_defaults(), train_defaults()
+
+
+def _d(defaults: dict, key: str, text: str) -> str:
+    return f"{text} (default {defaults.get(key)!r})"
+
+
+class ModelSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    cell: Literal["lstm", "gru", "rnn"] | None = Field(None, description=_d(_M, "cell", "recurrent cell"))
+    hidden_size: int | None = Field(None, ge=1, le=4096, description=_d(_M, "hidden_size", "units per layer"))
+    num_layers: int | None = Field(None, ge=1, le=8, description=_d(_M, "num_layers", "stacked layers"))
+    embedding_dim: int | None = Field(
+        None, ge=1, le=1024, description=_d(_M, "embedding_dim", "character embedding")
+    )
+    dropout: float | None = Field(None, ge=0, le=0.9, description=_d(_M, "dropout", "between layers"))
+
+
+class TrainingSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    seq_len: int | None = Field(
+        None, ge=1, le=4096, description=_d(_T, "seq_len", "characters of backprop per window")
+    )
+    batch_size: int | None = Field(None, ge=1, le=1024, description=_d(_T, "batch_size", "parallel streams"))
+    learning_rate: float | None = Field(
+        None, gt=0, le=1, description=_d(_T, "learning_rate", "peak learning rate")
+    )
+    min_lr_ratio: float | None = Field(
+        None, ge=0, le=1, description=_d(_T, "min_lr_ratio", "final lr / peak lr")
+    )
+    warmup_steps: int | None = Field(
+        None, ge=0, le=1_000_000, description=_d(_T, "warmup_steps", "linear warmup")
+    )
+    weight_decay: float | None = Field(None, ge=0, le=1, description=_d(_T, "weight_decay", "AdamW decay"))
+    grad_clip: float | None = Field(None, gt=0, le=1000, description=_d(_T, "grad_clip", "max gradient norm"))
+    max_steps: int | None = Field(None, ge=1, le=100_000_000, description="stop after this many steps")
+    max_epochs: float | None = Field(
+        None, gt=0, le=100_000, description="stop after this many passes over the text"
+    )
+    max_seconds: float | None = Field(
+        None, gt=0, le=30 * 86400, description="stop after this much training time"
+    )
+    val_fraction: float | None = Field(
+        None, ge=0, le=0.5, description=_d(_T, "val_fraction", "share of the text held out for validation")
+    )
+    eval_every: int | None = Field(None, ge=1, le=100_000_000, description=_d(_T, "eval_every", "steps"))
+    checkpoint_every: int | None = Field(
+        None, ge=1, le=100_000_000, description=_d(_T, "checkpoint_every", "steps")
+    )
+    log_every: int | None = Field(
+        None, ge=1, le=100_000, description=_d(_T, "log_every", "steps between metrics")
+    )
+    sample_length: int | None = Field(
+        None, ge=0, le=10_000, description=_d(_T, "sample_length", "sample chars")
+    )
+    seed: int | None = Field(None, ge=0, le=2**31 - 1, description=_d(_T, "seed", "random seed"))
+
+
+class JobCreate(BaseModel):
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {
+                    "corpus_id": "corpus_0005f1a2b3c4d5e6a1b2c3d4e5",
+                    "name": "shakespeare-small",
+                    "model": {"cell": "lstm", "hidden_size": 256, "num_layers": 2},
+                    "training": {"seq_len": 128, "batch_size": 32, "max_steps": 2000, "seed": 1},
+                }
+            ]
+        },
+    )
+
+    corpus_id: str = Field(..., min_length=1, max_length=64, description="the corpus to train on")
+    name: str | None = Field(None, max_length=200)
+    init_from: str | None = Field(
+        None,
+        min_length=1,
+        max_length=64,
+        description="a checkpoint id: continue from its weights (and architecture)",
+    )
+    model: ModelSpec = Field(default_factory=ModelSpec)
+    training: TrainingSpec = Field(default_factory=TrainingSpec)
+
+
+class Progress(BaseModel):
+    step: int = 0
+    max_steps: int | None = None
+    epoch: int = 0
+    train_loss: float | None = None
+    val_loss: float | None = None
+    best_val_loss: float | None = None
+    chars_per_second: float | None = None
+    eta_seconds: float | None = None
+
+
+class JobError(BaseModel):
+    message: str
+
+
+class JobOut(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "id": "job_0005f1a2b3c4d5e6a1b2c3d4e5",
+                    "name": "shakespeare-small",
+                    "status": "running",
+                    "corpus_id": "corpus_0005f1a2b3c4d5e6a1b2c3d4e5",
+                    "init_from": None,
+                    "model": {
+                        "cell": "lstm",
+                        "hidden_size": 256,
+                        "num_layers": 2,
+                        "embedding_dim": 64,
+                        "dropout": 0.0,
+                    },
+                    "training": {"seq_len": 128, "batch_size": 32, "max_steps": 2000},
+                    "progress": {
+                        "step": 420,
+                        "max_steps": 2000,
+                        "epoch": 0,
+                        "train_loss": 1.71,
+                        "val_loss": 1.83,
+                        "best_val_loss": 1.83,
+                        "chars_per_second": 95000.0,
+                        "eta_seconds": 61.0,
+                    },
+                    "device": "cpu",
+                    "attempts": 1,
+                    "error": None,
+                    "created_at": "2026-01-01T12:00:00Z",
+                    "started_at": "2026-01-01T12:00:01Z",
+                    "finished_at": None,
+                }
+            ]
+        }
+    )
+
+    id: str
+    name: str | None
+    status: Literal["queued", "running", "succeeded", "failed", "cancelled"]
+    corpus_id: str
+    init_from: str | None
+    model: dict
+    training: dict
+    progress: Progress
+    device: str | None
+    attempts: int
+    error: JobError | None
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+
+
+class EventOut(BaseModel):
+    model_config = ConfigDict(
+        from_attributes=True,
+        json_schema_extra={
+            "examples": [
+                {
+                    "id": 17,
+                    "created_at": "2026-01-01T12:00:05Z",
+                    "type": "metrics",
+                    "message": "step 100",
+                    "data": {"step": 100, "train_loss": 2.1},
+                }
+            ]
+        },
+    )
+    id: int
+    created_at: datetime
+    type: Literal["status", "metrics", "sample", "checkpoint", "log"]
+    message: str
+    data: dict
+
+
+class EventPage(BaseModel):
+    data: list[EventOut]
+    has_more: bool
+
+
+class MetricOut(BaseModel):
+    model_config = ConfigDict(
+        from_attributes=True,
+        json_schema_extra={
+            "examples": [
+                {
+                    "step": 100,
+                    "train_loss": 2.1,
+                    "val_loss": None,
+                    "learning_rate": 0.003,
+                    "chars_per_second": 90000.0,
+                    "time": "2026-01-01T12:00:05Z",
+                }
+            ]
+        },
+    )
+    step: int
+    train_loss: float | None
+    val_loss: float | None
+    learning_rate: float | None
+    chars_per_second: float | None
+    time: datetime
+
+
+class MetricsOut(BaseModel):
+    data: list[MetricOut]

@@ -1,0 +1,149 @@
+from __future__ import annotations
+
+import json
+
+from sqlalchemy import update
+from sqlalchemy.orm import Session
+
+from app.checkpoints import repository as checkpoints
+from app.checkpoints.files import read_metadata
+from app.corpora import repository as corpora
+from app.db import utcnow
+from app.errors import ApiError, not_found
+from app.ids import new_id
+from app.jobs import queue, repository
+from app.jobs.defaults import model_defaults, train_defaults
+from app.jobs.schemas import JobCreate, JobOut, ModelSpec, TrainingSpec
+from app.models import ACTIVE_STATUSES, Job
+from app.settings import Settings
+
+
+def to_out(job: Job) -> JobOut:
+    return JobOut(
+        id=job.id,
+        name=job.name,
+        status=job.status,
+        corpus_id=job.corpus_id,
+        init_from=job.init_from,
+        model=job.model,
+        training=job.training,
+        progress=job.progress or {},
+        device=job.device,
+        attempts=job.attempts,
+        error={"message": job.error_message} if job.error_message else None,
+        created_at=job.created_at,
+        started_at=job.started_at,
+        finished_at=job.finished_at,
+    )
+
+
+def effective_training(spec: TrainingSpec) -> dict:
+    defaults = train_defaults()
+    given = spec.model_dump()
+    return {k: given[k] if given[k] is not None else defaults.get(k) for k in TrainingSpec.model_fields}
+
+
+def effective_model(spec: ModelSpec) -> dict:
+    defaults = model_defaults()
+    given = spec.model_dump()
+    return {k: given[k] if given[k] is not None else defaults.get(k) for k in ModelSpec.model_fields}
+
+
+def check_corpus_size(num_chars: int, training: dict) -> None:
+    """The same rule as the engine's StreamBatcher, told before the job queues rather than after."""
+    seq_len, batch_size, val_fraction = training["seq_len"], training["batch_size"], training["val_fraction"]
+    n_val = int(num_chars * val_fraction)
+    train_chars = num_chars - n_val
+    needed = batch_size * (seq_len + 1) + seq_len
+    if train_chars < needed:
+        fit_batch = (train_chars - seq_len) // (seq_len + 1)
+        fix = (
+            f"lower training.batch_size to {fit_batch} or less"
+            if fit_batch >= 1
+            else (
+                f"lower training.seq_len (to at most {max(1, (train_chars - 1) // 2)}) and training.batch_size"
+            )
+        )
+        raise ApiError(
+            422,
+            f"the corpus is too small for these settings: its training part has {train_chars:,} characters, "
+            f"and batch_size={batch_size} with seq_len={seq_len} needs at least {needed:,}. "
+            f"Upload more text, or {fix}.",
+        )
+    if val_fraction > 0 and n_val < 2:
+        raise ApiError(
+            422,
+            f"training.val_fraction={val_fraction} holds out {n_val} character(s) of {num_chars:,}; at least 2 are "
+            "needed. Raise val_fraction, set it to 0 (no validation), or upload more text.",
+        )
+
+
+def create(session: Session, *, owner: str, settings: Settings, body: JobCreate) -> Job:
+    with session.begin():
+        corpus = corpora.get(session, owner=owner, corpus_id=body.corpus_id)
+        if corpus is None:
+            raise not_found("corpus", body.corpus_id)
+        model = effective_model(body.model)
+        if body.init_from:
+            checkpoint = checkpoints.get(session, owner=owner, checkpoint_id=body.init_from)
+            if checkpoint is None:
+                raise not_found("checkpoint", body.init_from)
+            try:
+                config = json.loads(read_metadata(settings.data_dir / checkpoint.path)["config"])
+            except (OSError, KeyError, ValueError):
+                raise ApiError(
+                    410, f"the file of checkpoint {body.init_from} is unreadable or gone"
+                ) from None
+            given = {k: v for k, v in body.model.model_dump().items() if v is not None}
+            clash = {k: v for k, v in given.items() if config.get(k) != v}
+            if clash:
+                raise ApiError(
+                    422,
+                    f"model {clash} differs from the init_from checkpoint's architecture "
+                    f"{ {k: config.get(k) for k in clash} }; leave `model` out when continuing from a checkpoint",
+                )
+            model = {k: config.get(k) for k in ModelSpec.model_fields}
+        training = effective_training(body.training)
+        check_corpus_size(corpus.num_chars, training)
+        job = Job(
+            id=new_id("job"),
+            owner=owner,
+            name=body.name,
+            corpus_id=corpus.id,
+            init_from=body.init_from,
+            status="queued",
+            model=model,
+            training=training,
+            progress={},
+            attempts=0,
+            created_at=utcnow(),
+        )
+        session.add(job)
+        session.flush()
+        queue.add_event(session, job_id=job.id, type="status", message="queued", data={"status": "queued"})
+    return job
+
+
+def get(session: Session, *, owner: str, job_id: str) -> Job:
+    job = repository.get(session, owner=owner, job_id=job_id)
+    if job is None:
+        raise not_found("job", job_id)
+    return job
+
+
+def cancel(session: Session, *, owner: str, job_id: str) -> Job:
+    with session.begin():
+        result = session.execute(
+            update(Job)
+            .where(Job.id == job_id, Job.owner == owner, Job.status.in_(ACTIVE_STATUSES))
+            .values(status="cancelled", finished_at=utcnow(), lease_expires_at=None)
+        )
+        if result.rowcount == 0:
+            job = get(session, owner=owner, job_id=job_id)
+            raise ApiError(
+                409, f"job {job_id} has already finished ({job.status}); there is nothing to cancel"
+            )
+        queue.add_event(
+            session, job_id=job_id, type="status", message="cancelled", data={"status": "cancelled"}
+        )
+    return get(session, owner=owner, job_id=job_id)

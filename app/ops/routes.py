@@ -1,0 +1,59 @@
+from __future__ import annotations
+
+from fastapi import APIRouter
+from fastapi.responses import JSONResponse, PlainTextResponse
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from sqlalchemy import text
+from starlette.concurrency import run_in_threadpool
+
+from app.db import session_scope
+from app.ops.metrics import REGISTRY
+from app.settings import get_settings
+from app.workers import repository as workers
+
+router = APIRouter(tags=["ops"])
+
+
+@router.get(
+    "/healthz",
+    summary="Liveness: the process answers",
+    responses={200: {"content": {"application/json": {"example": {"status": "ok"}}}}},
+)
+def healthz():
+    return {"status": "ok"}
+
+
+def _readiness() -> tuple[bool, dict]:
+    try:
+        with session_scope() as session:
+            session.execute(text("SELECT 1"))
+            alive = workers.live(session, within_seconds=get_settings().job_lease_seconds)
+    except Exception as exc:
+        return False, {"database": f"unreachable: {type(exc).__name__}", "workers": 0}
+    return bool(alive), {"database": "ok", "workers": len(alive)}
+
+
+@router.get(
+    "/readyz",
+    summary="Readiness: the database answers and at least one worker is alive",
+    responses={
+        200: {
+            "content": {"application/json": {"example": {"status": "ready", "database": "ok", "workers": 1}}}
+        },
+        503: {"description": "not ready; the body says what is missing"},
+    },
+)
+async def readyz():
+    ok, info = await run_in_threadpool(_readiness)
+    return JSONResponse({"status": "ready" if ok else "not ready", **info}, status_code=200 if ok else 503)
+
+
+@router.get(
+    "/metrics",
+    summary="Prometheus metrics",
+    response_class=PlainTextResponse,
+    responses={200: {"content": {"text/plain": {"example": 'charrnn_jobs{status="running"} 1.0\n'}}}},
+)
+async def metrics():
+    body = await run_in_threadpool(generate_latest, REGISTRY)
+    return PlainTextResponse(body, media_type=CONTENT_TYPE_LATEST)

@@ -1,0 +1,46 @@
+"""One settings object for the API and the worker, read from CHARRNN_* environment variables."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="CHARRNN_", extra="ignore")
+
+    data_dir: Path = Field(Path("./data"), description="SQLite file, corpora and training runs live here")
+    database_url: str | None = Field(None, description="any SQLAlchemy URL; default: SQLite in data_dir")
+    bootstrap_key: str | None = Field(None, description="an API key the server makes sure exists")
+    max_corpus_bytes: int = Field(200 * 1024 * 1024, ge=1, description="largest accepted upload")
+    device: str = Field("auto", description="auto | cpu | cuda | cuda:N, for training and generation")
+    job_lease_seconds: float = Field(30.0, gt=0, description="a silent worker loses its job after this long")
+    max_attempts: int = Field(3, ge=1, description="a job whose worker dies this many times fails")
+    worker_host: str = Field("127.0.0.1", description="where the worker's generation server listens")
+    worker_port: int = Field(0, ge=0, le=65535, description="0 picks a free port")
+    worker_url: str | None = Field(
+        None, description="how the API reaches this worker; default from host/port"
+    )
+    model_cache_size: int = Field(4, ge=1, description="models a worker keeps loaded for generation")
+    generate_timeout_seconds: float = Field(120.0, gt=0, description="API -> worker request timeout")
+    log_level: str = Field("INFO")
+
+    @property
+    def sqlalchemy_url(self) -> str:
+        return self.database_url or f"sqlite:///{(self.data_dir / 'charrnn.db').resolve()}"
+
+    @property
+    def corpora_dir(self) -> Path:
+        return self.data_dir / "corpora"
+
+    @property
+    def runs_dir(self) -> Path:
+        return self.data_dir / "runs"
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()

@@ -1,0 +1,82 @@
+"""The training child process: one job, one process, so that cancel is a kill and a crash stays here.
+
+The worker starts this with multiprocessing's spawn (a fresh interpreter: no threads, locks or CUDA
+state inherited), sends it everything it needs as plain data, and reads back observer calls from a
+queue. The child writes nothing to the database: the worker does, under its lease.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import signal
+import traceback
+from dataclasses import asdict
+
+PR_SET_PDEATHSIG = 1
+
+
+def die_with_parent(parent_pid: int) -> None:
+    """Ask Linux to SIGKILL us when the worker dies (even by kill -9); elsewhere the observer polls."""
+    try:
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    except OSError:
+        pass
+    if os.getppid() != parent_pid:  # the parent died before prctl took effect
+        os._exit(1)
+
+
+class QueueObserver:
+    """Forwards the trainer's hooks to the worker; stops when asked or when the worker is gone."""
+
+    def __init__(self, queue, stop_event, parent_pid: int):
+        self.queue, self.stop_event, self.parent_pid = queue, stop_event, parent_pid
+
+    def on_start(self, info: dict) -> None:
+        self.queue.put(("start", info))
+
+    def on_metrics(self, metrics: dict) -> None:
+        self.queue.put(("metrics", metrics))
+
+    def on_eval(self, metrics: dict, sample: str) -> None:
+        self.queue.put(("eval", {"metrics": metrics, "sample": sample}))
+
+    def on_checkpoint(self, info: dict) -> None:
+        self.queue.put(("checkpoint", info))
+
+    def should_stop(self) -> str | None:
+        if os.getppid() != self.parent_pid:
+            os._exit(1)  # orphaned: the job already belongs to someone else
+        return "shutdown" if self.stop_event.is_set() else None
+
+
+def train_job(spec: dict, queue, stop_event, parent_pid: int) -> None:
+    # Ctrl-C reaches the whole process group; the worker decides when training stops, not the terminal.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    die_with_parent(parent_pid)
+    try:
+        from worker.checkpoint import CheckpointError
+        from worker.data import CorpusError, read_text
+        from worker.trainer import TrainConfig, Trainer, TrainingDiverged
+
+        text = read_text(spec["corpus_path"])
+        trainer = Trainer(
+            text,
+            spec["run_dir"],
+            model_config=spec["model"],
+            train_config=TrainConfig.from_dict(spec["training"]),
+            init_from=spec.get("init_from"),
+            observer=QueueObserver(queue, stop_event, parent_pid),
+            corpus_path=spec["corpus_path"],
+        )
+        result = trainer.train()
+        queue.put(("result", asdict(result)))
+    except (CorpusError, CheckpointError, TrainingDiverged, ValueError) as exc:
+        queue.put(("error", str(exc)))
+    except Exception as exc:  # a bug: keep the trace in the worker's log, tell the user something useful
+        traceback.print_exc()
+        queue.put(("error", f"training crashed: {type(exc).__name__}: {exc}"))
+    finally:
+        queue.close()
+        queue.join_thread()

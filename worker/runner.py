@@ -1,0 +1,393 @@
+"""The worker: claim a job, train it in a child process under a lease, report, repeat.
+
+    worker (this process)                         training child (worker/process.py)
+    ---------------------                         ----------------------------------
+    claim job (one atomic UPDATE) ------spawn---> Trainer(...).train()
+    every ~0.5 s: renew lease + write   <-queue-- on_start / on_metrics / on_eval / on_checkpoint
+      events, guarded by worker_id/status
+    lease lost or job cancelled: SIGKILL child
+    SIGTERM: set stop event ------------------->  should_stop() -> "shutdown": checkpoint, return
+      then requeue the job                        (the next worker resumes from that checkpoint)
+
+The run directory is <data dir>/runs/<job id>, on storage every worker shares, so whoever claims the
+job next finds the checkpoints there and the Trainer resumes from the latest one by itself.
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import os
+import queue as queue_module
+import signal
+import socket
+import time
+from pathlib import Path
+
+from sqlalchemy import select
+
+from app.db import session_scope
+from app.ids import new_id
+from app.jobs import queue
+from app.models import Checkpoint, Corpus, Job
+from app.settings import Settings, get_settings
+from app.workers import repository as workers
+from worker.server import GenerationServer
+
+log = logging.getLogger("charrnn.worker")
+
+FLUSH_SECONDS = 0.5  # how often progress is written and the lease renewed (and a cancel noticed)
+POLL_SECONDS = 0.5  # how often an idle worker looks for a job
+PROGRESS_KEYS = (
+    "step",
+    "max_steps",
+    "epoch",
+    "train_loss",
+    "val_loss",
+    "best_val_loss",
+    "chars_per_second",
+    "eta_seconds",
+)
+
+
+class Worker:
+    def __init__(self, settings: Settings | None = None):
+        self.settings = settings or get_settings()
+        self.id = new_id("wrk")
+        self.stopping = False
+        self.server: GenerationServer | None = None
+        self.current_job: str | None = None
+        self.last_heartbeat = 0.0
+
+    # -- lifecycle ---------------------------------------------------------------------------------
+
+    def handle_signal(self, signum, _frame) -> None:
+        log.info("signal %s: finishing the current step, checkpointing, then stopping", signum)
+        self.stopping = True
+
+    def run(self) -> None:
+        signal.signal(signal.SIGTERM, self.handle_signal)
+        signal.signal(signal.SIGINT, self.handle_signal)
+        self.settings.runs_dir.mkdir(parents=True, exist_ok=True)
+        self.server = GenerationServer(self.settings)
+        self.server.start()
+        with session_scope() as session:
+            workers.register(
+                session,
+                worker_id=self.id,
+                hostname=socket.gethostname(),
+                pid=os.getpid(),
+                url=self.server.url,
+                device=self.settings.device,
+            )
+        log.info(
+            "worker %s up, generation server at %s",
+            self.id,
+            self.server.url,
+            extra={"fields": {"worker_id": self.id, "url": self.server.url}},
+        )
+        try:
+            while not self.stopping:
+                self.heartbeat()
+                self.reap()
+                job = self.claim()
+                if job is None:
+                    time.sleep(POLL_SECONDS)
+                    continue
+                self.run_job(job)
+        finally:
+            with session_scope() as session:
+                workers.stopped(session, worker_id=self.id)
+            self.server.stop()
+            log.info("worker %s stopped", self.id)
+
+    def heartbeat(self, force: bool = False) -> None:
+        now = time.monotonic()
+        if force or now - self.last_heartbeat >= self.settings.job_lease_seconds / 3:
+            with session_scope() as session:
+                workers.heartbeat(session, worker_id=self.id, current_job_id=self.current_job)
+            self.last_heartbeat = now
+
+    def reap(self) -> None:
+        with session_scope() as session:
+            for job_id, outcome in queue.reap_expired(session, max_attempts=self.settings.max_attempts):
+                log.warning("job %s lost its worker: %s", job_id, outcome)
+
+    def claim(self) -> Job | None:
+        with session_scope() as session:
+            return queue.claim(
+                session,
+                worker_id=self.id,
+                lease_seconds=self.settings.job_lease_seconds,
+                device=self.settings.device,
+            )
+
+    # -- one job -----------------------------------------------------------------------------------
+
+    def spec_for(self, job: Job) -> dict | str:
+        """What the child needs, as plain data; or a message saying why the job cannot run."""
+        data_dir = self.settings.data_dir
+        with session_scope() as session:
+            corpus_path = session.scalar(select(Corpus.path).where(Corpus.id == job.corpus_id))
+            init_path = None
+            if job.init_from:
+                init_path = session.scalar(select(Checkpoint.path).where(Checkpoint.id == job.init_from))
+        if corpus_path is None or not (data_dir / corpus_path).is_file():
+            return f"corpus {job.corpus_id} is gone; upload it again and start a new job"
+        if job.init_from and (init_path is None or not (data_dir / init_path).is_file()):
+            return f"checkpoint {job.init_from} (init_from) is gone"
+        return {
+            "corpus_path": str((data_dir / corpus_path).resolve()),
+            "run_dir": str((self.settings.runs_dir / job.id).resolve()),
+            "model": {k: v for k, v in job.model.items() if v is not None},
+            "training": {
+                **{k: v for k, v in job.training.items() if v is not None},
+                "device": self.settings.device,
+            },
+            "init_from": str((data_dir / init_path).resolve()) if init_path else None,
+        }
+
+    def run_job(self, job: Job) -> None:
+        self.current_job = job.id
+        self.heartbeat(force=True)
+        log.info("job %s claimed (attempt %s)", job.id, job.attempts, extra={"fields": {"job_id": job.id}})
+        try:
+            spec = self.spec_for(job)
+            if isinstance(spec, str):
+                with session_scope() as session:
+                    queue.finish(
+                        session,
+                        job_id=job.id,
+                        worker_id=self.id,
+                        status="failed",
+                        message=f"failed: {spec}",
+                        error=spec,
+                    )
+                return
+            JobRun(self, job, spec).supervise()
+        finally:
+            self.current_job = None
+            self.heartbeat(force=True)
+
+
+class JobRun:
+    """Supervises one training child: relays its reports into the database under the lease."""
+
+    def __init__(self, worker: Worker, job: Job, spec: dict):
+        self.worker, self.job, self.spec = worker, job, spec
+        self.settings = worker.settings
+        self.pending: list[tuple[str, object]] = []
+        self.progress: dict = dict(job.progress or {})
+        self.outcome: tuple[str, object] | None = None
+        self.stop_sent = False
+
+    def supervise(self) -> None:
+        ctx = multiprocessing.get_context("spawn")
+        self.messages = ctx.Queue()
+        self.stop_event = ctx.Event()
+        self.child = ctx.Process(
+            target=_child_entry,
+            args=(self.spec, self.messages, self.stop_event, os.getpid()),
+            name=f"train-{self.job.id}",
+            daemon=True,
+        )
+        self.child.start()
+        last_flush = 0.0
+        while True:
+            if self.worker.stopping and not self.stop_sent:
+                self.stop_event.set()
+                self.stop_sent = True
+            self.drain(timeout=0.1)
+            child_done = not self.child.is_alive()
+            if child_done:
+                self.drain(timeout=0.5)  # the last messages may still be in the pipe
+            if time.monotonic() - last_flush >= FLUSH_SECONDS or child_done or self.outcome:
+                last_flush = time.monotonic()
+                if not self.flush():
+                    self.kill("the job is no longer ours (cancelled, or the lease was lost)")
+                    return
+                self.worker.heartbeat()
+            if self.outcome or child_done:
+                break
+        self.child.join(timeout=30)
+        self.finish(self.outcome or ("crashed", self.child.exitcode))
+
+    def drain(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                kind, payload = self.messages.get(timeout=max(0.0, deadline - time.monotonic()))
+            except (queue_module.Empty, EOFError, OSError):
+                return
+            if kind in ("result", "error"):
+                self.outcome = (kind, payload)
+            else:
+                self.pending.append((kind, payload))
+
+    def kill(self, why: str) -> None:
+        log.info("job %s: %s; stopping its training process", self.job.id, why)
+        if self.child.is_alive():
+            self.child.kill()
+        self.child.join(timeout=10)
+
+    def _snapshot(self, metrics: dict) -> None:
+        self.progress = {k: metrics.get(k) for k in PROGRESS_KEYS}
+
+    def flush(self) -> bool:
+        """Write what the child reported, in one transaction that first proves the job is still ours."""
+        job_id, data_dir = self.job.id, self.settings.data_dir.resolve()
+        pending, self.pending = self.pending, []
+        for kind, payload in pending:
+            if kind in ("metrics", "eval"):
+                self._snapshot(payload if kind == "metrics" else payload["metrics"])
+        with session_scope() as session:
+            if not queue.renew(
+                session,
+                job_id=job_id,
+                worker_id=self.worker.id,
+                lease_seconds=self.settings.job_lease_seconds,
+                progress=self.progress,
+            ):
+                return False
+            for kind, payload in pending:
+                if kind == "start":
+                    resumed = payload.get("resumed_from_step")
+                    session.execute(
+                        Job.__table__.update()
+                        .where(Job.id == job_id, Job.worker_id == self.worker.id)
+                        .values(device=payload.get("device"))
+                    )
+                    if resumed is not None:
+                        queue.forget_metrics_after(session, job_id=job_id, step=resumed)
+                        queue.add_event(
+                            session,
+                            job_id=job_id,
+                            type="log",
+                            message=f"resumed from step {resumed}",
+                            data={"resumed_from_step": resumed},
+                        )
+                    queue.add_event(
+                        session,
+                        job_id=job_id,
+                        type="log",
+                        message=(
+                            f"training {payload['num_parameters']:,} parameters on {payload['device']} "
+                            f"({payload['precision']}), {payload['train_chars']:,} training characters"
+                        ),
+                        data=payload,
+                    )
+                elif kind == "metrics":
+                    queue.add_metric(session, job_id=job_id, snapshot=payload)
+                    queue.add_event(
+                        session,
+                        job_id=job_id,
+                        type="metrics",
+                        message=f"step {payload['step']}: train_loss {payload['train_loss']:.4f}",
+                        data=payload,
+                    )
+                elif kind == "eval":
+                    metrics = payload["metrics"]
+                    queue.add_metric(session, job_id=job_id, snapshot=metrics)
+                    val = metrics.get("val_loss")
+                    queue.add_event(
+                        session,
+                        job_id=job_id,
+                        type="sample",
+                        message=f"step {metrics['step']}: val_loss {val if val is None else round(val, 4)}",
+                        data={**metrics, "sample": payload["sample"]},
+                    )
+                elif kind == "checkpoint":
+                    path = Path(payload["path"]).resolve().relative_to(data_dir)
+                    queue.add_checkpoint(
+                        session,
+                        job_id=job_id,
+                        owner=self.job.owner,
+                        checkpoint_id=new_id("ckpt"),
+                        info=payload,
+                        path=str(path),
+                    )
+                    queue.add_event(
+                        session,
+                        job_id=job_id,
+                        type="checkpoint",
+                        message=f"checkpoint at step {payload['step']}"
+                        + (" (new best)" if payload.get("is_best") else ""),
+                        data={k: v for k, v in payload.items() if k != "path"},
+                    )
+        return True
+
+    def finish(self, outcome: tuple[str, object]) -> None:
+        kind, payload = outcome
+        job_id, worker_id = self.job.id, self.worker.id
+        with session_scope() as session:
+            if kind == "result":
+                result = payload
+                if result["stopped_by"] == "shutdown":
+                    queue.requeue(
+                        session,
+                        job_id=job_id,
+                        worker_id=worker_id,
+                        reason=f"worker shut down; checkpoint saved at step {result['steps']}",
+                    )
+                    return
+                progress = {
+                    **self.progress,
+                    "step": result["steps"],
+                    "max_steps": result["steps"],
+                    "epoch": result["epoch"],
+                    "train_loss": result["train_loss"],
+                    "val_loss": result["val_loss"],
+                    "best_val_loss": result["best_val_loss"],
+                    "chars_per_second": result["chars_per_second"],
+                    "eta_seconds": 0.0,
+                }
+                queue.finish(
+                    session,
+                    job_id=job_id,
+                    worker_id=worker_id,
+                    status="succeeded",
+                    progress=progress,
+                    message=f"succeeded after {result['steps']} steps ({result['stopped_by']}), "
+                    f"val_loss {result['val_loss']}",
+                )
+            elif kind == "error":
+                queue.finish(
+                    session,
+                    job_id=job_id,
+                    worker_id=worker_id,
+                    status="failed",
+                    error=str(payload),
+                    message=f"failed: {payload}",
+                )
+            else:
+                error = (
+                    f"the training process died unexpectedly (exit code {payload}); "
+                    "if this repeats, the model may not fit in memory: lower hidden_size or batch_size"
+                )
+                queue.finish(
+                    session,
+                    job_id=job_id,
+                    worker_id=worker_id,
+                    status="failed",
+                    error=error,
+                    message=f"failed: {error}",
+                )
+        log.info("job %s finished: %s", job_id, kind, extra={"fields": {"job_id": job_id}})
+
+
+def _child_entry(spec, messages, stop_event, parent_pid):
+    from worker.process import train_job
+
+    train_job(spec, messages, stop_event, parent_pid)
+
+
+def main() -> None:
+    from app.logs import setup_logging
+
+    settings = get_settings()
+    setup_logging(settings.log_level)
+    Worker(settings).run()
+
+
+if __name__ == "__main__":
+    main()

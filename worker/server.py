@@ -1,0 +1,173 @@
+"""The worker's generation server: the API forwards /generate and /score here.
+
+It runs inside the worker process (uvicorn in a thread), so generation shares the machine and its
+accelerator with training. Loaded models are kept in a small LRU cache keyed by checkpoint file; a
+job's newer best checkpoint is a different file, so it is picked up by the next request that names it.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import threading
+import time
+from collections import OrderedDict
+from pathlib import Path
+
+import uvicorn
+from fastapi import FastAPI, HTTPException
+from fastapi.responses import StreamingResponse
+from pydantic import BaseModel, Field
+
+from app.settings import Settings
+
+
+class GenerateBody(BaseModel):
+    path: str
+    prompt: str = ""
+    length: int = Field(200, ge=0)
+    temperature: float = Field(1.0, ge=0)
+    top_k: int | None = None
+    top_p: float | None = None
+    seed: int | None = None
+    num_samples: int = Field(1, ge=1)
+    stop: list[str] = Field(default_factory=list)
+
+
+class ScoreBody(BaseModel):
+    path: str
+    text: str
+
+
+class ModelCache:
+    def __init__(self, size: int, device: str, data_dir: Path):
+        self.size, self.device, self.data_dir = size, device, data_dir.resolve()
+        self.models: OrderedDict[str, object] = OrderedDict()
+        self.lock = threading.Lock()
+
+    def get(self, path: str):
+        from worker.checkpoint import CheckpointError, load_model
+        from worker.trainer import resolve_device
+
+        resolved = Path(path).resolve()
+        if not resolved.is_relative_to(self.data_dir):
+            raise HTTPException(400, "checkpoint path outside the data directory")
+        key = str(resolved)
+        with self.lock:
+            if key in self.models:
+                self.models.move_to_end(key)
+                return self.models[key]
+        try:
+            loaded = load_model(resolved, device=resolve_device(self.device))
+        except CheckpointError as exc:
+            raise HTTPException(410, str(exc)) from None
+        with self.lock:
+            self.models[key] = loaded
+            while len(self.models) > self.size:
+                self.models.popitem(last=False)
+        return loaded
+
+
+def create_server_app(settings: Settings) -> FastAPI:
+    app = FastAPI(title="charrnn worker")
+    cache = ModelCache(settings.model_cache_size, settings.device, settings.data_dir)
+    # One sampler at a time per model would be safest; torch modules are safe to read concurrently
+    # under inference_mode, so requests run in parallel threads.
+
+    def sampler_and_request(body: GenerateBody):
+        from worker.sampler import Sampler, SampleRequest
+
+        loaded = cache.get(body.path)
+        request = SampleRequest(
+            prompt=body.prompt,
+            length=body.length,
+            temperature=body.temperature,
+            top_k=body.top_k,
+            top_p=body.top_p,
+            seed=body.seed,
+            num_samples=body.num_samples,
+            stop=body.stop,
+        )
+        sampler = Sampler(loaded.model, loaded.vocab)
+        try:
+            sampler.validate(request)
+        except ValueError as exc:
+            raise HTTPException(422, str(exc)) from None
+        return sampler, request
+
+    @app.get("/healthz")
+    def healthz():
+        return {"status": "ok", "models_loaded": len(cache.models)}
+
+    @app.post("/generate")
+    def generate(body: GenerateBody):
+        sampler, request = sampler_and_request(body)
+        samples = sampler.generate(request)
+        return {"samples": [{"text": s.text, "finish_reason": s.finish_reason} for s in samples]}
+
+    @app.post("/generate/stream")
+    def generate_stream(body: GenerateBody):
+        sampler, request = sampler_and_request(body)
+
+        def lines():
+            texts = [""] * request.num_samples
+            pending = [""] * request.num_samples
+            last = time.monotonic()
+            try:
+                for pieces in sampler.stream(request):
+                    texts = [t + p for t, p in zip(texts, pieces, strict=True)]
+                    pending = [t + p for t, p in zip(pending, pieces, strict=True)]
+                    # A chunk every ~20 ms or 32 characters: live enough, without an event per character.
+                    if any(pending) and (time.monotonic() - last > 0.02 or max(map(len, pending)) >= 32):
+                        yield json.dumps({"pieces": pending}) + "\n"
+                        pending, last = [""] * request.num_samples, time.monotonic()
+                if any(pending):
+                    yield json.dumps({"pieces": pending}) + "\n"
+                samples = [
+                    {"text": t, "finish_reason": "stop" if len(t) < request.length else "length"}
+                    for t in texts
+                ]
+                yield json.dumps({"samples": samples}) + "\n"
+            except Exception as exc:  # mid-stream: the status line is gone, say it in the stream
+                yield json.dumps({"error": f"generation failed: {exc}"}) + "\n"
+
+        return StreamingResponse(lines(), media_type="application/x-ndjson")
+
+    @app.post("/score")
+    def score(body: ScoreBody):
+        from worker.scoring import score_text
+
+        loaded = cache.get(body.path)
+        try:
+            loss, chars = score_text(loaded.model, loaded.vocab, body.text)
+        except ValueError as exc:
+            raise HTTPException(422, str(exc)) from None
+        return {"loss": loss, "chars": chars}
+
+    return app
+
+
+class GenerationServer:
+    """uvicorn on a socket bound up front, so port 0 gives a known free port before the server starts."""
+
+    def __init__(self, settings: Settings):
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.sock.bind((settings.worker_host, settings.worker_port))
+        port = self.sock.getsockname()[1]
+        host = settings.worker_host if settings.worker_host not in ("0.0.0.0", "") else socket.gethostname()
+        self.url = settings.worker_url or f"http://{host}:{port}"
+        config = uvicorn.Config(
+            create_server_app(settings), log_config=None, access_log=False, timeout_graceful_shutdown=5
+        )
+        self.server = uvicorn.Server(config)
+        self.thread = threading.Thread(
+            target=self.server.run, kwargs={"sockets": [self.sock]}, daemon=True, name="generation-server"
+        )
+
+    def start(self) -> None:
+        self.thread.start()
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=10)
