@@ -1,0 +1,147 @@
+"""The queue at the database level: one claim per job under a race, leases, takeover, give-up."""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import time
+from pathlib import Path
+
+import pytest
+
+from app import db as app_db
+from app import settings as app_settings
+
+
+def _reset_caches():
+    app_settings.get_settings.cache_clear()
+    app_db.get_engine.cache_clear()
+    app_db.get_sessionmaker.cache_clear()
+
+
+@pytest.fixture
+def database(tmp_path, monkeypatch):
+    monkeypatch.setenv("CHARRNN_DATA_DIR", str(tmp_path))
+    monkeypatch.delenv("CHARRNN_DATABASE_URL", raising=False)
+    _reset_caches()
+    from app.cli import upgrade_database
+
+    upgrade_database()
+    yield tmp_path
+    app_db.get_engine().dispose()
+    _reset_caches()
+
+
+def _queue_jobs(n: int) -> list[str]:
+    from app.db import session_scope, utcnow
+    from app.ids import new_id
+    from app.models import Corpus, Job
+
+    with session_scope() as session:
+        corpus = Corpus(id=new_id("corpus"), owner="o", name="c", sha256="0" * 64, size_bytes=1, num_chars=1,
+                        vocab_size=1, path="corpora/x.txt")
+        session.add(corpus)
+        ids = [new_id("job") for _ in range(n)]
+        for job_id in ids:
+            session.add(Job(id=job_id, owner="o", corpus_id=corpus.id, status="queued", model={}, training={},
+                            progress={}, attempts=0, created_at=utcnow()))
+    return ids
+
+
+def _claim_all(data_dir: str, worker_id: str, out: str, start_at: float) -> None:
+    os.environ["CHARRNN_DATA_DIR"] = data_dir
+    from app.db import session_scope
+    from app.jobs import queue
+
+    while time.time() < start_at:  # everyone starts at once
+        time.sleep(0.001)
+    claimed = []
+    while True:
+        with session_scope() as session:
+            job = queue.claim(session, worker_id=worker_id, lease_seconds=60)
+        if job is None:
+            break
+        claimed.append(job.id)
+    Path(out).write_text("\n".join(claimed))
+
+
+def test_two_workers_never_run_one_job(database):
+    ids = _queue_jobs(40)
+    ctx = multiprocessing.get_context("spawn")
+    start_at = time.time() + 3
+    procs = [ctx.Process(target=_claim_all, args=(str(database), f"wrk_{i}", str(database / f"claimed-{i}"), start_at))
+             for i in range(4)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(60)
+        assert p.exitcode == 0
+    claims = [line for i in range(4) for line in (database / f"claimed-{i}").read_text().split("\n") if line]
+    assert sorted(claims) == sorted(ids), "every job claimed exactly once"
+    assert sum(1 for i in range(4) if (database / f"claimed-{i}").read_text()) >= 2, "the race really happened"
+
+    from sqlalchemy import func, select
+
+    from app.db import session_scope
+    from app.models import Job, JobEvent
+
+    with session_scope() as session:
+        assert session.scalar(select(func.count()).where(Job.status == "running", Job.attempts == 1)) == 40
+        assert session.scalar(select(func.count()).select_from(JobEvent)) == 40  # one "running" event each
+
+
+def test_a_worker_that_lost_its_lease_changes_nothing(database):
+    from app.db import session_scope
+    from app.jobs import queue
+    from app.models import Job
+
+    (job_id,) = _queue_jobs(1)
+    with session_scope() as s:
+        assert queue.claim(s, worker_id="wrk_a", lease_seconds=0.2).id == job_id
+    time.sleep(0.3)
+    with session_scope() as s:
+        assert queue.reap_expired(s, max_attempts=3) == [(job_id, "queued")]
+    with session_scope() as s:
+        assert queue.claim(s, worker_id="wrk_b", lease_seconds=60).attempts == 2
+    with session_scope() as s:  # worker A wakes up: every write it tries is refused
+        assert not queue.renew(s, job_id=job_id, worker_id="wrk_a", lease_seconds=60, progress={"step": 999})
+        assert not queue.finish(s, job_id=job_id, worker_id="wrk_a", status="succeeded", message="done")
+        assert not queue.requeue(s, job_id=job_id, worker_id="wrk_a", reason="x")
+    with session_scope() as s:
+        job = s.get(Job, job_id)
+        assert (job.status, job.worker_id, job.progress) == ("running", "wrk_b", {})
+        assert queue.renew(s, job_id=job_id, worker_id="wrk_b", lease_seconds=60, progress={"step": 5})
+
+
+def test_too_many_lost_workers_fail_the_job_with_a_reason(database):
+    from app.db import session_scope
+    from app.jobs import queue
+    from app.models import Job
+
+    (job_id,) = _queue_jobs(1)
+    for attempt in range(1, 3):
+        with session_scope() as s:
+            queue.claim(s, worker_id=f"wrk_{attempt}", lease_seconds=0.05)
+        time.sleep(0.1)
+        with session_scope() as s:
+            outcome = queue.reap_expired(s, max_attempts=2)
+        assert outcome == [(job_id, "queued" if attempt < 2 else "failed")]
+    with session_scope() as s:
+        job = s.get(Job, job_id)
+        assert job.status == "failed" and "stopped responding 2 time(s)" in job.error_message
+        assert job.finished_at is not None
+
+
+def test_shutdown_requeue_does_not_count_as_an_attempt(database):
+    from app.db import session_scope
+    from app.jobs import queue
+    from app.models import Job
+
+    (job_id,) = _queue_jobs(1)
+    with session_scope() as s:
+        queue.claim(s, worker_id="wrk_a", lease_seconds=60)
+    with session_scope() as s:
+        assert queue.requeue(s, job_id=job_id, worker_id="wrk_a", reason="shutdown")
+    with session_scope() as s:
+        job = s.get(Job, job_id)
+        assert (job.status, job.attempts, job.worker_id) == ("queued", 0, None)
