@@ -39,8 +39,10 @@ def test_empty_and_missing_files_are_refused(tmp_path):
 
 def test_too_small_corpus_says_how_small_and_what_to_change():
     data = torch.arange(100) % 7
-    with pytest.raises(CorpusError, match=r"has 100 characters.*needs at least 2,112.*lower batch_size or seq_len"):
+    with pytest.raises(CorpusError, match=r"has 100 characters.*needs at least 2,111.*fits batch_size=1 and seq_len=49"):
         StreamBatcher(data, batch_size=32, seq_len=63)
+    with pytest.raises(CorpusError, match=r"fits batch_size=5\b"):
+        StreamBatcher(torch.arange(400) % 7, batch_size=32, seq_len=63)
 
 
 def test_validation_split_is_the_tail():

@@ -58,7 +58,7 @@ def test_loss_falls_on_a_small_corpus(tmp_path, text):
 
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
 def test_resumed_run_equals_uninterrupted_run_bitwise(tmp_path, text, precision):
-    config = tiny_config(precision=precision, max_steps=45)
+    config = tiny_config(precision=precision, max_steps=45, log_every=1)
     whole = Trainer(text, tmp_path / "whole", TINY_MODEL, config).train()
 
     # Stop between checkpoints and across an epoch boundary's neighbourhood, then resume twice.

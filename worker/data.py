@@ -101,10 +101,13 @@ class StreamBatcher:
         self.data, self.batch_size, self.seq_len, self.seed = data, batch_size, seq_len, seed
         minimum = batch_size * (seq_len + 1) + seq_len
         if len(data) < minimum:
+            fitting_batch = (len(data) - seq_len) // (seq_len + 1)
+            fix = (f"batch_size={fitting_batch}" if fitting_batch >= 1
+                   else f"batch_size=1 and seq_len={max(1, (len(data) - 1) // 2)}")
             raise CorpusError(
                 f"the training text has {len(data):,} characters, too few for batch_size={batch_size} "
                 f"and seq_len={seq_len} (needs at least {minimum:,}). Upload more text, or lower "
-                f"batch_size or seq_len (for example batch_size={max(1, len(data) // (4 * seq_len + 4))})."
+                f"batch_size or seq_len (this text fits {fix})."
             )
         # Every epoch has the same number of batches whatever its offset, so a step number alone
         # tells where in the data a run is.

@@ -192,12 +192,12 @@ class Trainer:
 
         data = self.vocab.encode(text, what="the corpus")
         self.train_data, self.val_data = split_train_val(data, self.config.val_fraction)
+        self.batcher = StreamBatcher(self.train_data, self.config.batch_size, self.config.seq_len, self.config.seed)
         if self.config.val_fraction > 0 and len(self.val_data) < 2:
             raise CorpusError(
                 f"the validation split ({self.config.val_fraction:.0%} of {len(data):,} characters) is under "
                 "2 characters; upload more text or raise val_fraction"
             )
-        self.batcher = StreamBatcher(self.train_data, self.config.batch_size, self.config.seq_len, self.config.seed)
 
         decay = [p for n, p in self.model.named_parameters() if p.dim() >= 2 and "embedding" not in n]
         no_decay = [p for n, p in self.model.named_parameters() if not (p.dim() >= 2 and "embedding" not in n)]
