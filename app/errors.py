@@ -8,6 +8,9 @@ from fastapi import FastAPI, Request
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
 log = logging.getLogger("charrnn.api")
 
@@ -18,6 +21,27 @@ class ApiError(Exception):
     def __init__(self, status_code: int, detail: str, headers: dict[str, str] | None = None):
         super().__init__(detail)
         self.status_code, self.detail, self.headers = status_code, detail, headers
+
+
+class ErrorOut(BaseModel):
+    detail: str
+
+
+DESCRIPTIONS = {
+    400: "the body could not be parsed (e.g. it is not valid JSON)",
+    401: "missing, invalid or revoked API key",
+    404: "no such resource for this key's owner",
+    409: "conflicts with the resource's state",
+    410: "the resource's file is gone",
+    413: "the upload is over the size limit",
+    415: "unsupported Content-Type",
+    503: "no live worker; retry later",
+}
+
+
+def responses(*codes: int) -> dict:
+    """OpenAPI entries for the error answers a route can give (422 FastAPI documents itself)."""
+    return {code: {"model": ErrorOut, "description": DESCRIPTIONS[code]} for code in codes}
 
 
 def not_found(kind: str, id_: str) -> ApiError:
@@ -36,6 +60,20 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(ApiError)
     async def _api_error(_request: Request, exc: ApiError):
         return JSONResponse({"detail": exc.detail}, status_code=exc.status_code, headers=exc.headers)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request: Request, exc: StarletteHTTPException):
+        headers = dict(exc.headers or {})
+        if exc.status_code == 405:
+            # Starlette lists only the methods of the one route it matched; a path served by several
+            # routes (GET and DELETE /corpora/{id}) must list them all.
+            methods = set()
+            for route in request.app.router.routes:
+                match, _ = route.matches(request.scope)
+                if match != Match.NONE and getattr(route, "methods", None):
+                    methods |= route.methods
+            headers["Allow"] = ", ".join(sorted(methods))
+        return JSONResponse({"detail": exc.detail}, status_code=exc.status_code, headers=headers)
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(_request: Request, exc: RequestValidationError):

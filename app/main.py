@@ -8,6 +8,7 @@ from contextlib import asynccontextmanager
 
 import httpx
 from fastapi import FastAPI, Request
+from fastapi.openapi.utils import get_openapi
 
 from app.checkpoints.routes import router as checkpoints_router
 from app.corpora.routes import router as corpora_router
@@ -66,6 +67,24 @@ def create_app() -> FastAPI:
         )
         return response
 
+    def openapi() -> dict:
+        if app.openapi_schema is None:
+            schema = get_openapi(
+                title=app.title, version=app.version, description=app.description, routes=app.routes
+            )
+            # Our 422s are FastAPI's field list, or one sentence when the check needs the database
+            # (corpus too small, prompt characters unseen); `message` always reads as one line.
+            error = schema.get("components", {}).get("schemas", {}).get("HTTPValidationError")
+            if error:
+                error["properties"]["detail"] = {
+                    "anyOf": [{"type": "string"}, error["properties"]["detail"]],
+                    "title": "Detail",
+                }
+                error["properties"]["message"] = {"type": "string", "title": "Message"}
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    app.openapi = openapi
     return app
 
 

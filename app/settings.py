@@ -26,7 +26,9 @@ class Settings(BaseSettings):
     )
     model_cache_size: int = Field(4, ge=1, description="models a worker keeps loaded for generation")
     generation_threads: int = Field(
-        0, ge=0, description="CPU threads for generation in a worker; 0 = half the CPUs (training gets the rest)"
+        0,
+        ge=0,
+        description="CPU threads for generation in a worker; 0 = half the CPUs (training gets the rest)",
     )
     generate_timeout_seconds: float = Field(120.0, gt=0, description="API -> worker request timeout")
     log_level: str = Field("INFO")

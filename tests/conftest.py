@@ -23,8 +23,16 @@ KEY = "crn_test_owner_alice_key_0123456789"
 
 # Tiny but real: trains in a second or two on a laptop CPU.
 TINY_MODEL = {"cell": "lstm", "hidden_size": 32, "num_layers": 1, "embedding_dim": 16}
-TINY_TRAINING = {"seq_len": 16, "batch_size": 4, "max_steps": 60, "eval_every": 20, "checkpoint_every": 20,
-                 "log_every": 10, "sample_length": 40, "seed": 7}
+TINY_TRAINING = {
+    "seq_len": 16,
+    "batch_size": 4,
+    "max_steps": 60,
+    "eval_every": 20,
+    "checkpoint_every": 20,
+    "log_every": 10,
+    "sample_length": 40,
+    "seed": 7,
+}
 
 
 def free_port() -> int:
@@ -41,8 +49,10 @@ def _fail_on_server_error(response: httpx.Response) -> None:
     # A 500 is a bug whatever the test was checking; 503 (no worker) is a legitimate answer.
     if response.status_code == 500 or response.status_code == 502:
         response.read()
-        raise AssertionError(f"server error {response.status_code} on {response.request.method} "
-                             f"{response.request.url}: {response.text}")
+        raise AssertionError(
+            f"server error {response.status_code} on {response.request.method} "
+            f"{response.request.url}: {response.text}"
+        )
 
 
 class Service:
@@ -69,12 +79,23 @@ class Service:
     def _spawn(self, args: list[str], name: str) -> subprocess.Popen:
         log = self.root / f"{name}-{len(self.logs)}.log"
         self.logs.append(log)
-        return subprocess.Popen([sys.executable, "-m", "app.cli", *args], cwd=ROOT, env=self.env,
-                                stdout=open(log, "ab"), stderr=subprocess.STDOUT)  # noqa: SIM115
+        return subprocess.Popen(
+            [sys.executable, "-m", "app.cli", *args],
+            cwd=ROOT,
+            env=self.env,
+            stdout=open(log, "ab"),
+            stderr=subprocess.STDOUT,
+        )  # noqa: SIM115
 
     def cli(self, *args: str) -> subprocess.CompletedProcess:
-        return subprocess.run([sys.executable, "-m", "app.cli", *args], cwd=ROOT, env=self.env,
-                              capture_output=True, text=True, timeout=60)
+        return subprocess.run(
+            [sys.executable, "-m", "app.cli", *args],
+            cwd=ROOT,
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
 
     def start_api(self) -> None:
         self.api_proc = self._spawn(["api", "--port", str(self.port)], "api")
@@ -106,11 +127,14 @@ class Service:
 
     def client(self, key: str | None = KEY) -> httpx.Client:
         headers = {"Authorization": f"Bearer {key}"} if key else {}
-        return httpx.Client(base_url=self.url, headers=headers, timeout=60,
-                            event_hooks={"response": [_fail_on_server_error]})
+        return httpx.Client(
+            base_url=self.url, headers=headers, timeout=60, event_hooks={"response": [_fail_on_server_error]}
+        )
 
     def log_text(self) -> str:
-        return "\n".join(f"== {p.name}\n{p.read_text(errors='replace')[-4000:]}" for p in self.logs if p.exists())
+        return "\n".join(
+            f"== {p.name}\n{p.read_text(errors='replace')[-4000:]}" for p in self.logs if p.exists()
+        )
 
     def stop(self) -> None:
         for proc in [*self.workers, self.api_proc]:
@@ -125,27 +149,39 @@ class Service:
                     proc.wait()
 
     def upload(self, client: httpx.Client, text: str, name: str = "corpus") -> dict:
-        r = client.post("/corpora", params={"name": name}, content=text.encode(),
-                        headers={"Content-Type": "text/plain"})
+        r = client.post(
+            "/corpora", params={"name": name}, content=text.encode(), headers={"Content-Type": "text/plain"}
+        )
         assert r.status_code == 201, r.text
         return r.json()
 
     def create_job(self, client: httpx.Client, corpus_id: str, model=None, training=None, **extra) -> dict:
-        body = {"corpus_id": corpus_id, "model": model or TINY_MODEL, "training": {**TINY_TRAINING, **(training or {})},
-                **extra}
+        body = {
+            "corpus_id": corpus_id,
+            "model": model or TINY_MODEL,
+            "training": {**TINY_TRAINING, **(training or {})},
+            **extra,
+        }
         r = client.post("/jobs", json=body)
         assert r.status_code == 201, r.text
         return r.json()
 
-    def wait_job(self, client: httpx.Client, job_id: str, statuses=("succeeded", "failed", "cancelled"),
-                 timeout: float = 90) -> dict:
+    def wait_job(
+        self,
+        client: httpx.Client,
+        job_id: str,
+        statuses=("succeeded", "failed", "cancelled"),
+        timeout: float = 90,
+    ) -> dict:
         deadline = time.monotonic() + timeout
         while True:
             job = client.get(f"/jobs/{job_id}").json()
             if job["status"] in statuses:
                 return job
             if time.monotonic() > deadline:
-                raise AssertionError(f"job {job_id} still {job['status']} after {timeout}s\n{self.log_text()}")
+                raise AssertionError(
+                    f"job {job_id} still {job['status']} after {timeout}s\n{self.log_text()}"
+                )
             time.sleep(0.2)
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 import subprocess
 import sys
+from pathlib import Path
 
 import httpx
 import pytest
@@ -38,7 +39,10 @@ def test_auth_required_and_isolation(service):
         assert wrong.get("/corpora").status_code == 401
 
     made = service.cli("keys", "create", "bob")
-    bob_key, bob_key_id = made.stdout.strip().splitlines()[-1], re.search(r"key_[0-9a-f]+", made.stderr).group()
+    bob_key, bob_key_id = (
+        made.stdout.strip().splitlines()[-1],
+        re.search(r"key_[0-9a-f]+", made.stderr).group(),
+    )
     with service.client() as alice, service.client(key=bob_key) as bob:
         mine = service.upload(alice, small_corpus(5000), name="alice-only")
         assert bob.get(f"/corpora/{mine['id']}").status_code == 404
@@ -75,8 +79,12 @@ def test_pagination(service, client):
 
 
 def test_upload_variants_and_errors(service, client):
-    raw = client.post("/corpora", params={"name": "raw"}, content="héllo wörld\n".encode(),
-                      headers={"Content-Type": "text/plain; charset=utf-8"})
+    raw = client.post(
+        "/corpora",
+        params={"name": "raw"},
+        content="héllo wörld\n".encode(),
+        headers={"Content-Type": "text/plain; charset=utf-8"},
+    )
     assert raw.status_code == 201
     assert raw.json()["num_chars"] == 12 and raw.json()["size_bytes"] == 14 and raw.json()["vocab_size"] == 10
 
@@ -104,7 +112,9 @@ def test_upload_variants_and_errors(service, client):
     assert r.status_code == 415 and "multipart" in r.json()["detail"]
     r = client.post("/corpora", files={"other": ("x.txt", b"abc", "text/plain")})
     assert r.status_code == 422 and "`file`" in r.json()["detail"]
-    r = client.post("/corpora", params={"name": "n" * 201}, content=b"abc", headers={"Content-Type": "text/plain"})
+    r = client.post(
+        "/corpora", params={"name": "n" * 201}, content=b"abc", headers={"Content-Type": "text/plain"}
+    )
     assert r.status_code == 422
 
     too_big = client.post("/corpora", content=b"a" * 1_100_000, headers={"Content-Type": "text/plain"})
@@ -113,7 +123,7 @@ def test_upload_variants_and_errors(service, client):
 
 
 def rss_kb(pid: int, field: str = "VmHWM") -> int:
-    for line in open(f"/proc/{pid}/status"):
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith(field + ":"):
             return int(line.split()[1])
     raise AssertionError(field)
@@ -171,7 +181,9 @@ def test_job_validation(service, client, corpus):
     # Too small a corpus for the batch: the message says what to lower.
     tiny = service.upload(client, small_corpus(2000), name="tiny")
     r = client.post("/jobs", json={"corpus_id": tiny["id"], "training": {"batch_size": 64, "seq_len": 64}})
-    assert r.status_code == 422 and "batch_size" in r.json()["detail"] and "needs at least" in r.json()["detail"]
+    assert (
+        r.status_code == 422 and "batch_size" in r.json()["detail"] and "needs at least" in r.json()["detail"]
+    )
 
 
 def test_unknown_ids_and_bad_generation_requests(client, corpus):

@@ -38,13 +38,32 @@ def _queue_jobs(n: int) -> list[str]:
     from app.models import Corpus, Job
 
     with session_scope() as session:
-        corpus = Corpus(id=new_id("corpus"), owner="o", name="c", sha256="0" * 64, size_bytes=1, num_chars=1,
-                        vocab_size=1, path="corpora/x.txt")
+        corpus = Corpus(
+            id=new_id("corpus"),
+            owner="o",
+            name="c",
+            sha256="0" * 64,
+            size_bytes=1,
+            num_chars=1,
+            vocab_size=1,
+            path="corpora/x.txt",
+        )
         session.add(corpus)
         ids = [new_id("job") for _ in range(n)]
         for job_id in ids:
-            session.add(Job(id=job_id, owner="o", corpus_id=corpus.id, status="queued", model={}, training={},
-                            progress={}, attempts=0, created_at=utcnow()))
+            session.add(
+                Job(
+                    id=job_id,
+                    owner="o",
+                    corpus_id=corpus.id,
+                    status="queued",
+                    model={},
+                    training={},
+                    progress={},
+                    attempts=0,
+                    created_at=utcnow(),
+                )
+            )
     return ids
 
 
@@ -69,8 +88,12 @@ def test_two_workers_never_run_one_job(database):
     ids = _queue_jobs(40)
     ctx = multiprocessing.get_context("spawn")
     start_at = time.time() + 3
-    procs = [ctx.Process(target=_claim_all, args=(str(database), f"wrk_{i}", str(database / f"claimed-{i}"), start_at))
-             for i in range(4)]
+    procs = [
+        ctx.Process(
+            target=_claim_all, args=(str(database), f"wrk_{i}", str(database / f"claimed-{i}"), start_at)
+        )
+        for i in range(4)
+    ]
     for p in procs:
         p.start()
     for p in procs:
@@ -78,7 +101,9 @@ def test_two_workers_never_run_one_job(database):
         assert p.exitcode == 0
     claims = [line for i in range(4) for line in (database / f"claimed-{i}").read_text().split("\n") if line]
     assert sorted(claims) == sorted(ids), "every job claimed exactly once"
-    assert sum(1 for i in range(4) if (database / f"claimed-{i}").read_text()) >= 2, "the race really happened"
+    assert sum(1 for i in range(4) if (database / f"claimed-{i}").read_text()) >= 2, (
+        "the race really happened"
+    )
 
     from sqlalchemy import func, select
 

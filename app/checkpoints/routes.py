@@ -8,11 +8,11 @@ from fastapi.responses import FileResponse
 from app.checkpoints import repository
 from app.checkpoints.schemas import CheckpointOut
 from app.deps import CurrentOwner, SessionDep, SettingsDep
-from app.errors import ApiError, not_found
+from app.errors import ApiError, not_found, responses
 from app.jobs import repository as jobs
 from app.pagination import Page, PageParams, page_params
 
-router = APIRouter(tags=["checkpoints"])
+router = APIRouter(tags=["checkpoints"], responses=responses(401, 404))
 
 
 @router.get("/jobs/{job_id}/checkpoints", response_model=Page[CheckpointOut], summary="A job's checkpoints")
@@ -38,7 +38,8 @@ def get_checkpoint(checkpoint_id: str, session: SessionDep, owner: CurrentOwner)
     response_class=FileResponse,
     summary="The checkpoint file: safetensors weights with config and vocabulary inside",
     responses={
-        200: {"content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}}
+        **responses(410),
+        200: {"content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}},
     },
 )
 def download_checkpoint(checkpoint_id: str, session: SessionDep, owner: CurrentOwner, settings: SettingsDep):

@@ -7,9 +7,10 @@ from fastapi import APIRouter, Depends, Query, Request, Response
 from app.corpora import repository, service
 from app.corpora.schemas import CorpusOut
 from app.deps import CurrentOwner, SessionDep, SettingsDep
+from app.errors import responses
 from app.pagination import Page, PageParams, page_params
 
-router = APIRouter(prefix="/corpora", tags=["corpora"])
+router = APIRouter(prefix="/corpora", tags=["corpora"], responses=responses(401, 404))
 
 UPLOAD_BODY = {
     "requestBody": {
@@ -40,6 +41,7 @@ UPLOAD_BODY = {
     status_code=201,
     response_model=CorpusOut,
     openapi_extra=UPLOAD_BODY,
+    responses=responses(400, 413, 415),
     summary="Upload a corpus (multipart field `file`, or a raw text/plain body)",
 )
 async def upload_corpus(
@@ -79,6 +81,7 @@ def get_corpus(corpus_id: str, session: SessionDep, owner: CurrentOwner):
     "/{corpus_id}",
     status_code=204,
     response_class=Response,
+    responses=responses(409),
     summary="Delete a corpus (409 while a queued or running job uses it)",
 )
 def delete_corpus(corpus_id: str, session: SessionDep, owner: CurrentOwner, settings: SettingsDep):

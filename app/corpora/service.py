@@ -46,10 +46,12 @@ async def upload(
         form_name = None
     else:
         form_name = await receive_multipart(stream, content_type, sink)
-    name = (name or form_name or "corpus").strip() or "corpus"
-    if len(name) > NAME_MAX:
-        sink.discard()
-        raise ApiError(422, f"name is {len(name)} characters long; keep it to {NAME_MAX} or fewer")
+    for given in (name, form_name):
+        if given and len(given) > NAME_MAX:
+            sink.discard()
+            raise ApiError(422, f"name is {len(given)} characters long; keep it to {NAME_MAX} or fewer")
+    name = name or form_name or "corpus"
+    name = name.strip() or "corpus"
     sha256, path = sink.finish()
     corpus = Corpus(
         id=new_id("corpus"),
@@ -81,7 +83,8 @@ def delete(session: Session, *, owner: str, settings: Settings, corpus_id: str) 
         if jobs:
             raise ApiError(
                 409,
-                f"corpus {corpus_id} is used by {len(jobs)} queued or running job(s) ({', '.join(jobs[:5])}); "
+                f"corpus {corpus_id} is used by {len(jobs)} queued or running job(s) "
+                f"({', '.join(jobs[:5])}); "
                 "cancel them or wait for them to finish, then delete it",
             )
         shared = repository.others_with_file(session, path=corpus.path, corpus_id=corpus_id)

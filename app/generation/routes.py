@@ -6,17 +6,13 @@ from starlette.concurrency import run_in_threadpool
 
 from app.db import get_sessionmaker
 from app.deps import CurrentOwner, SettingsDep
+from app.errors import responses
 from app.generation import service
 from app.generation.schemas import GenerateRequest, GenerateResponse, ScoreRequest, ScoreResponse
 
-router = APIRouter(tags=["generation"])
+router = APIRouter(tags=["generation"], responses=responses(400, 401, 404, 409, 410, 503))
 
-ERRORS = {
-    404: {"description": "unknown model id"},
-    409: {"description": "the job has no checkpoint yet"},
-    422: {"description": "a field out of range, or prompt characters the model never saw"},
-    503: {"description": "no live worker"},
-}
+ERRORS = {422: {"description": "a field out of range, or prompt characters the model never saw"}}
 
 
 def _target(owner: str, settings, model: str):
@@ -35,7 +31,8 @@ def _target(owner: str, settings, model: str):
         200: {
             "content": {
                 "text/event-stream": {
-                    "example": 'event: chunk\ndata: {"text": "Th", "pieces": ["Th"]}\n\nevent: done\ndata: {...}\n\n'
+                    "example": 'event: chunk\ndata: {"text": "Th", "pieces": ["Th"]}\n\n'
+                    "event: done\ndata: {...}\n\n"
                 }
             }
         },

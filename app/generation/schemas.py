@@ -34,7 +34,7 @@ class GenerateRequest(BaseModel):
     temperature: float = Field(1.0, ge=0, le=10, description="0 = always the most likely character")
     top_k: int | None = Field(None, ge=1, le=100_000)
     top_p: float | None = Field(None, gt=0, le=1)
-    seed: int | None = Field(None, ge=0, le=2**63 - 1)
+    seed: int | None = Field(None, ge=0, le=2**32 - 1)
     num_samples: int = Field(1, ge=1, le=16)
     stop: list[str] = Field(default_factory=list, max_length=16, description="strings that end a sample")
     stream: bool = Field(False, description="answer Server-Sent Events, one per chunk, then a final one")

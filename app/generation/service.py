@@ -128,7 +128,7 @@ async def generate(
 async def open_stream(
     client: httpx.AsyncClient, urls: list[str], *, path: str, request: dict, checkpoint_id: str
 ):
-    """Open the worker's NDJSON stream; errors (bad prompt, no worker) surface here, before any SSE is sent."""
+    """Open the worker's NDJSON stream; errors (bad prompt, no worker) surface here, before any SSE."""
     last_error = None
     for url in urls:
         try:

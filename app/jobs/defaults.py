@@ -8,6 +8,7 @@ from a copy that drifts. So the class bodies are read as source and their litera
 from __future__ import annotations
 
 import ast
+import contextlib
 from functools import lru_cache
 from pathlib import Path
 
@@ -25,10 +26,9 @@ def _literal_defaults(path: Path, class_name: str) -> dict:
                     and isinstance(item.target, ast.Name)
                     and item.value is not None
                 ):
-                    try:
+                    # A default that is not a literal (a factory) is left to the engine.
+                    with contextlib.suppress(ValueError):
                         out[item.target.id] = ast.literal_eval(item.value)
-                    except ValueError:
-                        pass  # not a literal (a factory): the engine fills it in
             return out
     raise RuntimeError(f"{class_name} not found in {path}")
 

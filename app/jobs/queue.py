@@ -161,7 +161,8 @@ def reap_expired(session: Session, *, max_attempts: int) -> list[tuple[str, str]
         if attempts >= max_attempts:
             error = (
                 f"the worker running this job stopped responding {attempts} time(s) (limit "
-                f"CHARRNN_MAX_ATTEMPTS={max_attempts}); check the workers' logs, e.g. for running out of memory"
+                f"CHARRNN_MAX_ATTEMPTS={max_attempts}); check the workers' logs, "
+                "e.g. for running out of memory"
             )
             result = session.execute(
                 update(Job)

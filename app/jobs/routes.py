@@ -10,15 +10,14 @@ from starlette.concurrency import run_in_threadpool
 
 from app.db import get_sessionmaker
 from app.deps import CurrentOwner, SessionDep, SettingsDep
-from app.errors import not_found
+from app.errors import not_found, responses
 from app.jobs import repository, service
 from app.jobs.schemas import EventOut, EventPage, JobCreate, JobOut, MetricOut, MetricsOut
 from app.pagination import Page, PageParams, page_params
 
-router = APIRouter(prefix="/jobs", tags=["jobs"])
+router = APIRouter(prefix="/jobs", tags=["jobs"], responses=responses(401, 404))
 
 FINAL = ("succeeded", "failed", "cancelled")
-NOT_FOUND = {404: {"description": "no such job for this key's owner"}}
 
 
 @router.post(
@@ -26,10 +25,7 @@ NOT_FOUND = {404: {"description": "no such job for this key's owner"}}
     status_code=201,
     response_model=JobOut,
     summary="Queue a training job",
-    responses={
-        404: {"description": "unknown corpus or checkpoint"},
-        422: {"description": "a field out of range, or a corpus too small for the settings"},
-    },
+    responses={**responses(400, 410), 422: {"description": "a field out of range, or a corpus too small"}},
 )
 def create_job(body: JobCreate, session: SessionDep, owner: CurrentOwner, settings: SettingsDep):
     return service.to_out(service.create(session, owner=owner, settings=settings, body=body))
@@ -48,9 +44,7 @@ def list_jobs(
     return {"data": [service.to_out(j) for j in rows], "has_more": has_more}
 
 
-@router.get(
-    "/{job_id}", response_model=JobOut, summary="One job, with its live progress", responses=NOT_FOUND
-)
+@router.get("/{job_id}", response_model=JobOut, summary="One job, with its live progress")
 def get_job(job_id: str, session: SessionDep, owner: CurrentOwner):
     return service.to_out(service.get(session, owner=owner, job_id=job_id))
 
@@ -59,7 +53,7 @@ def get_job(job_id: str, session: SessionDep, owner: CurrentOwner):
     "/{job_id}/cancel",
     response_model=JobOut,
     summary="Cancel a queued or running job",
-    responses={**NOT_FOUND, 409: {"description": "the job has already finished"}},
+    responses=responses(409),
 )
 def cancel_job(job_id: str, session: SessionDep, owner: CurrentOwner):
     return service.to_out(service.cancel(session, owner=owner, job_id=job_id))
@@ -83,7 +77,6 @@ def _sse(event) -> dict:
     response_model=EventPage,
     summary="The job's events; with `Accept: text/event-stream`, follow them live until the job ends",
     responses={
-        **NOT_FOUND,
         200: {"content": {"text/event-stream": {"example": "id: 3\nevent: metrics\ndata: {...}\n\n"}}},
     },
 )
@@ -121,7 +114,7 @@ async def job_events(
     return EventSourceResponse(follow(), ping=15)
 
 
-@router.get("/{job_id}/metrics", response_model=MetricsOut, summary="The loss curve", responses=NOT_FOUND)
+@router.get("/{job_id}/metrics", response_model=MetricsOut, summary="The loss curve")
 def job_metrics(job_id: str, session: SessionDep, owner: CurrentOwner):
     service.get(session, owner=owner, job_id=job_id)
     return {

@@ -1,4 +1,6 @@
-"""Job requests and responses. Every field is optional and bounded; a left-out field takes the engine's default."""
+"""Job requests and responses.
+
+Every field is optional and bounded; a left-out field takes the engine's default."""
 
 from __future__ import annotations
 

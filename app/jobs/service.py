@@ -61,7 +61,8 @@ def check_corpus_size(num_chars: int, training: dict) -> None:
             f"lower training.batch_size to {fit_batch} or less"
             if fit_batch >= 1
             else (
-                f"lower training.seq_len (to at most {max(1, (train_chars - 1) // 2)}) and training.batch_size"
+                f"lower training.seq_len (to at most {max(1, (train_chars - 1) // 2)}) "
+                "and training.batch_size"
             )
         )
         raise ApiError(
@@ -73,7 +74,8 @@ def check_corpus_size(num_chars: int, training: dict) -> None:
     if val_fraction > 0 and n_val < 2:
         raise ApiError(
             422,
-            f"training.val_fraction={val_fraction} holds out {n_val} character(s) of {num_chars:,}; at least 2 are "
+            f"training.val_fraction={val_fraction} holds out {n_val} character(s) of {num_chars:,}; "
+            "at least 2 are "
             "needed. Raise val_fraction, set it to 0 (no validation), or upload more text.",
         )
 
@@ -100,7 +102,8 @@ def create(session: Session, *, owner: str, settings: Settings, body: JobCreate)
                 raise ApiError(
                     422,
                     f"model {clash} differs from the init_from checkpoint's architecture "
-                    f"{ {k: config.get(k) for k in clash} }; leave `model` out when continuing from a checkpoint",
+                    f"{ {k: config.get(k) for k in clash} }; "
+                    "leave `model` out when continuing from a checkpoint",
                 )
             model = {k: config.get(k) for k in ModelSpec.model_fields}
         training = effective_training(body.training)
