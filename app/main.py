@@ -9,6 +9,7 @@ from contextlib import asynccontextmanager
 import httpx
 from fastapi import FastAPI, Request
 from fastapi.openapi.utils import get_openapi
+from fastapi.responses import JSONResponse
 
 from app.checkpoints.routes import router as checkpoints_router
 from app.corpora.routes import router as corpora_router
@@ -44,7 +45,16 @@ def create_app() -> FastAPI:
     @app.middleware("http")
     async def observe(request: Request, call_next):
         t0 = time.perf_counter()
-        response = await call_next(request)
+        repeated = sorted(
+            {k for k, _ in request.query_params.multi_items() if len(request.query_params.getlist(k)) > 1}
+        )
+        if repeated:  # every parameter is single-valued; silently taking the last one hides mistakes
+            response = JSONResponse(
+                {"detail": f"query parameter {repeated[0]!r} is given more than once; give it once"},
+                status_code=422,
+            )
+        else:
+            response = await call_next(request)
         route = request.scope.get("route")
         path = getattr(route, "path", "unmatched")
         seconds = time.perf_counter() - t0

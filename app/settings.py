@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from functools import lru_cache
 from pathlib import Path
 
@@ -25,13 +26,21 @@ class Settings(BaseSettings):
         None, description="how the API reaches this worker; default from host/port"
     )
     model_cache_size: int = Field(4, ge=1, description="models a worker keeps loaded for generation")
-    generation_threads: int = Field(
-        0,
-        ge=0,
-        description="CPU threads for generation in a worker; 0 = half the CPUs (training gets the rest)",
-    )
+    # CPU threads. An oversubscribed CPU is catastrophic for torch (its OpenMP threads spin-wait for
+    # each other: a tiny model trained 200x slower in our tests), so training and generation split
+    # the cores instead of each taking all of them.
+    generation_threads: int = Field(0, ge=0, description="threads for generation in a worker; 0 = CPUs / 4")
+    train_threads: int = Field(0, ge=0, description="threads for training; 0 = the CPUs generation leaves")
     generate_timeout_seconds: float = Field(120.0, gt=0, description="API -> worker request timeout")
     log_level: str = Field("INFO")
+
+    @property
+    def generation_thread_count(self) -> int:
+        return self.generation_threads or max(1, (os.cpu_count() or 1) // 4)
+
+    @property
+    def train_thread_count(self) -> int:
+        return self.train_threads or max(1, (os.cpu_count() or 1) - self.generation_thread_count)
 
     @property
     def sqlalchemy_url(self) -> str:

@@ -69,6 +69,9 @@ class Service:
             "CHARRNN_BOOTSTRAP_KEY": KEY,
             "CHARRNN_DEVICE": "cpu",
             "CHARRNN_JOB_LEASE_SECONDS": "3",
+            # One thread each: tests share 2 cores with other processes, and oversubscribed torch crawls.
+            "CHARRNN_TRAIN_THREADS": "1",
+            "CHARRNN_GENERATION_THREADS": "1",
             "PYTHONUNBUFFERED": "1",
             **{f"CHARRNN_{k.upper()}": str(v) for k, v in settings.items()},
         }

@@ -56,10 +56,13 @@ def train_job(spec: dict, queue, stop_event, parent_pid: int) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     die_with_parent(parent_pid)
     try:
+        import torch
+
         from worker.checkpoint import CheckpointError
         from worker.data import CorpusError, read_text
         from worker.trainer import TrainConfig, Trainer, TrainingDiverged
 
+        torch.set_num_threads(spec["threads"])
         text = read_text(spec["corpus_path"])
         trainer = Trainer(
             text,

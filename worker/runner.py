@@ -145,6 +145,7 @@ class Worker:
                 "device": self.settings.device,
             },
             "init_from": str((data_dir / init_path).resolve()) if init_path else None,
+            "threads": self.settings.train_thread_count,
         }
 
     def run_job(self, job: Job) -> None:

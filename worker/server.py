@@ -69,13 +69,10 @@ class ModelCache:
 
 
 def create_server_app(settings: Settings) -> FastAPI:
-    import os
-
     import torch
 
-    # Generation steps are small and latency-bound; more threads than this only fight the training
-    # process for cores (OpenMP spin-waits make an oversubscribed CPU dramatically slower).
-    torch.set_num_threads(settings.generation_threads or max(1, (os.cpu_count() or 2) // 2))
+    # Generation steps are small and latency-bound; more threads only fight training for cores.
+    torch.set_num_threads(settings.generation_thread_count)
     app = FastAPI(title="charrnn worker")
     cache = ModelCache(settings.model_cache_size, settings.device, settings.data_dir)
     # One sampler at a time per model would be safest; torch modules are safe to read concurrently
