@@ -202,7 +202,10 @@ class JobRun:
             child_done = not self.child.is_alive()
             if child_done:
                 self.drain(timeout=0.5)  # the last messages may still be in the pipe
-            if time.monotonic() - last_flush >= FLUSH_SECONDS or child_done or self.outcome:
+            # A checkpoint is written to the database at once: if this worker dies right after, the
+            # next one resumes from that checkpoint and it must already be listed and downloadable.
+            urgent = any(kind == "checkpoint" for kind, _ in self.pending)
+            if time.monotonic() - last_flush >= FLUSH_SECONDS or urgent or child_done or self.outcome:
                 last_flush = time.monotonic()
                 if not self.flush():
                     self.kill("the job is no longer ours (cancelled, or the lease was lost)")
@@ -260,6 +263,7 @@ class JobRun:
                     )
                     if resumed is not None:
                         queue.forget_metrics_after(session, job_id=job_id, step=resumed)
+                        self.adopt_checkpoint(session, resumed)
                         queue.add_event(
                             session,
                             job_id=job_id,
@@ -316,6 +320,40 @@ class JobRun:
                         data={k: v for k, v in payload.items() if k != "path"},
                     )
         return True
+
+    def adopt_checkpoint(self, session, step: int) -> None:
+        """List the checkpoint we resume from if the previous worker died before it could."""
+        from app.checkpoints.files import read_metadata
+
+        weights = self.settings.runs_dir / self.job.id / "checkpoints" / f"step-{step:08d}.safetensors"
+        if not weights.is_file():
+            return
+        exists = session.scalar(
+            select(Checkpoint.id).where(Checkpoint.job_id == self.job.id, Checkpoint.step == step)
+        )
+        if exists:
+            return
+        try:
+            val = read_metadata(weights).get("val_loss")
+            val_loss = float(val) if val not in (None, "None") else None
+        except (OSError, ValueError):
+            val_loss = None
+        info = {
+            "step": step,
+            "train_loss": None,
+            "val_loss": val_loss,
+            "is_best": False,
+            "size_bytes": weights.stat().st_size,
+        }
+        path = weights.resolve().relative_to(self.settings.data_dir.resolve())
+        queue.add_checkpoint(
+            session,
+            job_id=self.job.id,
+            owner=self.job.owner,
+            checkpoint_id=new_id("ckpt"),
+            info=info,
+            path=str(path),
+        )
 
     def finish(self, outcome: tuple[str, object]) -> None:
         kind, payload = outcome
