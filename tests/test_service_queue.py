@@ -115,6 +115,19 @@ def test_two_workers_never_run_one_job(database):
         assert session.scalar(select(func.count()).select_from(JobEvent)) == 40  # one "running" event each
 
 
+def test_claim_is_one_statement_that_skips_locked_rows_on_postgres():
+    from sqlalchemy.dialects import postgresql, sqlite
+
+    from app.db import utcnow
+    from app.jobs.queue import claim_statement
+
+    statement = claim_statement(worker_id="w", lease_seconds=30, device=None, now=utcnow())
+    pg = str(statement.compile(dialect=postgresql.dialect()))
+    assert pg.startswith("UPDATE jobs") and "FOR UPDATE SKIP LOCKED" in pg and "RETURNING jobs.id" in pg
+    lite = str(statement.compile(dialect=sqlite.dialect()))
+    assert "SKIP LOCKED" not in lite and "RETURNING" in lite
+
+
 def test_a_worker_that_lost_its_lease_changes_nothing(database):
     from app.db import session_scope
     from app.jobs import queue

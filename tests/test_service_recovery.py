@@ -136,6 +136,9 @@ def test_sigterm_checkpoints_and_requeues(svc):
     checkpoints = client.get(f"/jobs/{job['id']}/checkpoints").json()["data"]
     assert checkpoints and checkpoints[0]["step"] >= 30  # saved where it stopped
     assert svc.live_workers() == 0
+    assert client.get("/readyz").status_code == 503
+    r = client.post("/generate", json={"model": job["id"], "length": 5})
+    assert r.status_code == 503 and "no worker" in r.json()["detail"]
 
     svc.start_worker()
     wait_event(client, job["id"], lambda e: e["message"] == f"resumed from step {checkpoints[0]['step']}")

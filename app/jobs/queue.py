@@ -11,10 +11,10 @@ from __future__ import annotations
 
 from datetime import timedelta
 
-from sqlalchemy import delete, select, update
+from sqlalchemy import delete, func, literal, select, update
 from sqlalchemy.orm import Session
 
-from app.db import utcnow
+from app.db import UTCDateTime, utcnow
 from app.models import Job, JobEvent, JobMetric
 
 
@@ -22,8 +22,7 @@ def add_event(session: Session, *, job_id: str, type: str, message: str, data: d
     session.add(JobEvent(job_id=job_id, type=type, message=message, data=data or {}, created_at=utcnow()))
 
 
-def claim(session: Session, *, worker_id: str, lease_seconds: float, device: str | None = None) -> Job | None:
-    now = utcnow()
+def claim_statement(*, worker_id: str, lease_seconds: float, device: str | None, now):
     candidate = (
         select(Job.id)
         .where(Job.status == "queued")
@@ -32,7 +31,7 @@ def claim(session: Session, *, worker_id: str, lease_seconds: float, device: str
         .with_for_update(skip_locked=True)  # PostgreSQL; SQLite ignores it (it has one writer anyway)
         .scalar_subquery()
     )
-    statement = (
+    return (
         update(Job)
         .where(Job.id == candidate, Job.status == "queued")
         .values(
@@ -41,12 +40,18 @@ def claim(session: Session, *, worker_id: str, lease_seconds: float, device: str
             lease_expires_at=now + timedelta(seconds=lease_seconds),
             attempts=Job.attempts + 1,
             device=device,
-            started_at=now,
+            started_at=func.coalesce(
+                Job.started_at, literal(now, UTCDateTime)
+            ),  # the first start, not the latest
             error_message=None,
         )
         .returning(Job.id)
         .execution_options(synchronize_session=False)
     )
+
+
+def claim(session: Session, *, worker_id: str, lease_seconds: float, device: str | None = None) -> Job | None:
+    statement = claim_statement(worker_id=worker_id, lease_seconds=lease_seconds, device=device, now=utcnow())
     job_id = session.execute(statement).scalar_one_or_none()
     if job_id is None:
         return None
