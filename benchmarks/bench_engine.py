@@ -25,7 +25,7 @@ from torch import nn
 
 from worker.data import Vocab
 from worker.model import CharRNN, ModelConfig
-from worker.sampler import SampleRequest, Sampler
+from worker.sampler import Sampler, SampleRequest
 from worker.trainer import TrainConfig, Trainer
 
 CORPUS = Path(__file__).resolve().parents[2] / "shared" / "data" / "tinyshakespeare.txt"
@@ -132,7 +132,8 @@ def main() -> None:
         print(f"| {name} | {ref:,.0f} | {ours:,.0f} | {ours / ref:.2f}x |")
     out = Path(__file__).parent / "out"
     out.mkdir(exist_ok=True)
-    (out / "engine.json").write_text(json.dumps([dict(zip(("name", "plain", "charrnn"), r)) for r in rows], indent=2))
+    results = [{"name": name, "plain": ref, "charrnn": ours} for name, ref, ours in rows]
+    (out / "engine.json").write_text(json.dumps(results, indent=2))
 
 
 if __name__ == "__main__":

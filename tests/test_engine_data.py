@@ -39,7 +39,8 @@ def test_empty_and_missing_files_are_refused(tmp_path):
 
 def test_too_small_corpus_says_how_small_and_what_to_change():
     data = torch.arange(100) % 7
-    with pytest.raises(CorpusError, match=r"has 100 characters.*needs at least 2,111.*fits batch_size=1 and seq_len=49"):
+    expected = r"has 100 characters.*needs at least 2,111.*fits batch_size=1 and seq_len=49"
+    with pytest.raises(CorpusError, match=expected):
         StreamBatcher(data, batch_size=32, seq_len=63)
     with pytest.raises(CorpusError, match=r"fits batch_size=5\b"):
         StreamBatcher(torch.arange(400) % 7, batch_size=32, seq_len=63)

@@ -7,7 +7,7 @@ import torch
 
 from worker.data import CorpusError, Vocab
 from worker.model import CharRNN, ModelConfig
-from worker.sampler import SampleRequest, Sampler, StopScanner
+from worker.sampler import Sampler, SampleRequest, StopScanner
 from worker.scoring import score_text
 
 TEXT = (Path(__file__).resolve().parents[2] / "shared" / "data" / "tinyshakespeare.txt").read_text()[:5000]

@@ -115,7 +115,8 @@ def train(
             model_config = run["model"]
             model_config.pop("vocab_size", None)
             # A resumed run keeps its settings; flags given now override (e.g. a longer --max-steps).
-            config = TrainConfig.from_dict({**run["training"], **{k: v for k, v in train_fields.items() if v is not None}})
+            overrides = {k: v for k, v in train_fields.items() if v is not None}
+            config = TrainConfig.from_dict({**run["training"], **overrides})
             init = run.get("init_from")
         else:
             if file is None or out is None:
@@ -150,7 +151,7 @@ def generate(
 ) -> None:
     """Sample from a checkpoint; prints only the generated text (after the prompt)."""
     from worker.checkpoint import CheckpointError, load_model
-    from worker.sampler import SampleRequest, Sampler
+    from worker.sampler import Sampler, SampleRequest
 
     try:
         loaded = load_model(checkpoint)

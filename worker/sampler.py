@@ -133,33 +133,31 @@ class Sampler:
             logits = logits.masked_fill(drop.scatter(-1, order, drop), float("-inf"))
         return torch.multinomial(logits.softmax(dim=-1), 1, generator=generator).squeeze(-1)
 
-    @torch.inference_mode()
     def stream(self, request: SampleRequest) -> Iterator[list[str]]:
         """Yield, step by step, the newly safe text of each sample (an empty string when none)."""
+        return self._steps(request, [StopScanner(request.stop) for _ in range(request.num_samples)])
+
+    def generate(self, request: SampleRequest) -> list[Sample]:
+        scanners = [StopScanner(request.stop) for _ in range(request.num_samples)]
+        texts = [""] * request.num_samples
+        for pieces in self._steps(request, scanners):
+            texts = [t + p for t, p in zip(texts, pieces, strict=True)]
+        return [Sample(t, "stop" if s.stopped else "length") for t, s in zip(texts, scanners, strict=True)]
+
+    @torch.inference_mode()
+    def _steps(self, request: SampleRequest, scanners: list[StopScanner]) -> Iterator[list[str]]:
         self.validate(request)
-        n = request.num_samples
         seed = request.seed if request.seed is not None else int.from_bytes(os.urandom(4), "little")
         generator = torch.Generator(device=self.device).manual_seed(seed)
-        scanners = [StopScanner(request.stop) for _ in range(n)]
-        state, logits = self._prime(request.prompt, n)
+        state, logits = self._prime(request.prompt, request.num_samples)
         chars = self.vocab.chars
         for i in range(request.length):
             ids = self._choose(logits, request, generator)
-            pieces = [scanner.push(chars[c]) if not scanner.stopped else "" for scanner, c in zip(scanners, ids.tolist())]
+            pieces = [s.push(chars[c]) if not s.stopped else "" for s, c in zip(scanners, ids.tolist(), strict=True)]
             if all(s.stopped for s in scanners):
                 yield pieces
                 return
-            if i + 1 < request.length:
+            if i + 1 < request.length:  # the last character needs no step after it
                 logits = self._step(ids, state)
             yield pieces
-        yield [scanner.flush() for scanner in scanners]
-
-    def generate(self, request: SampleRequest) -> list[Sample]:
-        texts = [""] * request.num_samples
-        scanners_done = [False] * request.num_samples
-        for pieces in self.stream(request):
-            texts = [t + p for t, p in zip(texts, pieces)]
-        # A sample ended by a stop string is shorter than `length` only through the stop.
-        for i, text in enumerate(texts):
-            scanners_done[i] = len(text) < request.length
-        return [Sample(t, "stop" if done else "length") for t, done in zip(texts, scanners_done)]
+        yield [s.flush() for s in scanners]

@@ -24,8 +24,9 @@ import torch.nn.functional as F
 
 from worker.checkpoint import CheckpointError, RunDirectory, load_model, weights_bytes
 from worker.data import CorpusError, StreamBatcher, Vocab, split_train_val
+from worker.distributed import DistContext
 from worker.model import CharRNN, ModelConfig, detach_hidden, hidden_from_list, hidden_to_list
-from worker.sampler import SampleRequest, Sampler
+from worker.sampler import Sampler, SampleRequest
 from worker.scoring import score_ids
 
 # With no stopping rule given, a run stops here: a few minutes on a laptop CPU, seconds on a GPU.
@@ -168,10 +169,15 @@ class Trainer:
         `init_from` starts from another run's weights (and their vocabulary and architecture).
         """
         self.run = RunDirectory(run_dir)
-        self.observer = observer or TrainingObserver()
+        self.dist = DistContext.current()
+        # Under torchrun only rank 0 reports and writes; the others train their share and follow.
+        self.observer = (observer if self.dist.is_main else None) or TrainingObserver()
         self.config = train_config or TrainConfig()
         check_config(self.config)
-        torch.manual_seed(self.config.seed)
+        if self.config.batch_size % self.dist.world_size:
+            raise ValueError(f"batch_size ({self.config.batch_size}) must be a multiple of the number of "
+                             f"processes ({self.dist.world_size}): each trains an equal share of the streams")
+        torch.manual_seed(self.config.seed + self.dist.rank)
 
         init = load_model(init_from) if init_from else None
         if init:
@@ -189,6 +195,8 @@ class Trainer:
         self.device = resolve_device(self.config.device)
         self.autocast_dtype = resolve_precision(self.config.precision, self.device)
         self.model.to(self.device).train()
+        # What the training step calls: DDP averages gradients across ranks during backward.
+        self.net = (torch.nn.parallel.DistributedDataParallel(self.model) if self.dist.enabled else self.model)
 
         data = self.vocab.encode(text, what="the corpus")
         self.train_data, self.val_data = split_train_val(data, self.config.val_fraction)
@@ -224,7 +232,7 @@ class Trainer:
         latest = self.run.latest()
         if latest:
             self._restore(*latest)
-        else:
+        elif self.dist.is_main:
             self.run.write_run(
                 {
                     "corpus_path": corpus_path,
@@ -247,7 +255,8 @@ class Trainer:
             "best_val_loss": self.best_val_loss,
             "last_val_loss": self.last_val_loss,
             "train_loss": self.train_loss,
-            "hidden": hidden_to_list(self.hidden) if self.hidden is not None else [],
+            # all B rows, whatever the number of ranks, so that any world size can resume it
+            "hidden": self.dist.gather_rows(hidden_to_list(self.hidden)) if self.hidden is not None else [],
             "optimizer": self.optimizer.state_dict(),
             "torch_rng": torch.get_rng_state(),
             "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
@@ -268,7 +277,8 @@ class Trainer:
             setattr(self, key, state[key])
         self.best_val_loss, self.last_val_loss = state["best_val_loss"], state["last_val_loss"]
         self.train_loss = state["train_loss"]
-        self.hidden = hidden_from_list(state["hidden"], self.model.config.cell, self.device) if state["hidden"] else None
+        hidden = self.dist.shard_rows(state["hidden"]) if state["hidden"] else None
+        self.hidden = hidden_from_list(hidden, self.model.config.cell, self.device) if hidden else None
         torch.set_rng_state(state["torch_rng"])
         if state["cuda_rng"] and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(state["cuda_rng"])
@@ -337,15 +347,20 @@ class Trainer:
         improved = val is not None and (self.best_val_loss is None or val < self.best_val_loss)
         if improved:
             self.best_val_loss = val
-        self.observer.on_eval(self._snapshot(), self.sample())
+        if self.dist.is_main:
+            self.observer.on_eval(self._snapshot(), self.sample())
         return improved
 
     def _checkpoint(self, is_best: bool) -> Path:
+        state = self._state()  # a collective under DDP: every rank takes part
+        if not self.dist.is_main:
+            return self.run.step_paths(self.step)[0]
         weights = weights_bytes(
             self.model, self.vocab, {"step": str(self.step), "val_loss": str(self.last_val_loss)}
         )
-        path = self.run.save(self.step, weights, self._state())
-        if is_best or self.best_val_loss is None and not self.run.best.exists():
+        path = self.run.save(self.step, weights, state)
+        # Without a validation score yet (or at all), the latest weights are the best we know.
+        if is_best or self.best_val_loss is None:
             self.run.save_best(weights)
         self.observer.on_checkpoint(
             {
@@ -364,14 +379,14 @@ class Trainer:
             self.hidden = None  # a new epoch starts new streams: nothing to carry
         with torch.autocast(self.device.type, dtype=self.autocast_dtype or torch.float32,
                             enabled=self.autocast_dtype is not None):
-            logits, hidden = self.model(x, self.hidden)
+            logits, hidden = self.net(x, self.hidden)
         loss = F.cross_entropy(logits.float().flatten(0, 1), y.flatten())
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.grad_clip)
         self.optimizer.step()
         self.hidden = detach_hidden(hidden)
-        return loss.item(), float(grad_norm)
+        return self.dist.mean(loss.item(), self.device), float(grad_norm)
 
     def _check_divergence(self, loss: float, grad_norm: float) -> None:
         # A freshly initialised model scores about ln(V); far above that after warmup is a blow-up.
@@ -398,6 +413,9 @@ class Trainer:
             return "default_max_steps"
         return self.observer.should_stop()
 
+    def _agreed_stop_reason(self) -> str | None:
+        return self.dist.from_main(self._stop_reason())
+
     def train(self) -> TrainResult:
         c = self.config
         self.observer.on_start(
@@ -413,10 +431,11 @@ class Trainer:
                 "model": self.model.config.to_dict(),
             }
         )
-        stopped_by = self._stop_reason()
+        stopped_by = self._agreed_stop_reason()
         while stopped_by is None:
             t0 = time.perf_counter()
-            x, y = (t.to(self.device, non_blocking=True) for t in self.batcher.batch(self.epoch, self.batch_index))
+            x, y = (self.dist.shard(t).to(self.device, non_blocking=True)
+                    for t in self.batcher.batch(self.epoch, self.batch_index))
             for group in self.optimizer.param_groups:
                 group["lr"] = lr_at(c, self.step, self.progress()[0])
             loss, grad_norm = self._train_step(x, y)
@@ -433,13 +452,13 @@ class Trainer:
             t1 = time.perf_counter()
             if self.step % c.log_every == 0:
                 self.observer.on_metrics(self._snapshot())
-            stopped_by = self._stop_reason()
+            stopped_by = self._agreed_stop_reason()
             at_eval = self.step % c.eval_every == 0 and stopped_by is None
             improved = self._evaluate_and_report() if at_eval else False
             if (self.step % c.checkpoint_every == 0 or improved) and stopped_by is None:
                 self._checkpoint(is_best=improved)
             self.elapsed += time.perf_counter() - t1
-            stopped_by = stopped_by or self._stop_reason()
+            stopped_by = stopped_by or self._agreed_stop_reason()
 
         # Interrupted (cancel, shutdown, lost lease): save where we are and nothing else, so that a
         # resumed run makes exactly the evaluations and checkpoints an uninterrupted one would.

@@ -1,0 +1,48 @@
+"""Data-parallel training: 2 gloo processes under torchrun take the same steps as 1 process."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from safetensors.torch import load_file
+
+from worker.trainer import TrainConfig, Trainer
+
+SHAKESPEARE = Path(__file__).resolve().parents[2] / "shared" / "data" / "tinyshakespeare.txt"
+MODEL = {"cell": "lstm", "hidden_size": 32, "num_layers": 2, "embedding_dim": 16, "dropout": 0.0}
+# fp32 on CPU: the only differences are the order of float additions in the gradient all-reduce.
+TOLERANCE = 1e-4
+
+
+def test_two_gloo_ranks_match_one_process_with_the_same_global_batch(tmp_path):
+    text_path = tmp_path / "corpus.txt"
+    text_path.write_text(SHAKESPEARE.read_text()[:30_000])
+    training = TrainConfig(seq_len=16, batch_size=8, learning_rate=1e-2, warmup_steps=5, max_steps=30,
+                           eval_every=15, checkpoint_every=15, seed=3, device="cpu", precision="fp32").to_dict()
+    single = Trainer(text_path.read_text(), tmp_path / "single", MODEL, TrainConfig.from_dict(training)).train()
+
+    spec = tmp_path / "spec.json"
+    spec.write_text(json.dumps({"text_path": str(text_path), "run_dir": str(tmp_path / "ddp"),
+                                "model": MODEL, "training": training}))
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+         "-m", "worker.distributed", str(spec)],
+        capture_output=True, text=True, env=env, timeout=240,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    ddp = json.loads(proc.stdout.strip().splitlines()[-1])
+
+    assert ddp["steps"] == single.steps == 30
+    assert ddp["train_loss"] == pytest.approx(single.train_loss, abs=TOLERANCE)
+    assert ddp["val_loss"] == pytest.approx(single.val_loss, abs=TOLERANCE)
+    a, b = load_file(single.last_checkpoint), load_file(ddp["last_checkpoint"])
+    assert max((a[k] - b[k]).abs().max().item() for k in a) < 1e-3
+    # the checkpoint holds all 8 streams' state, so one process can resume what two started
+    resumed = Trainer(text_path.read_text(), tmp_path / "ddp", MODEL,
+                      TrainConfig.from_dict({**training, "max_steps": 40}))
+    assert resumed.resumed_from_step == 30 and resumed.hidden[0].shape[1] == 8
+    assert resumed.train().steps == 40

@@ -1,0 +1,110 @@
+"""Data-parallel training over several processes (GPUs with NCCL, or CPUs with gloo), via torchrun.
+
+Each rank trains on its own share of the B parallel streams (rows rank*B/W .. (rank+1)*B/W of every
+batch) and DistributedDataParallel averages the gradients, so W ranks with B/W rows each take the same
+step as one process with B rows. Checkpoints hold the hidden state of all B rows, gathered to rank 0,
+so a run can resume with any number of ranks. Only rank 0 reports progress and writes files.
+
+Launch (what a worker does for a job that asks for N GPUs):
+
+    torchrun --standalone --nproc_per_node N -m worker.distributed SPEC.json
+
+SPEC.json: {"text_path", "run_dir", "model": {...}, "training": {...}, "init_from"}; rank 0 prints
+the run's JSON summary as its last line on stdout.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+
+
+@dataclass
+class DistContext:
+    rank: int = 0
+    world_size: int = 1
+
+    @classmethod
+    def current(cls) -> DistContext:
+        if dist.is_available() and dist.is_initialized():
+            return cls(dist.get_rank(), dist.get_world_size())
+        return cls()
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    def shard(self, batch: torch.Tensor) -> torch.Tensor:
+        """This rank's rows of a (B, T) batch."""
+        if not self.enabled:
+            return batch
+        rows = batch.shape[0] // self.world_size
+        return batch[self.rank * rows : (self.rank + 1) * rows]
+
+    def gather_rows(self, tensors: list[torch.Tensor]) -> list[torch.Tensor]:
+        """Concatenate every rank's (layers, rows, H) state along rows, in rank order."""
+        if not self.enabled:
+            return tensors
+        gathered = []
+        for t in tensors:
+            parts = [torch.empty_like(t) for _ in range(self.world_size)]
+            dist.all_gather(parts, t.contiguous())
+            gathered.append(torch.cat(parts, dim=1))
+        return gathered
+
+    def shard_rows(self, tensors: list[torch.Tensor]) -> list[torch.Tensor]:
+        if not self.enabled:
+            return tensors
+        rows = tensors[0].shape[1] // self.world_size
+        return [t[:, self.rank * rows : (self.rank + 1) * rows].contiguous() for t in tensors]
+
+    def mean(self, value: float, device: torch.device) -> float:
+        if not self.enabled:
+            return value
+        t = torch.tensor([value], dtype=torch.float64, device=device)
+        dist.all_reduce(t)
+        return t.item() / self.world_size
+
+    def from_main(self, value):
+        """Rank 0's value on every rank (so that all ranks stop, evaluate and save together)."""
+        if not self.enabled:
+            return value
+        box = [value]
+        dist.broadcast_object_list(box, src=0)
+        return box[0]
+
+
+def main(argv: list[str] | None = None) -> None:
+    from worker.trainer import TrainConfig, Trainer
+
+    spec_path = (argv or sys.argv[1:])[0]
+    spec = json.loads(Path(spec_path).read_text())
+    cuda = torch.cuda.is_available() and spec["training"].get("device", "auto") != "cpu"
+    local_rank = int(os.environ.get("LOCAL_RANK", 0))
+    if cuda:
+        torch.cuda.set_device(local_rank)
+        spec["training"]["device"] = f"cuda:{local_rank}"
+    dist.init_process_group(backend="nccl" if cuda else "gloo")
+    try:
+        text = Path(spec["text_path"]).read_text(encoding="utf-8")
+        trainer = Trainer(text, spec["run_dir"], spec.get("model"), TrainConfig.from_dict(spec["training"]),
+                          init_from=spec.get("init_from"), corpus_path=spec["text_path"])
+        result = trainer.train()
+        if dist.get_rank() == 0:
+            print(json.dumps({k: v for k, v in vars(result).items() if k != "extra"}))
+    finally:
+        dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    main()
