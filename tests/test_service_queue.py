@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import random
 import time
 from pathlib import Path
 
 import pytest
+from sqlalchemy import text
 
 from app import db as app_db
 from app import settings as app_settings
@@ -67,13 +69,14 @@ def _queue_jobs(n: int) -> list[str]:
     return ids
 
 
-def _claim_all(data_dir: str, worker_id: str, out: str, start_at: float) -> None:
+def _claim_all(data_dir: str, worker_id: str, out: str, barrier) -> None:
     os.environ["CHARRNN_DATA_DIR"] = data_dir
     from app.db import session_scope
     from app.jobs import queue
 
-    while time.time() < start_at:  # everyone starts at once
-        time.sleep(0.001)
+    with session_scope() as session:  # connect before the start line
+        session.execute(text("SELECT 1"))
+    barrier.wait(timeout=60)  # everyone starts at once
     claimed = []
     while True:
         with session_scope() as session:
@@ -81,17 +84,16 @@ def _claim_all(data_dir: str, worker_id: str, out: str, start_at: float) -> None
         if job is None:
             break
         claimed.append(job.id)
+        time.sleep(random.random() / 500)  # a worker does something between claims
     Path(out).write_text("\n".join(claimed))
 
 
 def test_two_workers_never_run_one_job(database):
-    ids = _queue_jobs(40)
+    ids = _queue_jobs(60)
     ctx = multiprocessing.get_context("spawn")
-    start_at = time.time() + 3
+    barrier = ctx.Barrier(4)
     procs = [
-        ctx.Process(
-            target=_claim_all, args=(str(database), f"wrk_{i}", str(database / f"claimed-{i}"), start_at)
-        )
+        ctx.Process(target=_claim_all, args=(str(database), f"wrk_{i}", str(database / f"claimed-{i}"), barrier))
         for i in range(4)
     ]
     for p in procs:
@@ -101,9 +103,7 @@ def test_two_workers_never_run_one_job(database):
         assert p.exitcode == 0
     claims = [line for i in range(4) for line in (database / f"claimed-{i}").read_text().split("\n") if line]
     assert sorted(claims) == sorted(ids), "every job claimed exactly once"
-    assert sum(1 for i in range(4) if (database / f"claimed-{i}").read_text()) >= 2, (
-        "the race really happened"
-    )
+    assert sum(1 for i in range(4) if (database / f"claimed-{i}").read_text()) >= 2, "the race really happened"
 
     from sqlalchemy import func, select
 
@@ -111,8 +111,8 @@ def test_two_workers_never_run_one_job(database):
     from app.models import Job, JobEvent
 
     with session_scope() as session:
-        assert session.scalar(select(func.count()).where(Job.status == "running", Job.attempts == 1)) == 40
-        assert session.scalar(select(func.count()).select_from(JobEvent)) == 40  # one "running" event each
+        assert session.scalar(select(func.count()).where(Job.status == "running", Job.attempts == 1)) == 60
+        assert session.scalar(select(func.count()).select_from(JobEvent)) == 60  # one "running" event each
 
 
 def test_claim_is_one_statement_that_skips_locked_rows_on_postgres():
