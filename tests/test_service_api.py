@@ -112,9 +112,7 @@ def test_upload_variants_and_errors(service, client):
     assert r.status_code == 415 and "multipart" in r.json()["detail"]
     r = client.post("/corpora", files={"other": ("x.txt", b"abc", "text/plain")})
     assert r.status_code == 422 and "`file`" in r.json()["detail"]
-    r = client.post(
-        "/corpora", params={"name": "n" * 201}, content=b"abc", headers={"Content-Type": "text/plain"}
-    )
+    r = client.post("/corpora", params={"name": "n" * 201}, content=b"abc", headers={"Content-Type": "text/plain"})
     assert r.status_code == 422
 
     too_big = client.post("/corpora", content=b"a" * 1_100_000, headers={"Content-Type": "text/plain"})
@@ -181,9 +179,7 @@ def test_job_validation(service, client, corpus):
     # Too small a corpus for the batch: the message says what to lower.
     tiny = service.upload(client, small_corpus(2000), name="tiny")
     r = client.post("/jobs", json={"corpus_id": tiny["id"], "training": {"batch_size": 64, "seq_len": 64}})
-    assert (
-        r.status_code == 422 and "batch_size" in r.json()["detail"] and "needs at least" in r.json()["detail"]
-    )
+    assert r.status_code == 422 and "batch_size" in r.json()["detail"] and "needs at least" in r.json()["detail"]
 
 
 def test_unknown_ids_and_bad_generation_requests(client, corpus):
@@ -227,3 +223,62 @@ def test_delete_corpus(service, client):
     assert client.get(f"/corpora/{c['id']}").status_code == 404
     assert not path.exists()
     assert client.delete(f"/corpora/{c['id']}").status_code == 404
+
+
+@pytest.mark.slow
+def test_serve_makes_one_key_and_stops_cleanly_on_ctrl_c(tmp_path):
+    """`charrnn serve` with no key at all prints a new one once; Ctrl-C stops the API and its worker."""
+    import os
+    import signal
+    import time
+
+    from tests.conftest import free_port
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CHARRNN_")}
+    env.update(CHARRNN_DATA_DIR=str(tmp_path), CHARRNN_TRAIN_THREADS="1", CHARRNN_GENERATION_THREADS="1")
+
+    def serve() -> tuple[subprocess.Popen, str]:
+        port = free_port()
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "app.cli", "serve", "--port", str(port)],
+            cwd=ROOT,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            text=True,
+            start_new_session=True,
+        )  # its own process group, as a terminal gives it
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                if httpx.get(url + "/readyz", timeout=1).status_code == 200:
+                    return proc, url
+            except httpx.TransportError:
+                pass
+            assert proc.poll() is None and time.monotonic() < deadline, "serve did not become ready"
+            time.sleep(0.2)
+
+    def ctrl_c(proc: subprocess.Popen) -> str:
+        os.killpg(proc.pid, signal.SIGINT)
+        out, _ = proc.communicate(timeout=30)
+        assert proc.returncode in (0, -signal.SIGINT, 130), proc.returncode
+        time.sleep(0.5)
+        try:
+            os.killpg(proc.pid, 0)
+        except ProcessLookupError:
+            return out
+        raise AssertionError("something of serve's process group is still running")
+
+    proc, url = serve()
+    first = ctrl_c(proc)
+    key = first.strip().splitlines()[-1]
+    assert key.startswith("crn_")
+
+    proc, url = serve()
+    try:
+        headers = {"Authorization": f"Bearer {key}"}
+        assert httpx.get(url + "/corpora", headers=headers).status_code == 200
+    finally:
+        second = ctrl_c(proc)
+    assert second.strip() == "", "the key is printed only the first time"
