@@ -40,9 +40,7 @@ def test_train_follow_generate_score(service, client):
     assert job["training"]["learning_rate"] > 0  # defaults filled in from the engine
 
     # Follow live until the job ends: the stream closes by itself.
-    with client.stream(
-        "GET", f"/jobs/{job['id']}/events", headers={"Accept": "text/event-stream"}, timeout=120
-    ) as r:
+    with client.stream("GET", f"/jobs/{job['id']}/events", headers={"Accept": "text/event-stream"}, timeout=120) as r:
         assert r.status_code == 200
         assert r.headers["content-type"].startswith("text/event-stream")
         events = read_sse(r)
@@ -53,22 +51,16 @@ def test_train_follow_generate_score(service, client):
     job = client.get(f"/jobs/{job['id']}").json()
     assert job["status"] == "succeeded" and job["attempts"] == 1 and job["device"] == "cpu"
     p = job["progress"]
-    assert (
-        p["step"] == TINY_TRAINING["max_steps"]
-        and p["val_loss"] is not None
-        and p["best_val_loss"] <= p["val_loss"]
-    )
+    assert p["step"] == TINY_TRAINING["max_steps"] and p["val_loss"] is not None and p["best_val_loss"] <= p["val_loss"]
     assert job["started_at"] and job["finished_at"]
 
     # JSON events, paginated.
     page = client.get(f"/jobs/{job['id']}/events", params={"limit": 3}).json()
     assert len(page["data"]) == 3 and page["has_more"]
-    rest = client.get(
-        f"/jobs/{job['id']}/events", params={"after": page["data"][-1]["id"], "limit": 1000}
-    ).json()
+    rest = client.get(f"/jobs/{job['id']}/events", params={"after": page["data"][-1]["id"], "limit": 1000}).json()
     assert len(page["data"]) + len(rest["data"]) == len(events) and not rest["has_more"]
 
-    metrics = client.get(f"/jobs/{job['id']}/metrics").json()["data"]
+    metrics = client.get(f"/jobs/{job['id']}/metrics").json()
     steps = [m["step"] for m in metrics]
     assert steps == sorted(steps) and steps[-1] == TINY_TRAINING["max_steps"]
     assert metrics[0]["train_loss"] > metrics[-1]["train_loss"]  # it learned something
@@ -115,9 +107,7 @@ def test_train_follow_generate_score(service, client):
     assert score["chars"] == 1999 and 0 < score["loss"] < 5
 
     # init_from: continue training from a checkpoint; the architecture comes from it.
-    more = service.create_job(
-        client, corpus["id"], init_from=g1["checkpoint_id"], model={}, training={"max_steps": 20}
-    )
+    more = service.create_job(client, corpus["id"], init_from=g1["checkpoint_id"], model={}, training={"max_steps": 20})
     assert more["model"]["hidden_size"] == 32
     done = service.wait_job(client, more["id"])
     assert done["status"] == "succeeded", done

@@ -41,9 +41,7 @@ def children_of(pid: int) -> list[int]:
 def wait_event(client, job_id: str, predicate, timeout: float = 60) -> dict:
     deadline, after = time.monotonic() + timeout, 0
     while time.monotonic() < deadline:
-        for event in client.get(f"/jobs/{job_id}/events", params={"after": after, "limit": 1000}).json()[
-            "data"
-        ]:
+        for event in client.get(f"/jobs/{job_id}/events", params={"after": after, "limit": 1000}).json()["data"]:
             after = event["id"]
             if predicate(event):
                 return event
@@ -52,10 +50,7 @@ def wait_event(client, job_id: str, predicate, timeout: float = 60) -> dict:
 
 
 def curve(client, job_id):
-    return [
-        (m["step"], m["train_loss"], m["val_loss"])
-        for m in client.get(f"/jobs/{job_id}/metrics").json()["data"]
-    ]
+    return [(m["step"], m["train_loss"], m["val_loss"]) for m in client.get(f"/jobs/{job_id}/metrics").json()]
 
 
 def test_kill_9_mid_job_resumes_exactly(svc):
@@ -74,8 +69,7 @@ def test_kill_9_mid_job_resumes_exactly(svc):
     assert not [
         p
         for p in trainers
-        if os.path.exists(f"/proc/{p}")
-        and "Z" not in Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        if os.path.exists(f"/proc/{p}") and "Z" not in Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()[0]
     ], "the training child died with its worker"
     assert client.get(f"/jobs/{job['id']}").json()["status"] == "running"  # until the lease runs out
 
@@ -100,13 +94,9 @@ def test_kill_9_mid_job_resumes_exactly(svc):
     mine, theirs = curve(client, job["id"]), curve(client, twin["id"])
     assert [r for r in mine if r[0] > resumed_at] == [r for r in theirs if r[0] > resumed_at]
     assert len(set(mine)) == len(mine) and set(mine) <= set(theirs)
-    steps = [
-        c["step"] for c in client.get(f"/jobs/{job['id']}/checkpoints", params={"limit": 100}).json()["data"]
-    ]
+    steps = [c["step"] for c in client.get(f"/jobs/{job['id']}/checkpoints", params={"limit": 100}).json()["data"]]
     assert resumed_at in steps and len(steps) == len(set(steps))
-    messages = [
-        e["message"] for e in client.get(f"/jobs/{job['id']}/events", params={"limit": 1000}).json()["data"]
-    ]
+    messages = [e["message"] for e in client.get(f"/jobs/{job['id']}/events", params={"limit": 1000}).json()["data"]]
     assert any("stopped responding" in m for m in messages)
 
     # Generation still works from the taken-over job.

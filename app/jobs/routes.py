@@ -12,7 +12,7 @@ from app.db import get_sessionmaker
 from app.deps import CurrentOwner, SessionDep, SettingsDep
 from app.errors import not_found, responses
 from app.jobs import repository, service
-from app.jobs.schemas import EventOut, EventPage, JobCreate, JobOut, MetricOut, MetricsOut
+from app.jobs.schemas import EventOut, EventPage, JobCreate, JobOut, MetricOut
 from app.pagination import Page, PageParams, page_params
 
 router = APIRouter(prefix="/jobs", tags=["jobs"], responses=responses(401, 404))
@@ -36,9 +36,7 @@ def list_jobs(
     session: SessionDep,
     owner: CurrentOwner,
     params: Annotated[PageParams, Depends(page_params)],
-    status: Annotated[
-        Literal["queued", "running", "succeeded", "failed", "cancelled"] | None, Query()
-    ] = None,
+    status: Annotated[Literal["queued", "running", "succeeded", "failed", "cancelled"] | None, Query()] = None,
 ):
     rows, has_more = repository.list_page(session, owner=owner, params=params, status=status)
     return {"data": [service.to_out(j) for j in rows], "has_more": has_more}
@@ -114,9 +112,11 @@ async def job_events(
     return EventSourceResponse(follow(), ping=15)
 
 
-@router.get("/{job_id}/metrics", response_model=MetricsOut, summary="The loss curve")
+@router.get(
+    "/{job_id}/metrics",
+    response_model=list[MetricOut],
+    summary="The loss curve, in step order (a plain list, as API.md has it: it is never paginated)",
+)
 def job_metrics(job_id: str, session: SessionDep, owner: CurrentOwner):
     service.get(session, owner=owner, job_id=job_id)
-    return {
-        "data": [MetricOut.model_validate(m) for m in repository.metrics(session, owner=owner, job_id=job_id)]
-    }
+    return [MetricOut.model_validate(m) for m in repository.metrics(session, owner=owner, job_id=job_id)]

@@ -24,50 +24,30 @@ class ModelSpec(BaseModel):
     cell: Literal["lstm", "gru", "rnn"] | None = Field(None, description=_d(_M, "cell", "recurrent cell"))
     hidden_size: int | None = Field(None, ge=1, le=4096, description=_d(_M, "hidden_size", "units per layer"))
     num_layers: int | None = Field(None, ge=1, le=8, description=_d(_M, "num_layers", "stacked layers"))
-    embedding_dim: int | None = Field(
-        None, ge=1, le=1024, description=_d(_M, "embedding_dim", "character embedding")
-    )
+    embedding_dim: int | None = Field(None, ge=1, le=1024, description=_d(_M, "embedding_dim", "character embedding"))
     dropout: float | None = Field(None, ge=0, le=0.9, description=_d(_M, "dropout", "between layers"))
 
 
 class TrainingSpec(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    seq_len: int | None = Field(
-        None, ge=1, le=4096, description=_d(_T, "seq_len", "characters of backprop per window")
-    )
+    seq_len: int | None = Field(None, ge=1, le=4096, description=_d(_T, "seq_len", "characters of backprop per window"))
     batch_size: int | None = Field(None, ge=1, le=1024, description=_d(_T, "batch_size", "parallel streams"))
-    learning_rate: float | None = Field(
-        None, gt=0, le=1, description=_d(_T, "learning_rate", "peak learning rate")
-    )
-    min_lr_ratio: float | None = Field(
-        None, ge=0, le=1, description=_d(_T, "min_lr_ratio", "final lr / peak lr")
-    )
-    warmup_steps: int | None = Field(
-        None, ge=0, le=1_000_000, description=_d(_T, "warmup_steps", "linear warmup")
-    )
+    learning_rate: float | None = Field(None, gt=0, le=1, description=_d(_T, "learning_rate", "peak learning rate"))
+    min_lr_ratio: float | None = Field(None, ge=0, le=1, description=_d(_T, "min_lr_ratio", "final lr / peak lr"))
+    warmup_steps: int | None = Field(None, ge=0, le=1_000_000, description=_d(_T, "warmup_steps", "linear warmup"))
     weight_decay: float | None = Field(None, ge=0, le=1, description=_d(_T, "weight_decay", "AdamW decay"))
     grad_clip: float | None = Field(None, gt=0, le=1000, description=_d(_T, "grad_clip", "max gradient norm"))
     max_steps: int | None = Field(None, ge=1, le=100_000_000, description="stop after this many steps")
-    max_epochs: float | None = Field(
-        None, gt=0, le=100_000, description="stop after this many passes over the text"
-    )
-    max_seconds: float | None = Field(
-        None, gt=0, le=30 * 86400, description="stop after this much training time"
-    )
+    max_epochs: float | None = Field(None, gt=0, le=100_000, description="stop after this many passes over the text")
+    max_seconds: float | None = Field(None, gt=0, le=30 * 86400, description="stop after this much training time")
     val_fraction: float | None = Field(
         None, ge=0, le=0.5, description=_d(_T, "val_fraction", "share of the text held out for validation")
     )
     eval_every: int | None = Field(None, ge=1, le=100_000_000, description=_d(_T, "eval_every", "steps"))
-    checkpoint_every: int | None = Field(
-        None, ge=1, le=100_000_000, description=_d(_T, "checkpoint_every", "steps")
-    )
-    log_every: int | None = Field(
-        None, ge=1, le=100_000, description=_d(_T, "log_every", "steps between metrics")
-    )
-    sample_length: int | None = Field(
-        None, ge=0, le=10_000, description=_d(_T, "sample_length", "sample chars")
-    )
+    checkpoint_every: int | None = Field(None, ge=1, le=100_000_000, description=_d(_T, "checkpoint_every", "steps"))
+    log_every: int | None = Field(None, ge=1, le=100_000, description=_d(_T, "log_every", "steps between metrics"))
+    sample_length: int | None = Field(None, ge=0, le=10_000, description=_d(_T, "sample_length", "sample chars"))
     seed: int | None = Field(None, ge=0, le=2**31 - 1, description=_d(_T, "seed", "random seed"))
 
 
@@ -217,7 +197,3 @@ class MetricOut(BaseModel):
     learning_rate: float | None
     chars_per_second: float | None
     time: datetime
-
-
-class MetricsOut(BaseModel):
-    data: list[MetricOut]
