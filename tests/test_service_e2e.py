@@ -97,6 +97,12 @@ def test_train_follow_generate_score(service, client):
     chunks = [d["text"] for k, d in sse if k == "chunk"]
     assert sse[-1][0] == "done" and sse[-1][1]["text"] == g1["text"] == "".join(chunks)
 
+    # Streaming with a stop string: the final event says which samples stopped, like the plain call.
+    stop_body = {**body, "num_samples": 3, "stop": ["\n"], "temperature": 0, "stream": True}
+    with client.stream("POST", "/generate", json=stop_body) as r:
+        final = read_sse(r)[-1][1]
+    assert final["samples"] == many["samples"]
+
     # By checkpoint id too.
     by_ckpt = client.post("/generate", json={**body, "model": g1["checkpoint_id"]}).json()
     assert by_ckpt["text"] == g1["text"]
