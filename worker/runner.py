@@ -58,6 +58,7 @@ class Worker:
         self.server: GenerationServer | None = None
         self.current_job: str | None = None
         self.last_heartbeat = 0.0
+        self.last_reap = 0.0
 
     # -- lifecycle ---------------------------------------------------------------------------------
 
@@ -108,7 +109,13 @@ class Worker:
                 workers.heartbeat(session, worker_id=self.id, current_job_id=self.current_job)
             self.last_heartbeat = now
 
-    def reap(self) -> None:
+    def reap(self, force: bool = True) -> None:
+        # Busy workers reap too (less often), so a dead worker's job shows as queued or failed even
+        # while every other worker is occupied.
+        now = time.monotonic()
+        if not force and now - self.last_reap < self.settings.job_lease_seconds:
+            return
+        self.last_reap = now
         with session_scope() as session:
             for job_id, outcome in queue.reap_expired(session, max_attempts=self.settings.max_attempts):
                 log.warning("job %s lost its worker: %s", job_id, outcome)
@@ -211,6 +218,7 @@ class JobRun:
                     self.kill("the job is no longer ours (cancelled, or the lease was lost)")
                     return
                 self.worker.heartbeat()
+                self.worker.reap(force=False)
             if self.outcome or child_done:
                 break
         self.child.join(timeout=30)
@@ -328,9 +336,7 @@ class JobRun:
         weights = self.settings.runs_dir / self.job.id / "checkpoints" / f"step-{step:08d}.safetensors"
         if not weights.is_file():
             return
-        exists = session.scalar(
-            select(Checkpoint.id).where(Checkpoint.job_id == self.job.id, Checkpoint.step == step)
-        )
+        exists = session.scalar(select(Checkpoint.id).where(Checkpoint.job_id == self.job.id, Checkpoint.step == step))
         if exists:
             return
         try:
