@@ -24,8 +24,7 @@ def get_owner(request: Request) -> str:
     if scheme.lower() != "bearer" or not key.strip():
         raise HTTPException(
             401,
-            "missing API key: send the header `Authorization: Bearer KEY` "
-            "(make a key with `charrnn keys create NAME`)",
+            "missing API key: send the header `Authorization: Bearer KEY` (make a key with `charrnn keys create NAME`)",
             headers={"WWW-Authenticate": "Bearer"},
         )
     # Its own short transaction: an upload must not hold the database while its body streams in.

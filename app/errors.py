@@ -45,9 +45,7 @@ def responses(*codes: int) -> dict:
 
 
 def not_found(kind: str, id_: str) -> ApiError:
-    return ApiError(
-        404, f"no {kind} with id {id_!r} (it does not exist, or belongs to another API key's owner)"
-    )
+    return ApiError(404, f"no {kind} with id {id_!r} (it does not exist, or belongs to another API key's owner)")
 
 
 def _describe(error: dict) -> str:
@@ -89,9 +87,7 @@ def install_error_handlers(app: FastAPI) -> None:
         message = "; ".join(_describe(e) for e in errors[:5])
         return JSONResponse(
             {
-                "detail": jsonable_encoder(
-                    errors, custom_encoder={bytes: lambda b: b.decode("utf-8", "replace")}
-                ),
+                "detail": jsonable_encoder(errors, custom_encoder={bytes: lambda b: b.decode("utf-8", "replace")}),
                 "message": message,
             },
             status_code=422,

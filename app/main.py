@@ -79,9 +79,7 @@ def create_app() -> FastAPI:
 
     def openapi() -> dict:
         if app.openapi_schema is None:
-            schema = get_openapi(
-                title=app.title, version=app.version, description=app.description, routes=app.routes
-            )
+            schema = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
             # Our 422s are FastAPI's field list, or one sentence when the check needs the database
             # (corpus too small, prompt characters unseen); `message` always reads as one line.
             error = schema.get("components", {}).get("schemas", {}).get("HTTPValidationError")

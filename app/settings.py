@@ -22,9 +22,7 @@ class Settings(BaseSettings):
     max_attempts: int = Field(3, ge=1, description="a job whose worker dies this many times fails")
     worker_host: str = Field("127.0.0.1", description="where the worker's generation server listens")
     worker_port: int = Field(0, ge=0, le=65535, description="0 picks a free port")
-    worker_url: str | None = Field(
-        None, description="how the API reaches this worker; default from host/port"
-    )
+    worker_url: str | None = Field(None, description="how the API reaches this worker; default from host/port")
     model_cache_size: int = Field(4, ge=1, description="models a worker keeps loaded for generation")
     # CPU threads. An oversubscribed CPU is catastrophic for torch (its OpenMP threads spin-wait for
     # each other: a tiny model trained 200x slower in our tests), so training and generation split

@@ -50,8 +50,7 @@ def _fail_on_server_error(response: httpx.Response) -> None:
     if response.status_code == 500 or response.status_code == 502:
         response.read()
         raise AssertionError(
-            f"server error {response.status_code} on {response.request.method} "
-            f"{response.request.url}: {response.text}"
+            f"server error {response.status_code} on {response.request.method} {response.request.url}: {response.text}"
         )
 
 
@@ -135,9 +134,7 @@ class Service:
         )
 
     def log_text(self) -> str:
-        return "\n".join(
-            f"== {p.name}\n{p.read_text(errors='replace')[-4000:]}" for p in self.logs if p.exists()
-        )
+        return "\n".join(f"== {p.name}\n{p.read_text(errors='replace')[-4000:]}" for p in self.logs if p.exists())
 
     def stop(self) -> None:
         for proc in [*self.workers, self.api_proc]:
@@ -182,9 +179,7 @@ class Service:
             if job["status"] in statuses:
                 return job
             if time.monotonic() > deadline:
-                raise AssertionError(
-                    f"job {job_id} still {job['status']} after {timeout}s\n{self.log_text()}"
-                )
+                raise AssertionError(f"job {job_id} still {job['status']} after {timeout}s\n{self.log_text()}")
             time.sleep(0.2)
 
 

@@ -22,6 +22,4 @@ def test_api_fuzz(case, service):
         # (so the docs offer a file picker) but must be UTF-8 text, which a schema cannot say.
         # And any text/plain body is text: a "number instead of string" body is not wrong there.
         excluded += [positive_data_acceptance, negative_data_rejection]
-    case.call_and_validate(
-        base_url=service.url, headers={"Authorization": f"Bearer {KEY}"}, excluded_checks=excluded
-    )
+    case.call_and_validate(base_url=service.url, headers={"Authorization": f"Bearer {KEY}"}, excluded_checks=excluded)

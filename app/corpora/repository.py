@@ -20,9 +20,7 @@ def list_page(session: Session, *, owner: str, params: PageParams) -> tuple[list
 def active_jobs_using(session: Session, *, owner: str, corpus_id: str) -> list[str]:
     return list(
         session.scalars(
-            select(Job.id).where(
-                Job.owner == owner, Job.corpus_id == corpus_id, Job.status.in_(ACTIVE_STATUSES)
-            )
+            select(Job.id).where(Job.owner == owner, Job.corpus_id == corpus_id, Job.status.in_(ACTIVE_STATUSES))
         )
     )
 

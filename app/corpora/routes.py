@@ -49,9 +49,7 @@ async def upload_corpus(
     session: SessionDep,
     owner: CurrentOwner,
     settings: SettingsDep,
-    name: Annotated[
-        str | None, Query(max_length=200, description="a name to show; default: the file name")
-    ] = None,
+    name: Annotated[str | None, Query(max_length=200, description="a name to show; default: the file name")] = None,
 ):
     return await service.upload(
         session,
@@ -65,9 +63,7 @@ async def upload_corpus(
 
 
 @router.get("", response_model=Page[CorpusOut], summary="List your corpora, newest first")
-def list_corpora(
-    session: SessionDep, owner: CurrentOwner, params: Annotated[PageParams, Depends(page_params)]
-):
+def list_corpora(session: SessionDep, owner: CurrentOwner, params: Annotated[PageParams, Depends(page_params)]):
     rows, has_more = repository.list_page(session, owner=owner, params=params)
     return {"data": rows, "has_more": has_more}
 

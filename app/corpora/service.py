@@ -30,11 +30,7 @@ async def upload(
             f"unsupported Content-Type {media or '(none)'!r}: send a multipart form with the field `file`, "
             "or the raw text with `Content-Type: text/plain`",
         )
-    if (
-        content_length
-        and content_length.isdigit()
-        and int(content_length) > settings.max_corpus_bytes + 64 * 1024
-    ):
+    if content_length and content_length.isdigit() and int(content_length) > settings.max_corpus_bytes + 64 * 1024:
         raise ApiError(
             413,
             f"the upload ({int(content_length):,} bytes) is larger than the limit of "

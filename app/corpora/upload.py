@@ -184,14 +184,10 @@ async def receive_multipart(stream: AsyncIterator[bytes], content_type: str, sin
         raise
     except Exception as exc:  # the multipart parser's own errors: a malformed body
         sink.discard()
-        raise ApiError(
-            422, f"malformed multipart body ({exc}); send the text as the form field `file`"
-        ) from None
+        raise ApiError(422, f"malformed multipart body ({exc}); send the text as the form field `file`") from None
     if not state["file_seen"]:
         sink.discard()
-        raise ApiError(
-            422, "the multipart form has no field named `file`; put the text in a field called `file`"
-        )
+        raise ApiError(422, "the multipart form has no field named `file`; put the text in a field called `file`")
     if name_field:
         try:
             return name_field.decode("utf-8")

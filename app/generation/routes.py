@@ -31,8 +31,7 @@ def _target(owner: str, settings, model: str):
         200: {
             "content": {
                 "text/event-stream": {
-                    "example": 'event: chunk\ndata: {"text": "Th", "pieces": ["Th"]}\n\n'
-                    "event: done\ndata: {...}\n\n"
+                    "example": 'event: chunk\ndata: {"text": "Th", "pieces": ["Th"]}\n\nevent: done\ndata: {...}\n\n'
                 }
             }
         },
@@ -60,7 +59,5 @@ async def generate(body: GenerateRequest, request: Request, owner: CurrentOwner,
 )
 async def score(body: ScoreRequest, request: Request, owner: CurrentOwner, settings: SettingsDep):
     checkpoint_id, path, urls = await run_in_threadpool(_target, owner, settings, body.model)
-    out = await service.call(
-        request.app.state.http, urls, "/score", {"path": path, "text": body.text}, checkpoint_id
-    )
+    out = await service.call(request.app.state.http, urls, "/score", {"path": path, "text": body.text}, checkpoint_id)
     return {"loss": out["loss"], "chars": out["chars"], "model": body.model, "checkpoint_id": checkpoint_id}

@@ -74,9 +74,7 @@ class GenerateResponse(BaseModel):
 class ScoreRequest(BaseModel):
     model_config = ConfigDict(
         extra="forbid",
-        json_schema_extra={
-            "examples": [{"model": "job_0005f1a2b3c4d5e6a1b2c3d4e5", "text": "To be, or not to be"}]
-        },
+        json_schema_extra={"examples": [{"model": "job_0005f1a2b3c4d5e6a1b2c3d4e5", "text": "To be, or not to be"}]},
     )
     model: str = Field(..., min_length=1, max_length=64, description="a job id or a checkpoint id")
     text: str = Field(..., min_length=2, max_length=10_000_000, description="at least 2 characters")
@@ -84,9 +82,7 @@ class ScoreRequest(BaseModel):
 
 class ScoreResponse(BaseModel):
     model_config = ConfigDict(
-        json_schema_extra={
-            "examples": [{"loss": 1.52, "chars": 18, "model": "job_x", "checkpoint_id": "ckpt_x"}]
-        }
+        json_schema_extra={"examples": [{"loss": 1.52, "chars": 18, "model": "job_x", "checkpoint_id": "ckpt_x"}]}
     )
     loss: float
     chars: int

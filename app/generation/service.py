@@ -53,8 +53,7 @@ def worker_urls(session: Session, *, settings: Settings, checkpoint_id: str) -> 
     if not urls:
         raise ApiError(
             503,
-            "no worker is alive to run the model; start one with `charrnn worker` "
-            "(or `charrnn serve`), then retry",
+            "no worker is alive to run the model; start one with `charrnn worker` (or `charrnn serve`), then retry",
             headers={"Retry-After": "5"},
         )
     preferred = _affinity.get(checkpoint_id)
@@ -78,14 +77,10 @@ def _raise_for_worker(response: httpx.Response, body: bytes) -> None:
         detail = None
     if 400 <= response.status_code < 500 and detail:
         raise ApiError(response.status_code, detail)
-    raise ApiError(
-        502, f"the worker failed to run the model (HTTP {response.status_code}): {detail or 'no detail'}"
-    )
+    raise ApiError(502, f"the worker failed to run the model (HTTP {response.status_code}): {detail or 'no detail'}")
 
 
-async def call(
-    client: httpx.AsyncClient, urls: list[str], path: str, payload: dict, checkpoint_id: str
-) -> dict:
+async def call(client: httpx.AsyncClient, urls: list[str], path: str, payload: dict, checkpoint_id: str) -> dict:
     last_error = None
     for url in urls:
         try:
@@ -125,9 +120,7 @@ async def generate(
     return response_body(model, checkpoint_id, request["prompt"], out["samples"])
 
 
-async def open_stream(
-    client: httpx.AsyncClient, urls: list[str], *, path: str, request: dict, checkpoint_id: str
-):
+async def open_stream(client: httpx.AsyncClient, urls: list[str], *, path: str, request: dict, checkpoint_id: str):
     """Open the worker's NDJSON stream; errors (bad prompt, no worker) surface here, before any SSE."""
     last_error = None
     for url in urls:
@@ -150,9 +143,7 @@ async def open_stream(
     )
 
 
-async def relay(
-    response: httpx.Response, *, model: str, checkpoint_id: str, prompt: str
-) -> AsyncIterator[dict]:
+async def relay(response: httpx.Response, *, model: str, checkpoint_id: str, prompt: str) -> AsyncIterator[dict]:
     try:
         async for line in response.aiter_lines():
             if not line:

@@ -21,11 +21,7 @@ def _literal_defaults(path: Path, class_name: str) -> dict:
         if isinstance(node, ast.ClassDef) and node.name == class_name:
             out = {}
             for item in node.body:
-                if (
-                    isinstance(item, ast.AnnAssign)
-                    and isinstance(item.target, ast.Name)
-                    and item.value is not None
-                ):
+                if isinstance(item, ast.AnnAssign) and isinstance(item.target, ast.Name) and item.value is not None:
                     # A default that is not a literal (a factory) is left to the engine.
                     with contextlib.suppress(ValueError):
                         out[item.target.id] = ast.literal_eval(item.value)

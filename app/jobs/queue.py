@@ -40,9 +40,7 @@ def claim_statement(*, worker_id: str, lease_seconds: float, device: str | None,
             lease_expires_at=now + timedelta(seconds=lease_seconds),
             attempts=Job.attempts + 1,
             device=device,
-            started_at=func.coalesce(
-                Job.started_at, literal(now, UTCDateTime)
-            ),  # the first start, not the latest
+            started_at=func.coalesce(Job.started_at, literal(now, UTCDateTime)),  # the first start, not the latest
             error_message=None,
         )
         .returning(Job.id)
@@ -70,9 +68,7 @@ def _mine(job_id: str, worker_id: str):
     return (Job.id == job_id, Job.worker_id == worker_id, Job.status == "running")
 
 
-def renew(
-    session: Session, *, job_id: str, worker_id: str, lease_seconds: float, progress: dict | None = None
-) -> bool:
+def renew(session: Session, *, job_id: str, worker_id: str, lease_seconds: float, progress: dict | None = None) -> bool:
     """Extend the lease (and store progress); False means the job is no longer ours: stop touching it."""
     values = {"lease_expires_at": utcnow() + timedelta(seconds=lease_seconds)}
     if progress is not None:
@@ -150,9 +146,7 @@ def reap_expired(session: Session, *, max_attempts: int) -> list[tuple[str, str]
     now = utcnow()
     expired = list(
         session.execute(
-            select(Job.id, Job.worker_id, Job.attempts).where(
-                Job.status == "running", Job.lease_expires_at < now
-            )
+            select(Job.id, Job.worker_id, Job.attempts).where(Job.status == "running", Job.lease_expires_at < now)
         )
     )
     done = []
@@ -210,14 +204,10 @@ def status_of(session: Session, *, job_id: str) -> str | None:
     return session.scalar(select(Job.status).where(Job.id == job_id))
 
 
-def add_checkpoint(
-    session: Session, *, job_id: str, owner: str, checkpoint_id: str, info: dict, path: str
-) -> None:
+def add_checkpoint(session: Session, *, job_id: str, owner: str, checkpoint_id: str, info: dict, path: str) -> None:
     from app.models import Checkpoint
 
-    exists = session.scalar(
-        select(Checkpoint.id).where(Checkpoint.job_id == job_id, Checkpoint.step == info["step"])
-    )
+    exists = session.scalar(select(Checkpoint.id).where(Checkpoint.job_id == job_id, Checkpoint.step == info["step"]))
     if exists:  # a resumed run re-saving a step the first attempt already recorded
         session.execute(
             update(Checkpoint)

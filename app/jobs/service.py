@@ -60,10 +60,7 @@ def check_corpus_size(num_chars: int, training: dict) -> None:
         fix = (
             f"lower training.batch_size to {fit_batch} or less"
             if fit_batch >= 1
-            else (
-                f"lower training.seq_len (to at most {max(1, (train_chars - 1) // 2)}) "
-                "and training.batch_size"
-            )
+            else (f"lower training.seq_len (to at most {max(1, (train_chars - 1) // 2)}) and training.batch_size")
         )
         raise ApiError(
             422,
@@ -93,9 +90,7 @@ def create(session: Session, *, owner: str, settings: Settings, body: JobCreate)
             try:
                 config = json.loads(read_metadata(settings.data_dir / checkpoint.path)["config"])
             except (OSError, KeyError, ValueError):
-                raise ApiError(
-                    410, f"the file of checkpoint {body.init_from} is unreadable or gone"
-                ) from None
+                raise ApiError(410, f"the file of checkpoint {body.init_from} is unreadable or gone") from None
             given = {k: v for k, v in body.model.model_dump().items() if v is not None}
             clash = {k: v for k, v in given.items() if config.get(k) != v}
             if clash:
@@ -143,10 +138,6 @@ def cancel(session: Session, *, owner: str, job_id: str) -> Job:
         )
         if result.rowcount == 0:
             job = get(session, owner=owner, job_id=job_id)
-            raise ApiError(
-                409, f"job {job_id} has already finished ({job.status}); there is nothing to cancel"
-            )
-        queue.add_event(
-            session, job_id=job_id, type="status", message="cancelled", data={"status": "cancelled"}
-        )
+            raise ApiError(409, f"job {job_id} has already finished ({job.status}); there is nothing to cancel")
+        queue.add_event(session, job_id=job_id, type="status", message="cancelled", data={"status": "cancelled"})
     return get(session, owner=owner, job_id=job_id)

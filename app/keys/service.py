@@ -32,9 +32,7 @@ def create_key(session: Session, *, name: str, key: str | None = None) -> tuple[
 
 
 def owner_for_key(session: Session, *, key: str) -> str | None:
-    return session.scalar(
-        select(ApiKey.name).where(ApiKey.key_hash == hash_key(key), ApiKey.revoked_at.is_(None))
-    )
+    return session.scalar(select(ApiKey.name).where(ApiKey.key_hash == hash_key(key), ApiKey.revoked_at.is_(None)))
 
 
 def list_keys(session: Session) -> list[ApiKey]:

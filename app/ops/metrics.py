@@ -12,9 +12,7 @@ from app.models import JOB_STATUSES, Job
 
 REGISTRY = CollectorRegistry()
 
-REQUESTS = Counter(
-    "charrnn_http_requests_total", "HTTP requests", ["method", "route", "status"], registry=REGISTRY
-)
+REQUESTS = Counter("charrnn_http_requests_total", "HTTP requests", ["method", "route", "status"], registry=REGISTRY)
 REQUEST_SECONDS = Histogram(
     "charrnn_http_request_seconds", "HTTP request latency", ["method", "route"], registry=REGISTRY
 )

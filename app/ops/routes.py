@@ -37,9 +37,7 @@ def _readiness() -> tuple[bool, dict]:
     "/readyz",
     summary="Readiness: the database answers and at least one worker is alive",
     responses={
-        200: {
-            "content": {"application/json": {"example": {"status": "ready", "database": "ok", "workers": 1}}}
-        },
+        200: {"content": {"application/json": {"example": {"status": "ready", "database": "ok", "workers": 1}}}},
         503: {"description": "not ready; the body says what is missing"},
     },
 )

@@ -11,34 +11,24 @@ from app.db import utcnow
 from app.models import Worker
 
 
-def register(
-    session: Session, *, worker_id: str, hostname: str, pid: int, url: str | None, device: str | None
-) -> None:
+def register(session: Session, *, worker_id: str, hostname: str, pid: int, url: str | None, device: str | None) -> None:
     now = utcnow()
     session.add(
-        Worker(
-            id=worker_id, hostname=hostname, pid=pid, url=url, device=device, started_at=now, heartbeat_at=now
-        )
+        Worker(id=worker_id, hostname=hostname, pid=pid, url=url, device=device, started_at=now, heartbeat_at=now)
     )
 
 
 def heartbeat(session: Session, *, worker_id: str, current_job_id: str | None) -> None:
     session.execute(
-        update(Worker)
-        .where(Worker.id == worker_id)
-        .values(heartbeat_at=utcnow(), current_job_id=current_job_id)
+        update(Worker).where(Worker.id == worker_id).values(heartbeat_at=utcnow(), current_job_id=current_job_id)
     )
 
 
 def stopped(session: Session, *, worker_id: str) -> None:
-    session.execute(
-        update(Worker).where(Worker.id == worker_id).values(stopped_at=utcnow(), current_job_id=None)
-    )
+    session.execute(update(Worker).where(Worker.id == worker_id).values(stopped_at=utcnow(), current_job_id=None))
 
 
 def live(session: Session, *, within_seconds: float) -> list[Worker]:
     since = utcnow() - timedelta(seconds=within_seconds)
-    query = select(Worker).where(
-        Worker.heartbeat_at >= since, Worker.stopped_at.is_(None), Worker.url.is_not(None)
-    )
+    query = select(Worker).where(Worker.heartbeat_at >= since, Worker.stopped_at.is_(None), Worker.url.is_not(None))
     return list(session.scalars(query.order_by(Worker.heartbeat_at.desc())))
