@@ -84,17 +84,41 @@ class DistContext:
         return box[0]
 
 
+def setup_process_group(training: dict) -> dict:
+    """Join the group torchrun set up (NCCL on GPUs, gloo on CPUs); returns `training` for this rank."""
+    cuda = torch.cuda.is_available() and training.get("device", "auto") != "cpu"
+    training = dict(training)
+    if cuda:
+        local_rank = int(os.environ.get("LOCAL_RANK", 0))
+        torch.cuda.set_device(local_rank)
+        training["device"] = f"cuda:{local_rank}"
+    dist.init_process_group(backend="nccl" if cuda else "gloo")
+    return training
+
+
+def launch(nprocs: int, entrypoint, *args):
+    """Run `entrypoint(*args)` in `nprocs` ranks on this machine with torchrun's own launcher (the API
+    behind the `torchrun` command), and return rank 0's return value. Arguments reach the ranks through
+    spawn, so multiprocessing queues and events may be among them."""
+    import uuid
+
+    from torch.distributed.launcher.api import LaunchConfig, elastic_launch
+
+    config = LaunchConfig(
+        min_nodes=1, max_nodes=1, nproc_per_node=nprocs, run_id=uuid.uuid4().hex,
+        rdzv_backend="c10d", rdzv_endpoint="127.0.0.1:0",
+        max_restarts=0,  # a failed rank fails the attempt; the job queue decides about retries
+        start_method="spawn",
+    )
+    return elastic_launch(config, entrypoint)(*args)[0]
+
+
 def main(argv: list[str] | None = None) -> None:
     from worker.trainer import TrainConfig, Trainer
 
     spec_path = (argv or sys.argv[1:])[0]
     spec = json.loads(Path(spec_path).read_text())
-    cuda = torch.cuda.is_available() and spec["training"].get("device", "auto") != "cpu"
-    local_rank = int(os.environ.get("LOCAL_RANK", 0))
-    if cuda:
-        torch.cuda.set_device(local_rank)
-        spec["training"]["device"] = f"cuda:{local_rank}"
-    dist.init_process_group(backend="nccl" if cuda else "gloo")
+    spec["training"] = setup_process_group(spec["training"])
     try:
         text = Path(spec["text_path"]).read_text(encoding="utf-8")
         trainer = Trainer(text, spec["run_dir"], spec.get("model"), TrainConfig.from_dict(spec["training"]),

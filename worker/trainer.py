@@ -53,6 +53,7 @@ class TrainConfig:
     sample_length: int = 200  # characters of sample text shown at each evaluation
     seed: int = 1337
     device: str = "auto"  # auto | cpu | cuda | cuda:N
+    gpus: int = 1  # data-parallel processes (distributed.py): GPUs with NCCL, or CPU processes with gloo
     precision: str = "auto"  # auto | fp32 | bf16
 
     def to_dict(self) -> dict:
@@ -144,6 +145,7 @@ def check_config(config: TrainConfig) -> None:
         (0 <= config.val_fraction < 1, "val_fraction must be in [0, 1)"),
         (config.eval_every >= 1 and config.checkpoint_every >= 1, "eval_every and checkpoint_every must be >= 1"),
         (config.max_steps is None or config.max_steps >= 1, "max_steps must be at least 1"),
+        (config.gpus >= 1, "gpus must be at least 1"),
         (config.max_epochs is None or config.max_epochs > 0, "max_epochs must be positive"),
         (config.max_seconds is None or config.max_seconds > 0, "max_seconds must be positive"),
     ]
