@@ -25,10 +25,11 @@ class Settings(BaseSettings):
     worker_url: str | None = Field(None, description="how the API reaches this worker; default from host/port")
     model_cache_size: int = Field(4, ge=1, description="models a worker keeps loaded for generation")
     # CPU threads. An oversubscribed CPU is catastrophic for torch (its OpenMP threads spin-wait for
-    # each other: a tiny model trained 200x slower in our tests), so training and generation split
-    # the cores instead of each taking all of them.
+    # each other: a tiny model trained 200x slower in our tests with several 2-thread processes on 2
+    # cores). Training takes every core, as `charrnn train` does, so a job trains at the engine's speed;
+    # generation takes a quarter, and only while it runs. Set both when several workers share a host.
     generation_threads: int = Field(0, ge=0, description="threads for generation in a worker; 0 = CPUs / 4")
-    train_threads: int = Field(0, ge=0, description="threads for training; 0 = the CPUs generation leaves")
+    train_threads: int = Field(0, ge=0, description="threads for training; 0 = all CPUs")
     generate_timeout_seconds: float = Field(120.0, gt=0, description="API -> worker request timeout")
     log_level: str = Field("INFO")
 
@@ -38,7 +39,7 @@ class Settings(BaseSettings):
 
     @property
     def train_thread_count(self) -> int:
-        return self.train_threads or max(1, (os.cpu_count() or 1) - self.generation_thread_count)
+        return self.train_threads or (os.cpu_count() or 1)
 
     @property
     def sqlalchemy_url(self) -> str:

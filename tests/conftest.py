@@ -183,6 +183,16 @@ class Service:
             time.sleep(0.2)
 
 
+@pytest.fixture
+def postgres_url():
+    """A throwaway database on the local PostgreSQL server, dropped after the test."""
+    from tests.postgres import require_postgres, throwaway_database
+
+    require_postgres()
+    with throwaway_database() as url:
+        yield url
+
+
 @pytest.fixture(scope="session")
 def service(tmp_path_factory):
     """The shared service: an API and one worker, a 1 MB upload limit."""

@@ -21,6 +21,15 @@ def postgres_available() -> str | None:
         return f"PostgreSQL is not reachable at {ADMIN_DSN!r}: {exc}"
 
 
+def require_postgres() -> None:
+    """CI has the server, so there a missing one fails the test; elsewhere the test skips."""
+    import pytest
+
+    why_not = postgres_available()
+    if why_not:
+        (pytest.fail if os.environ.get("CI") else pytest.skip)(why_not)
+
+
 @contextmanager
 def throwaway_database() -> Iterator[str]:
     """Create a fresh database and yield its SQLAlchemy URL; drop it (and its connections) afterwards."""

@@ -21,10 +21,13 @@ def _reset_caches():
     app_db.get_sessionmaker.cache_clear()
 
 
-@pytest.fixture
-def database(tmp_path, monkeypatch):
+@pytest.fixture(params=["sqlite", "postgres"])
+def database(request, tmp_path, monkeypatch):
     monkeypatch.setenv("CHARRNN_DATA_DIR", str(tmp_path))
-    monkeypatch.delenv("CHARRNN_DATABASE_URL", raising=False)
+    if request.param == "postgres":
+        monkeypatch.setenv("CHARRNN_DATABASE_URL", request.getfixturevalue("postgres_url"))
+    else:
+        monkeypatch.delenv("CHARRNN_DATABASE_URL", raising=False)
     _reset_caches()
     from app.cli import upgrade_database
 

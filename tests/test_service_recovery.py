@@ -3,6 +3,7 @@ exactly where an uninterrupted twin does; a SIGTERM checkpoints and hands the jo
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import time
@@ -17,12 +18,20 @@ pytestmark = pytest.mark.slow
 TRAINING = {"max_steps": 1200, "checkpoint_every": 100, "eval_every": 100, "log_every": 50, "seed": 11}
 
 
-@pytest.fixture(scope="module")
-def svc(tmp_path_factory):
-    s = Service(tmp_path_factory.mktemp("recovery"), job_lease_seconds=2)
-    s.start_api()
-    yield s
-    s.stop()
+@pytest.fixture(scope="module", params=["sqlite", "postgres"])
+def svc(request, tmp_path_factory):
+    """The recovery story on both databases: SQLite (embedded) and PostgreSQL (scaled out)."""
+    settings = {"job_lease_seconds": 2}
+    with contextlib.ExitStack() as stack:
+        if request.param == "postgres":
+            from tests.postgres import require_postgres, throwaway_database
+
+            require_postgres()
+            settings["database_url"] = stack.enter_context(throwaway_database())
+        s = Service(tmp_path_factory.mktemp(f"recovery-{request.param}"), **settings)
+        s.start_api()
+        yield s
+        s.stop()
 
 
 def children_of(pid: int) -> list[int]:

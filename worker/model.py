@@ -6,34 +6,15 @@ oneDNN on a CPU; nothing here is hand-unrolled except the one-character sampling
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
-from typing import Literal
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-Cell = Literal["lstm", "gru", "rnn"]
+from worker.config import ModelConfig
+
 Hidden = torch.Tensor | tuple[torch.Tensor, torch.Tensor]  # (h,) for rnn/gru, (h, c) for lstm
 
 CELLS: dict[str, type[nn.RNNBase]] = {"lstm": nn.LSTM, "gru": nn.GRU, "rnn": nn.RNN}
-
-
-@dataclass(frozen=True)
-class ModelConfig:
-    vocab_size: int
-    cell: Cell = "lstm"
-    hidden_size: int = 384  # measured best for a 2-minute CPU budget (README: choosing the defaults)
-    num_layers: int = 2
-    embedding_dim: int = 64  # small: a character carries little information, the state carries the rest
-    dropout: float = 0.0
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> ModelConfig:
-        return cls(**{k: d[k] for k in cls.__dataclass_fields__ if k in d})
 
 
 class CharRNN(nn.Module):

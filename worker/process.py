@@ -51,6 +51,43 @@ class QueueObserver:
         return "shutdown" if self.stop_event.is_set() else None
 
 
+def _train(spec: dict, observer) -> dict:
+    from worker.data import read_text
+    from worker.trainer import TrainConfig, Trainer
+
+    trainer = Trainer(
+        read_text(spec["corpus_path"]),
+        spec["run_dir"],
+        model_config=spec["model"],
+        train_config=TrainConfig.from_dict(spec["training"]),
+        init_from=spec.get("init_from"),
+        observer=observer,
+        corpus_path=spec["corpus_path"],
+    )
+    return asdict(trainer.train())
+
+
+def _train_rank(spec: dict, queue, stop_event, parent_pid: int) -> dict:
+    """One rank of a data-parallel job; rank 0 reports through the queue, the others only train."""
+    import torch
+
+    from worker.distributed import setup_process_group
+
+    die_with_parent(parent_pid)
+    torch.set_num_threads(max(1, spec["threads"] // spec["training"]["gpus"]))
+    spec = {**spec, "training": setup_process_group(spec["training"])}
+    from worker.checkpoint import CheckpointError
+    from worker.data import CorpusError
+    from worker.trainer import TrainingDiverged
+
+    try:
+        return _train(spec, QueueObserver(queue, stop_event, parent_pid))
+    except (CorpusError, CheckpointError, TrainingDiverged, ValueError) as exc:
+        return {"error": str(exc)}  # every rank agrees on these (same data, same averaged loss)
+    finally:
+        torch.distributed.destroy_process_group()
+
+
 def train_job(spec: dict, queue, stop_event, parent_pid: int) -> None:
     # Ctrl-C reaches the whole process group; the worker decides when training stops, not the terminal.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -59,22 +96,20 @@ def train_job(spec: dict, queue, stop_event, parent_pid: int) -> None:
         import torch
 
         from worker.checkpoint import CheckpointError
-        from worker.data import CorpusError, read_text
-        from worker.trainer import TrainConfig, Trainer, TrainingDiverged
+        from worker.data import CorpusError
+        from worker.trainer import TrainingDiverged
 
-        torch.set_num_threads(spec["threads"])
-        text = read_text(spec["corpus_path"])
-        trainer = Trainer(
-            text,
-            spec["run_dir"],
-            model_config=spec["model"],
-            train_config=TrainConfig.from_dict(spec["training"]),
-            init_from=spec.get("init_from"),
-            observer=QueueObserver(queue, stop_event, parent_pid),
-            corpus_path=spec["corpus_path"],
-        )
-        result = trainer.train()
-        queue.put(("result", asdict(result)))
+        gpus = spec["training"].get("gpus", 1)
+        if gpus > 1:
+            from worker.distributed import launch
+
+            if spec["training"].get("device", "auto") != "cpu" and 0 < torch.cuda.device_count() < gpus:
+                raise ValueError(f"the job asks for {gpus} GPUs but this worker has {torch.cuda.device_count()}")
+            result = launch(gpus, _train_rank, spec, queue, stop_event, os.getpid())
+        else:
+            torch.set_num_threads(spec["threads"])
+            result = _train(spec, QueueObserver(queue, stop_event, parent_pid))
+        queue.put(("error", result["error"]) if "error" in result else ("result", result))
     except (CorpusError, CheckpointError, TrainingDiverged, ValueError) as exc:
         queue.put(("error", str(exc)))
     except Exception as exc:  # a bug: keep the trace in the worker's log, tell the user something useful

@@ -69,6 +69,18 @@ class StopScanner:
         return out
 
 
+class SampleStream:
+    def __init__(self, steps: Iterator[list[str]], scanners: list[StopScanner]):
+        self._steps, self._scanners = steps, scanners
+
+    def __iter__(self) -> Iterator[list[str]]:
+        return self._steps
+
+    @property
+    def finish_reasons(self) -> list[str]:
+        return ["stop" if s.stopped else "length" for s in self._scanners]
+
+
 class Sampler:
     def __init__(self, model: CharRNN, vocab: Vocab):
         self.model, self.vocab = model.eval(), vocab
@@ -133,16 +145,18 @@ class Sampler:
             logits = logits.masked_fill(drop.scatter(-1, order, drop), float("-inf"))
         return torch.multinomial(logits.softmax(dim=-1), 1, generator=generator).squeeze(-1)
 
-    def stream(self, request: SampleRequest) -> Iterator[list[str]]:
-        """Yield, step by step, the newly safe text of each sample (an empty string when none)."""
-        return self._steps(request, [StopScanner(request.stop) for _ in range(request.num_samples)])
+    def stream(self, request: SampleRequest) -> SampleStream:
+        """Iterate it for the newly safe text of each sample, step by step (empty strings when none);
+        afterwards its `finish_reasons` say how each sample ended."""
+        scanners = [StopScanner(request.stop) for _ in range(request.num_samples)]
+        return SampleStream(self._steps(request, scanners), scanners)
 
     def generate(self, request: SampleRequest) -> list[Sample]:
-        scanners = [StopScanner(request.stop) for _ in range(request.num_samples)]
+        stream = self.stream(request)
         texts = [""] * request.num_samples
-        for pieces in self._steps(request, scanners):
+        for pieces in stream:
             texts = [t + p for t, p in zip(texts, pieces, strict=True)]
-        return [Sample(t, "stop" if s.stopped else "length") for t, s in zip(texts, scanners, strict=True)]
+        return [Sample(t, r) for t, r in zip(texts, stream.finish_reasons, strict=True)]
 
     @torch.inference_mode()
     def _steps(self, request: SampleRequest, scanners: list[StopScanner]) -> Iterator[list[str]]:

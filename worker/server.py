@@ -113,17 +113,13 @@ def create_server_app(settings: Settings) -> FastAPI:
     def generate_stream(body: GenerateBody):
         sampler, request = sampler_and_request(body)
 
-        from worker.sampler import StopScanner
-
-        # Our own scanners, so the final event can say which samples ended at a stop string.
-        scanners = [StopScanner(request.stop) for _ in range(request.num_samples)]
-
         def lines():
             texts = [""] * request.num_samples
             pending = [""] * request.num_samples
             last = time.monotonic()
             try:
-                for pieces in sampler._steps(request, scanners):
+                stream = sampler.stream(request)
+                for pieces in stream:
                     texts = [t + p for t, p in zip(texts, pieces, strict=True)]
                     pending = [t + p for t, p in zip(pending, pieces, strict=True)]
                     # A chunk every ~20 ms or 32 characters: live enough, without an event per character.
@@ -133,8 +129,7 @@ def create_server_app(settings: Settings) -> FastAPI:
                 if any(pending):
                     yield json.dumps({"pieces": pending}) + "\n"
                 samples = [
-                    {"text": t, "finish_reason": "stop" if s.stopped else "length"}
-                    for t, s in zip(texts, scanners, strict=True)
+                    {"text": t, "finish_reason": r} for t, r in zip(texts, stream.finish_reasons, strict=True)
                 ]
                 yield json.dumps({"samples": samples}) + "\n"
             except Exception as exc:  # mid-stream: the status line is gone, say it in the stream

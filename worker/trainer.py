@@ -16,52 +16,23 @@ from __future__ import annotations
 import hashlib
 import math
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
 from worker.checkpoint import CheckpointError, RunDirectory, load_model, weights_bytes
+from worker.config import ModelConfig, TrainConfig
 from worker.data import CorpusError, StreamBatcher, Vocab, split_train_val
 from worker.distributed import DistContext
-from worker.model import CharRNN, ModelConfig, detach_hidden, hidden_from_list, hidden_to_list
+from worker.model import CharRNN, detach_hidden, hidden_from_list, hidden_to_list
 from worker.sampler import Sampler, SampleRequest
 from worker.scoring import score_ids
 
 # With no stopping rule given, a run stops here: a few minutes on a laptop CPU, seconds on a GPU.
 DEFAULT_MAX_STEPS = 2000
 STOPPING_RULES = ("max_steps", "max_epochs", "max_seconds", "default_max_steps")
-
-
-@dataclass
-class TrainConfig:
-    seq_len: int = 128  # characters of backprop per window; the carried state reaches further back
-    batch_size: int = 32  # parallel streams
-    learning_rate: float = 3e-3  # peak; LSTMs of this size tolerate a high rate with clipping
-    min_lr_ratio: float = 0.1  # the cosine decay ends at learning_rate * min_lr_ratio
-    warmup_steps: int = 50
-    weight_decay: float = 0.01
-    grad_clip: float = 1.0  # max global gradient norm; RNN gradients spike, this keeps a step sane
-    max_steps: int | None = None
-    max_epochs: float | None = None
-    max_seconds: float | None = None
-    val_fraction: float = 0.1
-    eval_every: int = 500
-    checkpoint_every: int = 500
-    log_every: int = 10
-    sample_length: int = 200  # characters of sample text shown at each evaluation
-    seed: int = 1337
-    device: str = "auto"  # auto | cpu | cuda | cuda:N
-    gpus: int = 1  # data-parallel processes (distributed.py): GPUs with NCCL, or CPU processes with gloo
-    precision: str = "auto"  # auto | fp32 | bf16
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> TrainConfig:
-        return cls(**{k: d[k] for k in cls.__dataclass_fields__ if k in d})
 
 
 class TrainingDiverged(RuntimeError):

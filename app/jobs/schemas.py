@@ -49,6 +49,11 @@ class TrainingSpec(BaseModel):
     log_every: int | None = Field(None, ge=1, le=100_000, description=_d(_T, "log_every", "steps between metrics"))
     sample_length: int | None = Field(None, ge=0, le=10_000, description=_d(_T, "sample_length", "sample chars"))
     seed: int | None = Field(None, ge=0, le=2**31 - 1, description=_d(_T, "seed", "random seed"))
+    gpus: int | None = Field(
+        None, ge=1, le=64,
+        description=_d(_T, "gpus", "data-parallel processes (torchrun + DDP): GPUs, or gloo processes on a CPU "
+                       "worker; batch_size must be a multiple of it"),
+    )
 
 
 class JobCreate(BaseModel):

@@ -103,6 +103,13 @@ def create(session: Session, *, owner: str, settings: Settings, body: JobCreate)
             model = {k: config.get(k) for k in ModelSpec.model_fields}
         training = effective_training(body.training)
         check_corpus_size(corpus.num_chars, training)
+        if training["batch_size"] % training["gpus"]:
+            raise ApiError(
+                422,
+                f"training.batch_size={training['batch_size']} must be a multiple of training.gpus="
+                f"{training['gpus']} (each process trains an equal share of the streams); "
+                f"try batch_size={training['batch_size'] // training['gpus'] * training['gpus'] or training['gpus']}",
+            )
         job = Job(
             id=new_id("job"),
             owner=owner,
