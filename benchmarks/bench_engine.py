@@ -5,7 +5,7 @@ gradient clipping, hidden state carried and detached) on the same config, in fp3
 Sampling: charrnn's Sampler against a naive loop that calls nn.LSTM, softmax and multinomial once
 per character, both on the same weights, single stream.
 
-    .venv/bin/python benchmarks/bench_engine.py [--seconds 20] [--chars 2000]
+    .venv/bin/python benchmarks/bench_engine.py [--seconds 10] [--rounds 3] [--chars 3000]
 
 Prints a Markdown table (the one in the README) and writes benchmarks/out/engine.json.
 """
@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
+import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -105,19 +106,23 @@ def charrnn_sampling(model: CharRNN, vocab: Vocab, n_chars: int) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--seconds", type=float, default=20, help="per training measurement")
+    parser.add_argument("--seconds", type=float, default=10, help="per training measurement")
+    parser.add_argument("--rounds", type=int, default=3, help="alternating measurements of each")
     parser.add_argument("--chars", type=int, default=3000, help="per sampling measurement")
     args = parser.parse_args()
     text = CORPUS.read_text()
     vocab = Vocab.from_text(text)
     data = vocab.encode(text)[: int(len(text) * 0.9)]
-    torch.set_num_threads(torch.get_num_threads())
 
     rows = []
     for precision in ("fp32", "bf16"):
-        plain = plain_training(data, len(vocab), args.seconds, bf16=precision == "bf16")
-        ours = charrnn_training(text, args.seconds, precision)
-        rows.append((f"training chars/s, {precision}", plain, ours))
+        # Alternate the two, several rounds, and take each one's median: a shared 2-core machine
+        # drifts by 10-20% from one minute to the next.
+        plain, ours = [], []
+        for _ in range(args.rounds):
+            ours.append(charrnn_training(text, args.seconds, precision))
+            plain.append(plain_training(data, len(vocab), args.seconds, bf16=precision == "bf16"))
+        rows.append((f"training chars/s, {precision}", statistics.median(plain), statistics.median(ours)))
 
     model = CharRNN(ModelConfig(vocab_size=len(vocab), **MODEL)).eval()
     naive_sampling(model, vocab, 200)  # warm up both paths once

@@ -32,7 +32,8 @@ class CharRNN(nn.Module):
             dropout=config.dropout if config.num_layers > 1 else 0.0,
             batch_first=True,
         )
-        self.drop = nn.Dropout(config.dropout)
+        # Dropout with p=0 still draws a mask in training mode: skip it entirely.
+        self.drop = nn.Dropout(config.dropout) if config.dropout > 0 else nn.Identity()
         self.head = nn.Linear(config.hidden_size, config.vocab_size)
 
     @property

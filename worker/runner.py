@@ -197,7 +197,9 @@ class JobRun:
             target=_child_entry,
             args=(self.spec, self.messages, self.stop_event, os.getpid()),
             name=f"train-{self.job.id}",
-            daemon=True,
+            # A daemon dies with a worker that exits; but a daemon may not start processes of its own,
+            # and a data-parallel job starts its ranks. PR_SET_PDEATHSIG covers that case (process.py).
+            daemon=self.spec["training"].get("gpus", 1) <= 1,
         )
         self.child.start()
         last_flush = 0.0

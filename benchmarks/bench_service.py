@@ -1,0 +1,125 @@
+"""The service's own cost, side by side with the engine in one run.
+
+1. Training: the same config trained by `charrnn train` and by a job through the service (API +
+   worker + training child); characters per second of each.
+2. Generation: the sampler called in-process against POST /generate (API -> worker -> back) on the
+   same checkpoint and request, with a few concurrent clients; the overhead is the difference of
+   the medians.
+
+    .venv/bin/python benchmarks/bench_service.py [--steps 300] [--requests 200] [--clients 4]
+
+Writes benchmarks/out/service.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from tests.conftest import SHAKESPEARE, Service  # noqa: E402  (the harness the tests use)
+
+MODEL = {"cell": "lstm", "hidden_size": 256, "num_layers": 2, "embedding_dim": 64}
+TRAINING = {"seq_len": 64, "batch_size": 32, "eval_every": 10**6, "checkpoint_every": 10**6, "log_every": 50,
+            "seed": 1}
+REQUEST = {"prompt": "ROMEO:", "length": 200, "temperature": 0.8, "seed": 3}
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+
+def engine_training(steps: int, out: Path) -> float:
+    flags = [f"--{k.replace('_', '-')}={v}" for k, v in {**MODEL, **TRAINING, "max_steps": steps}.items()]
+    proc = subprocess.run([sys.executable, "-m", "app.cli", "train", str(SHAKESPEARE), "--out", str(out), *flags],
+                          capture_output=True, text=True, check=True, cwd=ROOT)
+    return json.loads(proc.stdout.strip().splitlines()[-1])["chars_per_second"]
+
+
+def in_process_latencies(checkpoint: Path, n: int, clients: int) -> list[float]:
+    """The sampler alone, called from `clients` threads at once, as the worker's server calls it."""
+    import torch
+
+    from worker.checkpoint import load_model
+    from worker.sampler import Sampler, SampleRequest
+
+    torch.set_num_threads(max(1, torch.get_num_threads() // 4))  # the worker's generation share
+    loaded = load_model(checkpoint)
+    sampler = Sampler(loaded.model, loaded.vocab)
+
+    def one(_):
+        start = time.perf_counter()
+        sampler.generate(SampleRequest(**REQUEST))
+        return time.perf_counter() - start
+
+    with ThreadPoolExecutor(clients) as pool:
+        return list(pool.map(one, range(n)))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--steps", type=int, default=300)
+    parser.add_argument("--requests", type=int, default=200)
+    parser.add_argument("--clients", type=int, default=4)
+    args = parser.parse_args()
+
+    with tempfile.TemporaryDirectory() as tmp:
+        engine_cps = engine_training(args.steps, Path(tmp) / "engine")
+        # The service's defaults (the test harness pins threads to 1): training takes all cores.
+        svc = Service(Path(tmp) / "svc", train_threads=0, generation_threads=0)
+        svc.start_api()
+        svc.start_worker()
+        try:
+            with svc.client() as client:
+                corpus = svc.upload(client, SHAKESPEARE.read_text(), name="shakespeare")
+                job = svc.create_job(client, corpus["id"], model=MODEL,
+                                     training={**TRAINING, "max_steps": args.steps})
+                job = svc.wait_job(client, job["id"], timeout=1800)
+                service_cps = job["progress"]["chars_per_second"]
+                checkpoint = client.get(f"/jobs/{job['id']}/checkpoints").json()["data"][0]
+                path = Path(tmp) / "model.safetensors"
+                path.write_bytes(client.get(f"/checkpoints/{checkpoint['id']}/download").content)
+                body = {"model": job["id"], **REQUEST}
+                client.post("/generate", json=body).raise_for_status()  # load the model once
+
+                def one(_):
+                    start = time.perf_counter()
+                    client.post("/generate", json=body).raise_for_status()
+                    return time.perf_counter() - start
+
+                with ThreadPoolExecutor(args.clients) as pool:
+                    api = list(pool.map(one, range(args.requests)))
+        finally:
+            svc.stop()
+        local = in_process_latencies(path, args.requests, args.clients)
+
+    result = {
+        "training_chars_per_second": {"charrnn train": engine_cps, "service": service_cps,
+                                      "ratio": service_cps / engine_cps},
+        "generate_200_chars_ms": {
+            "in_process_median": statistics.median(local) * 1000,
+            "in_process_p99": percentile(local, 0.99) * 1000,
+            "api_median": statistics.median(api) * 1000,
+            "api_p99": percentile(api, 0.99) * 1000,
+            "clients": args.clients,
+            "overhead_median": (statistics.median(api) - statistics.median(local)) * 1000,
+        },
+    }
+    print(json.dumps(result, indent=2))
+    out = Path(__file__).parent / "out"
+    out.mkdir(exist_ok=True)
+    (out / "service.json").write_text(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()
