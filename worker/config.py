@@ -57,3 +57,13 @@ class TrainConfig:
     @classmethod
     def from_dict(cls, d: dict) -> TrainConfig:
         return cls(**{k: d[k] for k in cls.__dataclass_fields__ if k in d})
+
+
+def min_train_chars(batch_size: int, seq_len: int) -> int:
+    """The fewest training characters that make one batch of `batch_size` streams (data.StreamBatcher)."""
+    return batch_size * (seq_len + 1) + seq_len
+
+
+def largest_batch_that_fits(train_chars: int, seq_len: int) -> int:
+    """The largest batch_size with at least one batch in `train_chars` characters (0 if none)."""
+    return max(0, (train_chars - seq_len) // (seq_len + 1))

@@ -12,6 +12,8 @@ from pathlib import Path
 
 import torch
 
+from worker.config import largest_batch_that_fits, min_train_chars
+
 
 class CorpusError(ValueError):
     """A corpus that cannot be trained on; the message says what is wrong and what to change."""
@@ -99,9 +101,9 @@ class StreamBatcher:
 
     def __init__(self, data: torch.Tensor, batch_size: int, seq_len: int, seed: int = 0):
         self.data, self.batch_size, self.seq_len, self.seed = data, batch_size, seq_len, seed
-        minimum = batch_size * (seq_len + 1) + seq_len
+        minimum = min_train_chars(batch_size, seq_len)
         if len(data) < minimum:
-            fitting_batch = (len(data) - seq_len) // (seq_len + 1)
+            fitting_batch = largest_batch_that_fits(len(data), seq_len)
             fix = (f"batch_size={fitting_batch}" if fitting_batch >= 1
                    else f"batch_size=1 and seq_len={max(1, (len(data) - 1) // 2)}")
             raise CorpusError(

@@ -16,6 +16,7 @@ from app.jobs.defaults import model_defaults, train_defaults
 from app.jobs.schemas import JobCreate, JobOut, ModelSpec, TrainingSpec
 from app.models import ACTIVE_STATUSES, Job
 from app.settings import Settings
+from worker.config import largest_batch_that_fits, min_train_chars
 
 
 def to_out(job: Job) -> JobOut:
@@ -54,9 +55,9 @@ def check_corpus_size(num_chars: int, training: dict) -> None:
     seq_len, batch_size, val_fraction = training["seq_len"], training["batch_size"], training["val_fraction"]
     n_val = int(num_chars * val_fraction)
     train_chars = num_chars - n_val
-    needed = batch_size * (seq_len + 1) + seq_len
+    needed = min_train_chars(batch_size, seq_len)
     if train_chars < needed:
-        fit_batch = (train_chars - seq_len) // (seq_len + 1)
+        fit_batch = largest_batch_that_fits(train_chars, seq_len)
         fix = (
             f"lower training.batch_size to {fit_batch} or less"
             if fit_batch >= 1
