@@ -172,6 +172,7 @@ class Service:
         job_id: str,
         statuses=("succeeded", "failed", "cancelled"),
         timeout: float = 90,
+        poll: float = 0.2,
     ) -> dict:
         deadline = time.monotonic() + timeout
         while True:
@@ -180,7 +181,7 @@ class Service:
                 return job
             if time.monotonic() > deadline:
                 raise AssertionError(f"job {job_id} still {job['status']} after {timeout}s\n{self.log_text()}")
-            time.sleep(0.2)
+            time.sleep(poll)
 
 
 @pytest.fixture
