@@ -96,6 +96,14 @@ def setup_process_group(training: dict) -> dict:
     return training
 
 
+def leave_process_group(finished: bool) -> None:
+    """Leave together: a rank that tears down gloo while another still talks to it can abort
+    ("terminate called without an active exception"), so finished ranks wait for each other first."""
+    if finished:
+        dist.barrier()
+    dist.destroy_process_group()
+
+
 def launch(nprocs: int, entrypoint, *args):
     """Run `entrypoint(*args)` in `nprocs` ranks on this machine with torchrun's own launcher (the API
     behind the `torchrun` command), and return rank 0's return value. Arguments reach the ranks through
@@ -119,15 +127,17 @@ def main(argv: list[str] | None = None) -> None:
     spec_path = (argv or sys.argv[1:])[0]
     spec = json.loads(Path(spec_path).read_text())
     spec["training"] = setup_process_group(spec["training"])
+    finished = False
     try:
         text = Path(spec["text_path"]).read_text(encoding="utf-8")
         trainer = Trainer(text, spec["run_dir"], spec.get("model"), TrainConfig.from_dict(spec["training"]),
                           init_from=spec.get("init_from"), corpus_path=spec["text_path"])
         result = trainer.train()
+        finished = True
         if dist.get_rank() == 0:
             print(json.dumps({k: v for k, v in vars(result).items() if k != "extra"}))
     finally:
-        dist.destroy_process_group()
+        leave_process_group(finished)
 
 
 if __name__ == "__main__":

@@ -6,6 +6,8 @@ oneDNN on a CPU; nothing here is hand-unrolled except the one-character sampling
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -51,6 +53,12 @@ class CharRNN(nn.Module):
         return self.head(self.drop(out)), hidden
 
 
+def autocast(device_type: str, dtype: torch.dtype | None):
+    """Autocast to `dtype`, or nothing at all for None: even a disabled torch.autocast costs about
+    10% of an fp32 training step on a CPU (measured: 0.86x -> 0.98x of a plain loop without it)."""
+    return contextlib.nullcontext() if dtype is None else torch.autocast(device_type, dtype=dtype)
+
+
 def detach_hidden(hidden: Hidden) -> Hidden:
     """Truncated BPTT: keep the state's value, cut the graph that produced it."""
     if isinstance(hidden, tuple):
@@ -87,7 +95,7 @@ def mean_cross_entropy(
     for start in range(0, inputs.shape[1], chunk_len):
         x = inputs[:, start : start + chunk_len].to(device)
         y = targets[:, start : start + chunk_len].to(device)
-        with torch.autocast(device.type, dtype=autocast_dtype or torch.float32, enabled=autocast_dtype is not None):
+        with autocast(device.type, autocast_dtype):
             logits, hidden = model(x, hidden)
         total += F.cross_entropy(logits.float().flatten(0, 1), y.flatten(), reduction="sum", ignore_index=-100).item()
         count += int((y != -100).sum())

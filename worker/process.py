@@ -71,7 +71,7 @@ def _train_rank(spec: dict, queue, stop_event, parent_pid: int) -> dict:
     """One rank of a data-parallel job; rank 0 reports through the queue, the others only train."""
     import torch
 
-    from worker.distributed import setup_process_group
+    from worker.distributed import leave_process_group, setup_process_group
 
     die_with_parent(parent_pid)
     torch.set_num_threads(max(1, spec["threads"] // spec["training"]["gpus"]))
@@ -80,12 +80,16 @@ def _train_rank(spec: dict, queue, stop_event, parent_pid: int) -> dict:
     from worker.data import CorpusError
     from worker.trainer import TrainingDiverged
 
+    finished = False
     try:
-        return _train(spec, QueueObserver(queue, stop_event, parent_pid))
+        result = _train(spec, QueueObserver(queue, stop_event, parent_pid))
+        finished = True
+        return result
     except (CorpusError, CheckpointError, TrainingDiverged, ValueError) as exc:
-        return {"error": str(exc)}  # every rank agrees on these (same data, same averaged loss)
+        finished = True  # every rank agrees on these (same data, same averaged loss)
+        return {"error": str(exc)}
     finally:
-        torch.distributed.destroy_process_group()
+        leave_process_group(finished)
 
 
 def train_job(spec: dict, queue, stop_event, parent_pid: int) -> None:

@@ -26,7 +26,7 @@ from worker.checkpoint import CheckpointError, RunDirectory, load_model, weights
 from worker.config import ModelConfig, TrainConfig
 from worker.data import CorpusError, StreamBatcher, Vocab, split_train_val
 from worker.distributed import DistContext
-from worker.model import CharRNN, detach_hidden, hidden_from_list, hidden_to_list
+from worker.model import CharRNN, autocast, detach_hidden, hidden_from_list, hidden_to_list
 from worker.sampler import Sampler, SampleRequest
 from worker.scoring import score_ids
 
@@ -351,8 +351,7 @@ class Trainer:
     def _train_step(self, x: torch.Tensor, y: torch.Tensor) -> tuple[float, float]:
         if self.batch_index == 0:
             self.hidden = None  # a new epoch starts new streams: nothing to carry
-        with torch.autocast(self.device.type, dtype=self.autocast_dtype or torch.float32,
-                            enabled=self.autocast_dtype is not None):
+        with autocast(self.device.type, self.autocast_dtype):
             logits, hidden = self.net(x, self.hidden)
         loss = F.cross_entropy(logits.float().flatten(0, 1), y.flatten())
         self.optimizer.zero_grad(set_to_none=True)
