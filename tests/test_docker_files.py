@@ -269,36 +269,26 @@ def _docker_compose_available() -> bool:
     return probe.returncode == 0
 
 
+def _compose_config(env: dict, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        ["docker", "compose", "-f", str(COMPOSE), *args, "config", "-q"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
 @pytest.mark.skipif(not _docker_compose_available(), reason="the docker compose plugin is not installed")
 def test_docker_compose_config_validates():
     env = {**os.environ, **TEST_ENV}
-    ok = subprocess.run(
-        ["docker", "compose", "-f", str(COMPOSE), "config", "-q"],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    ok = _compose_config(env)
     assert ok.returncode == 0, ok.stderr
-    ok = subprocess.run(
-        ["docker", "compose", "-f", str(COMPOSE), "--profile", "postgres", "config", "-q"],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    ok = _compose_config(env, "--profile", "postgres")
     assert ok.returncode == 0, ok.stderr
     env.pop("CHARRNN_BOOTSTRAP_KEY")
-    missing = subprocess.run(
-        ["docker", "compose", "-f", str(COMPOSE), "config", "-q"],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    missing = _compose_config(env)
     assert missing.returncode != 0 and "CHARRNN_BOOTSTRAP_KEY" in missing.stderr
 
 
