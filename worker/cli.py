@@ -134,8 +134,7 @@ def train(
             observer.close()
     except (CorpusError, CheckpointError, TrainingDiverged, ValueError, TypeError) as exc:
         _fail(str(exc))
-    summary = {k: v for k, v in vars(result).items() if k != "extra"}
-    print(json.dumps(summary))
+    print(json.dumps(result.to_dict()))
 
 
 def generate(

@@ -135,7 +135,7 @@ def main(argv: list[str] | None = None) -> None:
         result = trainer.train()
         finished = True
         if dist.get_rank() == 0:
-            print(json.dumps({k: v for k, v in vars(result).items() if k != "extra"}))
+            print(json.dumps(result.to_dict()))
     finally:
         leave_process_group(finished)
 

@@ -11,7 +11,6 @@ import ctypes
 import os
 import signal
 import traceback
-from dataclasses import asdict
 
 PR_SET_PDEATHSIG = 1
 
@@ -64,7 +63,7 @@ def _train(spec: dict, observer) -> dict:
         observer=observer,
         corpus_path=spec["corpus_path"],
     )
-    return asdict(trainer.train())
+    return trainer.train().to_dict()
 
 
 def _train_rank(spec: dict, queue, stop_event, parent_pid: int) -> dict:

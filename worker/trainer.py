@@ -16,7 +16,7 @@ from __future__ import annotations
 import hashlib
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
@@ -68,7 +68,9 @@ class TrainResult:
     device: str
     precision: str
     resumed_from_step: int | None = None
-    extra: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
 
 
 def resolve_device(name: str) -> torch.device:
