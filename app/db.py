@@ -58,7 +58,10 @@ def make_engine(url: str) -> Engine:
 
         @event.listens_for(engine, "begin")
         def _begin_immediate(conn):
-            conn.exec_driver_sql("BEGIN IMMEDIATE")
+            # Writers take the write lock up front (no deadlock upgrading a read lock); readers that
+            # say so (read_session) don't, so they never queue behind the workers' progress writes.
+            read_only = conn.get_execution_options().get("read_only", False)
+            conn.exec_driver_sql("BEGIN" if read_only else "BEGIN IMMEDIATE")
 
         return engine
     return create_engine(url, pool_pre_ping=True)
@@ -81,6 +84,13 @@ def get_sessionmaker() -> sessionmaker[Session]:
 def session_scope() -> Iterator[Session]:
     """A short transaction: commit on success, roll back on error."""
     with get_sessionmaker()() as session, session.begin():
+        yield session
+
+
+@contextmanager
+def read_session() -> Iterator[Session]:
+    """A session for reads only: on SQLite it takes no write lock."""
+    with Session(get_engine().execution_options(read_only=True)) as session:
         yield session
 
 

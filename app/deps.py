@@ -8,7 +8,7 @@ from typing import Annotated
 from fastapi import Depends, HTTPException, Request
 from sqlalchemy.orm import Session
 
-from app.db import get_sessionmaker, session_scope
+from app.db import get_sessionmaker, read_session
 from app.keys.service import owner_for_key
 from app.settings import Settings, get_settings
 
@@ -28,7 +28,7 @@ def get_owner(request: Request) -> str:
             headers={"WWW-Authenticate": "Bearer"},
         )
     # Its own short transaction: an upload must not hold the database while its body streams in.
-    with session_scope() as session:
+    with read_session() as session:
         owner = owner_for_key(session, key=key.strip())
     if owner is None:
         raise HTTPException(401, "invalid or revoked API key", headers={"WWW-Authenticate": "Bearer"})

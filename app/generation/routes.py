@@ -4,7 +4,7 @@ from fastapi import APIRouter, Request
 from sse_starlette.sse import EventSourceResponse
 from starlette.concurrency import run_in_threadpool
 
-from app.db import get_sessionmaker
+from app.db import read_session
 from app.deps import CurrentOwner, SettingsDep
 from app.errors import responses
 from app.generation import service
@@ -16,7 +16,7 @@ ERRORS = {422: {"description": "a field out of range, or prompt characters the m
 
 
 def _target(owner: str, settings, model: str):
-    with get_sessionmaker()() as session:
+    with read_session() as session:
         checkpoint = service.resolve(session, owner=owner, model=model)
         urls = service.worker_urls(session, settings=settings, checkpoint_id=checkpoint.id)
     return checkpoint.id, str((settings.data_dir / checkpoint.path).resolve()), urls
