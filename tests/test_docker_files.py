@@ -362,43 +362,37 @@ def test_entrypoint_is_valid_bash(path):
     assert ok.returncode == 0, ok.stderr
 
 
-def test_worker_entrypoint_advertises_its_own_address(tmp_path):
-    """Run the entrypoint with a stub `charrnn` on PATH: it must fill in CHARRNN_WORKER_URL."""
+def _env_with_stub_charrnn(tmp_path: Path, body: str) -> dict:
+    """The environment minus CHARRNN_* settings, with a stub `charrnn` (running `body`) first on PATH."""
     stub = tmp_path / "charrnn"
-    stub.write_text('#!/usr/bin/env bash\necho "URL=$CHARRNN_WORKER_URL HOST=$CHARRNN_WORKER_HOST ARGS=$*"\n')
+    stub.write_text(f"#!/usr/bin/env bash\n{body}\n")
     stub.chmod(0o755)
     env = {k: v for k, v in os.environ.items() if not k.startswith("CHARRNN_")}
     env["PATH"] = f"{tmp_path}:{env.get('PATH', '/usr/bin:/bin')}"
-    out = subprocess.run(
-        ["bash", str(DOCKER / "worker-entrypoint.sh")], env=env, capture_output=True, text=True, timeout=30
-    )
+    return env
+
+
+def _run_entrypoint(name: str, env: dict, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(["bash", str(DOCKER / name), *args], env=env, capture_output=True, text=True, timeout=30)
+
+
+def test_worker_entrypoint_advertises_its_own_address(tmp_path):
+    """Run the entrypoint with a stub `charrnn` on PATH: it must fill in CHARRNN_WORKER_URL."""
+    env = _env_with_stub_charrnn(tmp_path, 'echo "URL=$CHARRNN_WORKER_URL HOST=$CHARRNN_WORKER_HOST ARGS=$*"')
+    out = _run_entrypoint("worker-entrypoint.sh", env)
     assert out.returncode == 0, out.stderr
     assert re.search(r"URL=http://\S+:8001 HOST=0\.0\.0\.0 ARGS=worker$", out.stdout.strip()), out.stdout
     env["CHARRNN_WORKER_URL"] = "http://gpu-box-7:9000"
-    out = subprocess.run(
-        ["bash", str(DOCKER / "worker-entrypoint.sh")], env=env, capture_output=True, text=True, timeout=30
-    )
+    out = _run_entrypoint("worker-entrypoint.sh", env)
     assert "URL=http://gpu-box-7:9000 " in out.stdout
-    out = subprocess.run(
-        ["bash", str(DOCKER / "worker-entrypoint.sh"), "echo", "hello"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
+    out = _run_entrypoint("worker-entrypoint.sh", env, "echo", "hello")
     assert out.stdout.strip() == "hello"
 
 
 def test_api_entrypoint_migrates_then_serves(tmp_path):
-    stub = tmp_path / "charrnn"
-    stub.write_text('#!/usr/bin/env bash\necho "charrnn $*"\n')
-    stub.chmod(0o755)
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CHARRNN_")}
-    env["PATH"] = f"{tmp_path}:{env.get('PATH', '/usr/bin:/bin')}"
+    env = _env_with_stub_charrnn(tmp_path, 'echo "charrnn $*"')
     env["CHARRNN_DATA_DIR"] = str(tmp_path / "data")
-    out = subprocess.run(
-        ["bash", str(DOCKER / "api-entrypoint.sh")], env=env, capture_output=True, text=True, timeout=30
-    )
+    out = _run_entrypoint("api-entrypoint.sh", env)
     assert out.returncode == 0, out.stderr
     assert out.stdout.splitlines() == ["charrnn db upgrade", "charrnn api --host 0.0.0.0 --port 8000"]
 
