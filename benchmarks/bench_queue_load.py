@@ -21,7 +21,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from tests.conftest import Service, small_corpus  # noqa: E402  (the same harness the tests use)
+from tests.conftest import Service, queue_dummy_jobs, small_corpus  # noqa: E402  (the same harness the tests use)
 from tests.postgres import throwaway_database  # noqa: E402
 
 JOB_MODEL = {"cell": "gru", "hidden_size": 32, "num_layers": 1, "embedding_dim": 16}
@@ -34,7 +34,7 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
-def claim_latencies(database_url: str, n: int = 200) -> list[float]:
+def claim_latencies(database_url: str, n: int) -> list[float]:
     """Seconds per claim statement, measured directly against the database with n queued rows."""
     import os
 
@@ -42,6 +42,7 @@ def claim_latencies(database_url: str, n: int = 200) -> list[float]:
     from app.db import session_scope
     from app.jobs import queue
 
+    queue_dummy_jobs(n)
     latencies = []
     for _ in range(n):
         start = time.perf_counter()
@@ -81,8 +82,7 @@ def main() -> None:
             # The claim statement alone, on the same database, with the service stopped.
         finally:
             svc.stop()
-        _queue_dummy_jobs(database_url, 200)
-        latencies = claim_latencies(database_url)
+        latencies = claim_latencies(database_url, 200)
 
     ok = all(j["status"] == "succeeded" for j in finished)
     once = all(j["attempts"] == 1 for j in finished) and all(n == 1 for n in running_events)
@@ -110,24 +110,6 @@ def _seconds_between(a: str, b: str) -> float:
     from datetime import datetime
 
     return (datetime.fromisoformat(b) - datetime.fromisoformat(a)).total_seconds()
-
-
-def _queue_dummy_jobs(database_url: str, n: int) -> None:
-    import os
-
-    os.environ["CHARRNN_DATABASE_URL"] = database_url
-    from app.db import session_scope, utcnow
-    from app.ids import new_id
-    from app.models import Corpus, Job
-
-    with session_scope() as session:
-        corpus = Corpus(id=new_id("corpus"), owner="bench", name="c", sha256="0" * 64, size_bytes=1,
-                        num_chars=1, vocab_size=1, path="corpora/none.txt")
-        session.add(corpus)
-        session.flush()
-        for _ in range(n):
-            session.add(Job(id=new_id("job"), owner="bench", corpus_id=corpus.id, status="queued", model={},
-                            training={}, progress={}, attempts=0, created_at=utcnow()))
 
 
 if __name__ == "__main__":

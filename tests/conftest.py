@@ -54,6 +54,42 @@ def _fail_on_server_error(response: httpx.Response) -> None:
         )
 
 
+def queue_dummy_jobs(n: int) -> list[str]:
+    """Queue n jobs on a placeholder corpus straight into the configured database (for queue tests)."""
+    from app.db import session_scope, utcnow
+    from app.ids import new_id
+    from app.models import Corpus, Job
+
+    with session_scope() as session:
+        corpus = Corpus(
+            id=new_id("corpus"),
+            owner="o",
+            name="c",
+            sha256="0" * 64,
+            size_bytes=1,
+            num_chars=1,
+            vocab_size=1,
+            path="corpora/x.txt",
+        )
+        session.add(corpus)
+        ids = [new_id("job") for _ in range(n)]
+        for job_id in ids:
+            session.add(
+                Job(
+                    id=job_id,
+                    owner="o",
+                    corpus_id=corpus.id,
+                    status="queued",
+                    model={},
+                    training={},
+                    progress={},
+                    attempts=0,
+                    created_at=utcnow(),
+                )
+            )
+    return ids
+
+
 class Service:
     """One data directory with an API process and any number of worker processes."""
 

@@ -13,6 +13,7 @@ from sqlalchemy import text
 
 from app import db as app_db
 from app import settings as app_settings
+from tests.conftest import queue_dummy_jobs
 
 
 def _reset_caches():
@@ -37,41 +38,6 @@ def database(request, tmp_path, monkeypatch):
     _reset_caches()
 
 
-def _queue_jobs(n: int) -> list[str]:
-    from app.db import session_scope, utcnow
-    from app.ids import new_id
-    from app.models import Corpus, Job
-
-    with session_scope() as session:
-        corpus = Corpus(
-            id=new_id("corpus"),
-            owner="o",
-            name="c",
-            sha256="0" * 64,
-            size_bytes=1,
-            num_chars=1,
-            vocab_size=1,
-            path="corpora/x.txt",
-        )
-        session.add(corpus)
-        ids = [new_id("job") for _ in range(n)]
-        for job_id in ids:
-            session.add(
-                Job(
-                    id=job_id,
-                    owner="o",
-                    corpus_id=corpus.id,
-                    status="queued",
-                    model={},
-                    training={},
-                    progress={},
-                    attempts=0,
-                    created_at=utcnow(),
-                )
-            )
-    return ids
-
-
 def _claim_all(data_dir: str, worker_id: str, out: str, barrier) -> None:
     os.environ["CHARRNN_DATA_DIR"] = data_dir
     from app.db import session_scope
@@ -92,7 +58,7 @@ def _claim_all(data_dir: str, worker_id: str, out: str, barrier) -> None:
 
 
 def test_two_workers_never_run_one_job(database):
-    ids = _queue_jobs(60)
+    ids = queue_dummy_jobs(60)
     ctx = multiprocessing.get_context("spawn")
     barrier = ctx.Barrier(4)
     procs = [
@@ -136,7 +102,7 @@ def test_a_worker_that_lost_its_lease_changes_nothing(database):
     from app.jobs import queue
     from app.models import Job
 
-    (job_id,) = _queue_jobs(1)
+    (job_id,) = queue_dummy_jobs(1)
     with session_scope() as s:
         assert queue.claim(s, worker_id="wrk_a", lease_seconds=0.2).id == job_id
     time.sleep(0.3)
@@ -159,7 +125,7 @@ def test_too_many_lost_workers_fail_the_job_with_a_reason(database):
     from app.jobs import queue
     from app.models import Job
 
-    (job_id,) = _queue_jobs(1)
+    (job_id,) = queue_dummy_jobs(1)
     for attempt in range(1, 3):
         with session_scope() as s:
             queue.claim(s, worker_id=f"wrk_{attempt}", lease_seconds=0.05)
@@ -178,7 +144,7 @@ def test_shutdown_requeue_does_not_count_as_an_attempt(database):
     from app.jobs import queue
     from app.models import Job
 
-    (job_id,) = _queue_jobs(1)
+    (job_id,) = queue_dummy_jobs(1)
     with session_scope() as s:
         queue.claim(s, worker_id="wrk_a", lease_seconds=60)
     with session_scope() as s:
