@@ -262,27 +262,24 @@ class Trainer:
 
     # -- progress --------------------------------------------------------------------------------
 
-    def progress(self) -> tuple[float, str]:
-        """Fraction of the run done (the furthest of the stopping rules), and which rule that is."""
+    def progress(self) -> float:
+        """Fraction of the run done: the furthest along of the stopping rules in force."""
         c, bpe = self.config, self.batcher.batches_per_epoch
-        rules = {}
+        fractions = []
         if c.max_steps:
-            rules["max_steps"] = self.step / c.max_steps
+            fractions.append(self.step / c.max_steps)
         if c.max_epochs:
-            rules["max_epochs"] = (self.epoch * bpe + self.batch_index) / (c.max_epochs * bpe)
+            fractions.append((self.epoch * bpe + self.batch_index) / (c.max_epochs * bpe))
         if c.max_seconds:
-            rules["max_seconds"] = self.elapsed / c.max_seconds
-        if not rules:
-            rules["default_max_steps"] = self.step / DEFAULT_MAX_STEPS
-        rule = max(rules, key=rules.get)
-        return rules[rule], rule
+            fractions.append(self.elapsed / c.max_seconds)
+        return max(fractions) if fractions else self.step / DEFAULT_MAX_STEPS
 
     def max_steps_estimate(self) -> int:
-        p, _ = self.progress()
+        p = self.progress()
         return max(self.step, round(self.step / p)) if p > 0 else (self.config.max_steps or DEFAULT_MAX_STEPS)
 
     def _snapshot(self) -> dict:
-        p, _ = self.progress()
+        p = self.progress()
         cps = self.chars_per_second()
         return {
             "step": self.step,
@@ -412,7 +409,7 @@ class Trainer:
             x, y = (self.dist.shard(t).to(self.device, non_blocking=True)
                     for t in self.batcher.batch(self.epoch, self.batch_index))
             for group in self.optimizer.param_groups:
-                group["lr"] = lr_at(c, self.step, self.progress()[0])
+                group["lr"] = lr_at(c, self.step, self.progress())
             loss, grad_norm = self._train_step(x, y)
             self.step += 1
             self.batch_index += 1
