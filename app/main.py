@@ -2,25 +2,20 @@
 
 from __future__ import annotations
 
-import logging
-import time
 from contextlib import asynccontextmanager
 
 import httpx
-from fastapi import FastAPI, Request
+from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
-from fastapi.responses import JSONResponse
 
 from app.checkpoints.routes import router as checkpoints_router
 from app.corpora.routes import router as corpora_router
 from app.errors import install_error_handlers
 from app.generation.routes import router as generation_router
 from app.jobs.routes import router as jobs_router
-from app.ops.metrics import REQUEST_SECONDS, REQUESTS
+from app.ops.middleware import ObserveRequests
 from app.ops.routes import router as ops_router
 from app.settings import get_settings
-
-log = logging.getLogger("charrnn.api")
 
 DESCRIPTION = """Train character-level RNN/LSTM/GRU language models on your text, and generate from them.
 
@@ -42,40 +37,7 @@ def create_app() -> FastAPI:
     for router in (ops_router, corpora_router, jobs_router, checkpoints_router, generation_router):
         app.include_router(router)
 
-    @app.middleware("http")
-    async def observe(request: Request, call_next):
-        t0 = time.perf_counter()
-        repeated = sorted(
-            {k for k, _ in request.query_params.multi_items() if len(request.query_params.getlist(k)) > 1}
-        )
-        if repeated:  # every parameter is single-valued; silently taking the last one hides mistakes
-            response = JSONResponse(
-                {"detail": f"query parameter {repeated[0]!r} is given more than once; give it once"},
-                status_code=422,
-            )
-        else:
-            response = await call_next(request)
-        route = request.scope.get("route")
-        path = getattr(route, "path", "unmatched")
-        seconds = time.perf_counter() - t0
-        REQUESTS.labels(request.method, path, str(response.status_code)).inc()
-        REQUEST_SECONDS.labels(request.method, path).observe(seconds)
-        log.info(
-            "%s %s %s",
-            request.method,
-            request.url.path,
-            response.status_code,
-            extra={
-                "fields": {
-                    "method": request.method,
-                    "path": request.url.path,
-                    "route": path,
-                    "status": response.status_code,
-                    "ms": round(seconds * 1000, 1),
-                }
-            },
-        )
-        return response
+    app.add_middleware(ObserveRequests)
 
     def openapi() -> dict:
         if app.openapi_schema is None:

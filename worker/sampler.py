@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import torch
+import torch.nn.functional as F
 
 from worker.data import Vocab
 from worker.model import CharRNN
@@ -64,6 +65,10 @@ class StopScanner:
         out, self.emitted = self.text[self.emitted : safe_end], max(self.emitted, safe_end)
         return out
 
+    @property
+    def finish_reason(self) -> str:
+        return "stop" if self.stopped else "length"
+
     def flush(self) -> str:
         out, self.emitted = self.text[self.emitted :], len(self.text)
         return out
@@ -78,7 +83,7 @@ class SampleStream:
 
     @property
     def finish_reasons(self) -> list[str]:
-        return ["stop" if s.stopped else "length" for s in self._scanners]
+        return [s.finish_reason for s in self._scanners]
 
 
 class Sampler:
@@ -91,6 +96,10 @@ class Sampler:
             tuple(getattr(rnn, f"{name}_l{i}") for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh"))
             for i in range(model.config.num_layers)
         ]
+        # The embedding and the head are called as functions too: nn.Module's __call__ costs more than
+        # the lookup itself at one character per step.
+        self.embedding_weight = model.embedding.weight
+        self.head_weight, self.head_bias = model.head.weight, model.head.bias
         self.device = next(model.parameters()).device
 
     def validate(self, request: SampleRequest) -> None:
@@ -118,7 +127,7 @@ class Sampler:
         return per_layer, logits[0, -1].expand(n, -1)
 
     def _step(self, ids: torch.Tensor, state: list) -> torch.Tensor:
-        x = self.model.embedding(ids)
+        x = F.embedding(ids, self.embedding_weight)
         for layer, weights in enumerate(self.layers):
             if self.cell == "lstm":
                 h, c = self.step_fn(x, state[layer], *weights)
@@ -127,7 +136,7 @@ class Sampler:
                 h = self.step_fn(x, state[layer][0], *weights)
                 state[layer] = (h,)
             x = h
-        return self.model.head(x)
+        return F.linear(x, self.head_weight, self.head_bias)
 
     @staticmethod
     def _choose(logits: torch.Tensor, request: SampleRequest, generator: torch.Generator) -> torch.Tensor:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import socket
+import sys
 import threading
 import time
 from collections import OrderedDict
@@ -39,13 +40,28 @@ class ScoreBody(BaseModel):
     text: str
 
 
+class ServedModel:
+    """A loaded checkpoint with its two samplers: seeded requests alone, the rest batched together."""
+
+    def __init__(self, loaded):
+        from worker.batching import BatchedSampler
+        from worker.sampler import Sampler
+
+        self.loaded = loaded
+        self.sampler = Sampler(loaded.model, loaded.vocab)
+        self.batched = BatchedSampler(self.sampler)
+
+    def runner_for(self, request):
+        return self.sampler if request.seed is not None else self.batched
+
+
 class ModelCache:
     def __init__(self, size: int, device: str, data_dir: Path):
         self.size, self.device, self.data_dir = size, device, data_dir.resolve()
-        self.models: OrderedDict[str, object] = OrderedDict()
+        self.models: OrderedDict[str, ServedModel] = OrderedDict()
         self.lock = threading.Lock()
 
-    def get(self, path: str):
+    def get(self, path: str) -> ServedModel:
         from worker.checkpoint import CheckpointError, load_model
         from worker.trainer import resolve_device
 
@@ -58,30 +74,39 @@ class ModelCache:
                 self.models.move_to_end(key)
                 return self.models[key]
         try:
-            loaded = load_model(resolved, device=resolve_device(self.device))
+            served = ServedModel(load_model(resolved, device=resolve_device(self.device)))
         except CheckpointError as exc:
             raise HTTPException(410, str(exc)) from None
         with self.lock:
-            self.models[key] = loaded
+            self.models[key] = served
             while len(self.models) > self.size:
-                self.models.popitem(last=False)
-        return loaded
+                self.models.popitem(last=False)[1].batched.close()  # its running requests still finish
+        return served
 
 
-def create_server_app(settings: Settings) -> FastAPI:
+# Sampling is bound by Python dispatch, so concurrent requests take turns holding the GIL. With the
+# default 5 ms switch interval the event loop waits up to 5 ms each time it needs the GIL to read a
+# request or write a response; 0.5 ms makes it wait less, and costs the samplers almost nothing.
+GENERATION_SWITCH_INTERVAL_S = 0.0005
+
+
+def configure_generation_process(settings: Settings) -> None:
+    """Interpreter and torch settings for a process that serves generation (also the benchmark's baseline)."""
     import torch
 
     # Generation steps are small and latency-bound; more threads only fight training for cores.
     torch.set_num_threads(settings.generation_thread_count)
+    sys.setswitchinterval(GENERATION_SWITCH_INTERVAL_S)
+
+
+def create_server_app(settings: Settings) -> FastAPI:
+    configure_generation_process(settings)
     app = FastAPI(title="charrnn worker")
     cache = ModelCache(settings.model_cache_size, settings.device, settings.data_dir)
-    # One sampler at a time per model would be safest; torch modules are safe to read concurrently
-    # under inference_mode, so requests run in parallel threads.
-
     def sampler_and_request(body: GenerateBody):
-        from worker.sampler import Sampler, SampleRequest
+        from worker.sampler import SampleRequest
 
-        loaded = cache.get(body.path)
+        served = cache.get(body.path)
         request = SampleRequest(
             prompt=body.prompt,
             length=body.length,
@@ -92,9 +117,9 @@ def create_server_app(settings: Settings) -> FastAPI:
             num_samples=body.num_samples,
             stop=body.stop,
         )
-        sampler = Sampler(loaded.model, loaded.vocab)
+        sampler = served.runner_for(request)
         try:
-            sampler.validate(request)
+            served.sampler.validate(request)
         except ValueError as exc:
             raise HTTPException(422, str(exc)) from None
         return sampler, request
@@ -141,7 +166,7 @@ def create_server_app(settings: Settings) -> FastAPI:
     def score(body: ScoreBody):
         from worker.scoring import score_text
 
-        loaded = cache.get(body.path)
+        loaded = cache.get(body.path).loaded
         try:
             loss, chars = score_text(loaded.model, loaded.vocab, body.text)
         except ValueError as exc:

@@ -17,9 +17,9 @@ ERRORS = {422: {"description": "a field out of range, or prompt characters the m
 
 def _target(owner: str, settings, model: str):
     with read_session() as session:
-        checkpoint = service.resolve(session, owner=owner, model=model)
-        urls = service.worker_urls(session, settings=settings, checkpoint_id=checkpoint.id)
-    return checkpoint.id, str((settings.data_dir / checkpoint.path).resolve()), urls
+        checkpoint_id, path = service.resolve(session, owner=owner, model=model)
+        urls = service.worker_urls(session, settings=settings, checkpoint_id=checkpoint_id)
+    return checkpoint_id, str((settings.data_dir / path).resolve()), urls
 
 
 @router.post(

@@ -16,8 +16,6 @@ from sqlalchemy.orm import Session
 
 from app.checkpoints import repository as checkpoints
 from app.errors import ApiError, not_found
-from app.jobs import repository as jobs
-from app.models import Checkpoint
 from app.ops.metrics import GENERATED_CHARS, GENERATION_SECONDS
 from app.settings import Settings
 from app.workers import repository as workers
@@ -25,31 +23,31 @@ from app.workers import repository as workers
 _affinity: OrderedDict[str, str] = OrderedDict()  # checkpoint id -> worker url it was last served from
 
 
-def resolve(session: Session, *, owner: str, model: str) -> Checkpoint:
+def resolve(session: Session, *, owner: str, model: str) -> tuple[str, str]:
+    """(checkpoint id, its path under the data dir) for a job id (its best checkpoint) or a checkpoint id."""
     if model.startswith("ckpt_"):
-        checkpoint = checkpoints.get(session, owner=owner, checkpoint_id=model)
-        if checkpoint is None:
+        path = checkpoints.path_of(session, owner=owner, checkpoint_id=model)
+        if path is None:
             raise not_found("checkpoint", model)
-        return checkpoint
-    job = jobs.get(session, owner=owner, job_id=model)
-    if job is None:
+        return model, path
+    best = checkpoints.best_of_job(session, owner=owner, job_id=model)
+    if best is None:
         raise ApiError(
             404,
             f"no job or checkpoint with id {model!r}; `model` takes a job id (job_…) or a "
             "checkpoint id (ckpt_…) of yours",
         )
-    checkpoint = checkpoints.best_for_job(session, owner=owner, job_id=job.id)
-    if checkpoint is None:
+    if best.checkpoint_id is None:
         raise ApiError(
             409,
-            f"job {job.id} ({job.status}) has no checkpoint yet; wait for its first checkpoint "
+            f"job {model} ({best.job_status}) has no checkpoint yet; wait for its first checkpoint "
             "(see GET /jobs/{id}/events) and try again",
         )
-    return checkpoint
+    return best.checkpoint_id, best.checkpoint_path
 
 
 def worker_urls(session: Session, *, settings: Settings, checkpoint_id: str) -> list[str]:
-    urls = [w.url for w in workers.live(session, within_seconds=settings.job_lease_seconds)]
+    urls = workers.live_urls(session, within_seconds=settings.job_lease_seconds)
     if not urls:
         raise ApiError(
             503,

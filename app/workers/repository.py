@@ -32,3 +32,10 @@ def live(session: Session, *, within_seconds: float) -> list[Worker]:
     since = utcnow() - timedelta(seconds=within_seconds)
     query = select(Worker).where(Worker.heartbeat_at >= since, Worker.stopped_at.is_(None), Worker.url.is_not(None))
     return list(session.scalars(query.order_by(Worker.heartbeat_at.desc())))
+
+
+def live_urls(session: Session, *, within_seconds: float) -> list[str]:
+    """The generation servers of live workers, the most recently heard from first."""
+    since = utcnow() - timedelta(seconds=within_seconds)
+    query = select(Worker.url).where(Worker.heartbeat_at >= since, Worker.stopped_at.is_(None), Worker.url.is_not(None))
+    return list(session.scalars(query.order_by(Worker.heartbeat_at.desc())))

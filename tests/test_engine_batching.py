@@ -1,0 +1,76 @@
+"""Batched generation: concurrent unseeded requests share steps and each still gets its own sample."""
+
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from worker.batching import BatchedSampler
+from worker.data import Vocab
+from worker.model import CharRNN, ModelConfig
+from worker.sampler import Sampler, SampleRequest
+
+TEXT = (Path(__file__).resolve().parents[2] / "shared" / "data" / "tinyshakespeare.txt").read_text()[:5000]
+
+
+@pytest.fixture(params=["lstm", "gru"])
+def samplers(request) -> tuple[Sampler, BatchedSampler]:
+    torch.manual_seed(0)
+    vocab = Vocab.from_text(TEXT)
+    model = CharRNN(ModelConfig(vocab_size=len(vocab), cell=request.param, hidden_size=24, num_layers=2))
+    sampler = Sampler(model, vocab)
+    batched = BatchedSampler(sampler)
+    yield sampler, batched
+    batched.close()
+
+
+def test_concurrent_requests_share_steps(samplers):
+    _, batched = samplers
+    requests = [SampleRequest(prompt=p, length=300, num_samples=n) for p, n in [("the ", 1), ("First", 2), ("", 3)]]
+    streams = [batched.stream(r) for r in requests]  # all submitted before any is read
+    texts = [["".join(parts) for parts in zip(*list(s), strict=True)] for s in streams]
+    assert [len(t) for t in texts] == [1, 2, 3]
+    assert all(len(sample) == 300 for t in texts for sample in t)
+    assert batched.peak_rows == 6  # every row of every request in one step
+    assert batched.steps < 2 * 300  # alone they would take 3 x 299 steps
+    assert len({sample for t in texts for sample in t}) == 6  # independent draws, not copies
+
+
+def test_a_lone_greedy_request_matches_the_plain_sampler(samplers):
+    sampler, batched = samplers
+    request = SampleRequest(prompt="the ", length=80, temperature=0)
+    assert batched.generate(request) == sampler.generate(request)
+
+
+def test_requests_that_join_late_and_stop_early(samplers):
+    _, batched = samplers
+    long = batched.stream(SampleRequest(length=400))
+    first = next(iter(long))  # the long one is running before the others arrive
+    stopped = batched.generate(SampleRequest(length=400, num_samples=3, stop=["e"]))
+    empty = batched.generate(SampleRequest(prompt="the", length=0))
+    rest = list(long)
+    assert len(first[0]) + sum(len(p[0]) for p in rest) == 400
+    assert all("e" not in s.text for s in stopped) and {s.finish_reason for s in stopped} == {"stop"}
+    assert [(s.text, s.finish_reason) for s in empty] == [("", "length")]
+
+
+def test_an_abandoned_stream_stops_costing_steps(samplers):
+    _, batched = samplers
+    stream = iter(batched.stream(SampleRequest(length=10_000)))
+    next(stream)
+    stream.close()  # the reader went away (a client that disconnected)
+    batched.generate(SampleRequest(length=20))  # by the time this is done, the abandoned one has left
+    steps = batched.steps
+    time.sleep(0.2)
+    assert batched.steps == steps < 1_000
+
+
+def test_seeded_and_bad_requests_are_refused(samplers):
+    _, batched = samplers
+    with pytest.raises(ValueError, match="seeded"):
+        batched.stream(SampleRequest(seed=1))
+    with pytest.raises(ValueError, match="temperature"):
+        batched.stream(SampleRequest(temperature=-1))
+    with pytest.raises(ValueError, match="num_samples"):
+        batched.stream(SampleRequest(num_samples=65))

@@ -1,0 +1,202 @@
+"""Concurrent generation requests for one model, run as one batch a character at a time.
+
+A sampling step is mostly fixed cost (dispatch and one small matrix product per layer), so four
+requests stepped together cost little more than one, where four threads stepping their own requests
+cost four times as much and fight over the cores. One thread per model runs the batch: a request
+joins at the next step after it arrives (its prompt is read first, on its own) and leaves as soon as
+it is done, so nobody waits for a whole batch to finish.
+
+Only requests without a seed are batched. A matrix product's rounding depends on how many rows it
+has, so a batched sample's logits can differ from a lone one's in the last bit; a seeded request
+promises the same text every time, so it is sampled alone by the plain Sampler.
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import torch
+
+from worker.sampler import Sample, Sampler, SampleRequest, SampleStream, StopScanner
+
+_DONE = object()
+
+
+@dataclass(eq=False)
+class _Member:
+    request: SampleRequest
+    scanners: list[StopScanner]
+    generator: torch.Generator
+    out: queue.SimpleQueue = field(default_factory=queue.SimpleQueue)
+    state: list | None = None  # its rows of the hidden state while waiting to join
+    logits: torch.Tensor | None = None  # next-character logits, its rows
+    ids: torch.Tensor | None = None  # the characters just chosen, its rows
+    produced: int = 0
+    live: bool = True  # a stream wants each step's pieces; `generate` only the end, which saves a wakeup per step
+    texts: list[str] | None = None  # the whole texts so far, kept when not live
+    abandoned: bool = False  # the reader went away (a closed stream); stop spending steps on it
+
+    @property
+    def rows(self) -> int:
+        return self.request.num_samples
+
+
+class BatchedSampler:
+    """`stream` and `generate` like Sampler's, for unseeded requests, batched with whatever else is running."""
+
+    def __init__(self, sampler: Sampler, max_rows: int = 64):
+        self.sampler, self.max_rows = sampler, max_rows
+        self._waiting: list[_Member] = []
+        self._wake = threading.Condition()
+        self._thread: threading.Thread | None = None
+        self._closed = False
+        self.steps = 0  # batched steps taken; with `peak_rows`, shows that requests shared steps
+        self.peak_rows = 0
+
+    def stream(self, request: SampleRequest) -> SampleStream:
+        member = self._submit(request, live=True)
+        return SampleStream(self._pieces(member), member.scanners)
+
+    def generate(self, request: SampleRequest) -> list[Sample]:
+        member = self._submit(request, live=False)
+        for _ in self._pieces(member):
+            pass
+        return [Sample(t, s.finish_reason) for t, s in zip(member.texts, member.scanners, strict=True)]
+
+    def _submit(self, request: SampleRequest, live: bool) -> _Member:
+        if request.seed is not None:
+            raise ValueError("a seeded request is sampled alone (Sampler), so that its text never changes")
+        self.sampler.validate(request)
+        if request.num_samples > self.max_rows:
+            raise ValueError(f"num_samples must be at most {self.max_rows}")
+        seed = int.from_bytes(os.urandom(8), "little")
+        member = _Member(
+            request,
+            [StopScanner(request.stop) for _ in range(request.num_samples)],
+            torch.Generator(device=self.sampler.device).manual_seed(seed),
+            live=live,
+            texts=[""] * request.num_samples,
+        )
+        with self._wake:
+            if self._closed:
+                raise RuntimeError("this model was unloaded; send the request again")
+            self._waiting.append(member)
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, daemon=True, name="batched-sampler")
+                self._thread.start()
+            self._wake.notify()
+        return member
+
+    def close(self) -> None:
+        """Let the running requests finish, then stop the thread."""
+        with self._wake:
+            self._closed = True
+            self._wake.notify()
+
+    @staticmethod
+    def _pieces(member: _Member) -> Iterator[list[str]]:
+        try:
+            while (item := member.out.get()) is not _DONE:
+                if isinstance(item, BaseException):
+                    raise item
+                yield item
+        finally:
+            member.abandoned = True
+
+    def _run(self) -> None:
+        with torch.inference_mode():
+            running: list[_Member] = []
+            state: list | None = None
+            while True:
+                with self._wake:
+                    while not running and not self._waiting and not self._closed:
+                        self._wake.wait()
+                    if not running and not self._waiting and self._closed:
+                        return
+                    joining = self._admit(running)
+                try:
+                    running, state = self._step(running, joining, state)
+                except Exception as exc:  # noqa: BLE001  a failed step fails its requests, not the thread
+                    for member in [*running, *joining]:
+                        member.out.put(exc)
+                    running, state = [], None
+
+    def _admit(self, running: list[_Member]) -> list[_Member]:
+        """Waiting requests that fit next to the running ones (called holding the lock)."""
+        rows = sum(m.rows for m in running)
+        joining = []
+        while self._waiting and rows + self._waiting[0].rows <= self.max_rows:
+            member = self._waiting.pop(0)
+            rows += member.rows
+            joining.append(member)
+        return joining
+
+    def _step(self, running: list[_Member], joining: list[_Member], state: list | None):
+        """Choose a character for every member, retire the finished, then advance the rest one step."""
+        for member in joining:
+            member.state, member.logits = self.sampler._prime(member.request.prompt, member.rows)
+        members = running + joining
+        chars = self.sampler.vocab.chars
+        finished = set()
+        for member in members:
+            request = member.request
+            if member.abandoned:
+                finished.add(member)
+                continue
+            if member.produced == request.length:  # a length-0 request
+                self._finish(member)
+                finished.add(member)
+                continue
+            member.ids = self.sampler._choose(member.logits, request, member.generator)
+            chosen = member.ids.tolist()
+            pieces = [s.push(chars[c]) if not s.stopped else "" for s, c in zip(member.scanners, chosen, strict=True)]
+            member.produced += 1
+            self._emit(member, pieces)
+            if member.produced == request.length or all(s.stopped for s in member.scanners):
+                self._finish(member)
+                finished.add(member)
+
+        stay = [m for m in members if m not in finished]
+        if not stay:
+            return [], None
+        unchanged = not joining and not finished
+        layers = state if unchanged else self._regroup(running, joining, finished, state)
+        logits = self.sampler._step(torch.cat([m.ids for m in stay]) if len(stay) > 1 else stay[0].ids, layers)
+        self.steps += 1
+        self.peak_rows = max(self.peak_rows, logits.shape[0])
+        offset = 0
+        for member in stay:
+            member.logits = logits[offset : offset + member.rows]
+            offset += member.rows
+        return stay, layers
+
+    @staticmethod
+    def _emit(member: _Member, pieces: list[str]) -> None:
+        if member.live:
+            member.out.put(pieces)
+        else:
+            member.texts = [t + p for t, p in zip(member.texts, pieces, strict=True)]
+
+    def _finish(self, member: _Member) -> None:
+        self._emit(member, [s.flush() for s in member.scanners])
+        member.out.put(_DONE)
+
+    def _regroup(self, running: list[_Member], joining: list[_Member], finished: set, state: list | None) -> list:
+        """The batch's hidden state after members left or joined: the staying rows in order, then the newcomers'."""
+        layers = []
+        for layer in range(len(self.sampler.layers)):
+            parts = []
+            offset = 0
+            for member in running:
+                if member not in finished:
+                    parts.append(tuple(h[offset : offset + member.rows] for h in state[layer]))
+                offset += member.rows
+            parts += [member.state[layer] for member in joining if member not in finished]
+            layers.append(tuple(torch.cat(hs) if len(parts) > 1 else hs[0] for hs in zip(*parts, strict=True)))
+        for member in joining:
+            member.state = None
+        return layers
