@@ -32,9 +32,11 @@ MODEL = {"cell": "lstm", "hidden_size": 256, "num_layers": 2, "embedding_dim": 6
 TRAINING = {"seq_len": 64, "batch_size": 32, "eval_every": 10**6, "checkpoint_every": 10**6,
             "seed": 1}
 # A seeded request is sampled alone (its text never changes); unseeded ones share batched steps.
+# One character is nearly all service: its overhead is measured with little of the machine's noise.
 REQUESTS = {
-    "seeded": {"prompt": "ROMEO:", "length": 200, "temperature": 0.8, "seed": 3},
-    "unseeded": {"prompt": "ROMEO:", "length": 200, "temperature": 0.8},
+    "200 chars, seeded": {"prompt": "ROMEO:", "length": 200, "temperature": 0.8, "seed": 3},
+    "200 chars, unseeded": {"prompt": "ROMEO:", "length": 200, "temperature": 0.8},
+    "1 char, seeded": {"prompt": "ROMEO:", "length": 1, "temperature": 0.8, "seed": 3},
 }
 
 
@@ -137,7 +139,7 @@ def main() -> None:
     result = {
         "training_chars_per_second": {"charrnn train": engine_cps, "service": service_cps,
                                       "ratio": service_cps / engine_cps},
-        "generate_200_chars_ms": generation,
+        "generate_ms": generation,
     }
     print(json.dumps(result, indent=2))
     out = Path(__file__).parent / "out"
