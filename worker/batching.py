@@ -82,8 +82,6 @@ class BatchedSampler:
             texts=[""] * request.num_samples,
         )
         with self._wake:
-            if self._closed:
-                raise RuntimeError("this model was unloaded; send the request again")
             self._waiting.append(member)
             if self._thread is None:
                 self._thread = threading.Thread(target=self._run, daemon=True, name="batched-sampler")
@@ -92,7 +90,7 @@ class BatchedSampler:
         return member
 
     def close(self) -> None:
-        """Let the running requests finish, then stop the thread."""
+        """Stop the thread once it has nothing to run (the model left the cache)."""
         with self._wake:
             self._closed = True
             self._wake.notify()
@@ -116,6 +114,7 @@ class BatchedSampler:
                     while not running and not self._waiting and not self._closed:
                         self._wake.wait()
                     if not running and not self._waiting and self._closed:
+                        self._thread = None  # a request that still holds this sampler starts a new one
                         return
                     joining = self._admit(running)
                 try:

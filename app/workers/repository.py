@@ -28,14 +28,17 @@ def stopped(session: Session, *, worker_id: str) -> None:
     session.execute(update(Worker).where(Worker.id == worker_id).values(stopped_at=utcnow(), current_job_id=None))
 
 
-def live(session: Session, *, within_seconds: float) -> list[Worker]:
+def _alive(within_seconds: float) -> tuple:
     since = utcnow() - timedelta(seconds=within_seconds)
-    query = select(Worker).where(Worker.heartbeat_at >= since, Worker.stopped_at.is_(None), Worker.url.is_not(None))
+    return Worker.heartbeat_at >= since, Worker.stopped_at.is_(None), Worker.url.is_not(None)
+
+
+def live(session: Session, *, within_seconds: float) -> list[Worker]:
+    query = select(Worker).where(*_alive(within_seconds))
     return list(session.scalars(query.order_by(Worker.heartbeat_at.desc())))
 
 
 def live_urls(session: Session, *, within_seconds: float) -> list[str]:
     """The generation servers of live workers, the most recently heard from first."""
-    since = utcnow() - timedelta(seconds=within_seconds)
-    query = select(Worker.url).where(Worker.heartbeat_at >= since, Worker.stopped_at.is_(None), Worker.url.is_not(None))
+    query = select(Worker.url).where(*_alive(within_seconds))
     return list(session.scalars(query.order_by(Worker.heartbeat_at.desc())))
