@@ -18,7 +18,8 @@ def get_session() -> Iterator[Session]:
         yield session
 
 
-def get_owner(request: Request) -> str:
+def bearer_key(request: Request) -> str:
+    """The key from `Authorization: Bearer KEY`, not yet checked against the database."""
     header = request.headers.get("authorization", "")
     scheme, _, key = header.partition(" ")
     if scheme.lower() != "bearer" or not key.strip():
@@ -27,14 +28,31 @@ def get_owner(request: Request) -> str:
             "missing API key: send the header `Authorization: Bearer KEY` (make a key with `charrnn keys create NAME`)",
             headers={"WWW-Authenticate": "Bearer"},
         )
-    # Its own short transaction: an upload must not hold the database while its body streams in.
-    with read_session() as session:
-        owner = owner_for_key(session, key=key.strip())
+    return key.strip()
+
+
+def owner_of_key(session: Session, key: str) -> str:
+    owner = owner_for_key(session, key=key)
     if owner is None:
         raise HTTPException(401, "invalid or revoked API key", headers={"WWW-Authenticate": "Bearer"})
     return owner
 
 
+def get_owner(request: Request) -> str:
+    key = bearer_key(request)
+    # Its own short transaction: an upload must not hold the database while its body streams in.
+    with read_session() as session:
+        return owner_of_key(session, key)
+
+
 SessionDep = Annotated[Session, Depends(get_session)]
 CurrentOwner = Annotated[str, Depends(get_owner)]
+
+
+async def bearer_key_dependency(request: Request) -> str:
+    return bearer_key(request)  # async: reading a header needs no trip to the thread pool
+
+
+# For routes that look the owner up together with their own reads, in one session (see generation).
+BearerKey = Annotated[str, Depends(bearer_key_dependency)]
 SettingsDep = Annotated[Settings, Depends(get_settings)]
