@@ -1,12 +1,15 @@
 """The service's own cost, side by side with the engine in one run.
 
 1. Training: the same config trained by `charrnn train` and by a job through the service (API +
-   worker + training child); characters per second of each.
-2. Generation: the sampler called in-process against POST /generate (API -> worker -> back) on the
-   same checkpoint and request, with a few concurrent clients, in alternating rounds; the overhead
-   is the difference of the medians.
+   worker + training child), alternating; characters per second of each.
+2. Generation: the worker's samplers called in-process against POST /generate (API -> worker ->
+   back) on the same checkpoint and request, with a few concurrent clients, in alternating rounds;
+   the overhead is the difference of the medians.
+
+Everything alternates because this shared machine's speed drifts by 20% and more within minutes.
 
     .venv/bin/python benchmarks/bench_service.py [--steps 300] [--requests 200] [--clients 4] [--rounds 5]
+        [--training-rounds 3]
 
 Writes benchmarks/out/service.json.
 """
@@ -110,11 +113,11 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=300)
     parser.add_argument("--requests", type=int, default=200)
     parser.add_argument("--clients", type=int, default=4)
-    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--rounds", type=int, default=5, help="generation rounds")
+    parser.add_argument("--training-rounds", type=int, default=3)
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory() as tmp:
-        engine_cps = engine_training(args.steps, Path(tmp) / "engine")
         # The service's defaults (the test harness pins threads to 1): training takes all cores.
         (Path(tmp) / "svc").mkdir()
         svc = Service(Path(tmp) / "svc", train_threads=0, generation_threads=0)
@@ -123,10 +126,14 @@ def main() -> None:
         try:
             with svc.client() as client:
                 corpus = svc.upload(client, SHAKESPEARE.read_text(), name="shakespeare")
-                job = svc.create_job(client, corpus["id"], model=MODEL,
-                                     training={**TRAINING, "max_steps": args.steps})
-                job = svc.wait_job(client, job["id"], timeout=1800, poll=3)  # light polling: 2 cores
-                service_cps = job["progress"]["chars_per_second"]
+                # Alternating, with the service up (and idle) during the engine's runs too.
+                engine_cps, service_cps = [], []
+                for i in range(args.training_rounds):
+                    engine_cps.append(engine_training(args.steps, Path(tmp) / f"engine-{i}"))
+                    job = svc.create_job(client, corpus["id"], model=MODEL,
+                                         training={**TRAINING, "max_steps": args.steps})
+                    job = svc.wait_job(client, job["id"], timeout=1800, poll=3)  # light polling: 2 cores
+                    service_cps.append(job["progress"]["chars_per_second"])
                 checkpoint = client.get(f"/jobs/{job['id']}/checkpoints").json()["data"][0]
                 path = Path(tmp) / "model.safetensors"
                 path.write_bytes(client.get(f"/checkpoints/{checkpoint['id']}/download").content)
@@ -137,8 +144,12 @@ def main() -> None:
             svc.stop()
 
     result = {
-        "training_chars_per_second": {"charrnn train": engine_cps, "service": service_cps,
-                                      "ratio": service_cps / engine_cps},
+        "training_chars_per_second": {
+            "charrnn train median": statistics.median(engine_cps),
+            "service median": statistics.median(service_cps),
+            "ratio of medians": statistics.median(service_cps) / statistics.median(engine_cps),
+            "ratio by round": [round(s / e, 3) for e, s in zip(engine_cps, service_cps, strict=True)],
+        },
         "generate_ms": generation,
     }
     print(json.dumps(result, indent=2))
