@@ -26,10 +26,10 @@ def test_fused_step_matches_the_module(sampler):
     ids = sampler.vocab.encode("ROMEO: Wherefore art thou")
     with torch.inference_mode():
         full_logits, _ = sampler.model(ids.unsqueeze(0))
-        state, logits = sampler._prime(sampler.vocab.decode(ids[:1].tolist()), 1)
+        state, logits = sampler.prime(sampler.vocab.decode(ids[:1].tolist()), 1)
         stepped = [logits[0]]
         for i in ids[1:-1]:
-            stepped.append(sampler._step(i.view(1), state)[0])
+            stepped.append(sampler.step(i.view(1), state)[0])
     assert torch.allclose(torch.stack(stepped), full_logits[0, :-1], atol=1e-5)
 
 
@@ -60,14 +60,14 @@ def test_top_k_draws_only_from_the_k_most_likely(sampler, top_k):
     request = SampleRequest(prompt="a", length=1, top_k=top_k, num_samples=200, seed=1, temperature=5.0)
     drawn = {s.text for s in sampler.generate(request)}
     with torch.inference_mode():
-        _, logits = sampler._prime("a", 1)
+        _, logits = sampler.prime("a", 1)
     allowed = {sampler.vocab.chars[i] for i in logits[0].topk(top_k).indices.tolist()}
     assert drawn <= allowed and len(drawn) == top_k
 
 
 def test_top_p_draws_only_from_the_nucleus(sampler):
     with torch.inference_mode():
-        _, logits = sampler._prime("a", 1)
+        _, logits = sampler.prime("a", 1)
     probs, order = logits[0].softmax(-1).sort(descending=True)
     nucleus_size = int((probs.cumsum(-1) < 0.5).sum()) + 1
     allowed = {sampler.vocab.chars[i] for i in order[:nucleus_size].tolist()}

@@ -118,7 +118,7 @@ class BatchedSampler:
                         return
                     joining = self._admit(running)
                 try:
-                    running, state = self._step(running, joining, state)
+                    running, state = self._advance(running, joining, state)
                 except Exception as exc:  # noqa: BLE001  a failed step fails its requests, not the thread
                     for member in [*running, *joining]:
                         member.out.put(exc)
@@ -134,10 +134,10 @@ class BatchedSampler:
             joining.append(member)
         return joining
 
-    def _step(self, running: list[_Member], joining: list[_Member], state: list | None):
+    def _advance(self, running: list[_Member], joining: list[_Member], state: list | None):
         """Choose a character for every member, retire the finished, then advance the rest one step."""
         for member in joining:
-            member.state, member.logits = self.sampler._prime(member.request.prompt, member.rows)
+            member.state, member.logits = self.sampler.prime(member.request.prompt, member.rows)
         members = running + joining
         chars = self.sampler.vocab.chars
         finished = set()
@@ -150,7 +150,7 @@ class BatchedSampler:
                 self._finish(member)
                 finished.add(member)
                 continue
-            member.ids = self.sampler._choose(member.logits, request, member.generator)
+            member.ids = self.sampler.choose(member.logits, request, member.generator)
             chosen = member.ids.tolist()
             pieces = [s.push(chars[c]) if not s.stopped else "" for s, c in zip(member.scanners, chosen, strict=True)]
             member.produced += 1
@@ -164,7 +164,7 @@ class BatchedSampler:
             return [], None
         unchanged = not joining and not finished
         layers = state if unchanged else self._regroup(running, joining, finished, state)
-        logits = self.sampler._step(torch.cat([m.ids for m in stay]) if len(stay) > 1 else stay[0].ids, layers)
+        logits = self.sampler.step(torch.cat([m.ids for m in stay]) if len(stay) > 1 else stay[0].ids, layers)
         self.steps += 1
         self.peak_rows = max(self.peak_rows, logits.shape[0])
         offset = 0

@@ -116,7 +116,7 @@ class Sampler:
         if request.num_samples < 1:
             raise ValueError("num_samples must be at least 1")
 
-    def _prime(self, prompt: str, n: int):
+    def prime(self, prompt: str, n: int):
         """Hidden state and next-character logits after reading the prompt, for n samples."""
         # With no prompt, start as a fresh line would: from a newline if the corpus has one.
         prime = prompt or ("\n" if "\n" in self.vocab.chars else self.vocab.chars[0])
@@ -126,7 +126,8 @@ class Sampler:
         per_layer = [tuple(h[layer].expand(n, -1).contiguous() for h in hs) for layer in range(len(self.layers))]
         return per_layer, logits[0, -1].expand(n, -1)
 
-    def _step(self, ids: torch.Tensor, state: list) -> torch.Tensor:
+    def step(self, ids: torch.Tensor, state: list) -> torch.Tensor:
+        """Read one character per row; return the next logits. `state` (one entry per layer) is updated in place."""
         x = F.embedding(ids, self.embedding_weight)
         for layer, weights in enumerate(self.layers):
             if self.cell == "lstm":
@@ -139,7 +140,8 @@ class Sampler:
         return F.linear(x, self.head_weight, self.head_bias)
 
     @staticmethod
-    def _choose(logits: torch.Tensor, request: SampleRequest, generator: torch.Generator) -> torch.Tensor:
+    def choose(logits: torch.Tensor, request: SampleRequest, generator: torch.Generator) -> torch.Tensor:
+        """The next character of each row, under the request's temperature, top-k and top-p."""
         if request.temperature == 0:
             return logits.argmax(dim=-1)
         logits = logits.float() / request.temperature
@@ -172,15 +174,15 @@ class Sampler:
         self.validate(request)
         seed = request.seed if request.seed is not None else int.from_bytes(os.urandom(4), "little")
         generator = torch.Generator(device=self.device).manual_seed(seed)
-        state, logits = self._prime(request.prompt, request.num_samples)
+        state, logits = self.prime(request.prompt, request.num_samples)
         chars = self.vocab.chars
         for i in range(request.length):
-            ids = self._choose(logits, request, generator)
+            ids = self.choose(logits, request, generator)
             pieces = [s.push(chars[c]) if not s.stopped else "" for s, c in zip(scanners, ids.tolist(), strict=True)]
             if all(s.stopped for s in scanners):
                 yield pieces
                 return
             if i + 1 < request.length:  # the last character needs no step after it
-                logits = self._step(ids, state)
+                logits = self.step(ids, state)
             yield pieces
         yield [s.flush() for s in scanners]
