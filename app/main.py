@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from contextlib import asynccontextmanager
 
 import httpx
@@ -12,6 +13,7 @@ from app.checkpoints.routes import router as checkpoints_router
 from app.corpora.routes import router as corpora_router
 from app.errors import install_error_handlers
 from app.generation.routes import router as generation_router
+from app.jobs.reaper import reap_forever
 from app.jobs.routes import router as jobs_router
 from app.ops.middleware import ObserveRequests
 from app.ops.routes import router as ops_router
@@ -27,7 +29,9 @@ Every route but `/healthz`, `/readyz`, `/metrics`, `/docs` and `/openapi.json` n
 async def lifespan(app: FastAPI):
     settings = get_settings()
     app.state.http = httpx.AsyncClient(timeout=httpx.Timeout(settings.generate_timeout_seconds, connect=5.0))
+    reaper = asyncio.create_task(reap_forever(settings))
     yield
+    reaper.cancel()
     await app.state.http.aclose()
 
 

@@ -113,6 +113,25 @@ def test_kill_9_mid_job_resumes_exactly(svc):
     assert r.status_code == 200 and len(r.json()["text"]) == 20
 
 
+def test_with_no_worker_left_the_api_puts_a_dead_workers_job_back_in_the_queue(svc):
+    for earlier in svc.workers:  # the only worker must be the one that dies
+        earlier.send_signal(signal.SIGTERM)
+        earlier.wait()
+    client = svc.client()
+    corpus = svc.upload(client, small_corpus(30_000), name="orphan")
+    worker = svc.start_worker()
+    job = svc.create_job(client, corpus["id"], training=TRAINING, name="orphaned")
+    wait_event(client, job["id"], lambda e: e["type"] == "metrics")
+    worker.send_signal(signal.SIGKILL)
+    worker.wait()
+    requeued = wait_event(client, job["id"], lambda e: "stopped responding" in e["message"], timeout=30)
+    assert requeued["data"]["status"] == "queued"
+    assert svc.live_workers() == 0  # so the API did it
+    job = client.get(f"/jobs/{job['id']}").json()
+    assert job["status"] == "queued" and job["attempts"] == 1
+    client.post(f"/jobs/{job['id']}/cancel").raise_for_status()  # leave the queue empty for the next test
+
+
 def test_sigterm_checkpoints_and_requeues(svc):
     client = svc.client()
     for w in svc.workers:  # the previous test's worker: stop it, so the next job lands on ours

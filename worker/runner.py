@@ -29,6 +29,7 @@ from sqlalchemy import select
 from app.db import session_scope
 from app.ids import new_id
 from app.jobs import queue
+from app.jobs.reaper import reap_once
 from app.models import Checkpoint, Corpus, Job
 from app.settings import Settings, get_settings
 from app.workers import repository as workers
@@ -116,9 +117,7 @@ class Worker:
         if not force and now - self.last_reap < self.settings.job_lease_seconds:
             return
         self.last_reap = now
-        with session_scope() as session:
-            for job_id, outcome in queue.reap_expired(session, max_attempts=self.settings.max_attempts):
-                log.warning("job %s lost its worker: %s", job_id, outcome)
+        reap_once(self.settings.max_attempts)
 
     def claim(self) -> Job | None:
         with session_scope() as session:
