@@ -107,16 +107,7 @@ def create_server_app(settings: Settings) -> FastAPI:
         from worker.sampler import SampleRequest
 
         served = cache.get(body.path)
-        request = SampleRequest(
-            prompt=body.prompt,
-            length=body.length,
-            temperature=body.temperature,
-            top_k=body.top_k,
-            top_p=body.top_p,
-            seed=body.seed,
-            num_samples=body.num_samples,
-            stop=body.stop,
-        )
+        request = SampleRequest(**body.model_dump(exclude={"path"}))  # the same fields, bar the path
         sampler = served.runner_for(request)
         try:
             served.sampler.validate(request)
