@@ -45,14 +45,12 @@ def get_owner(request: Request) -> str:
         return owner_of_key(session, key)
 
 
-SessionDep = Annotated[Session, Depends(get_session)]
-CurrentOwner = Annotated[str, Depends(get_owner)]
-
-
 async def bearer_key_dependency(request: Request) -> str:
     return bearer_key(request)  # async: reading a header needs no trip to the thread pool
 
 
+SessionDep = Annotated[Session, Depends(get_session)]
+CurrentOwner = Annotated[str, Depends(get_owner)]
 # For routes that look the owner up together with their own reads, in one session (see generation).
 BearerKey = Annotated[str, Depends(bearer_key_dependency)]
 SettingsDep = Annotated[Settings, Depends(get_settings)]
