@@ -139,7 +139,6 @@ class BatchedSampler:
         for member in joining:
             member.state, member.logits = self.sampler.prime(member.request.prompt, member.rows)
         members = running + joining
-        chars = self.sampler.vocab.chars
         finished = set()
         for member in members:
             request = member.request
@@ -150,9 +149,7 @@ class BatchedSampler:
                 self._finish(member)
                 finished.add(member)
                 continue
-            member.ids = self.sampler.choose(member.logits, request, member.generator)
-            chosen = member.ids.tolist()
-            pieces = [s.push(chars[c]) if not s.stopped else "" for s, c in zip(member.scanners, chosen, strict=True)]
+            member.ids, pieces = self.sampler.next_characters(member.logits, request, member.generator, member.scanners)
             member.produced += 1
             self._emit(member, pieces)
             if member.produced == request.length or all(s.stopped for s in member.scanners):

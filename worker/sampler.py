@@ -156,6 +156,15 @@ class Sampler:
             logits = logits.masked_fill(drop.scatter(-1, order, drop), float("-inf"))
         return torch.multinomial(logits.softmax(dim=-1), 1, generator=generator).squeeze(-1)
 
+    def next_characters(
+        self, logits: torch.Tensor, request: SampleRequest, generator: torch.Generator, scanners: list[StopScanner]
+    ) -> tuple[torch.Tensor, list[str]]:
+        """Choose each row's next character; return them and the text each row may now emit (none once stopped)."""
+        ids = self.choose(logits, request, generator)
+        chars = self.vocab.chars
+        pieces = [s.push(chars[c]) if not s.stopped else "" for s, c in zip(scanners, ids.tolist(), strict=True)]
+        return ids, pieces
+
     def stream(self, request: SampleRequest) -> SampleStream:
         """Iterate it for the newly safe text of each sample, step by step (empty strings when none);
         afterwards its `finish_reasons` say how each sample ended."""
@@ -175,10 +184,8 @@ class Sampler:
         seed = request.seed if request.seed is not None else int.from_bytes(os.urandom(4), "little")
         generator = torch.Generator(device=self.device).manual_seed(seed)
         state, logits = self.prime(request.prompt, request.num_samples)
-        chars = self.vocab.chars
         for i in range(request.length):
-            ids = self.choose(logits, request, generator)
-            pieces = [s.push(chars[c]) if not s.stopped else "" for s, c in zip(scanners, ids.tolist(), strict=True)]
+            ids, pieces = self.next_characters(logits, request, generator, scanners)
             if all(s.stopped for s in scanners):
                 yield pieces
                 return
