@@ -1,4 +1,4 @@
-"""The one entry point, `charrnn`: service commands here, engine commands from worker/cli.py.
+"""The one entry point, `charrnn`: service commands here, engine commands from worker/engine/cli.py.
 
 Engine commands import torch only when they run, so `charrnn api` works where torch is not installed.
 """
@@ -6,26 +6,12 @@ Engine commands import torch only when they run, so `charrnn api` works where to
 from __future__ import annotations
 
 import os
-import signal
-import subprocess
-import sys
 from typing import Annotated
 
 import typer
 
-from worker.cli import register_engine_commands
-
-cli = typer.Typer(
-    help="charrnn: train character-level RNN language models and generate text from them.",
-    no_args_is_help=True,
-    add_completion=False,
-)
-register_engine_commands(cli)
-
 db_cli = typer.Typer(help="The database.", no_args_is_help=True)
 keys_cli = typer.Typer(help="API keys.", no_args_is_help=True)
-cli.add_typer(db_cli, name="db")
-cli.add_typer(keys_cli, name="keys")
 
 Host = Annotated[str, typer.Option(help="address to listen on")]
 Port = Annotated[int, typer.Option(help="port to listen on")]
@@ -116,7 +102,6 @@ def keys_revoke(key_id: Annotated[str, typer.Argument(help="the key's id (key_â€
     typer.echo(f"revoked {key_id}", err=True)
 
 
-@cli.command()
 def api(host: Host = "127.0.0.1", port: Port = 8000):
     """Run the HTTP API alone (start workers separately with `charrnn worker`)."""
     upgrade_database()
@@ -124,41 +109,7 @@ def api(host: Host = "127.0.0.1", port: Port = 8000):
     run_api(host, port)
 
 
-@cli.command()
-def worker():
-    """Run one worker: trains queued jobs and serves generation for the API."""
-    from worker.runner import main
-
-    upgrade_database()
-    main()
-
-
-@cli.command()
-def serve(host: Host = "127.0.0.1", port: Port = 8000):
-    """Everything on one machine: migrate, then the API and one worker (a child process)."""
-    upgrade_database()
-    ensure_key()
-    child = subprocess.Popen([sys.executable, "-m", "worker.runner"])
-
-    def stop_worker() -> None:
-        if child.poll() is None:
-            child.send_signal(signal.SIGTERM)  # it checkpoints its job and hands it back
-            try:
-                child.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                child.kill()
-
-    def on_term(signum, _frame):
-        raise KeyboardInterrupt
-
-    signal.signal(signal.SIGTERM, on_term)
-    try:
-        run_api(host, port)  # returns on Ctrl-C / SIGTERM
-    except KeyboardInterrupt:
-        pass
-    finally:
-        stop_worker()
-
-
-if __name__ == "__main__":
-    cli()
+def register_api_commands(cli: typer.Typer) -> None:
+    cli.add_typer(db_cli, name="db")
+    cli.add_typer(keys_cli, name="keys")
+    cli.command()(api)

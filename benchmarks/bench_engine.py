@@ -24,10 +24,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from worker.data import Vocab
-from worker.model import CharRNN, ModelConfig
-from worker.sampler import Sampler, SampleRequest
-from worker.trainer import TrainConfig, Trainer
+from worker.engine.data import Vocab
+from worker.engine.model import CharRNN, ModelConfig
+from worker.engine.sampler import Sampler, SampleRequest
+from worker.engine.trainer import TrainConfig, Trainer
 
 CORPUS = Path(__file__).resolve().parents[2] / "shared" / "data" / "tinyshakespeare.txt"
 MODEL = {"cell": "lstm", "hidden_size": 256, "num_layers": 2, "embedding_dim": 64, "dropout": 0.0}

@@ -50,7 +50,7 @@ def percentile(values: list[float], q: float) -> float:
 
 def engine_training(steps: int, out: Path) -> float:
     flags = [f"--{k.replace('_', '-')}={v}" for k, v in {**MODEL, **TRAINING, "max_steps": steps}.items()]
-    proc = subprocess.run([sys.executable, "-m", "app.cli", "train", str(SHAKESPEARE), "--out", str(out), *flags],
+    proc = subprocess.run([sys.executable, "-m", "worker.cli", "train", str(SHAKESPEARE), "--out", str(out), *flags],
                           capture_output=True, text=True, check=True, cwd=ROOT)
     return json.loads(proc.stdout.strip().splitlines()[-1])["chars_per_second"]
 
@@ -58,9 +58,9 @@ def engine_training(steps: int, out: Path) -> float:
 def in_process_generate(checkpoint: Path):
     """The worker's samplers called directly, set up as its generation server sets itself up."""
     from app.settings import Settings
-    from worker.checkpoint import load_model
-    from worker.sampler import SampleRequest
-    from worker.server import ServedModel, configure_generation_process
+    from worker.engine.checkpoint import load_model
+    from worker.engine.sampler import SampleRequest
+    from worker.service.server import ServedModel, configure_generation_process
 
     configure_generation_process(Settings())
     served = ServedModel(load_model(checkpoint))

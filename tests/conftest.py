@@ -15,9 +15,8 @@ import httpx
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-SHAKESPEARE = Path("/work/shared/data/tinyshakespeare.txt")
-if not SHAKESPEARE.is_file():
-    SHAKESPEARE = ROOT.parent / "shared" / "data" / "tinyshakespeare.txt"
+# The first 40 KB of tinyshakespeare (public domain), shipped with the tests: a clone needs nothing beside it.
+SHAKESPEARE = ROOT / "tests" / "data" / "tinyshakespeare-40k.txt"
 
 KEY = "crn_test_owner_alice_key_0123456789"
 
@@ -118,7 +117,7 @@ class Service:
         log = self.root / f"{name}-{len(self.logs)}.log"
         self.logs.append(log)
         return subprocess.Popen(
-            [sys.executable, "-m", "app.cli", *args],
+            [sys.executable, "-m", "worker.cli", *args],
             cwd=ROOT,
             env=self.env,
             stdout=open(log, "ab"),
@@ -127,7 +126,7 @@ class Service:
 
     def cli(self, *args: str) -> subprocess.CompletedProcess:
         return subprocess.run(
-            [sys.executable, "-m", "app.cli", *args],
+            [sys.executable, "-m", "worker.cli", *args],
             cwd=ROOT,
             env=self.env,
             capture_output=True,

@@ -1,185 +1,44 @@
-"""`charrnn train | generate | score`: the engine without the service.
+"""`charrnn`, the one entry point: the API's commands, the engine's, and the worker's.
 
-This module must stay importable without torch (the API image has none): everything that needs
-the engine is imported inside the command that runs it.
+It lives here because it is the one place that needs all three; each half registers its own commands
+and imports torch only inside the command that runs it, so `charrnn api` works where torch is absent.
 """
 
 from __future__ import annotations
 
-import json
-import sys
-from pathlib import Path
-from typing import Annotated
-
 import typer
-from rich.console import Console
 
-stderr = Console(stderr=True)
+from app.cli import Host, Port, ensure_key, register_api_commands, run_api, upgrade_database
+from worker.engine.cli import register_engine_commands
 
-
-def _fail(message: str) -> None:
-    stderr.print(f"[bold red]error:[/] {message}")
-    raise typer.Exit(code=2)
-
-
-class ConsoleObserver:
-    """Progress bar, live loss and evaluation samples on stderr."""
-
-    def __init__(self):
-        from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
-
-        self.progress = Progress(
-            TextColumn("step {task.completed}/{task.total}"),
-            BarColumn(),
-            TextColumn("{task.fields[status]}"),
-            TimeRemainingColumn(),
-            console=stderr,
-            transient=False,
-        )
-        self.task = None
-
-    def on_start(self, info: dict) -> None:
-        resumed = f", resumed from step {info['resumed_from_step']}" if info["resumed_from_step"] else ""
-        stderr.print(
-            f"{info['model']['cell']} {info['model']['num_layers']}x{info['model']['hidden_size']}: "
-            f"{info['num_parameters']:,} parameters, vocabulary {info['vocab_size']}, "
-            f"{info['train_chars']:,} train / {info['val_chars']:,} validation characters, "
-            f"{info['device']} {info['precision']}{resumed}"
-        )
-        self.progress.start()
-        self.task = self.progress.add_task("train", total=None, status="")
-
-    def _update(self, m: dict) -> None:
-        val = f" val {m['val_loss']:.4f}" if m["val_loss"] is not None else ""
-        status = f"loss {m['train_loss']:.4f}{val} lr {m['learning_rate']:.2e} {m['chars_per_second']:,.0f} chars/s"
-        self.progress.update(self.task, completed=m["step"], total=m["max_steps"], status=status)
-
-    def on_metrics(self, metrics: dict) -> None:
-        self._update(metrics)
-
-    def on_eval(self, metrics: dict, sample: str) -> None:
-        self._update(metrics)
-        self.progress.console.print(f"[dim]step {metrics['step']} sample:[/] {sample[:160]!r}")
-
-    def on_checkpoint(self, info: dict) -> None:
-        pass
-
-    def should_stop(self) -> str | None:
-        return None
-
-    def close(self) -> None:
-        self.progress.stop()
+cli = typer.Typer(
+    help="charrnn: train character-level RNN language models and generate text from them.",
+    no_args_is_help=True,
+    add_completion=False,
+)
+register_api_commands(cli)
+register_engine_commands(cli)
 
 
-def train(
-    file: Annotated[Path | None, typer.Argument(help="UTF-8 text to train on")] = None,
-    out: Annotated[Path | None, typer.Option("--out", help="run directory for checkpoints")] = None,
-    resume: Annotated[Path | None, typer.Option("--resume", help="continue the run in this directory")] = None,
-    init_from: Annotated[Path | None, typer.Option(help="start from these weights (.safetensors)")] = None,
-    cell: Annotated[str | None, typer.Option(help="lstm | gru | rnn")] = None,
-    hidden_size: Annotated[int | None, typer.Option()] = None,
-    num_layers: Annotated[int | None, typer.Option()] = None,
-    embedding_dim: Annotated[int | None, typer.Option()] = None,
-    dropout: Annotated[float | None, typer.Option()] = None,
-    seq_len: Annotated[int | None, typer.Option()] = None,
-    batch_size: Annotated[int | None, typer.Option()] = None,
-    learning_rate: Annotated[float | None, typer.Option()] = None,
-    grad_clip: Annotated[float | None, typer.Option()] = None,
-    max_steps: Annotated[int | None, typer.Option()] = None,
-    max_epochs: Annotated[float | None, typer.Option()] = None,
-    max_seconds: Annotated[float | None, typer.Option()] = None,
-    val_fraction: Annotated[float | None, typer.Option()] = None,
-    eval_every: Annotated[int | None, typer.Option()] = None,
-    checkpoint_every: Annotated[int | None, typer.Option()] = None,
-    seed: Annotated[int | None, typer.Option()] = None,
-    device: Annotated[str | None, typer.Option(help="auto | cpu | cuda | cuda:N")] = None,
-    precision: Annotated[str | None, typer.Option(help="auto | fp32 | bf16")] = None,
-) -> None:
-    """Train a model on FILE; progress on stderr, a JSON summary as the last line on stdout."""
-    from worker.checkpoint import CheckpointError, RunDirectory
-    from worker.data import CorpusError, read_text
-    from worker.trainer import TrainConfig, Trainer, TrainingDiverged
+@cli.command()
+def worker():
+    """Run one worker: trains queued jobs and serves generation for the API."""
+    from worker.service.runner import main
 
-    model_fields = {"cell": cell, "hidden_size": hidden_size, "num_layers": num_layers,
-                    "embedding_dim": embedding_dim, "dropout": dropout}
-    train_fields = {"seq_len": seq_len, "batch_size": batch_size, "learning_rate": learning_rate,
-                    "grad_clip": grad_clip, "max_steps": max_steps, "max_epochs": max_epochs,
-                    "max_seconds": max_seconds, "val_fraction": val_fraction, "eval_every": eval_every,
-                    "checkpoint_every": checkpoint_every, "seed": seed, "device": device, "precision": precision}
-    try:
-        if resume:
-            run = RunDirectory(resume).read_run()
-            if not run.get("corpus_path"):
-                _fail(f"{resume}/run.json does not say which file it trained on; pass FILE and --out instead")
-            file, out = Path(run["corpus_path"]), resume
-            model_config = run["model"]
-            model_config.pop("vocab_size", None)
-            # A resumed run keeps its settings; flags given now override (e.g. a longer --max-steps).
-            overrides = {k: v for k, v in train_fields.items() if v is not None}
-            config = TrainConfig.from_dict({**run["training"], **overrides})
-            init = run.get("init_from")
-        else:
-            if file is None or out is None:
-                _fail("give a FILE and --out DIR, or --resume DIR")
-            model_config = {k: v for k, v in model_fields.items() if v is not None}
-            config = TrainConfig(**{k: v for k, v in train_fields.items() if v is not None})
-            init = init_from
-        text = read_text(file)
-        observer = ConsoleObserver()
-        trainer = Trainer(text, out, model_config, config, init_from=init, observer=observer,
-                          corpus_path=str(Path(file).resolve()))
-        try:
-            result = trainer.train()
-        finally:
-            observer.close()
-    except (CorpusError, CheckpointError, TrainingDiverged, ValueError, TypeError) as exc:
-        _fail(str(exc))
-    print(json.dumps(result.to_dict()))
+    upgrade_database()
+    main()
 
 
-def generate(
-    checkpoint: Annotated[Path, typer.Argument(help="a .safetensors checkpoint or a run directory")],
-    prompt: Annotated[str, typer.Option(help="text to start from")] = "",
-    length: Annotated[int, typer.Option(help="characters to generate")] = 200,
-    temperature: Annotated[float, typer.Option(help="0 = always the most likely character")] = 1.0,
-    top_k: Annotated[int | None, typer.Option()] = None,
-    top_p: Annotated[float | None, typer.Option()] = None,
-    seed: Annotated[int | None, typer.Option()] = None,
-    num_samples: Annotated[int, typer.Option()] = 1,
-    stop: Annotated[list[str] | None, typer.Option(help="stop at this string (repeatable)")] = None,
-) -> None:
-    """Sample from a checkpoint; prints only the generated text (after the prompt)."""
-    from worker.checkpoint import CheckpointError, load_model
-    from worker.sampler import Sampler, SampleRequest
+@cli.command()
+def serve(host: Host = "127.0.0.1", port: Port = 8000):
+    """Everything on one machine: migrate, then the API and one worker (a supervised child process)."""
+    from worker.service.embedded import EmbeddedWorker
 
-    try:
-        loaded = load_model(checkpoint)
-        request = SampleRequest(prompt=prompt, length=length, temperature=temperature, top_k=top_k,
-                                top_p=top_p, seed=seed, num_samples=num_samples, stop=stop or [])
-        samples = Sampler(loaded.model, loaded.vocab).generate(request)
-    except (CheckpointError, ValueError) as exc:
-        _fail(str(exc))
-    sys.stdout.write("\n\n".join(s.text for s in samples) + "\n")
+    upgrade_database()
+    ensure_key()
+    with EmbeddedWorker():
+        run_api(host, port)  # returns on Ctrl-C / SIGTERM
 
 
-def score(
-    checkpoint: Annotated[Path, typer.Argument(help="a .safetensors checkpoint or a run directory")],
-    file: Annotated[Path, typer.Argument(help="UTF-8 text to score")],
-) -> None:
-    """Mean cross-entropy of FILE under the model, in nats per character, as JSON."""
-    from worker.checkpoint import CheckpointError, load_model
-    from worker.data import read_text
-    from worker.scoring import score_text
-
-    try:
-        loaded = load_model(checkpoint)
-        loss, chars = score_text(loaded.model, loaded.vocab, read_text(file))
-    except (CheckpointError, ValueError) as exc:
-        _fail(str(exc))
-    print(json.dumps({"loss": loss, "chars": chars}))
-
-
-def register_engine_commands(app: typer.Typer) -> None:
-    app.command()(train)
-    app.command()(generate)
-    app.command()(score)
+if __name__ == "__main__":
+    cli()

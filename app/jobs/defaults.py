@@ -1,6 +1,6 @@
 """The engine's defaults, from the engine's own dataclasses.
 
-worker/config.py imports nothing heavy (no torch), so the API reads the defaults from the very
+worker/engine/config.py imports nothing heavy (no torch), so the API reads the defaults from the very
 classes the trainer uses: there is no copy to drift.
 """
 
@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import fields
 from functools import lru_cache
 
-from worker.config import ModelConfig, TrainConfig
+from worker.engine.config import ModelConfig, TrainConfig
 
 
 @lru_cache

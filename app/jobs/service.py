@@ -16,7 +16,7 @@ from app.jobs.defaults import model_defaults, train_defaults
 from app.jobs.schemas import JobCreate, JobOut, ModelSpec, TrainingSpec
 from app.models import ACTIVE_STATUSES, Job
 from app.settings import Settings
-from worker.config import largest_batch_that_fits, min_train_chars
+from worker.engine.config import largest_batch_that_fits, min_train_chars
 
 
 def to_out(job: Job) -> JobOut:

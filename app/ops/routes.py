@@ -7,6 +7,7 @@ from sqlalchemy import text
 from starlette.concurrency import run_in_threadpool
 
 from app.db import session_scope
+from app.ops import embedded
 from app.ops.metrics import REGISTRY
 from app.settings import get_settings
 from app.workers import repository as workers
@@ -30,7 +31,11 @@ def _readiness() -> tuple[bool, dict]:
             alive = workers.live(session, within_seconds=get_settings().job_lease_seconds)
     except Exception as exc:
         return False, {"database": f"unreachable: {type(exc).__name__}", "workers": 0}
-    return bool(alive), {"database": "ok", "workers": len(alive)}
+    info = {"database": "ok", "workers": len(alive)}
+    worker = embedded.snapshot()
+    if worker is not None:  # under `charrnn serve`: say when its worker is being restarted
+        info["embedded_worker"] = worker
+    return bool(alive), info
 
 
 @router.get(

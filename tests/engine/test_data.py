@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from worker.data import CorpusError, StreamBatcher, Vocab, decode_utf8, eval_streams, read_text, split_train_val
+from worker.engine.data import CorpusError, StreamBatcher, Vocab, decode_utf8, eval_streams, read_text, split_train_val
 
 
 def test_vocab_round_trips_unicode_code_points():

@@ -44,8 +44,8 @@ class ServedModel:
     """A loaded checkpoint with its two samplers: seeded requests alone, the rest batched together."""
 
     def __init__(self, loaded):
-        from worker.batching import BatchedSampler
-        from worker.sampler import Sampler
+        from worker.engine.batching import BatchedSampler
+        from worker.engine.sampler import Sampler
 
         self.loaded = loaded
         self.sampler = Sampler(loaded.model, loaded.vocab)
@@ -62,8 +62,8 @@ class ModelCache:
         self.lock = threading.Lock()
 
     def get(self, path: str) -> ServedModel:
-        from worker.checkpoint import CheckpointError, load_model
-        from worker.trainer import resolve_device
+        from worker.engine.checkpoint import CheckpointError, load_model
+        from worker.engine.device import resolve_device
 
         resolved = Path(path).resolve()
         if not resolved.is_relative_to(self.data_dir):
@@ -104,7 +104,7 @@ def create_server_app(settings: Settings) -> FastAPI:
     app = FastAPI(title="charrnn worker")
     cache = ModelCache(settings.model_cache_size, settings.device, settings.data_dir)
     def sampler_and_request(body: GenerateBody):
-        from worker.sampler import SampleRequest
+        from worker.engine.sampler import SampleRequest
 
         served = cache.get(body.path)
         request = SampleRequest(**body.model_dump(exclude={"path"}))  # the same fields, bar the path
@@ -155,7 +155,7 @@ def create_server_app(settings: Settings) -> FastAPI:
 
     @app.post("/score")
     def score(body: ScoreBody):
-        from worker.scoring import score_text
+        from worker.engine.scoring import score_text
 
         loaded = cache.get(body.path).loaded
         try:

@@ -1,17 +1,17 @@
 """Batched generation: concurrent unseeded requests share steps and each still gets its own sample."""
 
 import time
-from pathlib import Path
 
 import pytest
 import torch
 
-from worker.batching import BatchedSampler
-from worker.data import Vocab
-from worker.model import CharRNN, ModelConfig
-from worker.sampler import Sampler, SampleRequest
+from tests.conftest import SHAKESPEARE
+from worker.engine.batching import BatchedSampler
+from worker.engine.data import Vocab
+from worker.engine.model import CharRNN, ModelConfig
+from worker.engine.sampler import Sampler, SampleRequest
 
-TEXT = (Path(__file__).resolve().parents[2] / "shared" / "data" / "tinyshakespeare.txt").read_text()[:5000]
+TEXT = SHAKESPEARE.read_text()[:5000]
 
 
 @pytest.fixture(params=["lstm", "gru"])

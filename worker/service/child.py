@@ -51,8 +51,8 @@ class QueueObserver:
 
 
 def _train(spec: dict, observer) -> dict:
-    from worker.data import read_text
-    from worker.trainer import TrainConfig, Trainer
+    from worker.engine.data import read_text
+    from worker.engine.trainer import TrainConfig, Trainer
 
     trainer = Trainer(
         read_text(spec["corpus_path"]),
@@ -70,21 +70,17 @@ def _train_rank(spec: dict, queue, stop_event, parent_pid: int) -> dict:
     """One rank of a data-parallel job; rank 0 reports through the queue, the others only train."""
     import torch
 
-    from worker.distributed import leave_process_group, setup_process_group
+    from worker.engine.distributed import leave_process_group, setup_process_group
 
     die_with_parent(parent_pid)
     torch.set_num_threads(max(1, spec["threads"] // spec["training"]["gpus"]))
     spec = {**spec, "training": setup_process_group(spec["training"])}
-    from worker.checkpoint import CheckpointError
-    from worker.data import CorpusError
-    from worker.trainer import TrainingDiverged
-
     finished = False
     try:
         result = _train(spec, QueueObserver(queue, stop_event, parent_pid))
         finished = True
         return result
-    except (CorpusError, CheckpointError, TrainingDiverged, ValueError) as exc:
+    except ValueError as exc:  # an EngineError, or a setting the trainer refused
         finished = True  # every rank agrees on these (same data, same averaged loss)
         return {"error": str(exc)}
     finally:
@@ -92,19 +88,17 @@ def _train_rank(spec: dict, queue, stop_event, parent_pid: int) -> dict:
 
 
 def train_job(spec: dict, queue, stop_event, parent_pid: int) -> None:
-    # Ctrl-C reaches the whole process group; the worker decides when training stops, not the terminal.
+    # Ctrl-C, and a supervisor's SIGTERM, reach the whole process group (`kill -TERM -PGID`, systemd):
+    # the worker decides when training stops (it checkpoints and requeues), not the signal.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     die_with_parent(parent_pid)
     try:
         import torch
 
-        from worker.checkpoint import CheckpointError
-        from worker.data import CorpusError
-        from worker.trainer import TrainingDiverged
-
         gpus = spec["training"].get("gpus", 1)
         if gpus > 1:
-            from worker.distributed import launch
+            from worker.engine.distributed import launch
 
             if spec["training"].get("device", "auto") != "cpu" and 0 < torch.cuda.device_count() < gpus:
                 raise ValueError(f"the job asks for {gpus} GPUs but this worker has {torch.cuda.device_count()}")
@@ -113,7 +107,7 @@ def train_job(spec: dict, queue, stop_event, parent_pid: int) -> None:
             torch.set_num_threads(spec["threads"])
             result = _train(spec, QueueObserver(queue, stop_event, parent_pid))
         queue.put(("error", result["error"]) if "error" in result else ("result", result))
-    except (CorpusError, CheckpointError, TrainingDiverged, ValueError) as exc:
+    except ValueError as exc:  # an EngineError, or a setting the trainer refused
         queue.put(("error", str(exc)))
     except Exception as exc:  # a bug: keep the trace in the worker's log, tell the user something useful
         traceback.print_exc()

@@ -4,14 +4,13 @@ import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 from safetensors.torch import load_file
 
-from worker.trainer import TrainConfig, Trainer
+from tests.conftest import SHAKESPEARE
+from worker.engine.trainer import TrainConfig, Trainer
 
-SHAKESPEARE = Path(__file__).resolve().parents[2] / "shared" / "data" / "tinyshakespeare.txt"
 MODEL = {"cell": "lstm", "hidden_size": 32, "num_layers": 2, "embedding_dim": 16, "dropout": 0.0}
 # fp32 on CPU: the only differences are the order of float additions in the gradient all-reduce.
 TOLERANCE = 1e-4
@@ -30,7 +29,7 @@ def test_two_gloo_ranks_match_one_process_with_the_same_global_batch(tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-         "-m", "worker.distributed", str(spec)],
+         "-m", "worker.engine.distributed", str(spec)],
         capture_output=True, text=True, env=env, timeout=240,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]

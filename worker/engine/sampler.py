@@ -15,8 +15,8 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
-from worker.data import Vocab
-from worker.model import CharRNN
+from worker.engine.data import Vocab
+from worker.engine.model import CharRNN
 
 STEP_FUNCTIONS = {"lstm": torch.lstm_cell, "gru": torch.gru_cell, "rnn": torch.rnn_tanh_cell}
 

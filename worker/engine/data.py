@@ -12,10 +12,11 @@ from pathlib import Path
 
 import torch
 
-from worker.config import largest_batch_that_fits, min_train_chars
+from worker.engine.config import largest_batch_that_fits, min_train_chars
+from worker.engine.errors import EngineError
 
 
-class CorpusError(ValueError):
+class CorpusError(EngineError):
     """A corpus that cannot be trained on; the message says what is wrong and what to change."""
 
 

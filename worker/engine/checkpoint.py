@@ -28,13 +28,14 @@ from safetensors import safe_open
 from safetensors.torch import load as load_safetensors_bytes
 from safetensors.torch import save as save_safetensors_bytes
 
-from worker.data import Vocab
-from worker.model import CharRNN, ModelConfig
+from worker.engine.data import Vocab
+from worker.engine.errors import EngineError
+from worker.engine.model import CharRNN, ModelConfig
 
 FORMAT = "charrnn/1"
 
 
-class CheckpointError(ValueError):
+class CheckpointError(EngineError):
     pass
 
 

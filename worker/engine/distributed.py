@@ -7,7 +7,7 @@ so a run can resume with any number of ranks. Only rank 0 reports progress and w
 
 Launch (what a worker does for a job that asks for N GPUs):
 
-    torchrun --standalone --nproc_per_node N -m worker.distributed SPEC.json
+    torchrun --standalone --nproc_per_node N -m worker.engine.distributed SPEC.json
 
 SPEC.json: {"text_path", "run_dir", "model": {...}, "training": {...}, "init_from"}; rank 0 prints
 the run's JSON summary as its last line on stdout.
@@ -122,7 +122,7 @@ def launch(nprocs: int, entrypoint, *args):
 
 
 def main(argv: list[str] | None = None) -> None:
-    from worker.trainer import TrainConfig, Trainer
+    from worker.engine.trainer import TrainConfig, Trainer
 
     spec_path = (argv or sys.argv[1:])[0]
     spec = json.loads(Path(spec_path).read_text())

@@ -11,10 +11,10 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from worker.checkpoint import CheckpointError, RunDirectory, load_model
-from worker.trainer import TrainConfig, Trainer, TrainingDiverged, TrainingObserver
+from tests.conftest import SHAKESPEARE
+from worker.engine.checkpoint import CheckpointError, RunDirectory, load_model
+from worker.engine.trainer import TrainConfig, Trainer, TrainingDiverged, TrainingObserver
 
-SHAKESPEARE = Path(__file__).resolve().parents[2] / "shared" / "data" / "tinyshakespeare.txt"
 TINY_MODEL = {"cell": "lstm", "hidden_size": 32, "num_layers": 2, "embedding_dim": 16, "dropout": 0.1}
 
 
@@ -105,8 +105,8 @@ def test_checkpoint_write_killed_half_way_leaves_previous_checkpoint(tmp_path, t
     # A real process, really killed (SIGKILL) after writing half of its second checkpoint's weights.
     script = textwrap.dedent(f"""
         import os, signal
-        import worker.checkpoint as ck
-        from worker.trainer import Trainer, TrainConfig
+        import worker.engine.checkpoint as ck
+        from worker.engine.trainer import Trainer, TrainConfig
         real_write, calls = ck.atomic_write, []
         def dying_write(path, data):
             calls.append(path)
@@ -147,14 +147,14 @@ def test_init_from_continues_from_weights_and_checks_vocabulary(tmp_path, text):
 def test_cli_train_prints_json_summary_and_resumes(tmp_path, text):
     corpus = tmp_path / "corpus.txt"
     corpus.write_text(text)
-    cmd = [sys.executable, "-m", "app.cli", "train", str(corpus), "--out", str(tmp_path / "run"),
+    cmd = [sys.executable, "-m", "worker.cli", "train", str(corpus), "--out", str(tmp_path / "run"),
            "--hidden-size", "16", "--num-layers", "1", "--seq-len", "16", "--batch-size", "4",
            "--max-steps", "12", "--eval-every", "6", "--checkpoint-every", "6", "--device", "cpu"]
     proc = subprocess.run(cmd, capture_output=True, text=True, check=True)
     summary = json.loads(proc.stdout.strip().splitlines()[-1])
     assert {"steps", "train_loss", "val_loss", "chars_per_second", "checkpoint"} <= summary.keys()
     assert summary["steps"] == 12 and Path(summary["checkpoint"]).is_file()
-    resumed = subprocess.run([sys.executable, "-m", "app.cli", "train", "--resume", str(tmp_path / "run"),
+    resumed = subprocess.run([sys.executable, "-m", "worker.cli", "train", "--resume", str(tmp_path / "run"),
                               "--max-steps", "18"], capture_output=True, text=True, check=True)
     again = json.loads(resumed.stdout.strip().splitlines()[-1])
     assert again["steps"] == 18 and again["resumed_from_step"] == 12
@@ -168,7 +168,7 @@ def test_cli_train_prints_json_summary_and_resumes(tmp_path, text):
 def test_cli_train_rejects_bad_files_clearly(tmp_path, content, message):
     corpus = tmp_path / "corpus.txt"
     corpus.write_bytes(content)
-    proc = subprocess.run([sys.executable, "-m", "app.cli", "train", str(corpus), "--out", str(tmp_path / "r")],
+    proc = subprocess.run([sys.executable, "-m", "worker.cli", "train", str(corpus), "--out", str(tmp_path / "r")],
                           capture_output=True, text=True)
     assert proc.returncode == 2
     assert message in proc.stderr and "Traceback" not in proc.stderr

@@ -1,16 +1,16 @@
 """Sampling: determinism, greedy decoding, top-k/top-p support, stop strings, unseen characters."""
 
-from pathlib import Path
 
 import pytest
 import torch
 
-from worker.data import CorpusError, Vocab
-from worker.model import CharRNN, ModelConfig
-from worker.sampler import Sampler, SampleRequest, StopScanner
-from worker.scoring import score_text
+from tests.conftest import SHAKESPEARE
+from worker.engine.data import CorpusError, Vocab
+from worker.engine.model import CharRNN, ModelConfig
+from worker.engine.sampler import Sampler, SampleRequest, StopScanner
+from worker.engine.scoring import score_text
 
-TEXT = (Path(__file__).resolve().parents[2] / "shared" / "data" / "tinyshakespeare.txt").read_text()[:5000]
+TEXT = SHAKESPEARE.read_text()[:5000]
 
 
 @pytest.fixture(scope="module", params=["lstm", "gru", "rnn"])

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from worker.data import Vocab, eval_streams
-from worker.model import CharRNN, mean_cross_entropy
+from worker.engine.data import Vocab, eval_streams
+from worker.engine.model import CharRNN, mean_cross_entropy
 
 # Long texts are scored as this many parallel streams of at least this many characters each:
 # one stream would be exact but serial, and a stream only loses context at its first character.

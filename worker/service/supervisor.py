@@ -1,16 +1,13 @@
-"""The worker: claim a job, train it in a child process under a lease, report, repeat.
+"""Supervises one training child (child.py): relays its reports into the database under the job's lease.
 
-    worker (this process)                         training child (worker/process.py)
-    ---------------------                         ----------------------------------
-    claim job (one atomic UPDATE) ------spawn---> Trainer(...).train()
+    worker (runner.py)                            training child (child.py)
+    ------------------                            -------------------------
+    JobRun.supervise()         ------spawn--->    Trainer(...).train()
     every ~0.5 s: renew lease + write   <-queue-- on_start / on_metrics / on_eval / on_checkpoint
       events, guarded by worker_id/status
     lease lost or job cancelled: SIGKILL child
-    SIGTERM: set stop event ------------------->  should_stop() -> "shutdown": checkpoint, return
+    worker stopping: set stop event ------------> should_stop() -> "shutdown": checkpoint, return
       then requeue the job                        (the next worker resumes from that checkpoint)
-
-The run directory is <data dir>/runs/<job id>, on storage every worker shares, so whoever claims the
-job next finds the checkpoints there and the Trainer resumes from the latest one by itself.
 """
 
 from __future__ import annotations
@@ -19,26 +16,23 @@ import logging
 import multiprocessing
 import os
 import queue as queue_module
-import signal
-import socket
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from sqlalchemy import select
 
 from app.db import session_scope
 from app.ids import new_id
 from app.jobs import queue
-from app.jobs.reaper import reap_once
-from app.models import Checkpoint, Corpus, Job
-from app.settings import Settings, get_settings
-from app.workers import repository as workers
-from worker.server import GenerationServer
+from app.models import Checkpoint, Job
+
+if TYPE_CHECKING:
+    from worker.service.runner import Worker
 
 log = logging.getLogger("charrnn.worker")
 
 FLUSH_SECONDS = 0.5  # how often progress is written and the lease renewed (and a cancel noticed)
-POLL_SECONDS = 0.5  # how often an idle worker looks for a job
 PROGRESS_KEYS = (
     "step",
     "max_steps",
@@ -49,132 +43,6 @@ PROGRESS_KEYS = (
     "chars_per_second",
     "eta_seconds",
 )
-
-
-class Worker:
-    def __init__(self, settings: Settings | None = None):
-        self.settings = settings or get_settings()
-        self.id = new_id("wrk")
-        self.stopping = False
-        self.server: GenerationServer | None = None
-        self.current_job: str | None = None
-        self.last_heartbeat = 0.0
-        self.last_reap = 0.0
-
-    # -- lifecycle ---------------------------------------------------------------------------------
-
-    def handle_signal(self, signum, _frame) -> None:
-        log.info("signal %s: finishing the current step, checkpointing, then stopping", signum)
-        self.stopping = True
-
-    def run(self) -> None:
-        signal.signal(signal.SIGTERM, self.handle_signal)
-        signal.signal(signal.SIGINT, self.handle_signal)
-        self.settings.runs_dir.mkdir(parents=True, exist_ok=True)
-        self.server = GenerationServer(self.settings)
-        self.server.start()
-        with session_scope() as session:
-            workers.register(
-                session,
-                worker_id=self.id,
-                hostname=socket.gethostname(),
-                pid=os.getpid(),
-                url=self.server.url,
-                device=self.settings.device,
-            )
-        log.info(
-            "worker %s up, generation server at %s",
-            self.id,
-            self.server.url,
-            extra={"fields": {"worker_id": self.id, "url": self.server.url}},
-        )
-        try:
-            while not self.stopping:
-                self.heartbeat()
-                self.reap()
-                job = self.claim()
-                if job is None:
-                    time.sleep(POLL_SECONDS)
-                    continue
-                self.run_job(job)
-        finally:
-            with session_scope() as session:
-                workers.stopped(session, worker_id=self.id)
-            self.server.stop()
-            log.info("worker %s stopped", self.id)
-
-    def heartbeat(self, force: bool = False) -> None:
-        now = time.monotonic()
-        if force or now - self.last_heartbeat >= self.settings.job_lease_seconds / 3:
-            with session_scope() as session:
-                workers.heartbeat(session, worker_id=self.id, current_job_id=self.current_job)
-            self.last_heartbeat = now
-
-    def reap(self, force: bool = True) -> None:
-        # Busy workers reap too (less often), so a dead worker's job shows as queued or failed even
-        # while every other worker is occupied.
-        now = time.monotonic()
-        if not force and now - self.last_reap < self.settings.job_lease_seconds:
-            return
-        self.last_reap = now
-        reap_once(self.settings.max_attempts)
-
-    def claim(self) -> Job | None:
-        with session_scope() as session:
-            return queue.claim(
-                session,
-                worker_id=self.id,
-                lease_seconds=self.settings.job_lease_seconds,
-                device=self.settings.device,
-            )
-
-    # -- one job -----------------------------------------------------------------------------------
-
-    def spec_for(self, job: Job) -> dict | str:
-        """What the child needs, as plain data; or a message saying why the job cannot run."""
-        data_dir = self.settings.data_dir
-        with session_scope() as session:
-            corpus_path = session.scalar(select(Corpus.path).where(Corpus.id == job.corpus_id))
-            init_path = None
-            if job.init_from:
-                init_path = session.scalar(select(Checkpoint.path).where(Checkpoint.id == job.init_from))
-        if corpus_path is None or not (data_dir / corpus_path).is_file():
-            return f"corpus {job.corpus_id} is gone; upload it again and start a new job"
-        if job.init_from and (init_path is None or not (data_dir / init_path).is_file()):
-            return f"checkpoint {job.init_from} (init_from) is gone"
-        return {
-            "corpus_path": str((data_dir / corpus_path).resolve()),
-            "run_dir": str((self.settings.runs_dir / job.id).resolve()),
-            "model": {k: v for k, v in job.model.items() if v is not None},
-            "training": {
-                **{k: v for k, v in job.training.items() if v is not None},
-                "device": self.settings.device,
-            },
-            "init_from": str((data_dir / init_path).resolve()) if init_path else None,
-            "threads": self.settings.train_thread_count,
-        }
-
-    def run_job(self, job: Job) -> None:
-        self.current_job = job.id
-        self.heartbeat(force=True)
-        log.info("job %s claimed (attempt %s)", job.id, job.attempts, extra={"fields": {"job_id": job.id}})
-        try:
-            spec = self.spec_for(job)
-            if isinstance(spec, str):
-                with session_scope() as session:
-                    queue.finish(
-                        session,
-                        job_id=job.id,
-                        worker_id=self.id,
-                        status="failed",
-                        message=f"failed: {spec}",
-                        error=spec,
-                    )
-                return
-            JobRun(self, job, spec).supervise()
-        finally:
-            self.current_job = None
-            self.heartbeat(force=True)
 
 
 class JobRun:
@@ -422,18 +290,8 @@ class JobRun:
 
 
 def _child_entry(spec, messages, stop_event, parent_pid):
-    from worker.process import train_job
+    from worker.service.child import train_job
 
     train_job(spec, messages, stop_event, parent_pid)
 
 
-def main() -> None:
-    from app.logs import setup_logging
-
-    settings = get_settings()
-    setup_logging(settings.log_level)
-    Worker(settings).run()
-
-
-if __name__ == "__main__":
-    main()

@@ -22,20 +22,22 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from worker.checkpoint import CheckpointError, RunDirectory, load_model, weights_bytes
-from worker.config import ModelConfig, TrainConfig
-from worker.data import CorpusError, StreamBatcher, Vocab, split_train_val
-from worker.distributed import DistContext
-from worker.model import CharRNN, autocast, detach_hidden, hidden_from_list, hidden_to_list
-from worker.sampler import Sampler, SampleRequest
-from worker.scoring import score_ids
+from worker.engine.checkpoint import CheckpointError, RunDirectory, load_model, weights_bytes
+from worker.engine.config import ModelConfig, TrainConfig
+from worker.engine.data import CorpusError, StreamBatcher, Vocab, split_train_val
+from worker.engine.device import resolve_device, resolve_precision
+from worker.engine.distributed import DistContext
+from worker.engine.errors import EngineError
+from worker.engine.model import CharRNN, autocast, detach_hidden, hidden_from_list, hidden_to_list
+from worker.engine.sampler import Sampler, SampleRequest
+from worker.engine.scoring import score_ids
 
 # With no stopping rule given, a run stops here: a few minutes on a laptop CPU, seconds on a GPU.
 DEFAULT_MAX_STEPS = 2000
 STOPPING_RULES = ("max_steps", "max_epochs", "max_seconds", "default_max_steps")
 
 
-class TrainingDiverged(RuntimeError):
+class TrainingDiverged(EngineError):
     """The loss became NaN/inf or exploded; the message says at which step and what to change."""
 
 
@@ -71,31 +73,6 @@ class TrainResult:
 
     def to_dict(self) -> dict:
         return asdict(self)
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device={name!r} was asked for but no CUDA GPU is visible; use 'cpu' or 'auto'")
-    return device
-
-
-def resolve_precision(name: str, device: torch.device) -> torch.dtype | None:
-    """The autocast dtype, or None for plain fp32."""
-    if name == "fp32":
-        return None
-    supported = (
-        torch.cuda.is_bf16_supported() if device.type == "cuda" else torch.ops.mkldnn._is_mkldnn_bf16_supported()
-    )
-    if name == "bf16":
-        if not supported:
-            raise ValueError(f"precision='bf16' is not supported on {device}; use 'fp32' or 'auto'")
-        return torch.bfloat16
-    if name == "auto":
-        return torch.bfloat16 if supported else None
-    raise ValueError(f"precision must be auto, fp32 or bf16, got {name!r}")
 
 
 def lr_at(config: TrainConfig, step: int, progress: float) -> float:

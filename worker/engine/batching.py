@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from worker.sampler import Sample, Sampler, SampleRequest, SampleStream, StopScanner
+from worker.engine.sampler import Sample, Sampler, SampleRequest, SampleStream, StopScanner
 
 _DONE = object()
 

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from worker.config import ModelConfig
+from worker.engine.config import ModelConfig
 
 Hidden = torch.Tensor | tuple[torch.Tensor, torch.Tensor]  # (h,) for rnn/gru, (h, c) for lstm
 

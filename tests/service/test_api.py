@@ -240,7 +240,7 @@ def test_serve_makes_one_key_and_stops_cleanly_on_ctrl_c(tmp_path):
     def serve() -> tuple[subprocess.Popen, str]:
         port = free_port()
         proc = subprocess.Popen(
-            [sys.executable, "-m", "app.cli", "serve", "--port", str(port)],
+            [sys.executable, "-m", "worker.cli", "serve", "--port", str(port)],
             cwd=ROOT,
             env=env,
             stdout=subprocess.PIPE,

@@ -1,0 +1,52 @@
+"""The folders show the dependencies: the engine is pure torch, the API never reaches the worker.
+
+    app/             the API; imports worker.engine.config only (torch-free defaults and rules)
+    worker/engine/   pure torch: imports nothing of app/ or worker/service/
+    worker/service/  the worker process: the one place that imports both app/ and the engine
+    worker/cli.py    the `charrnn` entry point: the API's, the engine's and the worker's commands
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import ROOT
+
+
+def imported_modules(path: Path) -> set[str]:
+    names = set()
+    for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            names.add(node.module)
+    return names
+
+
+def modules_under(folder: str) -> list[Path]:
+    return sorted((ROOT / folder).rglob("*.py"))
+
+
+@pytest.mark.parametrize("path", modules_under("worker/engine"), ids=lambda p: p.name)
+def test_the_engine_imports_neither_the_api_nor_the_worker_service(path):
+    bad = {m for m in imported_modules(path) if m.split(".")[0] == "app" or m.startswith("worker.service")}
+    assert not bad, f"{path.relative_to(ROOT)} imports {sorted(bad)}: the engine must run with no database"
+
+
+@pytest.mark.parametrize("path", modules_under("app"), ids=lambda p: str(p.relative_to(ROOT)))
+def test_the_api_imports_only_the_engines_torch_free_config(path):
+    bad = {m for m in imported_modules(path) if m.split(".")[0] in ("worker", "torch") and m != "worker.engine.config"}
+    assert not bad, f"{path.relative_to(ROOT)} imports {sorted(bad)}"
+
+
+def test_the_engine_config_imports_nothing_heavy():
+    assert imported_modules(ROOT / "worker/engine/config.py") <= {"__future__", "dataclasses", "typing"}
+
+
+def test_the_layout_test_sees_a_violation(tmp_path):
+    bad = tmp_path / "bad.py"
+    bad.write_text("from app.db import session_scope\nimport worker.service.runner\n")
+    assert imported_modules(bad) == {"app.db", "worker.service.runner"}
