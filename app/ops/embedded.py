@@ -1,20 +1,21 @@
-"""What `charrnn serve` knows about its embedded worker, for /readyz (None under `charrnn api`)."""
+"""What `charrnn serve` knows about its embedded worker, for /readyz (nothing under `charrnn api`)."""
 
 from __future__ import annotations
 
 import threading
 
 _lock = threading.Lock()
-STATE: dict = {"status": None, "restarts": 0}
+_state: dict = {}
 
 
-def set_state(status: str, **fields) -> None:
+def publish(**state) -> None:
+    """Replace the state: status (running | restarting | stopped), restarts, pid, last_exit."""
     with _lock:
-        STATE.clear()
-        STATE.update({"status": status, "restarts": 0, **fields})
+        _state.clear()
+        _state.update(state)
 
 
 def snapshot() -> dict | None:
     """The embedded worker's state, or None when this API process runs none."""
     with _lock:
-        return dict(STATE) if STATE["status"] else None
+        return dict(_state) or None

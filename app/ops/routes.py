@@ -33,9 +33,12 @@ def _readiness() -> tuple[bool, dict]:
         return False, {"database": f"unreachable: {type(exc).__name__}", "workers": 0}
     info = {"database": "ok", "workers": len(alive)}
     worker = embedded.snapshot()
-    if worker is not None:  # under `charrnn serve`: say when its worker is being restarted
-        info["embedded_worker"] = worker
-    return bool(alive), info
+    if worker is None:
+        return bool(alive), info
+    # Under `charrnn serve` its own worker is the only one: while it restarts, nothing can run a job,
+    # even if the dead worker's last heartbeat is still within the lease.
+    info["embedded_worker"] = worker
+    return bool(alive) and worker["status"] == "running", info
 
 
 @router.get(

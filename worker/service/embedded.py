@@ -30,6 +30,8 @@ class EmbeddedWorker:
         self.stop_timeout = stop_timeout
         self.stopping = threading.Event()
         self.child: subprocess.Popen | None = None
+        self.restarts = 0
+        self.last_exit: int | None = None
         self.lock = threading.Lock()
         self.watcher = threading.Thread(target=self._watch, name="embedded-worker", daemon=True)
 
@@ -57,13 +59,13 @@ class EmbeddedWorker:
                 if self.stopping.is_set():
                     return
                 self.child = subprocess.Popen(self.command)
-            embedded.set_state("running", restarts=embedded.STATE["restarts"], pid=self.child.pid)
+            self._publish("running")
             started = time.monotonic()
-            code = self.child.wait()
+            code = self.last_exit = self.child.wait()
             # Exit 0 is a worker that was asked to stop (SIGTERM to the whole group, Ctrl-C): it already
             # checkpointed and requeued its job, and serve is on its way out too.
             if self.stopping.is_set() or code == 0:
-                embedded.set_state("stopped", restarts=embedded.STATE["restarts"], last_exit=code)
+                self._publish("stopped")
                 return
             failures = 1 if time.monotonic() - started >= STABLE_SECONDS else failures + 1
             delay = BACKOFF_SECONDS[min(failures, len(BACKOFF_SECONDS)) - 1]
@@ -71,6 +73,10 @@ class EmbeddedWorker:
                 "the worker died (exit code %s); restarting it in %s s", code, delay,
                 extra={"fields": {"exit_code": code, "restart_in_seconds": delay}},
             )
-            embedded.set_state("restarting", restarts=embedded.STATE["restarts"] + 1, last_exit=code)
+            self.restarts += 1
+            self._publish("restarting")
             if self.stopping.wait(delay):
                 return
+
+    def _publish(self, status: str) -> None:
+        embedded.publish(status=status, restarts=self.restarts, pid=self.child.pid, last_exit=self.last_exit)
