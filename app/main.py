@@ -15,6 +15,7 @@ from app.errors import install_error_handlers
 from app.generation.routes import router as generation_router
 from app.jobs.reaper import reap_forever
 from app.jobs.routes import router as jobs_router
+from app.openai.app import create_openai_app
 from app.ops.middleware import ObserveRequests
 from app.ops.routes import router as ops_router
 from app.settings import get_settings
@@ -40,6 +41,7 @@ def create_app() -> FastAPI:
     install_error_handlers(app)
     for router in (ops_router, corpora_router, jobs_router, checkpoints_router, generation_router):
         app.include_router(router)
+    app.mount("/v1", create_openai_app(app))  # OpenAI-compatible, with OpenAI's error shape (app/openai)
 
     app.add_middleware(ObserveRequests)
 

@@ -57,6 +57,12 @@ class Job(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     started_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    # The OpenAI-compatible API (app/openai, migration 0002): what /v1 was asked for, so the job reads
+    # back as it was created there; all empty for a job made through /jobs.
+    validation_corpus_id: Mapped[str | None] = mapped_column(String(40), nullable=True)  # held-out set
+    openai_model: Mapped[str | None] = mapped_column(String(300), nullable=True)  # the `model` it was asked for
+    suffix: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    model_deleted_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)  # DELETE /v1/models
 
     __table_args__ = (Index("ix_jobs_status_created", "status", "created_at"),)
 

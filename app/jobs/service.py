@@ -78,7 +78,10 @@ def check_corpus_size(num_chars: int, training: dict) -> None:
         )
 
 
-def create(session: Session, *, owner: str, settings: Settings, body: JobCreate) -> Job:
+def create(
+    session: Session, *, owner: str, settings: Settings, body: JobCreate, columns: dict | None = None
+) -> Job:
+    """Queue a job. `columns` sets further Job columns in the same transaction (the /v1 API's own)."""
     with session.begin():
         corpus = corpora.get(session, owner=owner, corpus_id=body.corpus_id)
         if corpus is None:
@@ -123,6 +126,7 @@ def create(session: Session, *, owner: str, settings: Settings, body: JobCreate)
             progress={},
             attempts=0,
             created_at=utcnow(),
+            **(columns or {}),
         )
         session.add(job)
         session.flush()

@@ -21,6 +21,12 @@ from worker.engine.model import CharRNN
 STEP_FUNCTIONS = {"lstm": torch.lstm_cell, "gru": torch.gru_cell, "rnn": torch.rnn_tanh_cell}
 
 
+def priming_text(vocab: Vocab, prompt: str) -> str:
+    """What the model reads before the first generated character: the prompt, or with no prompt a
+    fresh line (a newline if the corpus has one)."""
+    return prompt or ("\n" if "\n" in vocab.chars else vocab.chars[0])
+
+
 @dataclass
 class SampleRequest:
     prompt: str = ""
@@ -118,9 +124,7 @@ class Sampler:
 
     def prime(self, prompt: str, n: int):
         """Hidden state and next-character logits after reading the prompt, for n samples."""
-        # With no prompt, start as a fresh line would: from a newline if the corpus has one.
-        prime = prompt or ("\n" if "\n" in self.vocab.chars else self.vocab.chars[0])
-        ids = self.vocab.encode(prime, what="the prompt").to(self.device).unsqueeze(0)
+        ids = self.vocab.encode(priming_text(self.vocab, prompt), what="the prompt").to(self.device).unsqueeze(0)
         logits, hidden = self.model(ids)
         hs = list(hidden) if self.cell == "lstm" else [hidden]
         per_layer = [tuple(h[layer].expand(n, -1).contiguous() for h in hs) for layer in range(len(self.layers))]

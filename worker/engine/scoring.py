@@ -23,3 +23,31 @@ def score_ids(model: CharRNN, data: torch.Tensor, autocast_dtype: torch.dtype | 
 
 def score_text(model: CharRNN, vocab: Vocab, text: str) -> tuple[float, int]:
     return score_ids(model, vocab.encode(text, what="the text to score"))
+
+
+@torch.inference_mode()
+def character_logprobs(
+    model: CharRNN, vocab: Vocab, context: str, text: str, top: int = 0
+) -> tuple[list[float], list[dict[str, float]]]:
+    """The log-probability of each character of `text` after reading `context` (the prompt; none reads
+    as the sampler starts, see sampler.priming_text), under the model's own distribution (temperature 1),
+    and the `top` most likely characters at each position. Characters are the tokens, so this is exact."""
+    from worker.engine.sampler import priming_text
+
+    if not text:
+        return [], []
+    prime = priming_text(vocab, context)
+    vocab.encode(context, what="the prompt")
+    ids = vocab.encode(prime + text, what="the text").to(next(model.parameters()).device)
+    logits, _ = model.eval()(ids[:-1].unsqueeze(0))
+    logprobs = logits[0, len(prime) - 1 :].float().log_softmax(dim=-1)
+    targets = ids[len(prime) :]
+    chosen = logprobs.gather(-1, targets.unsqueeze(-1)).squeeze(-1).tolist()
+    tops: list[dict[str, float]] = []
+    if top > 0:
+        values, indices = logprobs.topk(min(top, len(vocab)), dim=-1)
+        tops = [
+            {vocab.chars[i]: v for i, v in zip(row_i, row_v, strict=True)}
+            for row_i, row_v in zip(indices.tolist(), values.tolist(), strict=True)
+        ]
+    return chosen, tops

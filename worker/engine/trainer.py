@@ -114,11 +114,13 @@ class Trainer:
         init_from: str | Path | None = None,
         observer: TrainingObserver | None = None,
         corpus_path: str | None = None,
+        val_text: str | None = None,
     ):
         """Start a run in `run_dir`, or continue it from its latest checkpoint if it has one.
 
         `model_config` holds ModelConfig fields except vocab_size (taken from the text);
         `init_from` starts from another run's weights (and their vocabulary and architecture).
+        `val_text`, if given, is the held-out set: the whole `text` is trained on and val_fraction is unused.
         """
         self.run = RunDirectory(run_dir)
         self.dist = DistContext.current()
@@ -151,9 +153,13 @@ class Trainer:
         self.net = (torch.nn.parallel.DistributedDataParallel(self.model) if self.dist.enabled else self.model)
 
         data = self.vocab.encode(text, what="the corpus")
-        self.train_data, self.val_data = split_train_val(data, self.config.val_fraction)
+        if val_text is not None:
+            self.train_data = data
+            self.val_data = self.vocab.encode(val_text, what="the validation text")
+        else:
+            self.train_data, self.val_data = split_train_val(data, self.config.val_fraction)
         self.batcher = StreamBatcher(self.train_data, self.config.batch_size, self.config.seq_len, self.config.seed)
-        if self.config.val_fraction > 0 and len(self.val_data) < 2:
+        if val_text is None and self.config.val_fraction > 0 and len(self.val_data) < 2:
             raise CorpusError(
                 f"the validation split ({self.config.val_fraction:.0%} of {len(data):,} characters) is under "
                 "2 characters; upload more text or raise val_fraction"

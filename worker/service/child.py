@@ -62,6 +62,7 @@ def _train(spec: dict, observer) -> dict:
         init_from=spec.get("init_from"),
         observer=observer,
         corpus_path=spec["corpus_path"],
+        val_text=read_text(spec["val_corpus_path"]) if spec.get("val_corpus_path") else None,
     )
     return trainer.train().to_dict()
 

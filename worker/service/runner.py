@@ -116,11 +116,15 @@ class Worker:
         data_dir = self.settings.data_dir
         with session_scope() as session:
             corpus_path = session.scalar(select(Corpus.path).where(Corpus.id == job.corpus_id))
-            init_path = None
+            init_path = val_path = None
+            if job.validation_corpus_id:
+                val_path = session.scalar(select(Corpus.path).where(Corpus.id == job.validation_corpus_id))
             if job.init_from:
                 init_path = session.scalar(select(Checkpoint.path).where(Checkpoint.id == job.init_from))
         if corpus_path is None or not (data_dir / corpus_path).is_file():
             return f"corpus {job.corpus_id} is gone; upload it again and start a new job"
+        if job.validation_corpus_id and (val_path is None or not (data_dir / val_path).is_file()):
+            return f"validation corpus {job.validation_corpus_id} is gone; upload it again and start a new job"
         if job.init_from and (init_path is None or not (data_dir / init_path).is_file()):
             return f"checkpoint {job.init_from} (init_from) is gone"
         return {
@@ -132,6 +136,7 @@ class Worker:
                 "device": self.settings.device,
             },
             "init_from": str((data_dir / init_path).resolve()) if init_path else None,
+            "val_corpus_path": str((data_dir / val_path).resolve()) if val_path else None,
             "threads": self.settings.train_thread_count,
         }
 

@@ -40,6 +40,13 @@ class ScoreBody(BaseModel):
     text: str
 
 
+class LogprobsBody(BaseModel):  # the /v1/completions `logprobs` (app/openai/completions.py)
+    path: str
+    context: str = ""
+    text: str
+    top: int = Field(0, ge=0, le=20)
+
+
 class ServedModel:
     """A loaded checkpoint with its two samplers: seeded requests alone, the rest batched together."""
 
@@ -163,6 +170,17 @@ def create_server_app(settings: Settings) -> FastAPI:
         except ValueError as exc:
             raise HTTPException(422, str(exc)) from None
         return {"loss": loss, "chars": chars}
+
+    @app.post("/logprobs")
+    def logprobs(body: LogprobsBody):
+        from worker.engine.scoring import character_logprobs
+
+        loaded = cache.get(body.path).loaded
+        try:
+            chosen, top = character_logprobs(loaded.model, loaded.vocab, body.context, body.text, body.top)
+        except ValueError as exc:
+            raise HTTPException(422, str(exc)) from None
+        return {"token_logprobs": chosen, "top_logprobs": top}
 
     return app
 

@@ -1,0 +1,235 @@
+"""POST /v1/completions on the native generation service: the one module that calls app.generation.
+
+Everything /v1 asks of generation goes through here (resolve a checkpoint, pick workers, generate,
+stream, per-character log-probabilities), so a change to the generation contract is rewired in one place.
+
+- Same sampler and batching as POST /generate: the request becomes a native one (max_tokens -> length,
+  n -> num_samples, top_p 0 -> greedy), one native call per prompt.
+- `logprobs`: the exact log-probability of each character under the model (temperature 1), from the
+  worker's /logprobs (teacher-forced, like /score, over the text the sampler returned). The first
+  character of an echoed prompt has none, as with OpenAI.
+- `stream`: OpenAI's chunks (`data: {...}`) then `data: [DONE]`; the chunks of a choice join to its text.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import secrets
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+import httpx
+from starlette.concurrency import run_in_threadpool
+
+from app.db import read_session
+from app.generation import service as generation
+from app.openai import catalog
+from app.openai.errors import OpenAIError, error_body
+from app.openai.schemas import CompletionRequest
+from app.settings import Settings
+
+MAX_STOPS = 4
+
+
+@dataclass
+class Streams:
+    """The native streams of one streamed request, one per prompt, opened and not yet read."""
+
+    prompts: list[str]
+    upstreams: list[httpx.Response]
+    native: str
+    checkpoint_id: str
+
+
+def _refuse_unsupported(body: CompletionRequest) -> None:
+    for name in ("frequency_penalty", "presence_penalty"):
+        if getattr(body, name):
+            raise OpenAIError(400, f"{name} is not supported (the sampler has no penalties); leave it out or 0", name)
+    if body.logit_bias:
+        raise OpenAIError(400, "logit_bias is not supported; leave it out", "logit_bias")
+    if body.suffix:
+        raise OpenAIError(400, "suffix (insertion) is not supported: the models only continue text", "suffix")
+    if body.best_of is not None and body.best_of != (body.n or 1):
+        raise OpenAIError(400, "best_of is not supported (other than equal to n); leave it out", "best_of")
+    if body.stream and body.logprobs is not None:
+        raise OpenAIError(400, "logprobs is not available with stream; ask without stream for logprobs", "logprobs")
+
+
+def native_params(body: CompletionRequest, prompt: str) -> dict:
+    """The native /generate body (less `model`, `stream`) for one prompt."""
+    stops = [body.stop] if isinstance(body.stop, str) else list(body.stop or [])
+    if len(stops) > MAX_STOPS:
+        raise OpenAIError(400, f"stop takes up to {MAX_STOPS} strings; got {len(stops)}", "stop")
+    temperature = 1.0 if body.temperature is None else body.temperature
+    top_p = body.top_p
+    if top_p == 0:  # OpenAI's "only the most likely": greedy
+        temperature, top_p = 0.0, None
+    return {
+        "prompt": prompt,
+        "length": 16 if body.max_tokens is None else body.max_tokens,
+        "temperature": temperature,
+        "top_k": body.top_k,
+        "top_p": None if top_p is None or top_p >= 1 else top_p,
+        "seed": body.seed,
+        "num_samples": body.n or 1,
+        "stop": [s for s in stops if s],
+    }
+
+
+def _prompts(body: CompletionRequest) -> list[str]:
+    prompts = [body.prompt] if isinstance(body.prompt, str) else list(body.prompt)
+    if not prompts:
+        raise OpenAIError(400, "prompt is an empty list; give a string or a list of strings", "prompt")
+    if len(prompts) * (body.n or 1) > 64:
+        raise OpenAIError(400, "at most 64 completions per request (prompts x n)", "n")
+    for p in prompts:
+        if len(p) > 10_000:
+            raise OpenAIError(400, f"a prompt is {len(p):,} characters long; the limit is 10,000", "prompt")
+    return prompts
+
+
+def _target(owner: str, settings: Settings, name: str) -> tuple[str, str, str, list[str]]:
+    """(native model, checkpoint id, absolute checkpoint path, worker urls), in one read session."""
+    with read_session() as session:
+        resolved = catalog.resolve(session, owner=owner, name=name)
+        if resolved is None:
+            raise OpenAIError(
+                400,
+                f"{name!r} is a base model with no weights: fine-tune it first (POST /v1/fine_tuning/jobs), then "
+                "complete with the fine-tuned model's name",
+                "model",
+                "model_not_trained",
+            )
+        checkpoint_id, path = generation.resolve(session, owner=owner, model=resolved.native)
+        urls = generation.worker_urls(session, settings=settings, checkpoint_id=checkpoint_id)
+    return resolved.native, checkpoint_id, str((settings.data_dir / path).resolve()), urls
+
+
+async def _logprobs(client: httpx.AsyncClient, urls: list[str], path: str, checkpoint_id: str,
+                    prompt: str, text: str, echo: bool, top: int) -> dict:
+    context, scored, lead = prompt, text, []
+    if echo and prompt:  # the prompt's own characters too; its first has nothing before it
+        context, scored = prompt[0], prompt[1:] + text
+        lead = [None]
+    out = await generation.call(
+        client, urls, "/logprobs", {"path": path, "context": context, "text": scored, "top": top}, checkpoint_id
+    )
+    shown = (prompt if echo else "") + text
+    start = 0 if echo else len(prompt)
+    return {
+        "tokens": list(shown),
+        "token_logprobs": lead + out["token_logprobs"],
+        "top_logprobs": ([None] if lead else []) + (out["top_logprobs"] or [{} for _ in scored]),
+        "text_offset": [start + i for i in range(len(shown))],
+    }
+
+
+def _envelope(body: CompletionRequest, completion_id: str, created: int, checkpoint_id: str) -> dict:
+    return {
+        "id": completion_id,
+        "object": "text_completion",
+        "created": created,
+        "model": body.model,
+        "system_fingerprint": checkpoint_id,  # which checkpoint answered
+    }
+
+
+async def complete(client: httpx.AsyncClient, settings: Settings, *, owner: str, body: CompletionRequest) -> dict:
+    _refuse_unsupported(body)
+    prompts = _prompts(body)
+    params = [native_params(body, p) for p in prompts]
+    native, checkpoint_id, path, urls = await run_in_threadpool(_target, owner, settings, body.model)
+    outs = await asyncio.gather(
+        *(generation.generate(client, urls, model=native, checkpoint_id=checkpoint_id, path=path, request=p)
+          for p in params)
+    )
+    choices, jobs = [], []
+    for p_index, (prompt, out) in enumerate(zip(prompts, outs, strict=True)):
+        for s_index, sample in enumerate(out["samples"]):
+            choice = {
+                "text": (prompt if body.echo else "") + sample["text"],
+                "index": p_index * (body.n or 1) + s_index,
+                "finish_reason": sample["finish_reason"],
+                "logprobs": None,
+            }
+            choices.append(choice)
+            if body.logprobs is not None:
+                jobs.append((choice, prompt, sample["text"]))
+    if jobs:
+        found = await asyncio.gather(
+            *(_logprobs(client, urls, path, checkpoint_id, prompt, text, bool(body.echo), body.logprobs)
+              for _, prompt, text in jobs)
+        )
+        for (choice, _, _), logprobs in zip(jobs, found, strict=True):
+            choice["logprobs"] = logprobs
+    prompt_chars = sum(len(p) for p in prompts)
+    completion_chars = sum(o["usage"]["generated_chars"] for o in outs)
+    return {
+        **_envelope(body, "cmpl-" + secrets.token_hex(12), int(time.time()), checkpoint_id),
+        "choices": choices,
+        "usage": {
+            "prompt_tokens": prompt_chars,
+            "completion_tokens": completion_chars,
+            "total_tokens": prompt_chars + completion_chars,
+        },
+    }
+
+
+async def open_streams(client: httpx.AsyncClient, settings: Settings, *, owner: str, body: CompletionRequest):
+    """Open one native stream per prompt before answering, so a bad prompt or model is a plain error."""
+    _refuse_unsupported(body)
+    prompts = _prompts(body)
+    params = [native_params(body, p) for p in prompts]
+    native, checkpoint_id, path, urls = await run_in_threadpool(_target, owner, settings, body.model)
+    opened: list[httpx.Response] = []
+    try:
+        for p in params:
+            opened.append(await generation.open_stream(client, urls, path=path, request=p, checkpoint_id=checkpoint_id))
+    except BaseException:
+        for upstream in opened:
+            await upstream.aclose()
+        raise
+    return Streams(prompts, opened, native, checkpoint_id)
+
+
+async def stream_chunks(body: CompletionRequest, streams: Streams) -> AsyncIterator[dict]:
+    """SSE messages (for EventSourceResponse): OpenAI's completion chunks, then `[DONE]`."""
+    envelope = _envelope(body, "cmpl-" + secrets.token_hex(12), int(time.time()), streams.checkpoint_id)
+    prompts = streams.prompts
+    n = body.n or 1
+    generated = 0
+
+    def chunk(index: int, text: str, finish_reason: str | None = None) -> dict:
+        choice = {"text": text, "index": index, "finish_reason": finish_reason, "logprobs": None}
+        return {"data": json.dumps({**envelope, "choices": [choice]})}
+
+    try:
+        for p_index, (prompt, upstream) in enumerate(zip(prompts, streams.upstreams, strict=True)):
+            relay = generation.relay(upstream, model=streams.native, checkpoint_id=streams.checkpoint_id, prompt=prompt)
+            if body.echo and prompt:
+                for s in range(n):
+                    yield chunk(p_index * n + s, prompt)
+            async for message in relay:
+                data = json.loads(message["data"])
+                if message["event"] == "chunk":
+                    for s, piece in enumerate(data["pieces"]):
+                        if piece:
+                            yield chunk(p_index * n + s, piece)
+                elif message["event"] == "done":
+                    generated += data["usage"]["generated_chars"]
+                    for s, sample in enumerate(data["samples"]):
+                        yield chunk(p_index * n + s, "", sample["finish_reason"])
+                else:  # the worker failed mid-stream: OpenAI's error object, which the client raises
+                    yield {"data": json.dumps(error_body(str(data.get("detail")), "server_error"))}
+                    return
+        if body.stream_options and body.stream_options.include_usage:
+            prompt_chars = sum(len(p) for p in prompts)
+            usage = {"prompt_tokens": prompt_chars, "completion_tokens": generated,
+                     "total_tokens": prompt_chars + generated}
+            yield {"data": json.dumps({**envelope, "choices": [], "usage": usage})}
+        yield {"data": "[DONE]"}
+    finally:
+        for upstream in streams.upstreams:
+            await upstream.aclose()
