@@ -23,7 +23,10 @@ from app.settings import get_settings
 DESCRIPTION = """Train character-level RNN/LSTM/GRU language models on your text, and generate from them.
 
 Every route but `/healthz`, `/readyz`, `/metrics`, `/docs` and `/openapi.json` needs
-`Authorization: Bearer KEY` (make one with `charrnn keys create NAME`)."""
+`Authorization: Bearer KEY` (make one with `charrnn keys create NAME`).
+
+OpenAI-compatible routes (files, fine-tuning jobs, models, completions) are under `/v1`, documented at
+`/v1/docs`: point the official client at `http://HOST:PORT/v1`."""
 
 
 @asynccontextmanager
