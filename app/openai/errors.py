@@ -53,6 +53,11 @@ def error_body(message: str, type_: str, param: str | None = None, code: str | N
 def error_response(status: int, message: str, param: str | None = None, code: str | None = None,
                    headers: dict[str, str] | None = None) -> JSONResponse:
     answered, type_ = STATUS.get(status, (status, "server_error" if status >= 500 else "invalid_request_error"))
+    headers = dict(headers or {})
+    if answered < 500 and answered not in (408, 429):
+        # The client retries a 409 by default (OpenAI's are lock timeouts); ours are states that a retry
+        # will not change (a finished job, a file in use), so say so (the client honours this header).
+        headers.setdefault("x-should-retry", "false")
     return JSONResponse(
         error_body(message, type_, param, code if code is not None else CODES.get(status)),
         status_code=answered,

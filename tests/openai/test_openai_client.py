@@ -202,8 +202,9 @@ def test_cancel_a_job(oai, svc, training_file):
     assert training["max_seconds"] == 600 and training["seq_len"] == 16  # the time budget extension
     cancelled = oai.fine_tuning.jobs.cancel(job.id)
     assert cancelled.status == "cancelled" and cancelled.fine_tuned_model is None
-    with pytest.raises(openai.ConflictError):
-        oai.fine_tuning.jobs.cancel(job.id)
+    with pytest.raises(openai.ConflictError) as caught:
+        oai.with_options(max_retries=2).fine_tuning.jobs.cancel(job.id)  # answered at once: no retries
+    assert caught.value.response.headers["x-should-retry"] == "false" and "already finished" in caught.value.message
     with pytest.raises(openai.NotFoundError):
         oai.fine_tuning.jobs.cancel("job_nope")
 
