@@ -9,6 +9,8 @@ stream, per-character log-probabilities), so a change to the generation contract
   worker's /logprobs (teacher-forced, like /score, over the text the sampler returned). The first
   character of an echoed prompt has none, as with OpenAI.
 - `stream`: OpenAI's chunks (`data: {...}`) then `data: [DONE]`; the chunks of a choice join to its text.
+  With `logprobs`, each chunk carries its own characters' (one worker call per chunk, re-reading the text
+  before it: exact, but it slows a long stream).
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import httpx
 from starlette.concurrency import run_in_threadpool
 
 from app.db import read_session
+from app.errors import ApiError
 from app.generation import service as generation
 from app.openai import catalog
 from app.openai.errors import OpenAIError, error_body
@@ -41,6 +44,9 @@ class Streams:
     upstreams: list[httpx.Response]
     native: str
     checkpoint_id: str
+    client: httpx.AsyncClient  # for the logprobs of each chunk
+    urls: list[str]
+    path: str
 
 
 def _refuse_unsupported(body: CompletionRequest) -> None:
@@ -53,8 +59,6 @@ def _refuse_unsupported(body: CompletionRequest) -> None:
         raise OpenAIError(400, "suffix (insertion) is not supported: the models only continue text", "suffix")
     if body.best_of is not None and body.best_of != (body.n or 1):
         raise OpenAIError(400, "best_of is not supported (other than equal to n); leave it out", "best_of")
-    if body.stream and body.logprobs is not None:
-        raise OpenAIError(400, "logprobs is not available with stream; ask without stream for logprobs", "logprobs")
 
 
 def native_params(body: CompletionRequest, prompt: str) -> dict:
@@ -191,7 +195,7 @@ async def open_streams(client: httpx.AsyncClient, settings: Settings, *, owner: 
         for upstream in opened:
             await upstream.aclose()
         raise
-    return Streams(prompts, opened, native, checkpoint_id)
+    return Streams(prompts, opened, native, checkpoint_id, client, urls, path)
 
 
 async def stream_chunks(body: CompletionRequest, streams: Streams) -> AsyncIterator[dict]:
@@ -201,22 +205,33 @@ async def stream_chunks(body: CompletionRequest, streams: Streams) -> AsyncItera
     n = body.n or 1
     generated = 0
 
-    def chunk(index: int, text: str, finish_reason: str | None = None) -> dict:
-        choice = {"text": text, "index": index, "finish_reason": finish_reason, "logprobs": None}
+    def chunk(index: int, text: str, finish_reason: str | None = None, logprobs: dict | None = None) -> dict:
+        choice = {"text": text, "index": index, "finish_reason": finish_reason, "logprobs": logprobs}
         return {"data": json.dumps({**envelope, "choices": [choice]})}
+
+    async def logprobs(context: str, piece: str, echo: bool) -> dict | None:
+        """A chunk's own logprobs: its characters after the prompt and what came before it (re-read each time)."""
+        if body.logprobs is None:
+            return None
+        return await _logprobs(streams.client, streams.urls, streams.path, streams.checkpoint_id,
+                               context, piece, echo, body.logprobs)
 
     try:
         for p_index, (prompt, upstream) in enumerate(zip(prompts, streams.upstreams, strict=True)):
             relay = generation.relay(upstream, model=streams.native, checkpoint_id=streams.checkpoint_id, prompt=prompt)
             if body.echo and prompt:
+                echoed = await logprobs(prompt, "", True)
                 for s in range(n):
-                    yield chunk(p_index * n + s, prompt)
+                    yield chunk(p_index * n + s, prompt, logprobs=echoed)
+            so_far = [""] * n
             async for message in relay:
                 data = json.loads(message["data"])
                 if message["event"] == "chunk":
                     for s, piece in enumerate(data["pieces"]):
                         if piece:
-                            yield chunk(p_index * n + s, piece)
+                            scored = await logprobs(prompt + so_far[s], piece, False)
+                            yield chunk(p_index * n + s, piece, logprobs=scored)
+                            so_far[s] += piece
                 elif message["event"] == "done":
                     generated += data["usage"]["generated_chars"]
                     for s, sample in enumerate(data["samples"]):
@@ -230,6 +245,8 @@ async def stream_chunks(body: CompletionRequest, streams: Streams) -> AsyncItera
                      "total_tokens": prompt_chars + generated}
             yield {"data": json.dumps({**envelope, "choices": [], "usage": usage})}
         yield {"data": "[DONE]"}
+    except ApiError as exc:  # a logprobs call failed mid-stream
+        yield {"data": json.dumps(error_body(exc.detail, "server_error"))}
     finally:
         for upstream in streams.upstreams:
             await upstream.aclose()

@@ -187,6 +187,21 @@ def test_streamed_completion_joins_to_the_full_text(oai, tuned):
     assert chunks > 3
     assert [texts[0], texts[1]] == [c.text for c in whole.choices] and finish == {0: "length", 1: "length"}
 
+    # logprobs while streaming: each chunk's own, and together the same as without streaming.
+    args = {"model": model, "prompt": "ROME", "max_tokens": 70, "temperature": 0, "logprobs": 2, "echo": True}
+    whole = oai.completions.create(**args).choices[0].logprobs
+    tokens, logprobs, offsets = [], [], []
+    for chunk in oai.completions.create(**args, stream=True):
+        for c in chunk.choices:
+            if c.text:
+                assert c.logprobs.tokens == list(c.text)
+                tokens += c.logprobs.tokens
+                logprobs += c.logprobs.token_logprobs
+                offsets += c.logprobs.text_offset
+    assert tokens == whole.tokens and offsets == whole.text_offset == list(range(74))
+    assert logprobs[0] is None and whole.token_logprobs[0] is None
+    assert all(abs(a - b) < 1e-4 for a, b in zip(logprobs[1:], whole.token_logprobs[1:], strict=True))
+
     echoed = "".join(c.choices[0].text for c in oai.completions.create(
         model=model, prompt="ROME", max_tokens=20, seed=2, echo=True, stream=True) if c.choices)
     assert echoed.startswith("ROME") and len(echoed) == 24
