@@ -5,6 +5,7 @@ One service and one tiny fine-tuned model for the whole module; the tests read f
 
 from __future__ import annotations
 
+import signal
 import time
 
 import httpx
@@ -302,3 +303,20 @@ def test_errors_raise_the_clients_typed_exceptions(oai, svc, tuned):
     assert v1.status_code == 404 and set(v1.json()["error"]) == {"message", "type", "param", "code"}
     assert native.status_code == 404 and "detail" in native.json() and "error" not in native.json()
     assert unknown.status_code == 404 and unknown.json()["error"]["type"] == "invalid_request_error"
+
+
+def test_no_worker_is_a_503_with_retry_after(oai, svc, tuned):
+    """Last in the module: it stops the worker."""
+    for proc in svc.workers:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=30)
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            oai.completions.create(model=tuned[0].fine_tuned_model, prompt="A", max_tokens=3)
+        except openai.InternalServerError as exc:
+            assert exc.status_code == 503 and exc.response.headers["retry-after"] == "5"
+            assert exc.type == "server_error" and "no worker" in exc.message
+            return
+        assert time.monotonic() < deadline, "the stopped worker still answers"
+        time.sleep(0.5)
