@@ -12,13 +12,17 @@
 
 from __future__ import annotations
 
+import codecs
+import json
 import time
 from datetime import datetime
+from pathlib import Path
 
 from pydantic import ValidationError
 from sqlalchemy.orm import Session
 
 from app.checkpoints import repository as checkpoints_repository
+from app.checkpoints.files import read_metadata
 from app.corpora import repository as corpora
 from app.jobs import repository as jobs_repository
 from app.jobs import service as jobs
@@ -46,6 +50,46 @@ def _file(session: Session, owner: str, file_id: str, param: str) -> str:
     return file_id
 
 
+def characters_of(path: Path) -> set[str]:
+    """The distinct characters of a stored corpus, read in chunks."""
+    decoder, chars = codecs.getincrementaldecoder("utf-8")("replace"), set()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            chars.update(decoder.decode(chunk))
+    return chars
+
+
+def check_vocabulary(session: Session, *, owner: str, settings: Settings, training_file: str,
+                     validation_file: str | None, init_from: str | None) -> None:
+    """Refuse now, not when the job runs, text with characters the model will not know: the model knows
+    the training file's characters, or when continuing, those of the model it continues."""
+    if validation_file is None and init_from is None:
+        return
+    corpus_path = {c: settings.data_dir / corpora.get(session, owner=owner, corpus_id=c).path
+                   for c in filter(None, (training_file, validation_file))}
+    checks = [("validation_file", validation_file)] if validation_file else []
+    if init_from:
+        checkpoint = checkpoints_repository.get(session, owner=owner, checkpoint_id=init_from)
+        try:
+            known = set(json.loads(read_metadata(settings.data_dir / checkpoint.path)["vocab"]))
+        except (OSError, KeyError, ValueError):
+            raise OpenAIError(404, "the checkpoint to continue from is unreadable or gone", "model") from None
+        checks.insert(0, ("training_file", training_file))
+    else:
+        known = characters_of(corpus_path[training_file])
+    for param, file_id in checks:
+        unseen = sorted(characters_of(corpus_path[file_id]) - known)
+        if unseen:
+            shown = ", ".join(repr(c) for c in unseen[:20]) + (" ..." if len(unseen) > 20 else "")
+            raise OpenAIError(
+                400,
+                f"{param} {file_id} has {len(unseen)} character(s) the model will not know: {shown} "
+                f"(it knows the characters of {'the model it continues' if init_from else 'the training file'}); "
+                "remove them, or train from scratch on text that has them",
+                param,
+            )
+
+
 def _hyperparameters(body: JobCreate) -> Hyperparameters:
     if body.method is not None and body.method.type != "supervised":
         raise OpenAIError(400, f"method.type {body.method.type!r} is not supported: charrnn trains language models "
@@ -57,7 +101,8 @@ def _hyperparameters(body: JobCreate) -> Hyperparameters:
     return body.hyperparameters or from_method or Hyperparameters()
 
 
-def native_request(session: Session, *, owner: str, body: JobCreate) -> tuple[NativeJobCreate, dict]:
+def native_request(session: Session, *, owner: str, settings: Settings, body: JobCreate
+                   ) -> tuple[NativeJobCreate, dict]:
     """The POST /jobs body and the extra job columns for an OpenAI job request."""
     training_file = _file(session, owner, body.training_file, "training_file")
     validation_file = _file(session, owner, body.validation_file, "validation_file") if body.validation_file else None
@@ -80,6 +125,8 @@ def native_request(session: Session, *, owner: str, body: JobCreate) -> tuple[Na
             init_from = best.checkpoint_id
         else:
             init_from = resolved.checkpoint_id
+    check_vocabulary(session, owner=owner, settings=settings, training_file=training_file,
+                     validation_file=validation_file, init_from=init_from)
     hp = _hyperparameters(body)
     if isinstance(hp.n_epochs, int | float) and not isinstance(hp.n_epochs, bool):
         training["max_epochs"] = hp.n_epochs
@@ -116,7 +163,7 @@ def native_request(session: Session, *, owner: str, body: JobCreate) -> tuple[Na
 
 
 def create(session: Session, *, owner: str, settings: Settings, body: JobCreate) -> dict:
-    native, columns = native_request(session, owner=owner, body=body)
+    native, columns = native_request(session, owner=owner, settings=settings, body=body)
     session.rollback()  # the native create opens its own transaction
     job = jobs.create(session, owner=owner, settings=settings, body=native, columns=columns)
     return job_object(job)

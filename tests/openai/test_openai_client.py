@@ -228,6 +228,16 @@ def test_cancel_a_job(oai, svc, training_file):
 def test_continue_training_from_a_fine_tuned_model_with_a_validation_file(oai, svc, training_file, tuned):
     parent = tuned[0]
     validation = oai.files.create(file=("held-out.txt", TEXT[-3000:].encode()), purpose="fine-tune")
+    snowman = oai.files.create(file=("snow.txt", "a snowman: ☃\n".encode()), purpose="fine-tune")
+    for model, files in (
+        ("charrnn", {"training_file": training_file.id, "validation_file": snowman.id}),
+        (parent.fine_tuned_model, {"training_file": training_file.id, "validation_file": snowman.id}),
+        (parent.fine_tuned_model, {"training_file": snowman.id}),
+    ):
+        with pytest.raises(openai.BadRequestError) as caught:  # refused now, rather than failing when it runs
+            oai.fine_tuning.jobs.create(model=model, **files)
+        assert "☃" in caught.value.message and caught.value.param == list(files)[-1]
+
     job = oai.fine_tuning.jobs.create(
         model=parent.fine_tuned_model,
         training_file=training_file.id,
