@@ -149,7 +149,7 @@ async def complete(client: httpx.AsyncClient, settings: Settings, *, owner: str,
         *(generation.generate(client, urls, model=native, checkpoint_id=checkpoint_id, path=path, request=p)
           for p in params)
     )
-    choices, jobs = [], []
+    choices, to_score = [], []
     for p_index, (prompt, out) in enumerate(zip(prompts, outs, strict=True)):
         for s_index, sample in enumerate(out["samples"]):
             choice = {
@@ -160,13 +160,13 @@ async def complete(client: httpx.AsyncClient, settings: Settings, *, owner: str,
             }
             choices.append(choice)
             if body.logprobs is not None:
-                jobs.append((choice, prompt, sample["text"]))
-    if jobs:
+                to_score.append((choice, prompt, sample["text"]))
+    if to_score:
         found = await asyncio.gather(
             *(_logprobs(client, urls, path, checkpoint_id, prompt, text, bool(body.echo), body.logprobs)
-              for _, prompt, text in jobs)
+              for _, prompt, text in to_score)
         )
-        for (choice, _, _), logprobs in zip(jobs, found, strict=True):
+        for (choice, _, _), logprobs in zip(to_score, found, strict=True):
             choice["logprobs"] = logprobs
     prompt_chars = sum(len(p) for p in prompts)
     completion_chars = sum(o["usage"]["generated_chars"] for o in outs)
