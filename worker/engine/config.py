@@ -16,7 +16,7 @@ Cell = Literal["lstm", "gru", "rnn"]
 class ModelConfig:
     vocab_size: int
     cell: Cell = "lstm"
-    hidden_size: int = 384  # measured best for a 2-minute CPU budget (README: choosing the defaults)
+    hidden_size: int = 384  # measured best for a 2-minute CPU budget (benchmarks/RESULTS.md: choosing the defaults)
     num_layers: int = 2
     embedding_dim: int = 64  # small: a character carries little information, the state carries the rest
     dropout: float = 0.0
