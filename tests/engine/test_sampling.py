@@ -8,6 +8,7 @@ from tests.conftest import SHAKESPEARE
 from worker.engine.data import CorpusError, Vocab
 from worker.engine.model import CharRNN, ModelConfig
 from worker.engine.sampler import Sampler, SampleRequest, StopScanner
+from worker.engine.sampling_params import MAX_NUM_SAMPLES
 from worker.engine.scoring import score_text
 
 TEXT = SHAKESPEARE.read_text()[:5000]
@@ -55,10 +56,16 @@ def test_temperature_zero_is_greedy(sampler):
     assert sampler.vocab.decode(greedy.tolist()) == a.text
 
 
+def draws(sampler: Sampler, n: int, **fields) -> set[str]:
+    """The distinct texts of n samples, MAX_NUM_SAMPLES (the contract's bound) at a time, one seed each."""
+    per = MAX_NUM_SAMPLES
+    return {s.text for seed in range(-(-n // per))
+            for s in sampler.generate(SampleRequest(**fields, num_samples=per, seed=seed))}
+
+
 @pytest.mark.parametrize("top_k", [1, 3])
 def test_top_k_draws_only_from_the_k_most_likely(sampler, top_k):
-    request = SampleRequest(prompt="a", length=1, top_k=top_k, num_samples=200, seed=1, temperature=5.0)
-    drawn = {s.text for s in sampler.generate(request)}
+    drawn = draws(sampler, 200, prompt="a", length=1, top_k=top_k, temperature=5.0)
     with torch.inference_mode():
         _, logits = sampler.prime("a", 1)
     allowed = {sampler.vocab.chars[i] for i in logits[0].topk(top_k).indices.tolist()}
@@ -71,7 +78,7 @@ def test_top_p_draws_only_from_the_nucleus(sampler):
     probs, order = logits[0].softmax(-1).sort(descending=True)
     nucleus_size = int((probs.cumsum(-1) < 0.5).sum()) + 1
     allowed = {sampler.vocab.chars[i] for i in order[:nucleus_size].tolist()}
-    drawn = {s.text for s in sampler.generate(SampleRequest(prompt="a", length=1, top_p=0.5, num_samples=300, seed=2))}
+    drawn = draws(sampler, 300, prompt="a", length=1, top_p=0.5)
     assert drawn <= allowed
 
 
