@@ -146,6 +146,11 @@ class SampleStream:
     def finish_reasons(self) -> list[str]:
         return [s.finish_reason for s in self._scanners]
 
+    @property
+    def scan_work(self) -> int:
+        """Stop-scanning work so far, all samples together (see StopScanner.work)."""
+        return sum(s.work for s in self._scanners)
+
 
 class Sampler:
     def __init__(self, model: CharRNN, vocab: Vocab):
