@@ -62,7 +62,7 @@ class Sample:
     finish_reason: str  # "length" or "stop"
 
 
-@lru_cache(maxsize=1024)
+@lru_cache(maxsize=256)  # at most ~2 MB for 1,000-character stops
 def _failure(stop: str) -> tuple[int, ...]:
     """Knuth-Morris-Pratt's table: for each prefix of `stop`, the length of its longest proper border
     (a prefix that is also a suffix). Cached: every sample of a request, and the next request, scan the
