@@ -13,11 +13,13 @@ from app.checkpoints.routes import router as checkpoints_router
 from app.corpora.routes import router as corpora_router
 from app.errors import install_error_handlers
 from app.generation.routes import router as generation_router
+from app.generation.service import Affinity
 from app.jobs.reaper import reap_forever
 from app.jobs.routes import router as jobs_router
 from app.ops.middleware import ObserveRequests
 from app.ops.routes import router as ops_router
 from app.settings import get_settings
+from app.workers import secret
 
 DESCRIPTION = """Train character-level RNN/LSTM/GRU language models on your text, and generate from them.
 
@@ -28,7 +30,11 @@ Every route but `/healthz`, `/readyz`, `/metrics`, `/docs` and `/openapi.json` n
 @asynccontextmanager
 async def lifespan(app: FastAPI):
     settings = get_settings()
-    app.state.http = httpx.AsyncClient(timeout=httpx.Timeout(settings.generate_timeout_seconds, connect=5.0))
+    # The client for calls to workers' generation servers: each carries the deployment's worker secret.
+    app.state.http = httpx.AsyncClient(
+        timeout=httpx.Timeout(settings.generate_timeout_seconds, connect=5.0),
+        headers={secret.HEADER: secret.worker_secret(settings)},
+    )
     reaper = asyncio.create_task(reap_forever(settings))
     yield
     reaper.cancel()
@@ -38,6 +44,9 @@ async def lifespan(app: FastAPI):
 def create_app() -> FastAPI:
     app = FastAPI(title="charrnn", version="0.1.0", description=DESCRIPTION, lifespan=lifespan)
     install_error_handlers(app)
+    # Which worker served each checkpoint last: state of this app, not of the module, so two apps in one
+    # process (tests) do not share it.
+    app.state.worker_affinity = Affinity()
     for router in (ops_router, corpora_router, jobs_router, checkpoints_router, generation_router):
         app.include_router(router)
 

@@ -6,7 +6,7 @@ import os
 from functools import lru_cache
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -30,6 +30,10 @@ class Settings(BaseSettings):
     # generation takes a quarter, and only while it runs. Set both when several workers share a host.
     generation_threads: int = Field(0, ge=0, description="threads for generation in a worker; 0 = CPUs / 4")
     train_threads: int = Field(0, ge=0, description="threads for training; 0 = all CPUs")
+    # The API sends it with every call to a worker's generation server, which refuses calls without it.
+    worker_secret: SecretStr | None = Field(
+        None, description="shared by the API and its workers; default: generated once into <data_dir>/worker-secret"
+    )
     generate_timeout_seconds: float = Field(120.0, gt=0, description="API -> worker request timeout")
     log_level: str = Field("INFO")
 
@@ -48,6 +52,10 @@ class Settings(BaseSettings):
     @property
     def corpora_dir(self) -> Path:
         return self.data_dir / "corpora"
+
+    @property
+    def worker_secret_file(self) -> Path:
+        return self.data_dir / "worker-secret"
 
     @property
     def runs_dir(self) -> Path:

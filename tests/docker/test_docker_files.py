@@ -42,6 +42,7 @@ APP_SETTINGS = {
     "CHARRNN_MODEL_CACHE_SIZE",
     "CHARRNN_GENERATION_THREADS",
     "CHARRNN_GENERATE_TIMEOUT_SECONDS",
+    "CHARRNN_WORKER_SECRET",
     "CHARRNN_LOG_LEVEL",
 }
 # The ones the contract (API.md) names: compose must pass each of them through.

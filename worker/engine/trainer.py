@@ -30,6 +30,7 @@ from worker.engine.distributed import DistContext
 from worker.engine.errors import EngineError
 from worker.engine.model import CharRNN, autocast, detach_hidden, hidden_from_list, hidden_to_list
 from worker.engine.sampler import Sampler, SampleRequest
+from worker.engine.sampling_params import MAX_LENGTH, MAX_SEED
 from worker.engine.scoring import score_ids
 
 # With no stopping rule given, a run stops here: a few minutes on a laptop CPU, seconds on a GPU.
@@ -285,7 +286,11 @@ class Trainer:
         return loss
 
     def sample(self) -> str:
-        request = SampleRequest(length=self.config.sample_length, temperature=0.8, seed=self.config.seed + self.step)
+        # Inside the contract's bounds (only `charrnn train` with a seed near 2**32 or a huge sample length
+        # would be outside).
+        seed = (self.config.seed + self.step) % (MAX_SEED + 1)
+        length = min(self.config.sample_length, MAX_LENGTH)
+        request = SampleRequest(length=length, temperature=0.8, seed=seed)
         text = Sampler(self.model, self.vocab).generate(request)[0].text
         self.model.train()
         return text

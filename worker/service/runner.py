@@ -24,7 +24,7 @@ from app.jobs.reaper import reap_once
 from app.models import Checkpoint, Corpus, Job
 from app.settings import Settings, get_settings
 from app.workers import repository as workers
-from worker.service.server import GenerationServer
+from worker.service.server import GenerationServer, configure_generation_process
 from worker.service.supervisor import JobRun
 
 log = logging.getLogger("charrnn.worker")
@@ -163,6 +163,8 @@ def main() -> None:
 
     settings = get_settings()
     setup_logging(settings.log_level)
+    # This process serves generation (beside supervising training children, which set their own threads).
+    configure_generation_process(settings)
     Worker(settings).run()
 
 
