@@ -10,7 +10,7 @@ from app.errors import responses
 from app.generation import service
 from app.generation.schemas import GenerateRequest, GenerateResponse, ScoreRequest, ScoreResponse
 
-router = APIRouter(tags=["generation"], responses=responses(400, 401, 404, 409, 410, 503))
+router = APIRouter(tags=["generation"], responses=responses(400, 401, 404, 409, 410, 502, 503))
 
 ERRORS = {422: {"description": "a field out of range, or prompt characters the model never saw"}}
 

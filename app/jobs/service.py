@@ -78,11 +78,23 @@ def check_corpus_size(num_chars: int, training: dict) -> None:
         )
 
 
+def check_vocab_size(vocab_size: int, settings: Settings) -> None:
+    """Uploads are held to the limit too; this catches corpora from before it, or from a higher one."""
+    if vocab_size > settings.max_vocab_size:
+        raise ApiError(
+            422,
+            f"the corpus has {vocab_size:,} distinct characters, more than the limit of {settings.max_vocab_size:,} "
+            "(CHARRNN_MAX_VOCAB_SIZE): the model's output layer would not fit in memory. Upload a text with "
+            "fewer distinct characters, or ask the operator to raise the limit.",
+        )
+
+
 def create(session: Session, *, owner: str, settings: Settings, body: JobCreate) -> Job:
     with session.begin():
         corpus = corpora.get(session, owner=owner, corpus_id=body.corpus_id)
         if corpus is None:
             raise not_found("corpus", body.corpus_id)
+        check_vocab_size(corpus.vocab_size, settings)
         model = effective_model(body.model)
         if body.init_from:
             checkpoint = checkpoints.get(session, owner=owner, checkpoint_id=body.init_from)
