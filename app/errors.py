@@ -16,6 +16,7 @@ from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
+from app.ops.middleware import SECURITY_HEADERS
 from app.settings import get_settings
 
 log = logging.getLogger("charrnn.api")
@@ -184,4 +185,6 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception):
         log.exception("unhandled error on %s %s", request.method, request.url.path)
-        return JSONResponse({"detail": "internal error; it has been logged"}, status_code=500)
+        # Starlette answers this one outside every middleware, so the security headers come along here.
+        headers = {name.decode(): value.decode() for name, value in SECURITY_HEADERS}
+        return JSONResponse({"detail": "internal error; it has been logged"}, status_code=500, headers=headers)

@@ -9,6 +9,7 @@ from app.deps import BearerKey, SettingsDep, owner_of_key
 from app.errors import responses
 from app.generation import service
 from app.generation.schemas import GenerateRequest, GenerateResponse, ScoreRequest, ScoreResponse
+from app.keys.streams import end_when_revoked
 
 router = APIRouter(tags=["generation"], responses=responses(400, 401, 404, 409, 410, 502, 503))
 
@@ -49,9 +50,8 @@ async def generate(body: GenerateRequest, request: Request, key: BearerKey, sett
             client, urls, model=body.model, checkpoint_id=checkpoint_id, path=path, request=params
         )
     upstream = await service.open_stream(client, urls, path=path, request=params, checkpoint_id=checkpoint_id)
-    return EventSourceResponse(
-        service.relay(upstream, model=body.model, checkpoint_id=checkpoint_id, prompt=body.prompt)
-    )
+    relay = service.relay(upstream, model=body.model, checkpoint_id=checkpoint_id, prompt=body.prompt)
+    return EventSourceResponse(end_when_revoked(relay, key))
 
 
 @router.post(

@@ -3,6 +3,7 @@ between owners, response hardening, a locked database, oversized vocabularies, L
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import hashlib
 import json
@@ -86,6 +87,65 @@ def test_revoked_key_ends_open_event_stream(service):
             assert any("revoked" in line for line in received[-5:]), received[-5:]
         finally:
             carol_spare.post(f"/jobs/{job['id']}/cancel")
+
+
+@pytest.fixture
+def local_database(tmp_path, monkeypatch):
+    """This process's settings and engine pointed at a fresh SQLite file (for tests of API code in-process)."""
+    from app import db as app_db
+    from app import settings as app_settings
+    from app.cli import upgrade_database
+
+    def reset():
+        app_settings.get_settings.cache_clear()
+        app_db.get_engine.cache_clear()
+        app_db.get_sessionmaker.cache_clear()
+
+    monkeypatch.setenv("CHARRNN_DATA_DIR", str(tmp_path))
+    monkeypatch.delenv("CHARRNN_DATABASE_URL", raising=False)
+    reset()
+    upgrade_database()
+    yield tmp_path
+    app_db.get_engine().dispose()
+    reset()
+
+
+def test_generation_stream_ends_when_its_key_is_revoked(local_database):
+    """Streamed /generate relays a worker's stream through end_when_revoked; a revoked key cuts it short."""
+    from starlette.concurrency import run_in_threadpool
+
+    from app.db import session_scope
+    from app.keys.service import create_key, revoke_key
+    from app.keys.streams import end_when_revoked
+
+    with session_scope() as session:
+        record, key = create_key(session, name="dave")
+    closed = []
+
+    async def endless_chunks():
+        try:
+            while True:
+                yield {"event": "chunk", "data": "{}"}
+                await asyncio.sleep(0.02)
+        finally:
+            closed.append(True)  # the upstream stream is closed, not left running
+
+    def revoke():
+        with session_scope() as session:
+            assert revoke_key(session, key_id=record.id)
+
+    async def follow():
+        events, revoked_at = [], None
+        async for event in end_when_revoked(endless_chunks(), key, every=0.2):
+            events.append(event)
+            if len(events) == 20:
+                await run_in_threadpool(revoke)
+                revoked_at = time.monotonic()
+        return events, time.monotonic() - revoked_at
+
+    events, after_revoke = asyncio.run(asyncio.wait_for(follow(), timeout=10))
+    assert events[-1]["event"] == "error" and "revoked" in events[-1]["data"]
+    assert after_revoke < 1.0 and closed == [True]
 
 
 # --- 3. owner A's delete and owner B's upload of the same bytes ---------------------------------------------
