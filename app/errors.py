@@ -94,7 +94,7 @@ def _echo(value):
     return safe if len(text) <= 2 * ECHO_CHARS else _clip_text(text)
 
 
-_data_dir_pattern: tuple[str, re.Pattern] | None = None
+_data_dir_pattern: tuple[object, re.Pattern] | None = None
 
 
 def scrub_paths(detail):
@@ -103,11 +103,13 @@ def scrub_paths(detail):
     A client never needs to know where the server keeps its files, and a path tells an attacker the layout.
     """
     global _data_dir_pattern
-    if not isinstance(detail, str):
+    if not isinstance(detail, str) or "/" not in detail:
         return detail
-    root = str(get_settings().data_dir.resolve())
-    if _data_dir_pattern is None or _data_dir_pattern[0] != root:
-        _data_dir_pattern = (root, re.compile(re.escape(root) + r"(/[^\s'\"]*)?"))
+    settings = get_settings()
+    if _data_dir_pattern is None or _data_dir_pattern[0] is not settings:
+        roots = sorted({str(settings.data_dir.resolve()), str(settings.data_dir.absolute())}, key=len, reverse=True)
+        pattern = re.compile("(?:" + "|".join(map(re.escape, roots)) + r")(/[^\s'\"]*)?")
+        _data_dir_pattern = (settings, pattern)
     return _data_dir_pattern[1].sub(lambda m: (m.group(1) or "/").rsplit("/", 1)[-1] or "the data directory", detail)
 
 

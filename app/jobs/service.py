@@ -9,7 +9,7 @@ from app.checkpoints import repository as checkpoints
 from app.checkpoints.files import read_metadata
 from app.corpora import repository as corpora
 from app.db import utcnow
-from app.errors import ApiError, not_found
+from app.errors import ApiError, not_found, scrub_paths
 from app.ids import new_id
 from app.jobs import queue, repository
 from app.jobs.defaults import model_defaults, train_defaults
@@ -31,7 +31,7 @@ def to_out(job: Job) -> JobOut:
         progress=job.progress or {},
         device=job.device,
         attempts=job.attempts,
-        error={"message": job.error_message} if job.error_message else None,
+        error={"message": scrub_paths(job.error_message)} if job.error_message else None,
         created_at=job.created_at,
         started_at=job.started_at,
         finished_at=job.finished_at,
