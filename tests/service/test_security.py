@@ -322,13 +322,35 @@ def test_locked_database_answers_503_and_health_stays_prompt(tmp_path):
             uploader.join()
             assert slowest < 1.0, f"/healthz took {slowest:.1f}s while an upload waited for the lock"
             r = result["r"]
-            assert r.status_code in (201, 503), r.text
-            if r.status_code == 503:
-                assert r.headers["retry-after"] and "database" in r.json()["detail"]
+            # The lock outlasts the 2 s busy timeout: the answer is "come back", not a 500.
+            assert r.status_code == 503, r.text
+            assert r.headers["retry-after"] and "database" in r.json()["detail"]
+            assert not list((svc.data_dir / "corpora").glob(".upload-*")), "the refused upload left its temp file"
         finally:
             holder.wait(timeout=30)
         # After the lock is gone, the same upload goes through.
         svc.upload(client, small_corpus(5000))
+
+
+def test_postgres_gone_answers_503_then_recovers(tmp_path):
+    from tests.postgres import ADMIN_DSN
+
+    with database_service(tmp_path, "postgres") as svc, svc.client() as client:
+        import psycopg
+
+        name = svc.env["CHARRNN_DATABASE_URL"].rsplit("/", 1)[1]
+        assert client.get("/corpora").status_code == 200
+        with psycopg.connect(ADMIN_DSN, autocommit=True) as admin:
+            admin.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS false')
+            admin.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s", (name,))
+            try:
+                text_body = {"content": b"some text", "headers": {"Content-Type": "text/plain"}}
+                for r in (client.get("/corpora"), client.post("/corpora", **text_body)):
+                    assert r.status_code == 503, r.text
+                    assert r.headers["retry-after"] and "database" in r.json()["detail"]
+            finally:
+                admin.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS true')
+        assert client.get("/corpora").status_code == 200  # and back by itself
 
 
 # --- 11. a vocabulary that would not fit --------------------------------------------------------------------
