@@ -41,6 +41,23 @@ async def lifespan(app: FastAPI):
     await app.state.http.aclose()
 
 
+def declare_bearer_auth(schema: dict) -> None:
+    """The Bearer scheme, and on each route that needs a key (those that can answer 401) the requirement.
+
+    Auth is read by a plain dependency (app/deps.py) rather than FastAPI's HTTPBearer, whose 403 on a
+    missing header would break our 401 + WWW-Authenticate contract; so the schema says it here instead.
+    """
+    schema.setdefault("components", {}).setdefault("securitySchemes", {})["bearerAuth"] = {
+        "type": "http",
+        "scheme": "bearer",
+        "description": "an API key from `charrnn keys create NAME`",
+    }
+    for operations in schema.get("paths", {}).values():
+        for operation in operations.values():
+            if "401" in operation.get("responses", {}):
+                operation["security"] = [{"bearerAuth": []}]
+
+
 def create_app() -> FastAPI:
     app = FastAPI(title="charrnn", version="0.1.0", description=DESCRIPTION, lifespan=lifespan)
     install_error_handlers(app)
@@ -64,6 +81,7 @@ def create_app() -> FastAPI:
                     "title": "Detail",
                 }
                 error["properties"]["message"] = {"type": "string", "title": "Message"}
+            declare_bearer_auth(schema)
             app.openapi_schema = schema
         return app.openapi_schema
 

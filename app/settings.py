@@ -17,6 +17,12 @@ class Settings(BaseSettings):
     database_url: str | None = Field(None, description="any SQLAlchemy URL; default: SQLite in data_dir")
     bootstrap_key: str | None = Field(None, description="an API key the server makes sure exists")
     max_corpus_bytes: int = Field(200 * 1024 * 1024, ge=1, description="largest accepted upload")
+    # The output layer (and the embedding) grow with the vocabulary: a corpus of a million distinct code
+    # points makes a model of gigabytes whatever hidden_size says. Real text in a few scripts stays far below.
+    max_vocab_size: int = Field(10_000, ge=2, description="most distinct characters a corpus may have")
+    sqlite_busy_timeout_seconds: float = Field(
+        30.0, gt=0, description="how long a SQLite write waits for another process's lock before answering 503"
+    )
     device: str = Field("auto", description="auto | cpu | cuda | cuda:N, for training and generation")
     job_lease_seconds: float = Field(30.0, gt=0, description="a silent worker loses its job after this long")
     max_attempts: int = Field(3, ge=1, description="a job whose worker dies this many times fails")

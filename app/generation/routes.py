@@ -8,8 +8,9 @@ from app.deps import BearerKey, SettingsDep
 from app.errors import responses
 from app.generation import service
 from app.generation.schemas import GenerateRequest, GenerateResponse, ScoreRequest, ScoreResponse
+from app.keys.streams import end_when_revoked
 
-router = APIRouter(tags=["generation"], responses=responses(400, 401, 404, 409, 410, 503))
+router = APIRouter(tags=["generation"], responses=responses(400, 401, 404, 409, 410, 502, 503))
 
 ERRORS = {422: {"description": "a field out of range, or prompt characters the model never saw"}}
 
@@ -36,9 +37,8 @@ async def generate(body: GenerateRequest, request: Request, key: BearerKey, sett
     if not body.stream:
         return await service.generate(state.http, target, state.worker_affinity, model=body.model, params=params)
     upstream = await service.open_stream(state.http, target, state.worker_affinity, params=params)
-    return EventSourceResponse(
-        service.relay(upstream, model=body.model, checkpoint_id=target.checkpoint_id, prompt=body.prompt)
-    )
+    relay = service.relay(upstream, model=body.model, checkpoint_id=target.checkpoint_id, prompt=body.prompt)
+    return EventSourceResponse(end_when_revoked(relay, key))
 
 
 @router.post(

@@ -2,17 +2,21 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Depends, Header, Query, Request
 from sse_starlette.sse import EventSourceResponse
 from starlette.concurrency import run_in_threadpool
 
-from app.db import get_sessionmaker
-from app.deps import CurrentOwner, SessionDep, SettingsDep
+from app.db import read_session
+from app.deps import BearerKey, CurrentOwner, SessionDep, SettingsDep
 from app.errors import not_found, responses
 from app.jobs import repository, service
+from app.jobs.events import parse_last_event_id
 from app.jobs.schemas import EventOut, EventPage, JobCreate, JobOut, MetricOut
+from app.keys.service import owner_for_key
+from app.keys.streams import KEY_RECHECK_SECONDS, REVOKED_EVENT
 from app.pagination import Page, PageParams, page_params
 
 router = APIRouter(prefix="/jobs", tags=["jobs"], responses=responses(401, 404))
@@ -57,8 +61,11 @@ def cancel_job(job_id: str, session: SessionDep, owner: CurrentOwner):
     return service.to_out(service.cancel(session, owner=owner, job_id=job_id))
 
 
-def _read_events(owner: str, job_id: str, after: int, limit: int):
-    with get_sessionmaker()() as session:
+def _read_events(owner: str, job_id: str, after: int, limit: int, key: str | None = None):
+    """(job status, events after `after`); status None if the job is gone, "revoked" if `key` no longer works."""
+    with read_session() as session:  # reads only: on SQLite a poll never waits for the write lock
+        if key is not None and owner_for_key(session, key=key) != owner:
+            return "revoked", []
         job = repository.get(session, owner=owner, job_id=job_id)
         if job is None:
             return None, []
@@ -75,6 +82,7 @@ def _sse(event) -> dict:
     response_model=EventPage,
     summary="The job's events; with `Accept: text/event-stream`, follow them live until the job ends",
     responses={
+        **responses(400),
         200: {"content": {"text/event-stream": {"example": "id: 3\nevent: metrics\ndata: {...}\n\n"}}},
     },
 )
@@ -82,23 +90,40 @@ async def job_events(
     job_id: str,
     request: Request,
     owner: CurrentOwner,
+    key: BearerKey,
     after: Annotated[int, Query(ge=0, le=2**62, description="only events with a larger id")] = 0,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
     accept: Annotated[str | None, Header()] = None,
-    last_event_id: Annotated[str | None, Header(alias="Last-Event-ID")] = None,
+    last_event_id: Annotated[
+        str,  # not `| None`: the schema would then offer `null`, which a header cannot be; absent is None anyway
+        # Checked by parse_last_event_id (a 400 that names the header), declared here for clients and fuzzers.
+        Header(
+            alias="Last-Event-ID",
+            description="resume after this event id (an EventSource sends it when it reconnects)",
+            json_schema_extra={"pattern": "^[0-9]{1,18}$"},
+        ),
+    ] = None,
 ):
+    resume_from = parse_last_event_id(last_event_id)  # before any work: a bad header is the client's mistake
     status, events = await run_in_threadpool(_read_events, owner, job_id, after, limit + 1)
     if status is None:
         raise not_found("job", job_id)
     if "text/event-stream" not in (accept or ""):
         return {"data": [EventOut.model_validate(e) for e in events[:limit]], "has_more": len(events) > limit}
 
-    start = int(last_event_id) if last_event_id and last_event_id.isdigit() else after
+    start = resume_from if resume_from is not None else after
 
     async def follow():
         cursor = start
+        checked_at = time.monotonic()
         while True:
-            status, batch = await run_in_threadpool(_read_events, owner, job_id, cursor, 500)
+            recheck = time.monotonic() - checked_at >= KEY_RECHECK_SECONDS
+            status, batch = await run_in_threadpool(_read_events, owner, job_id, cursor, 500, key if recheck else None)
+            if recheck:
+                checked_at = time.monotonic()
+            if status == "revoked":  # checked in the same session as the poll: no extra trip to the database
+                yield REVOKED_EVENT
+                return
             for event in batch:
                 cursor = event.id
                 yield _sse(event)

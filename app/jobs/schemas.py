@@ -7,8 +7,9 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from app.errors import scrub_paths
 from app.jobs.defaults import model_defaults, train_defaults
 
 _M, _T = model_defaults(), train_defaults()
@@ -173,6 +174,16 @@ class EventOut(BaseModel):
     type: Literal["status", "metrics", "sample", "checkpoint", "log"]
     message: str
     data: dict
+
+    @field_validator("message")
+    @classmethod
+    def _no_server_paths(cls, message: str) -> str:
+        return scrub_paths(message)  # a worker's error may name files under the data dir
+
+    @field_validator("data")
+    @classmethod
+    def _no_server_paths_in_data(cls, data: dict) -> dict:
+        return {k: scrub_paths(v) for k, v in data.items()}
 
 
 class EventPage(BaseModel):

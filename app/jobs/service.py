@@ -9,7 +9,7 @@ from app.checkpoints import repository as checkpoints
 from app.checkpoints.files import read_metadata
 from app.corpora import repository as corpora
 from app.db import utcnow
-from app.errors import ApiError, not_found
+from app.errors import ApiError, not_found, scrub_paths
 from app.ids import new_id
 from app.jobs import queue, repository
 from app.jobs.defaults import model_defaults, train_defaults
@@ -31,7 +31,7 @@ def to_out(job: Job) -> JobOut:
         progress=job.progress or {},
         device=job.device,
         attempts=job.attempts,
-        error={"message": job.error_message} if job.error_message else None,
+        error={"message": scrub_paths(job.error_message)} if job.error_message else None,
         created_at=job.created_at,
         started_at=job.started_at,
         finished_at=job.finished_at,
@@ -78,11 +78,23 @@ def check_corpus_size(num_chars: int, training: dict) -> None:
         )
 
 
+def check_vocab_size(vocab_size: int, settings: Settings) -> None:
+    """Uploads are held to the limit too; this catches corpora from before it, or from a higher one."""
+    if vocab_size > settings.max_vocab_size:
+        raise ApiError(
+            422,
+            f"the corpus has {vocab_size:,} distinct characters, more than the limit of {settings.max_vocab_size:,} "
+            "(CHARRNN_MAX_VOCAB_SIZE): the model's output layer would not fit in memory. Upload a text with "
+            "fewer distinct characters, or ask the operator to raise the limit.",
+        )
+
+
 def create(session: Session, *, owner: str, settings: Settings, body: JobCreate) -> Job:
     with session.begin():
         corpus = corpora.get(session, owner=owner, corpus_id=body.corpus_id)
         if corpus is None:
             raise not_found("corpus", body.corpus_id)
+        check_vocab_size(corpus.vocab_size, settings)
         model = effective_model(body.model)
         if body.init_from:
             checkpoint = checkpoints.get(session, owner=owner, checkpoint_id=body.init_from)

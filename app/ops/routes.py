@@ -20,7 +20,8 @@ router = APIRouter(tags=["ops"])
     summary="Liveness: the process answers",
     responses={200: {"content": {"application/json": {"example": {"status": "ok"}}}}},
 )
-def healthz():
+async def healthz():
+    # async on purpose: liveness must not wait for a thread-pool slot that database calls may all hold.
     return {"status": "ok"}
 
 
