@@ -29,7 +29,7 @@ with warnings.catch_warnings():
     warnings.simplefilter("ignore", StarletteDeprecationWarning)
     from fastapi.testclient import TestClient
 
-# The service tests' upload limit, so that the upload checks read the same here and there.
+# As the service tests run the API (tests/conftest.py): a 1 MB upload limit, so the upload checks read the same.
 SETTINGS = {"max_corpus_bytes": 1_000_000, "job_lease_seconds": 3, "device": "cpu"}
 
 
