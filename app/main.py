@@ -11,6 +11,7 @@ from fastapi.openapi.utils import get_openapi
 
 from app.checkpoints.routes import router as checkpoints_router
 from app.corpora.routes import router as corpora_router
+from app.dashboard import routes as dashboard
 from app.errors import install_error_handlers
 from app.generation.routes import router as generation_router
 from app.jobs.reaper import reap_forever
@@ -21,7 +22,7 @@ from app.settings import get_settings
 
 DESCRIPTION = """Train character-level RNN/LSTM/GRU language models on your text, and generate from them.
 
-Every route but `/healthz`, `/readyz`, `/metrics`, `/docs` and `/openapi.json` needs
+Every route but the dashboard (`/`), `/healthz`, `/readyz`, `/metrics`, `/docs` and `/openapi.json` needs
 `Authorization: Bearer KEY` (make one with `charrnn keys create NAME`)."""
 
 
@@ -36,10 +37,18 @@ async def lifespan(app: FastAPI):
 
 
 def create_app() -> FastAPI:
-    app = FastAPI(title="charrnn", version="0.1.0", description=DESCRIPTION, lifespan=lifespan)
+    app = FastAPI(
+        title="charrnn",
+        version="0.1.0",
+        description=DESCRIPTION,
+        lifespan=lifespan,
+        docs_url=None,  # served offline by app.dashboard
+        redoc_url=None,
+    )
     install_error_handlers(app)
     for router in (ops_router, corpora_router, jobs_router, checkpoints_router, generation_router):
         app.include_router(router)
+    dashboard.install(app)
 
     app.add_middleware(ObserveRequests)
 
@@ -55,7 +64,7 @@ def create_app() -> FastAPI:
                     "title": "Detail",
                 }
                 error["properties"]["message"] = {"type": "string", "title": "Message"}
-            app.openapi_schema = schema
+            app.openapi_schema = dashboard.declare_bearer_scheme(schema)
         return app.openapi_schema
 
     app.openapi = openapi
