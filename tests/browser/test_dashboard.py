@@ -38,6 +38,10 @@ TINY = {
     "Validation fraction": "0.05",
 }
 state: dict = {}
+# The elements that stick out past the right edge, for the message of a failing width check.
+WIDER_THAN_VIEWPORT = """() => [...document.querySelectorAll('body *')]
+    .filter((e) => e.getBoundingClientRect().right > document.documentElement.clientWidth + 0.5)
+    .slice(0, 8).map((e) => `${e.tagName}#${e.id}.${e.className} right=${e.getBoundingClientRect().right}`)"""
 
 
 @pytest.fixture(scope="module")
@@ -89,7 +93,7 @@ def fill_tiny_job(page: Page, corpus_id: str, name: str) -> None:
 
 def test_a_wrong_key_is_refused_and_says_so(page, service):
     page.goto("/")
-    expect(page.get_by_role("heading", name="Sign in")).to_be_visible()
+    expect(page.get_by_role("heading", name="Sign in", exact=True)).to_be_visible()
     sign_in(page, "crn_not_a_real_key_000")
     expect(page.locator("#signin-error")).to_contain_text("invalid or revoked API key")
     expect(page.get_by_role("link", name="Corpora")).to_be_hidden()
@@ -101,7 +105,7 @@ def test_a_revoked_key_is_sent_back_to_sign_in(page, service):
     key = made.stdout.strip().splitlines()[-1]
     key_id = re.search(r"key_[0-9a-f]+", made.stderr).group()
     sign_in(page, key)
-    expect(page.get_by_role("heading", name="Corpora")).to_be_visible()
+    expect(page.get_by_role("heading", name="Corpora", exact=True)).to_be_visible()
     assert service.cli("keys", "revoke", key_id).returncode == 0
     nav(page, "Jobs")
     expect(page.locator("#signin-error")).to_contain_text("invalid or revoked API key")
@@ -110,7 +114,9 @@ def test_a_revoked_key_is_sent_back_to_sign_in(page, service):
 
 def test_sign_in_keeps_the_key_in_the_tab_only(page):
     sign_in(page, KEY)
-    expect(page.get_by_role("heading", name="Corpora")).to_be_visible()
+    expect(page.get_by_role("heading", name="Jobs", exact=True)).to_be_visible()  # where it was going
+    nav(page, "Corpora")
+    expect(page.get_by_role("heading", name="Corpora", exact=True)).to_be_visible()
     assert KEY not in page.url
     assert page.evaluate("localStorage.length") == 0 and page.evaluate("document.cookie") == ""
     assert page.evaluate("Object.values(sessionStorage)") == [KEY]
@@ -192,15 +198,17 @@ def test_train_a_job_and_watch_it_learn(page, service):
     expect(page.get_by_role("button", name="Cancel")).to_be_enabled()
 
     # While it runs, the chart gains points from the live event stream.
+    # (wait_for_function takes functions, not strings: the page's CSP forbids eval, as it should.)
     page.wait_for_function(
-        "document.querySelector('#job-status').dataset.status === 'running'"
+        "() => document.querySelector('#job-status').dataset.status === 'running'"
         " && Number(document.querySelector('#loss-chart').dataset.points) > 0",
         timeout=30_000,
     )
     first = int(chart.get_attribute("data-points"))
     page.wait_for_function(
-        f"Number(document.querySelector('#loss-chart').dataset.points) > {first}"
+        "(first) => Number(document.querySelector('#loss-chart').dataset.points) > first"
         " && document.querySelector('#job-status').dataset.status === 'running'",
+        arg=first,
         timeout=15_000,
     )
     expect(page.locator("#samples .sample").first).to_be_visible(timeout=15_000)
@@ -218,7 +226,7 @@ def test_train_a_job_and_watch_it_learn(page, service):
     # A finished job's page draws the same from the stored metrics.
     page.reload()
     expect(page.locator("#job-status")).to_have_text("succeeded")
-    page.wait_for_function("Number(document.querySelector('#loss-chart').dataset.points) > 0")
+    page.wait_for_function("() => Number(document.querySelector('#loss-chart').dataset.points) > 0")
     stored_points = int(chart.get_attribute("data-points"))
     assert stored_points >= min(live_points, 2000) * 0.9, (stored_points, live_points)
     expect(page.locator("#samples .sample").first).to_be_visible()
@@ -290,9 +298,10 @@ def test_a_phone_sized_viewport_has_no_sideways_scrolling(page):
             page.locator(".view:not([hidden]) h1").wait_for()
             page.wait_for_timeout(300)  # lists and the chart fill in
             width = page.evaluate("document.documentElement.scrollWidth")
-            assert width <= 390, f"{view} is {width}px wide at a 390px viewport"
+            wide = page.evaluate(WIDER_THAN_VIEWPORT) if width > 390 else []
+            assert width <= 390, f"{view} is {width}px wide at a 390px viewport: {wide}"
         page.goto(f"/#/jobs/{state['job_id']}")
-        page.wait_for_function("Number(document.querySelector('#loss-chart').dataset.points) > 0")
+        page.wait_for_function("() => Number(document.querySelector('#loss-chart').dataset.points) > 0")
         screenshot(page, "job-phone")
     finally:
         page.set_viewport_size({"width": 1280, "height": 860})
@@ -307,7 +316,7 @@ def test_keyboard_only_sign_out_and_in(page):
     page.keyboard.press("Tab")
     expect(page.get_by_role("button", name="Sign in")).to_be_focused()
     page.keyboard.press("Enter")
-    expect(page.get_by_role("heading", name="Corpora")).to_be_visible()
+    expect(page.get_by_role("heading", name="Corpora", exact=True)).to_be_visible()
 
 
 def test_the_page_has_a_strict_csp_and_ran_without_errors(page, service):
@@ -317,5 +326,6 @@ def test_the_page_has_a_strict_csp_and_ran_without_errors(page, service):
     for asset in ("app.js", "style.css"):
         r = httpx.get(f"{service.url}/static/dashboard/{asset}")
         assert r.status_code == 200 and "default-src 'self'" in r.headers["content-security-policy"]
-    assert "innerHTML" not in httpx.get(service.url + "/static/dashboard/app.js").text
+    script = httpx.get(service.url + "/static/dashboard/app.js").text
+    assert not re.search(r"\.(innerHTML|outerHTML)\s*=|insertAdjacentHTML|document\.write", script), "HTML sinks"
     assert expected_errors(page) == [], expected_errors(page)
