@@ -41,9 +41,15 @@ def browser():
         browser.close()
 
 
-def screenshot(page, name: str) -> Path:
-    """A viewport-sized PNG of what the page shows now, in docs/screenshots (kept small: no full page)."""
+def screenshot(page, name: str, height: int | None = None) -> Path:
+    """A PNG of the top of the page as it is now, in docs/screenshots: the viewport, or `height` pixels of
+    the page (kept small: never the whole page)."""
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
     path = SCREENSHOTS / f"{name}.png"
-    page.screenshot(path=str(path))
+    page.evaluate("() => window.scrollTo(0, 0)")
+    if height is None:
+        page.screenshot(path=str(path))
+    else:
+        width = page.viewport_size["width"]
+        page.screenshot(path=str(path), full_page=True, clip={"x": 0, "y": 0, "width": width, "height": height})
     return path

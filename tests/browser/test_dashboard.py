@@ -214,7 +214,8 @@ def test_train_a_job_and_watch_it_learn(page, service):
     expect(page.locator("#samples .sample").first).to_be_visible(timeout=15_000)
     expect(page.locator("#s-lr")).not_to_have_text("")
     expect(page.locator("#s-cps")).not_to_have_text("")
-    screenshot(page, "job")  # the README's picture: mid-run, samples arriving
+    page.wait_for_timeout(1500)  # a few more points and samples for the picture
+    screenshot(page, "job", height=1150)  # the README's picture: mid-run, samples arriving
 
     expect(page.locator("#job-status")).to_have_text("succeeded", timeout=40_000)
     expect(page.get_by_role("button", name="Cancel")).to_be_disabled()

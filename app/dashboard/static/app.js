@@ -789,21 +789,30 @@
       ctx.strokeStyle = "#d0d7de";
       ctx.strokeRect(pad.left, pad.top, plotW, plotH);
 
+      // Train loss: every point (thinned to about two per pixel). Validation loss: each metrics row repeats
+      // the last evaluation's value, so the line joins the points where it changes, i.e. the evaluations.
       const stride = Math.max(1, Math.floor(pts.length / (plotW * 2)));
-      for (const key of ["train", "val"]) {
+      const train = pts.filter((p, i) => (i % stride === 0 || i === pts.length - 1) && p.train !== null && isFinite(p.train));
+      const val = pts.filter((p, i) => p.val !== null && isFinite(p.val) && (i === 0 || p.val !== pts[i - 1].val));
+      const evalThin = Math.max(1, Math.floor(val.length / (plotW / 3)));
+      const series = [
+        ["train", train, false],
+        ["val", val.filter((p, i) => i % evalThin === 0 || i === val.length - 1), true],
+      ];
+      for (const [key, list, dots] of series) {
         ctx.strokeStyle = colors[key];
+        ctx.fillStyle = colors[key];
         ctx.lineWidth = 2;
         ctx.beginPath();
-        let drawing = false;
-        for (let i = 0; i < pts.length; i += 1) {
-          if (i % stride && i !== pts.length - 1) continue;
-          const v = pts[i][key];
-          if (v === null || !isFinite(v)) continue;
-          if (drawing) ctx.lineTo(x(pts[i].step), y(v));
-          else ctx.moveTo(x(pts[i].step), y(v));
-          drawing = true;
-        }
+        list.forEach((p, i) => (i ? ctx.lineTo(x(p.step), y(p[key])) : ctx.moveTo(x(p.step), y(p[key]))));
         ctx.stroke();
+        if (dots && list.length <= plotW / 6) {
+          for (const p of list) {
+            ctx.beginPath();
+            ctx.arc(x(p.step), y(p[key]), 3, 0, 2 * Math.PI);
+            ctx.fill();
+          }
+        }
       }
     }
   }
@@ -826,11 +835,10 @@
     setText("job-title", title);
     document.title = `${title} · charrnn`;
     const model = job.model || {};
-    setText(
-      "job-sub",
-      `${job.id} · ${model.cell || "?"} ${model.num_layers || "?"}×${model.hidden_size || "?"} · corpus ${job.corpus_id}` +
-        ` · created ${fmtDate(job.created_at)}`,
-    );
+    setText("job-id", job.id);
+    setText("job-arch", `${model.cell || "?"} ${model.num_layers || "?"}×${model.hidden_size || "?"}`);
+    if (!$("job-corpus").textContent) setText("job-corpus", `corpus ${job.corpus_id}`);
+    setText("job-created", `created ${fmtDate(job.created_at)}`);
     renderStatus(job.status);
     setText("job-error", job.error ? `Error: ${job.error.message}` : "");
     setText("s-device", job.device || "–");
@@ -938,11 +946,16 @@
     $("samples-empty").hidden = false;
     $("job-log").replaceChildren();
     $("ckpt-table").tBodies[0].replaceChildren();
-    for (const id of ["s-lr", "s-cps", "job-error", "ckpt-error"]) setText(id, "");
+    for (const id of ["s-lr", "s-cps", "job-error", "ckpt-error", "job-corpus"]) setText(id, "");
     chart.reset();
     let job = await api("GET", path);
     if (controller.signal.aborted) return;
     renderJob(job);
+    api("GET", `/corpora/${encodeURIComponent(job.corpus_id)}`)
+      .then((corpus) => {
+        if (!controller.signal.aborted) setText("job-corpus", `corpus ${corpus.name}`);
+      })
+      .catch(() => {});
     $("job-cancel").onclick = async () => {
       $("job-cancel").disabled = true;
       try {
@@ -994,6 +1007,7 @@
         renderStatus(status);
         addLog(event);
       } else if (event.type === "log") {
+        if (data.device) setText("s-device", data.device);
         addLog(event);
       }
     };
