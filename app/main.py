@@ -64,7 +64,7 @@ def create_app() -> FastAPI:
                     "title": "Detail",
                 }
                 error["properties"]["message"] = {"type": "string", "title": "Message"}
-            app.openapi_schema = dashboard.declare_bearer_scheme(schema)
+            app.openapi_schema = schema
         return app.openapi_schema
 
     app.openapi = openapi

@@ -28,6 +28,9 @@ def test_docs_render_offline_and_try_it_out_sends_the_bearer_key(browser, servic
     context.route("**/*", only_this_machine)
     page = context.new_page()
     page.set_default_timeout(15_000)
+    errors: list[str] = []
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
     try:
         page.goto("/docs")
         expect(page.locator(".swagger-ui .info .title")).to_contain_text("charrnn")
@@ -46,5 +49,6 @@ def test_docs_render_offline_and_try_it_out_sends_the_bearer_key(browser, servic
         expect(status).to_have_text("200")
         screenshot(page, "docs")
         assert left == [], f"the docs page reached outside this machine: {left}"
+        assert errors == [], errors  # among them any Content-Security-Policy violation
     finally:
         context.close()
