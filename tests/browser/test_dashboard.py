@@ -202,7 +202,7 @@ def test_train_a_job_and_watch_it_learn(page, service):
     page.wait_for_function(
         "() => document.querySelector('#job-status').dataset.status === 'running'"
         " && Number(document.querySelector('#loss-chart').dataset.points) > 0",
-        timeout=30_000,
+        timeout=60_000,  # a loaded machine takes a while to start the training process
     )
     first = int(chart.get_attribute("data-points"))
     page.wait_for_function(

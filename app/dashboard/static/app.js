@@ -970,35 +970,43 @@
     // What happened so far: the events (samples, logs) and the stored, thinned curve; then follow live
     // from the last event we have.
     let cursor = 0;
+    let status = job.status;
     for (;;) {
       const page = await api("GET", `${path}/events?limit=1000&after=${cursor}`, undefined, controller);
       for (const event of page.data) {
         cursor = event.id;
         if (event.type === "sample") addSample(event.data);
         else if (event.type === "status" || event.type === "log") addLog(event);
+        if (event.type === "status" && event.data.status) status = event.data.status; // newer than `job`
+        if (event.type === "log" && event.data.device) setText("s-device", event.data.device);
       }
       if (!page.has_more) break;
     }
+    renderStatus(status);
     const metrics = await api("GET", `${path}/metrics?max_points=2000`, undefined, controller);
     if (controller.signal.aborted) return;
     for (const m of metrics) chart.add(m.step, m.train_loss, m.val_loss);
     const last = metrics[metrics.length - 1];
-    if (last) renderProgress({ ...job.progress, learning_rate: last.learning_rate, chars_per_second: last.chars_per_second }, job.status);
+    if (last) renderProgress({ ...job.progress, learning_rate: last.learning_rate, chars_per_second: last.chars_per_second }, status);
     await loadCheckpoints(jobId);
-    if (!FINAL.has(job.status)) follow(jobId, cursor, controller.signal);
+    if (!FINAL.has(job.status)) follow(jobId, cursor, status, controller.signal);
   }
 
-  async function follow(jobId, after, signal) {
+  async function follow(jobId, after, initialStatus, signal) {
     const path = `/jobs/${encodeURIComponent(jobId)}`;
     let cursor = after;
-    let status = null;
+    let status = initialStatus;
     const onEvent = (message) => {
       if (message.id) cursor = Number(message.id);
       const event = JSON.parse(message.data);
       const data = event.data || {};
       if (event.type === "metrics" || event.type === "sample") {
         chart.add(data.step, data.train_loss, data.val_loss);
-        renderProgress(data, status || "running");
+        if (status === "queued") {
+          status = "running"; // metrics flow only while it runs
+          renderStatus(status);
+        }
+        renderProgress(data, status);
         if (event.type === "sample") addSample(data);
       } else if (event.type === "checkpoint") {
         loadCheckpoints(jobId).catch((e) => setText("ckpt-error", e.message));
