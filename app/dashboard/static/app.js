@@ -313,11 +313,11 @@
     return el(
       "tr",
       { "data-id": corpus.id },
-      el("td", { title: corpus.id }, el("span", { text: corpus.name })),
-      el("td", { class: "num", text: fmtBytes(corpus.size_bytes) }),
-      el("td", { class: "num", text: fmtInt(corpus.num_chars) }),
-      el("td", { class: "num", text: fmtInt(corpus.vocab_size) }),
-      el("td", { text: fmtDate(corpus.created_at) }),
+      el("td", { "data-label": "Name", title: corpus.id }, el("span", { text: corpus.name })),
+      el("td", { "data-label": "Size", class: "num", text: fmtBytes(corpus.size_bytes) }),
+      el("td", { "data-label": "Characters", class: "num", text: fmtInt(corpus.num_chars) }),
+      el("td", { "data-label": "Vocabulary", class: "num", text: fmtInt(corpus.vocab_size) }),
+      el("td", { "data-label": "Uploaded", text: fmtDate(corpus.created_at) }),
       actions,
     );
   }
@@ -659,12 +659,12 @@
           el(
             "tr",
             { "data-id": job.id },
-            el("td", {}, el("a", { href: `#/jobs/${encodeURIComponent(job.id)}`, text: title })),
-            el("td", {}, el("span", { class: `badge ${job.status}`, text: job.status })),
-            el("td", {}, bar, el("div", { class: "hint", text: `step ${fmtInt(p.step || 0)} / ${fmtInt(p.max_steps)}` })),
-            el("td", { class: "num", text: fmtLoss(p.train_loss) }),
-            el("td", { class: "num", text: fmtLoss(p.val_loss) }),
-            el("td", { text: fmtDate(job.created_at) }),
+            el("td", { "data-label": "Job" }, el("a", { href: `#/jobs/${encodeURIComponent(job.id)}`, text: title })),
+            el("td", { "data-label": "Status" }, el("span", { class: `badge ${job.status}`, text: job.status })),
+            el("td", { "data-label": "Progress" }, bar, el("div", { class: "hint", text: `step ${fmtInt(p.step || 0)} / ${fmtInt(p.max_steps)}` })),
+            el("td", { "data-label": "Train loss", class: "num", text: fmtLoss(p.train_loss) }),
+            el("td", { "data-label": "Val loss", class: "num", text: fmtLoss(p.val_loss) }),
+            el("td", { "data-label": "Created", text: fmtDate(job.created_at) }),
           ),
         );
       }
@@ -906,9 +906,9 @@
         el(
           "tr",
           { "data-id": c.id },
-          el("td", { class: "num", text: `${fmtInt(c.step)}${c.is_best ? " ★" : ""}`, title: c.is_best ? "best so far" : null }),
-          el("td", { class: "num", text: fmtLoss(c.val_loss) }),
-          el("td", { class: "num", text: fmtBytes(c.size_bytes) }),
+          el("td", { "data-label": "Step", class: "num", text: `${fmtInt(c.step)}${c.is_best ? " ★" : ""}`, title: c.is_best ? "best so far" : null }),
+          el("td", { "data-label": "Val loss", class: "num", text: fmtLoss(c.val_loss) }),
+          el("td", { "data-label": "Size", class: "num", text: fmtBytes(c.size_bytes) }),
           el("td", { class: "actions" }, download, " ", play),
         ),
       );
