@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import ROOT
+from tests.conftest import ROOT, Service
 
 CHROMIUM = Path(os.environ.get("CHARRNN_TEST_CHROMIUM", "/usr/bin/chromium"))
 ARGS = [
@@ -24,6 +24,16 @@ ARGS = [
     "--disable-sync",
 ]
 SCREENSHOTS = ROOT / "docs" / "screenshots"
+
+
+@pytest.fixture(scope="package")
+def service(tmp_path_factory):
+    """The browser tests' own API and worker: no job left by another test waits in the queue ahead of theirs."""
+    svc = Service(tmp_path_factory.mktemp("browser-service"), max_corpus_bytes=1_000_000)
+    svc.start_api()
+    svc.start_worker()
+    yield svc
+    svc.stop()
 
 
 @pytest.fixture(scope="session")
