@@ -291,19 +291,33 @@ def test_cancel_a_second_job(page):
     screenshot(page, "jobs")
 
 
+VIEWS = ("#/corpora", "#/new", "#/jobs", "#/jobs/{job}", "#/playground")
+
+
+def assert_fits(page: Page, width: int) -> None:
+    page.set_viewport_size({"width": width, "height": 844})
+    for view in VIEWS:
+        page.goto("/" + view.format(job=state["job_id"]))
+        page.locator(".view:not([hidden]) h1").wait_for()
+        page.wait_for_timeout(300)  # lists and the chart fill in
+        scroll = page.evaluate("document.documentElement.scrollWidth")
+        wide = page.evaluate(WIDER_THAN_VIEWPORT) if scroll > width else []
+        assert scroll <= width, f"{view} is {scroll}px wide at a {width}px viewport: {wide}"
+
+
 def test_a_phone_sized_viewport_has_no_sideways_scrolling(page):
-    page.set_viewport_size({"width": 390, "height": 844})
     try:
-        for view in ("#/corpora", "#/new", "#/jobs", f"#/jobs/{state['job_id']}", "#/playground"):
-            page.goto(f"/{view}")
-            page.locator(".view:not([hidden]) h1").wait_for()
-            page.wait_for_timeout(300)  # lists and the chart fill in
-            width = page.evaluate("document.documentElement.scrollWidth")
-            wide = page.evaluate(WIDER_THAN_VIEWPORT) if width > 390 else []
-            assert width <= 390, f"{view} is {width}px wide at a 390px viewport: {wide}"
+        assert_fits(page, 390)
         page.goto(f"/#/jobs/{state['job_id']}")
         page.wait_for_function("() => Number(document.querySelector('#loss-chart').dataset.points) > 0")
         screenshot(page, "job-phone")
+    finally:
+        page.set_viewport_size({"width": 1280, "height": 860})
+
+
+def test_a_wide_screen_fits_too(page):
+    try:
+        assert_fits(page, 1440)
     finally:
         page.set_viewport_size({"width": 1280, "height": 860})
 
