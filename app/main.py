@@ -11,6 +11,7 @@ from fastapi.openapi.utils import get_openapi
 
 from app.checkpoints.routes import router as checkpoints_router
 from app.corpora.routes import router as corpora_router
+from app.dashboard import routes as dashboard
 from app.errors import install_error_handlers
 from app.generation.routes import router as generation_router
 from app.generation.service import Affinity
@@ -23,7 +24,7 @@ from app.workers import secret
 
 DESCRIPTION = """Train character-level RNN/LSTM/GRU language models on your text, and generate from them.
 
-Every route but `/healthz`, `/readyz`, `/metrics`, `/docs` and `/openapi.json` needs
+Every route but the dashboard (`/`), `/healthz`, `/readyz`, `/metrics`, `/docs` and `/openapi.json` needs
 `Authorization: Bearer KEY` (make one with `charrnn keys create NAME`)."""
 
 
@@ -59,13 +60,21 @@ def declare_bearer_auth(schema: dict) -> None:
 
 
 def create_app() -> FastAPI:
-    app = FastAPI(title="charrnn", version="0.1.0", description=DESCRIPTION, lifespan=lifespan)
+    app = FastAPI(
+        title="charrnn",
+        version="0.1.0",
+        description=DESCRIPTION,
+        lifespan=lifespan,
+        docs_url=None,  # served offline by app.dashboard
+        redoc_url=None,
+    )
     install_error_handlers(app)
     # Which worker served each checkpoint last: state of this app, not of the module, so two apps in one
     # process (tests) do not share it.
     app.state.worker_affinity = Affinity()
     for router in (ops_router, corpora_router, jobs_router, checkpoints_router, generation_router):
         app.include_router(router)
+    dashboard.install(app)
 
     app.add_middleware(ObserveRequests)
 

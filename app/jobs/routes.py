@@ -13,8 +13,9 @@ from app.db import read_session
 from app.deps import BearerKey, CurrentOwner, SessionDep, SettingsDep
 from app.errors import not_found, responses
 from app.jobs import repository, service
+from app.jobs.defaults import DEFAULT_BUDGET_STEPS
 from app.jobs.events import parse_last_event_id
-from app.jobs.schemas import EventOut, EventPage, JobCreate, JobOut, MetricOut
+from app.jobs.schemas import EventOut, EventPage, JobCreate, JobDefaults, JobOut, MetricOut, ModelSpec, TrainingSpec
 from app.keys.service import owner_for_key
 from app.keys.streams import KEY_RECHECK_SECONDS, REVOKED_EVENT
 from app.pagination import Page, PageParams, page_params
@@ -44,6 +45,16 @@ def list_jobs(
 ):
     rows, has_more = repository.list_page(session, owner=owner, params=params, status=status)
     return {"data": [service.to_out(j) for j in rows], "has_more": has_more}
+
+
+@router.get(
+    "/defaults",
+    response_model=JobDefaults,
+    summary="The value each left-out field of a new job takes (the dashboard prefills its form from these)",
+)
+def job_defaults(_owner: CurrentOwner):
+    effective = service.effective_model(ModelSpec()), service.effective_training(TrainingSpec())
+    return {"model": effective[0], "training": effective[1], "default_max_steps": DEFAULT_BUDGET_STEPS}
 
 
 @router.get("/{job_id}", response_model=JobOut, summary="One job, with its live progress")
@@ -142,6 +153,16 @@ async def job_events(
     response_model=list[MetricOut],
     summary="The loss curve, in step order (a plain list, as API.md has it: it is never paginated)",
 )
-def job_metrics(job_id: str, session: SessionDep, owner: CurrentOwner):
+def job_metrics(
+    job_id: str,
+    session: SessionDep,
+    owner: CurrentOwner,
+    max_points: Annotated[
+        int | None,
+        Query(ge=2, le=1_000_000, description="at most this many points: an even stride over the curve, first and "
+              "last kept (for charts of long runs)"),
+    ] = None,
+):
     service.get(session, owner=owner, job_id=job_id)
-    return [MetricOut.model_validate(m) for m in repository.metrics(session, owner=owner, job_id=job_id)]
+    rows = service.downsample(repository.metrics(session, owner=owner, job_id=job_id), max_points)
+    return [MetricOut.model_validate(m) for m in rows]

@@ -213,3 +213,20 @@ class MetricOut(BaseModel):
     learning_rate: float | None
     chars_per_second: float | None
     time: datetime
+
+
+class JobDefaults(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "model": {"cell": "lstm", "hidden_size": 384, "num_layers": 2, "embedding_dim": 64, "dropout": 0.0},
+                    "training": {"seq_len": 128, "batch_size": 32, "max_steps": None, "max_seconds": None},
+                    "default_max_steps": 2000,
+                }
+            ]
+        }
+    )
+    model: dict = Field(description="every field of `model` with the value a job that leaves it out gets")
+    training: dict = Field(description="every field of `training` likewise (null: no such limit)")
+    default_max_steps: int = Field(description="the steps a job trains for when it sets no max_steps/epochs/seconds")

@@ -50,6 +50,14 @@ def effective_model(spec: ModelSpec) -> dict:
     return {k: given[k] if given[k] is not None else defaults.get(k) for k in ModelSpec.model_fields}
 
 
+def downsample(rows: list, max_points: int | None) -> list:
+    """At most max_points rows at an even stride, the first and the last always kept."""
+    if max_points is None or len(rows) <= max_points:
+        return rows
+    stride = (len(rows) - 1) / (max_points - 1)
+    return [rows[round(i * stride)] for i in range(max_points)]
+
+
 def check_corpus_size(num_chars: int, training: dict) -> None:
     """The same rule as the engine's StreamBatcher, told before the job queues rather than after."""
     seq_len, batch_size, val_fraction = training["seq_len"], training["batch_size"], training["val_fraction"]
