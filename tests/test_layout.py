@@ -1,6 +1,6 @@
 """The folders show the dependencies: the engine is pure torch, the API never reaches the worker.
 
-    app/             the API; imports worker.engine.config only (torch-free defaults and rules)
+    app/             the API; imports only the engine's torch-free modules (defaults, rules, checkpoint headers)
     worker/engine/   pure torch: imports nothing of app/ or worker/service/
     worker/service/  the worker process: the one place that imports both app/ and the engine
     worker/cli.py    the `charrnn` entry point: the API's, the engine's and the worker's commands
@@ -14,6 +14,9 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import ROOT
+
+# The engine's modules the API may import: they import nothing heavy (checked below).
+TORCH_FREE = {"worker.engine.config", "worker.engine.header"}
 
 
 def imported_modules(path: Path) -> set[str]:
@@ -38,12 +41,13 @@ def test_the_engine_imports_neither_the_api_nor_the_worker_service(path):
 
 @pytest.mark.parametrize("path", modules_under("app"), ids=lambda p: str(p.relative_to(ROOT)))
 def test_the_api_imports_only_the_engines_torch_free_config(path):
-    bad = {m for m in imported_modules(path) if m.split(".")[0] in ("worker", "torch") and m != "worker.engine.config"}
+    bad = {m for m in imported_modules(path) if m.split(".")[0] in ("worker", "torch") and m not in TORCH_FREE}
     assert not bad, f"{path.relative_to(ROOT)} imports {sorted(bad)}"
 
 
 def test_the_engine_config_imports_nothing_heavy():
     assert imported_modules(ROOT / "worker/engine/config.py") <= {"__future__", "dataclasses", "typing"}
+    assert imported_modules(ROOT / "worker/engine/header.py") <= {"__future__", "json", "struct", "pathlib"}
 
 
 def test_the_layout_test_sees_a_violation(tmp_path):

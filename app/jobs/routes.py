@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from typing import Annotated, Literal
+from typing import Annotated
 
 from fastapi import APIRouter, Depends, Header, Query, Request
 from sse_starlette.sse import EventSourceResponse
@@ -13,11 +13,12 @@ from app.deps import CurrentOwner, SessionDep, SettingsDep
 from app.errors import not_found, responses
 from app.jobs import repository, service
 from app.jobs.schemas import EventOut, EventPage, JobCreate, JobOut, MetricOut
+from app.models import FINAL_STATUSES, JobStatus
 from app.pagination import Page, PageParams, page_params
 
 router = APIRouter(prefix="/jobs", tags=["jobs"], responses=responses(401, 404))
 
-FINAL = ("succeeded", "failed", "cancelled")
+FINAL = FINAL_STATUSES
 
 
 @router.post(
@@ -36,7 +37,7 @@ def list_jobs(
     session: SessionDep,
     owner: CurrentOwner,
     params: Annotated[PageParams, Depends(page_params)],
-    status: Annotated[Literal["queued", "running", "succeeded", "failed", "cancelled"] | None, Query()] = None,
+    status: Annotated[JobStatus | None, Query()] = None,
 ):
     rows, has_more = repository.list_page(session, owner=owner, params=params, status=status)
     return {"data": [service.to_out(j) for j in rows], "has_more": has_more}

@@ -10,6 +10,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from app.jobs.defaults import model_defaults, train_defaults
+from app.models import JobStatus
 
 _M, _T = model_defaults(), train_defaults()
 
@@ -94,6 +95,10 @@ class Progress(BaseModel):
     eta_seconds: float | None = None
 
 
+# The keys of a job's stored `progress`: the worker keeps these of each trainer snapshot.
+PROGRESS_KEYS = tuple(Progress.model_fields)
+
+
 class JobError(BaseModel):
     message: str
 
@@ -139,7 +144,7 @@ class JobOut(BaseModel):
 
     id: str
     name: str | None
-    status: Literal["queued", "running", "succeeded", "failed", "cancelled"]
+    status: JobStatus
     corpus_id: str
     init_from: str | None
     model: dict

@@ -2,21 +2,20 @@ from __future__ import annotations
 
 import json
 
-from sqlalchemy import update
 from sqlalchemy.orm import Session
 
 from app.checkpoints import repository as checkpoints
-from app.checkpoints.files import read_metadata
 from app.corpora import repository as corpora
 from app.db import utcnow
 from app.errors import ApiError, not_found
 from app.ids import new_id
-from app.jobs import queue, repository
+from app.jobs import lifecycle, repository
 from app.jobs.defaults import model_defaults, train_defaults
 from app.jobs.schemas import JobCreate, JobOut, ModelSpec, TrainingSpec
-from app.models import ACTIVE_STATUSES, Job
+from app.models import Job, JobStatus
 from app.settings import Settings
 from worker.engine.config import largest_batch_that_fits, min_train_chars
+from worker.engine.header import read_metadata
 
 
 def to_out(job: Job) -> JobOut:
@@ -117,16 +116,14 @@ def create(session: Session, *, owner: str, settings: Settings, body: JobCreate)
             name=body.name,
             corpus_id=corpus.id,
             init_from=body.init_from,
-            status="queued",
+            status=JobStatus.QUEUED,
             model=model,
             training=training,
             progress={},
             attempts=0,
             created_at=utcnow(),
         )
-        session.add(job)
-        session.flush()
-        queue.add_event(session, job_id=job.id, type="status", message="queued", data={"status": "queued"})
+        lifecycle.queued(session, job)
     return job
 
 
@@ -139,13 +136,7 @@ def get(session: Session, *, owner: str, job_id: str) -> Job:
 
 def cancel(session: Session, *, owner: str, job_id: str) -> Job:
     with session.begin():
-        result = session.execute(
-            update(Job)
-            .where(Job.id == job_id, Job.owner == owner, Job.status.in_(ACTIVE_STATUSES))
-            .values(status="cancelled", finished_at=utcnow(), lease_expires_at=None)
-        )
-        if result.rowcount == 0:
+        if not lifecycle.cancel(session, owner=owner, job_id=job_id):
             job = get(session, owner=owner, job_id=job_id)
             raise ApiError(409, f"job {job_id} has already finished ({job.status}); there is nothing to cancel")
-        queue.add_event(session, job_id=job_id, type="status", message="cancelled", data={"status": "cancelled"})
     return get(session, owner=owner, job_id=job_id)

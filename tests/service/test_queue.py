@@ -41,7 +41,7 @@ def database(request, tmp_path, monkeypatch):
 def _claim_all(data_dir: str, worker_id: str, out: str, barrier) -> None:
     os.environ["CHARRNN_DATA_DIR"] = data_dir
     from app.db import session_scope
-    from app.jobs import queue
+    from app.jobs import lifecycle
 
     with session_scope() as session:  # connect before the start line
         session.execute(text("SELECT 1"))
@@ -49,7 +49,7 @@ def _claim_all(data_dir: str, worker_id: str, out: str, barrier) -> None:
     claimed = []
     while True:
         with session_scope() as session:
-            job = queue.claim(session, worker_id=worker_id, lease_seconds=60)
+            job = lifecycle.claim(session, worker_id=worker_id, lease_seconds=60)
         if job is None:
             break
         claimed.append(job.id)
@@ -88,7 +88,7 @@ def test_claim_is_one_statement_that_skips_locked_rows_on_postgres():
     from sqlalchemy.dialects import postgresql, sqlite
 
     from app.db import utcnow
-    from app.jobs.queue import claim_statement
+    from app.jobs.lifecycle import claim_statement
 
     statement = claim_statement(worker_id="w", lease_seconds=30, device=None, now=utcnow())
     pg = str(statement.compile(dialect=postgresql.dialect()))
@@ -99,39 +99,39 @@ def test_claim_is_one_statement_that_skips_locked_rows_on_postgres():
 
 def test_a_worker_that_lost_its_lease_changes_nothing(database):
     from app.db import session_scope
-    from app.jobs import queue
-    from app.models import Job
+    from app.jobs import lifecycle
+    from app.models import Job, JobStatus
 
     (job_id,) = queue_dummy_jobs(1)
     with session_scope() as s:
-        assert queue.claim(s, worker_id="wrk_a", lease_seconds=0.2).id == job_id
+        assert lifecycle.claim(s, worker_id="wrk_a", lease_seconds=0.2).id == job_id
     time.sleep(0.3)
     with session_scope() as s:
-        assert queue.reap_expired(s, max_attempts=3) == [(job_id, "queued")]
+        assert lifecycle.reap_expired(s, max_attempts=3) == [(job_id, "queued")]
     with session_scope() as s:
-        assert queue.claim(s, worker_id="wrk_b", lease_seconds=60).attempts == 2
+        assert lifecycle.claim(s, worker_id="wrk_b", lease_seconds=60).attempts == 2
     with session_scope() as s:  # worker A wakes up: every write it tries is refused
-        assert not queue.renew(s, job_id=job_id, worker_id="wrk_a", lease_seconds=60, progress={"step": 999})
-        assert not queue.finish(s, job_id=job_id, worker_id="wrk_a", status="succeeded", message="done")
-        assert not queue.requeue(s, job_id=job_id, worker_id="wrk_a", reason="x")
+        assert not lifecycle.renew(s, job_id=job_id, worker_id="wrk_a", lease_seconds=60, progress={"step": 999})
+        assert not lifecycle.finish(s, job_id=job_id, worker_id="wrk_a", status=JobStatus.SUCCEEDED, message="done")
+        assert not lifecycle.requeue(s, job_id=job_id, worker_id="wrk_a", reason="x")
     with session_scope() as s:
         job = s.get(Job, job_id)
         assert (job.status, job.worker_id, job.progress) == ("running", "wrk_b", {})
-        assert queue.renew(s, job_id=job_id, worker_id="wrk_b", lease_seconds=60, progress={"step": 5})
+        assert lifecycle.renew(s, job_id=job_id, worker_id="wrk_b", lease_seconds=60, progress={"step": 5})
 
 
 def test_too_many_lost_workers_fail_the_job_with_a_reason(database):
     from app.db import session_scope
-    from app.jobs import queue
+    from app.jobs import lifecycle
     from app.models import Job
 
     (job_id,) = queue_dummy_jobs(1)
     for attempt in range(1, 3):
         with session_scope() as s:
-            queue.claim(s, worker_id=f"wrk_{attempt}", lease_seconds=0.05)
+            lifecycle.claim(s, worker_id=f"wrk_{attempt}", lease_seconds=0.05)
         time.sleep(0.1)
         with session_scope() as s:
-            outcome = queue.reap_expired(s, max_attempts=2)
+            outcome = lifecycle.reap_expired(s, max_attempts=2)
         assert outcome == [(job_id, "queued" if attempt < 2 else "failed")]
     with session_scope() as s:
         job = s.get(Job, job_id)
@@ -141,14 +141,14 @@ def test_too_many_lost_workers_fail_the_job_with_a_reason(database):
 
 def test_shutdown_requeue_does_not_count_as_an_attempt(database):
     from app.db import session_scope
-    from app.jobs import queue
+    from app.jobs import lifecycle
     from app.models import Job
 
     (job_id,) = queue_dummy_jobs(1)
     with session_scope() as s:
-        queue.claim(s, worker_id="wrk_a", lease_seconds=60)
+        lifecycle.claim(s, worker_id="wrk_a", lease_seconds=60)
     with session_scope() as s:
-        assert queue.requeue(s, job_id=job_id, worker_id="wrk_a", reason="shutdown")
+        assert lifecycle.requeue(s, job_id=job_id, worker_id="wrk_a", reason="shutdown")
     with session_scope() as s:
         job = s.get(Job, job_id)
         assert (job.status, job.attempts, job.worker_id) == ("queued", 0, None)

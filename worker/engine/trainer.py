@@ -305,9 +305,15 @@ class Trainer:
         state = self._state()  # a collective under DDP: every rank takes part
         if not self.dist.is_main:
             return self.run.step_paths(self.step)[0]
-        weights = weights_bytes(
-            self.model, self.vocab, {"step": str(self.step), "val_loss": str(self.last_val_loss)}
-        )
+        # What the service's record of this checkpoint holds, in the file itself: a worker killed before
+        # it wrote the record rebuilds it from here on resume.
+        metadata = {
+            "step": str(self.step),
+            "val_loss": str(self.last_val_loss),
+            "train_loss": str(self.train_loss),
+            "is_best": str(bool(is_best)),
+        }
+        weights = weights_bytes(self.model, self.vocab, metadata)
         path = self.run.save(self.step, weights, state)
         # Without a validation score yet (or at all), the latest weights are the best we know.
         if is_best or self.best_val_loss is None:
