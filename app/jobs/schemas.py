@@ -11,6 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from app.jobs.defaults import model_defaults, train_defaults
 from app.models import JobStatus
+from worker.engine.config import DEFAULT_MAX_STEPS
 
 _M, _T = model_defaults(), train_defaults()
 
@@ -39,7 +40,13 @@ class TrainingSpec(BaseModel):
     warmup_steps: int | None = Field(None, ge=0, le=1_000_000, description=_d(_T, "warmup_steps", "linear warmup"))
     weight_decay: float | None = Field(None, ge=0, le=1, description=_d(_T, "weight_decay", "AdamW decay"))
     grad_clip: float | None = Field(None, gt=0, le=1000, description=_d(_T, "grad_clip", "max gradient norm"))
-    max_steps: int | None = Field(None, ge=1, le=100_000_000, description="stop after this many steps")
+    max_steps: int | None = Field(
+        None,
+        ge=1,
+        le=100_000_000,
+        description=f"stop after this many steps (default {DEFAULT_MAX_STEPS} when neither max_epochs nor "
+        "max_seconds is given; the stored job shows it)",
+    )
     max_epochs: float | None = Field(None, gt=0, le=100_000, description="stop after this many passes over the text")
     max_seconds: float | None = Field(None, gt=0, le=30 * 86400, description="stop after this much training time")
     val_fraction: float | None = Field(
