@@ -152,3 +152,70 @@ def test_shutdown_requeue_does_not_count_as_an_attempt(database):
     with session_scope() as s:
         job = s.get(Job, job_id)
         assert (job.status, job.attempts, job.worker_id) == ("queued", 0, None)
+
+
+def test_metrics_events_stay_bounded_per_job_and_other_events_are_kept(database):
+    """Issue 13 item 14: a flood of metrics keeps only the latest metrics events; never status events."""
+    from sqlalchemy import func, select
+
+    from app.db import session_scope
+    from app.jobs import lifecycle
+    from app.models import JobEvent, JobMetric
+
+    job_a, job_b = queue_dummy_jobs(2)
+    with session_scope() as s:
+        lifecycle.add_event(s, job_id=job_a, type="status", message="queued", data={"status": "queued"})
+        for step in range(1, 31):
+            lifecycle.record_metrics(s, job_id=job_a, snapshot={"step": step, "train_loss": 1.0 / step})
+            if step % 10 == 0:
+                lifecycle.record_evaluation(s, job_id=job_a, snapshot={"step": step, "val_loss": 2.0}, sample="x")
+        lifecycle.record_metrics(s, job_id=job_b, snapshot={"step": 1, "train_loss": 1.0})
+        lifecycle.prune_metrics_events(s, job_id=job_a, keep=5)
+
+    def count(job_id, type_):
+        with session_scope() as s:
+            return s.scalar(select(func.count()).where(JobEvent.job_id == job_id, JobEvent.type == type_))
+
+    assert count(job_a, "metrics") == 5 and count(job_a, "status") == 1 and count(job_a, "sample") == 3
+    assert count(job_b, "metrics") == 1  # another job's events are its own
+    with session_scope() as s:
+        kept = s.scalars(select(JobEvent.data).where(JobEvent.job_id == job_a, JobEvent.type == "metrics")).all()
+        assert sorted(d["step"] for d in kept) == [26, 27, 28, 29, 30]  # the latest
+        assert s.scalar(select(func.count()).where(JobMetric.job_id == job_a)) == 33  # the curve is not pruned
+
+
+def test_a_checkpoint_found_on_disk_is_listed_with_its_is_best_and_its_metric_point(database):
+    """Issue 13 item 8, at the database level: a resume adopts the files its predecessor wrote but never
+    recorded, with is_best and the loss point from the checkpoint itself (not is_best=False, no point)."""
+    from sqlalchemy import select
+
+    from app.db import session_scope
+    from app.jobs import lifecycle
+    from app.models import Checkpoint, JobMetric
+
+    (job_id,) = queue_dummy_jobs(1)
+    with session_scope() as s:
+        lifecycle.claim(s, worker_id="wrk_a", lease_seconds=60)
+        old = lifecycle.CheckpointInfo(step=20, path="runs/x/20", size_bytes=1, val_loss=2.5, is_best=True)
+        lifecycle.record_checkpoint(s, job_id=job_id, owner="o", checkpoint=old)
+        lifecycle.record_evaluation(s, job_id=job_id, snapshot={"step": 20, "val_loss": 2.5}, sample="")
+    lost = lifecycle.CheckpointInfo(step=40, path="runs/x/40", size_bytes=1, train_loss=2.1, val_loss=2.2, is_best=True)
+    with session_scope() as s:  # the next worker resumes from step 40, whose row was never written
+        lifecycle.started(
+            s,
+            job_id=job_id,
+            owner="o",
+            worker_id="wrk_a",
+            info={"resumed_from_step": 40, "num_parameters": 1, "device": "cpu", "precision": "fp32",
+                  "train_chars": 1},
+            on_disk=[old, lost],
+        )
+    with session_scope() as s:
+        rows = {c.step: c for c in s.scalars(select(Checkpoint).where(Checkpoint.job_id == job_id))}
+        assert sorted(rows) == [20, 40] and rows[40].is_best and rows[40].val_loss == 2.2
+        points = s.execute(select(JobMetric.step, JobMetric.train_loss, JobMetric.val_loss)
+                           .where(JobMetric.job_id == job_id).order_by(JobMetric.step)).all()
+        assert [tuple(p) for p in points] == [(20, None, 2.5), (40, 2.1, 2.2)]
+        best = s.scalar(select(Checkpoint.step).where(Checkpoint.job_id == job_id)
+                        .order_by(Checkpoint.is_best.desc(), Checkpoint.step.desc()).limit(1))
+        assert best == 40
