@@ -50,6 +50,11 @@ FLUSH_SECONDS = 0.5  # how often progress is written and the lease renewed (and 
 METRICS_PER_SECOND = 4.0  # training-loss points a job may write per second, on average ...
 METRICS_BURST = 40  # ... after a first burst of this many (a short job at log_every=10 never hits it)
 MAX_PENDING_METRICS = 1000  # while the database is away, only the latest points wait to be written
+# An evaluation that may be followed by its checkpoint waits this long for it, so that a checkpoint's
+# row, its is_best and its loss point commit in one transaction (the trainer reports the evaluation,
+# writes the files, then reports the checkpoint). A resume rebuilds them from the files if the worker
+# dies in between anyway (lifecycle.started).
+HOLD_EVALUATION_SECONDS = 2.0
 GIVE_UP_FINISHING_SECONDS = 15.0  # a stopping worker gives up writing the outcome; the reaper requeues
 
 
@@ -87,6 +92,7 @@ class JobRun:
         self.outcome: Outcome | None = None
         self.stop_sent = False
         self.budget = MetricsBudget()
+        self.last_report_at = 0.0
         self.outage = Outage(f"job {job.id}")
 
     def supervise(self) -> None:
@@ -142,6 +148,7 @@ class JobRun:
                 report = self.messages.get(timeout=max(0.0, deadline - time.monotonic()))
             except (queue_module.Empty, EOFError, OSError):
                 return
+            self.last_report_at = time.monotonic()
             if isinstance(report, Finished | Failed):
                 self.outcome = report
             else:
@@ -166,6 +173,8 @@ class JobRun:
         False: the job is no longer ours. A database error leaves the reports pending for the next try.
         """
         pending, self.pending = self.pending, []
+        if self._may_have_a_checkpoint_coming(pending):
+            self.pending.append(pending.pop())
         for report in pending:
             if isinstance(report, Metrics | Evaluated):
                 self.progress = lifecycle.progress_from(report.snapshot)
@@ -185,6 +194,16 @@ class JobRun:
             self.pending = pending + self.pending
             raise
         return True
+
+    def _may_have_a_checkpoint_coming(self, pending: list[Report]) -> bool:
+        """An evaluation is the latest report and the child is still at it: its checkpoint may follow."""
+        return (
+            bool(pending)
+            and isinstance(pending[-1], Evaluated)
+            and self.outcome is None
+            and self.child.is_alive()
+            and time.monotonic() - self.last_report_at < HOLD_EVALUATION_SECONDS
+        )
 
     def relay(self, session, report: Report) -> None:
         job_id, owner, worker_id = self.job.id, self.job.owner, self.worker.id
