@@ -147,6 +147,55 @@ def test_worker_survives_a_database_that_refuses_writes(svc):
     assert "Traceback" not in log, log
 
 
+def test_worker_survives_a_postgres_database_gone_read_only(tmp_path, postgres_url):
+    """Item 7 on PostgreSQL: the database turns read-only (as after a failover to a replica) and every
+    connection is cut. The worker's writes fail at once; it keeps training and waits, /readyz (a read)
+    says it is not live once its last written heartbeat is a lease old, and all recovers after."""
+    import psycopg
+
+    from tests.postgres import ADMIN_DSN
+
+    name = postgres_url.rsplit("/", 1)[1]
+
+    def admin(*statements: str) -> None:
+        with psycopg.connect(ADMIN_DSN, autocommit=True) as conn:
+            for statement in statements:
+                conn.execute(statement)
+
+    cut = f"SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{name}'"
+    svc = Service(tmp_path, database_url=postgres_url)
+    svc.start_api()
+    try:
+        client = svc.client()
+        corpus = svc.upload(client, small_corpus(30_000), name="read-only")
+        worker = svc.start_worker()
+        training = {"max_steps": None, "max_seconds": 25, "eval_every": 200, "checkpoint_every": 200}
+        job = svc.create_job(client, corpus["id"], training=training)
+        wait_event(client, job["id"], lambda e: e["type"] == "metrics")
+        admin(f'ALTER DATABASE "{name}" SET default_transaction_read_only = on', cut)
+        try:
+            deadline = time.monotonic() + 20
+            while svc.live_workers() != 0:
+                assert time.monotonic() < deadline, "a worker that cannot write still counts as live"
+                time.sleep(0.5)
+            time.sleep(3)
+            assert worker.poll() is None, "the worker died of a database error:\n" + svc.log_text()
+        finally:
+            admin(f'ALTER DATABASE "{name}" RESET default_transaction_read_only', cut)
+        deadline = time.monotonic() + 30
+        while svc.live_workers() == 0:
+            assert time.monotonic() < deadline, "the worker never came back:\n" + svc.log_text()
+            time.sleep(0.5)
+        done = svc.wait_job(client, job["id"], timeout=120)
+        assert done["status"] == "succeeded", (done, svc.log_text())
+        assert worker.poll() is None
+        log = svc.logs[1].read_text()
+        assert "the database is unavailable" in log and "the database is back" in log, log
+        assert "Traceback" not in log, log
+    finally:
+        svc.stop()
+
+
 def test_sigterm_to_serves_process_group_requeues_the_job_and_the_next_serve_finishes_it(tmp_path):
     """Item 5: `kill -TERM -<pgid>` (systemd, most supervisors) reaches the training child too. The child
     ignores it; the worker checkpoints and requeues; the next `serve` resumes and finishes the job.
