@@ -1,9 +1,10 @@
 """The job lifecycle: every state transition of a job, its guard and the event it leaves, in one place.
 
-    queued --claim--> running --succeeded/failed--> (final)
-      ^                  |  \\--cancel (the owner, any time while active)--> cancelled
-      +---requeue--------+     (a clean worker stop; the attempt does not count)
-      +---reap-----------+     (the worker went silent: back to the queue, or failed after max_attempts)
+    queued --claim--> running --succeeded / failed--> final
+      ^                  |
+      +---requeue--------+    a clean worker stop (the attempt does not count)
+      +---reap-----------+    the worker went silent (failed instead, after max_attempts)
+    queued or running --cancel (the owner)--> cancelled
 
 While running, the worker writes progress, metrics, evaluations and checkpoints. Every write a worker
 makes is guarded by `worker_id = me AND status = 'running'` in its WHERE clause (`_mine`), so a worker

@@ -12,7 +12,7 @@ from app.ids import new_id
 from app.jobs import lifecycle, repository
 from app.jobs.defaults import model_defaults
 from app.jobs.schemas import JobCreate, JobOut, ModelSpec, TrainingSpec
-from app.models import Job, JobStatus
+from app.models import Job
 from app.settings import Settings
 from worker.engine.config import (
     TrainConfig,
@@ -101,7 +101,6 @@ def create(session: Session, *, owner: str, settings: Settings, body: JobCreate)
             name=body.name,
             corpus_id=corpus.id,
             init_from=body.init_from,
-            status=JobStatus.QUEUED,
             model=model,
             training=training,
             progress={},

@@ -97,10 +97,12 @@ class Worker:
             log.info("worker %s stopped", self.id)
 
     def heartbeat(self, force: bool = False) -> None:
-        """Best effort: a heartbeat that fails is retried at the next call; /readyz goes by the last
-        one written, so a worker that cannot write stops counting as live once it is a lease old."""
+        """Best effort: a heartbeat that fails is retried at the next call (it is also how the loop finds
+        out that the database is back); /readyz goes by the last one written, so a worker that cannot
+        write stops counting as live once that is a lease old."""
         now = time.monotonic()
-        if not (force or now - self.last_heartbeat >= self.settings.job_lease_seconds / 3):
+        due = now - self.last_heartbeat >= self.settings.job_lease_seconds / 3 or self.outage.ongoing
+        if not (force or due):
             return
         if not force and not self.outage.may_try():
             return
