@@ -36,14 +36,14 @@ def claim_latencies(database_url: str, n: int) -> list[float]:
 
     os.environ["CHARRNN_DATABASE_URL"] = database_url
     from app.db import session_scope
-    from app.jobs import queue
+    from app.jobs import lifecycle
 
     queue_dummy_jobs(n)
     latencies = []
     for _ in range(n):
         start = time.perf_counter()
         with session_scope() as session:
-            if queue.claim(session, worker_id="wrk_bench", lease_seconds=60) is None:
+            if lifecycle.claim(session, worker_id="wrk_bench", lease_seconds=60) is None:
                 break
         latencies.append(time.perf_counter() - start)
     return latencies

@@ -1,7 +1,7 @@
 """The folders show the dependencies: the engine is pure torch, the API never reaches the worker.
 
     app/             the API; imports only the engine's torch-free modules (TORCH_FREE: defaults, rules, the
-                     sampling contract)
+                     sampling contract, checkpoint headers)
     worker/engine/   pure torch: imports nothing of app/ or worker/service/
     worker/service/  the worker process: the one place that imports both app/ and the engine
     worker/cli.py    the `charrnn` entry point: the API's, the engine's and the worker's commands
@@ -41,6 +41,7 @@ def test_the_engine_imports_neither_the_api_nor_the_worker_service(path):
 TORCH_FREE = {
     "worker.engine.config": {"__future__", "dataclasses", "typing"},
     "worker.engine.sampling_params": {"__future__", "typing", "pydantic"},  # the one generation contract
+    "worker.engine.header": {"__future__", "json", "struct", "pathlib"},  # checkpoint metadata, read by both
 }
 
 

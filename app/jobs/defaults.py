@@ -11,10 +11,6 @@ from functools import lru_cache
 
 from worker.engine.config import ModelConfig, TrainConfig
 
-# What a job with no max_steps, max_epochs nor max_seconds trains for (worker/engine/trainer.py's
-# DEFAULT_MAX_STEPS; the API must not import the trainer, which imports torch).
-DEFAULT_BUDGET_STEPS = 2000
-
 
 @lru_cache
 def train_defaults() -> dict:

@@ -3,7 +3,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from typing import Annotated, Literal
+from typing import Annotated
 
 from fastapi import APIRouter, Depends, Header, Query, Request
 from sse_starlette.sse import EventSourceResponse
@@ -13,16 +13,17 @@ from app.db import read_session
 from app.deps import BearerKey, CurrentOwner, SessionDep, SettingsDep
 from app.errors import not_found, responses
 from app.jobs import repository, service
-from app.jobs.defaults import DEFAULT_BUDGET_STEPS
 from app.jobs.events import parse_last_event_id
 from app.jobs.schemas import EventOut, EventPage, JobCreate, JobDefaults, JobOut, MetricOut, ModelSpec, TrainingSpec
 from app.keys.service import owner_for_key
 from app.keys.streams import KEY_RECHECK_SECONDS, REVOKED_EVENT
+from app.models import FINAL_STATUSES, JobStatus
 from app.pagination import Page, PageParams, page_params
+from worker.engine.config import DEFAULT_MAX_STEPS
 
 router = APIRouter(prefix="/jobs", tags=["jobs"], responses=responses(401, 404))
 
-FINAL = ("succeeded", "failed", "cancelled")
+FINAL = FINAL_STATUSES
 
 
 @router.post(
@@ -41,7 +42,7 @@ def list_jobs(
     session: SessionDep,
     owner: CurrentOwner,
     params: Annotated[PageParams, Depends(page_params)],
-    status: Annotated[Literal["queued", "running", "succeeded", "failed", "cancelled"] | None, Query()] = None,
+    status: Annotated[JobStatus | None, Query()] = None,
 ):
     rows, has_more = repository.list_page(session, owner=owner, params=params, status=status)
     return {"data": [service.to_out(j) for j in rows], "has_more": has_more}
@@ -53,8 +54,10 @@ def list_jobs(
     summary="The value each left-out field of a new job takes (the dashboard prefills its form from these)",
 )
 def job_defaults(_owner: CurrentOwner):
-    effective = service.effective_model(ModelSpec()), service.effective_training(TrainingSpec())
-    return {"model": effective[0], "training": effective[1], "default_max_steps": DEFAULT_BUDGET_STEPS}
+    # max_steps=DEFAULT_MAX_STEPS is the rule only for a job that gives no other: a form that sent it
+    # back with max_seconds would stop the job early, so it is offered as default_max_steps instead.
+    training = {**service.effective_training(TrainingSpec()), "max_steps": None}
+    return {"model": service.effective_model(ModelSpec()), "training": training, "default_max_steps": DEFAULT_MAX_STEPS}
 
 
 @router.get("/{job_id}", response_model=JobOut, summary="One job, with its live progress")

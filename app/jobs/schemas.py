@@ -11,6 +11,8 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from app.errors import scrub_paths
 from app.jobs.defaults import model_defaults, train_defaults
+from app.models import JobStatus
+from worker.engine.config import DEFAULT_MAX_STEPS
 
 _M, _T = model_defaults(), train_defaults()
 
@@ -39,7 +41,13 @@ class TrainingSpec(BaseModel):
     warmup_steps: int | None = Field(None, ge=0, le=1_000_000, description=_d(_T, "warmup_steps", "linear warmup"))
     weight_decay: float | None = Field(None, ge=0, le=1, description=_d(_T, "weight_decay", "AdamW decay"))
     grad_clip: float | None = Field(None, gt=0, le=1000, description=_d(_T, "grad_clip", "max gradient norm"))
-    max_steps: int | None = Field(None, ge=1, le=100_000_000, description="stop after this many steps")
+    max_steps: int | None = Field(
+        None,
+        ge=1,
+        le=100_000_000,
+        description=f"stop after this many steps (default {DEFAULT_MAX_STEPS} when neither max_epochs nor "
+        "max_seconds is given; the stored job shows it)",
+    )
     max_epochs: float | None = Field(None, gt=0, le=100_000, description="stop after this many passes over the text")
     max_seconds: float | None = Field(None, gt=0, le=30 * 86400, description="stop after this much training time")
     val_fraction: float | None = Field(
@@ -95,6 +103,10 @@ class Progress(BaseModel):
     eta_seconds: float | None = None
 
 
+# The keys of a job's stored `progress`: the worker keeps these of each trainer snapshot.
+PROGRESS_KEYS = tuple(Progress.model_fields)
+
+
 class JobError(BaseModel):
     message: str
 
@@ -140,7 +152,7 @@ class JobOut(BaseModel):
 
     id: str
     name: str | None
-    status: Literal["queued", "running", "succeeded", "failed", "cancelled"]
+    status: JobStatus
     corpus_id: str
     init_from: str | None
     model: dict

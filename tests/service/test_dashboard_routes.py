@@ -19,8 +19,7 @@ def test_downsample_keeps_first_and_last_at_an_even_stride():
 
 
 def test_job_defaults_are_the_engines_and_need_a_key(service, client):
-    from worker.engine.config import ModelConfig, TrainConfig
-    from worker.engine.trainer import DEFAULT_MAX_STEPS
+    from worker.engine.config import DEFAULT_MAX_STEPS, ModelConfig, TrainConfig
 
     assert httpx.get(service.url + "/jobs/defaults").status_code == 401
     r = client.get("/jobs/defaults")
@@ -30,6 +29,8 @@ def test_job_defaults_are_the_engines_and_need_a_key(service, client):
     assert "vocab_size" not in body["model"]
     assert body["training"]["seq_len"] == TrainConfig().seq_len
     assert body["training"]["max_seconds"] is None and "device" not in body["training"]
+    # the default stopping rule is not a field value: sent back beside max_seconds it would cut the job short
+    assert body["training"]["max_steps"] is None
     assert body["default_max_steps"] == DEFAULT_MAX_STEPS
 
 
