@@ -50,7 +50,10 @@ def run_api(host: str, port: int) -> None:
     from app.settings import get_settings
 
     setup_logging(get_settings().log_level)
-    uvicorn.run("app.main:app", host=host, port=port, log_config=None, timeout_graceful_shutdown=5)
+    # server_header=False: no `Server: uvicorn` telling a prober what to look up.
+    uvicorn.run(
+        "app.main:app", host=host, port=port, log_config=None, timeout_graceful_shutdown=5, server_header=False
+    )
 
 
 @db_cli.command("upgrade")

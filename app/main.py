@@ -11,18 +11,21 @@ from fastapi.openapi.utils import get_openapi
 
 from app.checkpoints.routes import router as checkpoints_router
 from app.corpora.routes import router as corpora_router
+from app.dashboard import routes as dashboard
 from app.errors import install_error_handlers
 from app.generation.routes import router as generation_router
+from app.generation.service import Affinity
 from app.jobs.reaper import reap_forever
 from app.jobs.routes import router as jobs_router
 from app.openai.app import create_openai_app
 from app.ops.middleware import ObserveRequests
 from app.ops.routes import router as ops_router
 from app.settings import get_settings
+from app.workers import secret
 
 DESCRIPTION = """Train character-level RNN/LSTM/GRU language models on your text, and generate from them.
 
-Every route but `/healthz`, `/readyz`, `/metrics`, `/docs` and `/openapi.json` needs
+Every route but the dashboard (`/`), `/healthz`, `/readyz`, `/metrics`, `/docs` and `/openapi.json` needs
 `Authorization: Bearer KEY` (make one with `charrnn keys create NAME`).
 
 OpenAI-compatible routes (files, fine-tuning jobs, models, completions) are under `/v1`, documented at
@@ -32,19 +35,53 @@ OpenAI-compatible routes (files, fine-tuning jobs, models, completions) are unde
 @asynccontextmanager
 async def lifespan(app: FastAPI):
     settings = get_settings()
-    app.state.http = httpx.AsyncClient(timeout=httpx.Timeout(settings.generate_timeout_seconds, connect=5.0))
+    # The client for calls to workers' generation servers: each carries the deployment's worker secret.
+    app.state.http = httpx.AsyncClient(
+        timeout=httpx.Timeout(settings.generate_timeout_seconds, connect=5.0),
+        headers={secret.HEADER: secret.worker_secret(settings)},
+    )
     reaper = asyncio.create_task(reap_forever(settings))
     yield
     reaper.cancel()
     await app.state.http.aclose()
 
 
+def declare_bearer_auth(schema: dict) -> None:
+    """The Bearer scheme, and on each route that needs a key (those that can answer 401) the requirement.
+
+    Auth is read by a plain dependency (app/deps.py) rather than FastAPI's HTTPBearer, whose 403 on a
+    missing header would break our 401 + WWW-Authenticate contract; so the schema says it here instead.
+    """
+    schema.setdefault("components", {}).setdefault("securitySchemes", {})["bearerAuth"] = {
+        "type": "http",
+        "scheme": "bearer",
+        "description": "an API key from `charrnn keys create NAME`",
+    }
+    for operations in schema.get("paths", {}).values():
+        for operation in operations.values():
+            if "401" in operation.get("responses", {}):
+                operation["security"] = [{"bearerAuth": []}]
+
+
 def create_app() -> FastAPI:
-    app = FastAPI(title="charrnn", version="0.1.0", description=DESCRIPTION, lifespan=lifespan)
+    app = FastAPI(
+        title="charrnn",
+        version="0.1.0",
+        description=DESCRIPTION,
+        lifespan=lifespan,
+        docs_url=None,  # served offline by app.dashboard
+        redoc_url=None,
+    )
     install_error_handlers(app)
+    # Which worker served each checkpoint last: state of this app, not of the module, so two apps in one
+    # process (tests) do not share it.
+    app.state.worker_affinity = Affinity()
     for router in (ops_router, corpora_router, jobs_router, checkpoints_router, generation_router):
         app.include_router(router)
-    app.mount("/v1", create_openai_app(app))  # OpenAI-compatible, with OpenAI's error shape (app/openai)
+    dashboard.install(app)
+    # OpenAI-compatible, with OpenAI's error shape (app/openai); ObserveRequests below wraps it too, so /v1
+    # answers carry the security headers and are counted like every other route.
+    app.mount("/v1", create_openai_app(app))
 
     app.add_middleware(ObserveRequests)
 
@@ -60,6 +97,7 @@ def create_app() -> FastAPI:
                     "title": "Detail",
                 }
                 error["properties"]["message"] = {"type": "string", "title": "Message"}
+            declare_bearer_auth(schema)
             app.openapi_schema = schema
         return app.openapi_schema
 

@@ -3,14 +3,27 @@
 from __future__ import annotations
 
 from datetime import datetime
+from enum import StrEnum
 
 from sqlalchemy import JSON, Boolean, Float, ForeignKey, Index, Integer, String, Text, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column
 
 from app.db import Base, UTCDateTime, utcnow
 
-JOB_STATUSES = ("queued", "running", "succeeded", "failed", "cancelled")
-ACTIVE_STATUSES = ("queued", "running")
+
+class JobStatus(StrEnum):
+    """A job's status; stored as its plain string (jobs.status), compared and written as this enum."""
+
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+JOB_STATUSES = tuple(JobStatus)
+ACTIVE_STATUSES = (JobStatus.QUEUED, JobStatus.RUNNING)
+FINAL_STATUSES = (JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED)
 
 
 class ApiKey(Base):
@@ -45,7 +58,7 @@ class Job(Base):
     # No foreign key: a finished job keeps naming the corpus it was trained on after that is deleted.
     corpus_id: Mapped[str] = mapped_column(String(40), index=True)
     init_from: Mapped[str | None] = mapped_column(String(40), nullable=True)
-    status: Mapped[str] = mapped_column(String(16), default="queued")
+    status: Mapped[str] = mapped_column(String(16), default=JobStatus.QUEUED.value)
     model: Mapped[dict] = mapped_column(JSON)
     training: Mapped[dict] = mapped_column(JSON)
     progress: Mapped[dict] = mapped_column(JSON, default=dict)

@@ -6,7 +6,7 @@ import os
 from functools import lru_cache
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -17,6 +17,12 @@ class Settings(BaseSettings):
     database_url: str | None = Field(None, description="any SQLAlchemy URL; default: SQLite in data_dir")
     bootstrap_key: str | None = Field(None, description="an API key the server makes sure exists")
     max_corpus_bytes: int = Field(200 * 1024 * 1024, ge=1, description="largest accepted upload")
+    # The output layer (and the embedding) grow with the vocabulary: a corpus of a million distinct code
+    # points makes a model of gigabytes whatever hidden_size says. Real text in a few scripts stays far below.
+    max_vocab_size: int = Field(10_000, ge=2, description="most distinct characters a corpus may have")
+    sqlite_busy_timeout_seconds: float = Field(
+        30.0, gt=0, description="how long a SQLite write waits for another process's lock before answering 503"
+    )
     device: str = Field("auto", description="auto | cpu | cuda | cuda:N, for training and generation")
     job_lease_seconds: float = Field(30.0, gt=0, description="a silent worker loses its job after this long")
     max_attempts: int = Field(3, ge=1, description="a job whose worker dies this many times fails")
@@ -30,6 +36,10 @@ class Settings(BaseSettings):
     # generation takes a quarter, and only while it runs. Set both when several workers share a host.
     generation_threads: int = Field(0, ge=0, description="threads for generation in a worker; 0 = CPUs / 4")
     train_threads: int = Field(0, ge=0, description="threads for training; 0 = all CPUs")
+    # The API sends it with every call to a worker's generation server, which refuses calls without it.
+    worker_secret: SecretStr | None = Field(
+        None, description="shared by the API and its workers; default: generated once into <data_dir>/worker-secret"
+    )
     generate_timeout_seconds: float = Field(120.0, gt=0, description="API -> worker request timeout")
     log_level: str = Field("INFO")
 
@@ -48,6 +58,10 @@ class Settings(BaseSettings):
     @property
     def corpora_dir(self) -> Path:
         return self.data_dir / "corpora"
+
+    @property
+    def worker_secret_file(self) -> Path:
+        return self.data_dir / "worker-secret"
 
     @property
     def runs_dir(self) -> Path:

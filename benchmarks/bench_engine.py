@@ -5,7 +5,7 @@ gradient clipping, hidden state carried and detached) on the same config, in fp3
 Sampling: charrnn's Sampler against a naive loop that calls nn.LSTM, softmax and multinomial once
 per character, both on the same weights, single stream.
 
-    .venv/bin/python benchmarks/bench_engine.py [--seconds 10] [--rounds 3] [--chars 3000]
+    .venv/bin/python benchmarks/bench_engine.py [--seconds 10] [--rounds 3] [--chars 3000] [--corpus PATH]
 
 Prints a Markdown table (the one in the README) and writes benchmarks/out/engine.json.
 """
@@ -22,6 +22,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from _support import add_corpus_argument
 from torch import nn
 
 from worker.engine.data import Vocab
@@ -29,7 +30,6 @@ from worker.engine.model import CharRNN, ModelConfig
 from worker.engine.sampler import Sampler, SampleRequest
 from worker.engine.trainer import TrainConfig, Trainer
 
-CORPUS = Path(__file__).resolve().parents[2] / "shared" / "data" / "tinyshakespeare.txt"
 MODEL = {"cell": "lstm", "hidden_size": 256, "num_layers": 2, "embedding_dim": 64, "dropout": 0.0}
 SEQ_LEN, BATCH = 64, 32
 
@@ -109,8 +109,9 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=10, help="per training measurement")
     parser.add_argument("--rounds", type=int, default=3, help="alternating measurements of each")
     parser.add_argument("--chars", type=int, default=3000, help="per sampling measurement")
+    add_corpus_argument(parser)
     args = parser.parse_args()
-    text = CORPUS.read_text()
+    text = args.corpus.read_text()
     vocab = Vocab.from_text(text)
     data = vocab.encode(text)[: int(len(text) * 0.9)]
 

@@ -1,6 +1,6 @@
 """Load: 3 workers on PostgreSQL run 50 small jobs; every job must run exactly once.
 
-    .venv/bin/python benchmarks/bench_queue_load.py [--jobs 50] [--workers 3]
+    .venv/bin/python benchmarks/bench_queue_load.py [--jobs 50] [--workers 3] [--corpus PATH]
 
 Starts a throwaway database on the local PostgreSQL server, the API and N real worker processes,
 submits the jobs through the HTTP API, and reports jobs per minute, the time from submission to claim
@@ -18,11 +18,7 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from tests.conftest import Service, queue_dummy_jobs, small_corpus  # noqa: E402  (the same harness the tests use)
-from tests.postgres import throwaway_database  # noqa: E402
+from _support import Service, add_corpus_argument, queue_dummy_jobs, throwaway_database
 
 JOB_MODEL = {"cell": "gru", "hidden_size": 32, "num_layers": 1, "embedding_dim": 16}
 JOB_TRAINING = {"seq_len": 16, "batch_size": 4, "max_steps": 20, "eval_every": 20, "checkpoint_every": 20,
@@ -40,14 +36,14 @@ def claim_latencies(database_url: str, n: int) -> list[float]:
 
     os.environ["CHARRNN_DATABASE_URL"] = database_url
     from app.db import session_scope
-    from app.jobs import queue
+    from app.jobs import lifecycle
 
     queue_dummy_jobs(n)
     latencies = []
     for _ in range(n):
         start = time.perf_counter()
         with session_scope() as session:
-            if queue.claim(session, worker_id="wrk_bench", lease_seconds=60) is None:
+            if lifecycle.claim(session, worker_id="wrk_bench", lease_seconds=60) is None:
                 break
         latencies.append(time.perf_counter() - start)
     return latencies
@@ -57,16 +53,20 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--jobs", type=int, default=50)
     parser.add_argument("--workers", type=int, default=3)
+    add_corpus_argument(parser)
     args = parser.parse_args()
+    text = args.corpus.read_bytes()[:20_000].decode("utf-8", "ignore")  # each job trains on its first 20 kB
 
     with throwaway_database() as database_url, tempfile.TemporaryDirectory() as tmp:
-        svc = Service(Path(tmp), database_url=database_url, job_lease_seconds=10)
+        # One thread each (three workers share the machine's cores) and a 10 s lease.
+        svc = Service(Path(tmp), database_url=database_url, job_lease_seconds=10, device="cpu", train_threads=1,
+                      generation_threads=1)
         svc.start_api()
         for _ in range(args.workers):
             svc.start_worker()
         try:
             with svc.client() as client:
-                corpus = svc.upload(client, small_corpus(), name="load")
+                corpus = svc.upload(client, text, name="load")
                 start = time.monotonic()
                 jobs = [svc.create_job(client, corpus["id"], model=JOB_MODEL, training={**JOB_TRAINING, "seed": i})
                         for i in range(args.jobs)]

@@ -9,7 +9,7 @@
 Everything alternates because this shared machine's speed drifts by 20% and more within minutes.
 
     .venv/bin/python benchmarks/bench_service.py [--steps 300] [--requests 200] [--clients 4] [--rounds 5]
-        [--training-rounds 3]
+        [--training-rounds 3] [--corpus PATH]
 
 Writes benchmarks/out/service.json.
 """
@@ -26,14 +26,13 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from tests.conftest import SHAKESPEARE, Service  # noqa: E402  (the harness the tests use)
+from _support import ROOT, Service, add_corpus_argument
 
 MODEL = {"cell": "lstm", "hidden_size": 256, "num_layers": 2, "embedding_dim": 64}
 TRAINING = {"seq_len": 64, "batch_size": 32, "eval_every": 10**6, "checkpoint_every": 10**6,
             "seed": 1}
+# The job's logging and end-of-run sample, as the published figures were measured.
+SERVICE_TRAINING = {"log_every": 10, "sample_length": 40}
 # A seeded request is sampled alone (its text never changes); unseeded ones share batched steps.
 # One character is nearly all service: its overhead is measured with little of the machine's noise.
 REQUESTS = {
@@ -48,9 +47,9 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
-def engine_training(steps: int, out: Path) -> float:
+def engine_training(corpus: Path, steps: int, out: Path) -> float:
     flags = [f"--{k.replace('_', '-')}={v}" for k, v in {**MODEL, **TRAINING, "max_steps": steps}.items()]
-    proc = subprocess.run([sys.executable, "-m", "worker.cli", "train", str(SHAKESPEARE), "--out", str(out), *flags],
+    proc = subprocess.run([sys.executable, "-m", "worker.cli", "train", str(corpus), "--out", str(out), *flags],
                           capture_output=True, text=True, check=True, cwd=ROOT)
     return json.loads(proc.stdout.strip().splitlines()[-1])["chars_per_second"]
 
@@ -115,23 +114,24 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=4)
     parser.add_argument("--rounds", type=int, default=5, help="generation rounds")
     parser.add_argument("--training-rounds", type=int, default=3)
+    add_corpus_argument(parser)
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory() as tmp:
-        # The service's defaults (the test harness pins threads to 1): training takes all cores.
+        # The service's thread defaults: training takes all cores, generation a quarter.
         (Path(tmp) / "svc").mkdir()
-        svc = Service(Path(tmp) / "svc", train_threads=0, generation_threads=0)
+        svc = Service(Path(tmp) / "svc", device="cpu", job_lease_seconds=3)
         svc.start_api()
         svc.start_worker()
         try:
             with svc.client() as client:
-                corpus = svc.upload(client, SHAKESPEARE.read_text(), name="shakespeare")
+                corpus = svc.upload(client, args.corpus.read_text(), name=args.corpus.stem)
                 # Alternating, with the service up (and idle) during the engine's runs too.
                 engine_cps, service_cps = [], []
                 for i in range(args.training_rounds):
-                    engine_cps.append(engine_training(args.steps, Path(tmp) / f"engine-{i}"))
+                    engine_cps.append(engine_training(args.corpus, args.steps, Path(tmp) / f"engine-{i}"))
                     job = svc.create_job(client, corpus["id"], model=MODEL,
-                                         training={**TRAINING, "max_steps": args.steps})
+                                         training={**TRAINING, **SERVICE_TRAINING, "max_steps": args.steps})
                     job = svc.wait_job(client, job["id"], timeout=1800, poll=3)  # light polling: 2 cores
                     service_cps.append(job["progress"]["chars_per_second"])
                 checkpoint = client.get(f"/jobs/{job['id']}/checkpoints").json()["data"][0]

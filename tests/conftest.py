@@ -159,6 +159,14 @@ class Service:
                 time.sleep(0.1)
         return proc
 
+    def worker_url(self) -> str:
+        """The generation server of the most recently heard-from live worker (from the SQLite database)."""
+        import sqlite3
+
+        with sqlite3.connect(self.data_dir / "charrnn.db") as db:
+            query = "SELECT url FROM workers WHERE stopped_at IS NULL ORDER BY heartbeat_at DESC"
+            return db.execute(query).fetchone()[0]
+
     def live_workers(self) -> int:
         return httpx.get(self.url + "/readyz", timeout=5).json().get("workers", 0)
 

@@ -39,3 +39,9 @@ def best_of_job(session: Session, *, owner: str, job_id: str) -> Row | None:
         .limit(1)
     )
     return session.execute(query).one_or_none()
+
+
+def path_by_id(session: Session, *, checkpoint_id: str) -> str | None:
+    """Any owner's: for a worker's generation server, whose callers (the API, holding the worker secret)
+    have already checked that the checkpoint is their user's."""
+    return session.scalar(select(Checkpoint.path).where(Checkpoint.id == checkpoint_id))

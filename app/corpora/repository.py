@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from sqlalchemy import func, select
+from sqlalchemy import func, or_, select
 from sqlalchemy.orm import Session
 
 from app.models import ACTIVE_STATUSES, Corpus, Job
@@ -18,11 +18,9 @@ def list_page(session: Session, *, owner: str, params: PageParams) -> tuple[list
 
 
 def active_jobs_using(session: Session, *, owner: str, corpus_id: str) -> list[str]:
-    return list(
-        session.scalars(
-            select(Job.id).where(Job.owner == owner, Job.corpus_id == corpus_id, Job.status.in_(ACTIVE_STATUSES))
-        )
-    )
+    """Queued or running jobs that train on the corpus, or score on it (a /v1 job's validation file)."""
+    uses = or_(Job.corpus_id == corpus_id, Job.validation_corpus_id == corpus_id)
+    return list(session.scalars(select(Job.id).where(Job.owner == owner, uses, Job.status.in_(ACTIVE_STATUSES))))
 
 
 def others_with_file(session: Session, *, path: str, corpus_id: str) -> int:

@@ -1,8 +1,23 @@
+"""Corpora: uploads land in content-addressed files (`corpora/<sha256>.txt`) that identical uploads share.
+
+A shared file must never be removed while a row may still claim it. An upload places the file and inserts
+its row, and a delete removes its row and (when it was the last) the file, each holding one lock on the
+content: SQLite's write lock (BEGIN IMMEDIATE), or on PostgreSQL an advisory lock keyed by the hash, so
+the two never interleave. Without it, owner A's delete and owner B's upload of the same bytes raced, and B
+got 201 for a corpus whose file was already gone.
+"""
+
 from __future__ import annotations
 
+import os
+import secrets
 from collections.abc import AsyncIterator
+from pathlib import Path
 
+from sqlalchemy import delete as sql_delete
+from sqlalchemy import text
 from sqlalchemy.orm import Session
+from starlette.concurrency import run_in_threadpool
 
 from app.corpora import repository
 from app.corpora.upload import NAME_MAX, CorpusSink, receive_multipart, receive_raw
@@ -36,7 +51,7 @@ async def upload(
             f"the upload ({int(content_length):,} bytes) is larger than the limit of "
             f"{settings.max_corpus_bytes:,} bytes (CHARRNN_MAX_CORPUS_BYTES)",
         )
-    sink = CorpusSink(settings.corpora_dir, settings.max_corpus_bytes)
+    sink = CorpusSink(settings.corpora_dir, settings.max_corpus_bytes, settings.max_vocab_size)
     if media == "text/plain":
         await receive_raw(stream, sink)
         form_name = None
@@ -60,9 +75,29 @@ async def upload(
         path=str(path.relative_to(settings.data_dir)),
         created_at=utcnow(),
     )
-    with session.begin():
-        session.add(corpus)
+    # Off the event loop: the insert may wait seconds for a database lock, and the API must keep answering.
+    await run_in_threadpool(_store, session, sink, corpus, path)
     return corpus
+
+
+def lock_content(session: Session, sha256: str) -> None:
+    """Hold, until this transaction ends, the lock that serializes writes to one content-addressed file."""
+    if session.get_bind().dialect.name == "postgresql":
+        session.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": int(sha256[:15], 16)})
+    else:
+        session.connection()  # SQLite: BEGIN IMMEDIATE takes the database's one write lock
+
+
+def _store(session: Session, sink: CorpusSink, corpus: Corpus, path: Path) -> None:
+    try:
+        with session.begin():
+            lock_content(session, corpus.sha256)
+            # Placed under the lock, so a delete of the same content either finished before (and the
+            # file is re-created here) or starts after this row is committed (and sees it).
+            sink.place(path)
+            session.add(corpus)
+    finally:
+        sink.discard()  # the temporary file, if it was never placed
 
 
 def get(session: Session, *, owner: str, corpus_id: str) -> Corpus:
@@ -73,17 +108,38 @@ def get(session: Session, *, owner: str, corpus_id: str) -> Corpus:
 
 
 def delete(session: Session, *, owner: str, settings: Settings, corpus_id: str) -> None:
-    with session.begin():
-        corpus = get(session, owner=owner, corpus_id=corpus_id)
-        jobs = repository.active_jobs_using(session, owner=owner, corpus_id=corpus_id)
-        if jobs:
-            raise ApiError(
-                409,
-                f"corpus {corpus_id} is used by {len(jobs)} queued or running job(s) "
-                f"({', '.join(jobs[:5])}); "
-                "cancel them or wait for them to finish, then delete it",
-            )
-        shared = repository.others_with_file(session, path=corpus.path, corpus_id=corpus_id)
-        session.delete(corpus)
-    if not shared:  # identical uploads share one file, named by its hash
-        (settings.data_dir / corpus.path).unlink(missing_ok=True)
+    tombstone: Path | None = None
+    try:
+        with session.begin():
+            corpus = get(session, owner=owner, corpus_id=corpus_id)
+            jobs = repository.active_jobs_using(session, owner=owner, corpus_id=corpus_id)
+            if jobs:
+                raise ApiError(
+                    409,
+                    f"corpus {corpus_id} is used by {len(jobs)} queued or running job(s) "
+                    f"({', '.join(jobs[:5])}); "
+                    "cancel them or wait for them to finish, then delete it",
+                )
+            lock_content(session, corpus.sha256)
+            deleted = session.execute(sql_delete(Corpus).where(Corpus.id == corpus_id, Corpus.owner == owner))
+            if not deleted.rowcount:
+                raise not_found("corpus", corpus_id)  # a concurrent delete of the same corpus got here first
+            if not repository.others_with_file(session, path=corpus.path, corpus_id=corpus_id):
+                # The last row to use the file: move it aside under the lock, and remove it once the delete
+                # has committed (or put it back if the commit fails, so no row is left without its file).
+                tombstone = _move_aside(settings.data_dir / corpus.path)
+    except BaseException:
+        if tombstone is not None:
+            os.replace(tombstone, settings.data_dir / corpus.path)
+        raise
+    if tombstone is not None:
+        tombstone.unlink(missing_ok=True)
+
+
+def _move_aside(path: Path) -> Path | None:
+    tombstone = path.with_name(f".deleted-{secrets.token_hex(8)}-{path.name}")
+    try:
+        os.replace(path, tombstone)
+    except FileNotFoundError:
+        return None
+    return tombstone

@@ -32,9 +32,9 @@ class TooLarge(Exception):
 class CorpusSink:
     """Writes bytes to a temporary file while hashing, counting and UTF-8-checking them."""
 
-    def __init__(self, directory: Path, max_bytes: int):
+    def __init__(self, directory: Path, max_bytes: int, max_vocab: int | None = None):
         directory.mkdir(parents=True, exist_ok=True)
-        self.directory, self.max_bytes = directory, max_bytes
+        self.directory, self.max_bytes, self.max_vocab = directory, max_bytes, max_vocab
         self.tmp_path = directory / f".upload-{secrets.token_hex(8)}.tmp"
         self.file = open(self.tmp_path, "wb")  # noqa: SIM115  (closed in finish/discard)
         self.sha = hashlib.sha256()
@@ -62,13 +62,22 @@ class CorpusSink:
                 )
             else:
                 self.num_chars += len(text)
-                self.chars.update(text)
+                # Counting stops one past the limit: a million distinct code points must not fill memory here.
+                if self.max_vocab is None or len(self.chars) <= self.max_vocab:
+                    self.chars.update(text)
         self.size += len(data)
         self.sha.update(data)
         self.file.write(data)
 
+    @property
+    def too_many_chars(self) -> bool:
+        return self.max_vocab is not None and len(self.chars) > self.max_vocab
+
     def finish(self) -> tuple[str, Path]:
-        """Validate the whole upload and move it to its content-addressed name; returns (sha256, path)."""
+        """Validate the whole upload; returns (sha256, the content-addressed path it will have).
+
+        The file stays in its temporary place: `place()` moves it, under the lock that keeps a delete
+        of the same content from removing it at the same moment (see corpora/service.py)."""
         if self.bad is None:
             try:
                 self.num_chars += len(self.decoder.decode(b"", final=True))
@@ -84,10 +93,19 @@ class CorpusSink:
         if self.size == 0:
             self.discard()
             raise ApiError(422, "the upload is empty: a corpus needs text to learn from")
+        if self.too_many_chars:
+            self.discard()
+            raise ApiError(
+                422,
+                f"the upload has more than {self.max_vocab:,} distinct characters (CHARRNN_MAX_VOCAB_SIZE); "
+                "a model's output layer grows with each one, so this would not fit in memory. Keep only the "
+                "text (and scripts) you want the model to learn, or ask the operator to raise the limit.",
+            )
         digest = self.sha.hexdigest()
-        final = self.directory / f"{digest}.txt"
+        return digest, self.directory / f"{digest}.txt"
+
+    def place(self, final: Path) -> None:
         os.replace(self.tmp_path, final)  # same content, same name: replacing is harmless
-        return digest, final
 
     def discard(self) -> None:
         self.file.close()
@@ -127,7 +145,7 @@ async def receive_multipart(stream: AsyncIterator[bytes], content_type: str, sin
     if not boundary:
         raise ApiError(422, "multipart upload without a boundary; let your HTTP client build the form body")
 
-    state = {"header_field": b"", "headers": {}, "part": None, "file_seen": False}
+    state = {"header_field": b"", "headers": {}, "part": None, "file_seen": False, "name_too_long": False}
     name_field = bytearray()
     filename: list[str] = []
 
@@ -147,6 +165,8 @@ async def receive_multipart(stream: AsyncIterator[bytes], content_type: str, sin
         field = options.get(b"name", b"").decode("utf-8", "replace")
         state["part"] = field
         if field == "file":
+            if state["file_seen"]:  # joining them would train on a text nobody uploaded
+                raise ApiError(422, "the form has more than one `file` field; upload one file per request")
             state["file_seen"] = True
             if options.get(b"filename"):
                 filename.append(options[b"filename"].decode("utf-8", "replace"))
@@ -154,8 +174,13 @@ async def receive_multipart(stream: AsyncIterator[bytes], content_type: str, sin
     def on_part_data(data, start, end):
         if state["part"] == "file":
             sink.write(data[start:end])
-        elif state["part"] == "name" and len(name_field) <= NAME_MAX * 4:
-            name_field.extend(data[start:end])
+        elif state["part"] == "name":
+            # NAME_MAX characters are at most 4 bytes each; past that the name is too long, whatever
+            # it holds (and a cut there may split a character, which must not read as "bad UTF-8").
+            room = NAME_MAX * 4 - len(name_field)
+            if end - start > room:
+                state["name_too_long"] = True
+            name_field.extend(data[start : start + max(0, min(room, end - start))])
 
     def on_part_end():
         state["part"], state["headers"] = None, {}
@@ -181,6 +206,7 @@ async def receive_multipart(stream: AsyncIterator[bytes], content_type: str, sin
         raise _too_large(sink.max_bytes) from None
     except ApiError:
         sink.discard()
+        await _drain(stream, sink.size)  # so the client reads the answer rather than a reset connection
         raise
     except Exception as exc:  # the multipart parser's own errors: a malformed body
         sink.discard()
@@ -188,6 +214,11 @@ async def receive_multipart(stream: AsyncIterator[bytes], content_type: str, sin
     if not state["file_seen"]:
         sink.discard()
         raise ApiError(422, "the multipart form has no field named `file`; put the text in a field called `file`")
+    if state["name_too_long"]:
+        sink.discard()
+        raise ApiError(
+            422, f"the form field `name` is longer than {NAME_MAX} characters; keep it to {NAME_MAX} or fewer"
+        )
     if name_field:
         try:
             return name_field.decode("utf-8")

@@ -2,8 +2,15 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from worker.engine.sampling_params import SamplingParams
 
-class GenerateRequest(BaseModel):
+MAX_SCORE_CHARS = 10_000_000
+
+
+class GenerateRequest(SamplingParams):
+    """The sampling parameters (their one definition, bounds included, is SamplingParams), plus which model
+    and how to answer."""
+
     model_config = ConfigDict(
         extra="forbid",
         json_schema_extra={
@@ -29,15 +36,10 @@ class GenerateRequest(BaseModel):
         max_length=64,
         description="a job id (its best checkpoint so far, even while training) or a checkpoint id",
     )
-    prompt: str = Field("", max_length=10_000, description="text the model reads before generating")
-    length: int = Field(200, ge=0, le=10_000, description="characters to generate")
-    temperature: float = Field(1.0, ge=0, le=10, description="0 = always the most likely character")
-    top_k: int | None = Field(None, ge=1, le=100_000)
-    top_p: float | None = Field(None, gt=0, le=1)
-    seed: int | None = Field(None, ge=0, le=2**32 - 1)
-    num_samples: int = Field(1, ge=1, le=16)
-    stop: list[str] = Field(default_factory=list, max_length=16, description="strings that end a sample")
     stream: bool = Field(False, description="answer Server-Sent Events, one per chunk, then a final one")
+
+    def sampling_params(self) -> dict:
+        return self.model_dump(exclude={"model", "stream"})
 
 
 class SampleOut(BaseModel):
@@ -77,7 +79,7 @@ class ScoreRequest(BaseModel):
         json_schema_extra={"examples": [{"model": "job_0005f1a2b3c4d5e6a1b2c3d4e5", "text": "To be, or not to be"}]},
     )
     model: str = Field(..., min_length=1, max_length=64, description="a job id or a checkpoint id")
-    text: str = Field(..., min_length=2, max_length=10_000_000, description="at least 2 characters")
+    text: str = Field(..., min_length=2, max_length=MAX_SCORE_CHARS, description="at least 2 characters")
 
 
 class ScoreResponse(BaseModel):

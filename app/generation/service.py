@@ -1,7 +1,8 @@
 """Generation and scoring run on a worker (the API has no torch): pick one, forward, relay.
 
 A worker that already has the checkpoint loaded is preferred (the API remembers where it sent each
-checkpoint last); otherwise any live worker, the most recently heard from first.
+checkpoint last, in an Affinity on app.state); otherwise any live worker, the most recently heard from
+first. The bodies and stream lines are app/generation/wire.py's, shared with the worker.
 """
 
 from __future__ import annotations
@@ -9,27 +10,81 @@ from __future__ import annotations
 import json
 import time
 from collections import OrderedDict
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
 
 import httpx
+from pydantic import BaseModel, ValidationError
 from sqlalchemy.orm import Session
 
 from app.checkpoints import repository as checkpoints
+from app.db import read_session
+from app.deps import owner_of_key
 from app.errors import ApiError, not_found
+from app.generation import wire
+from app.models import ACTIVE_STATUSES
 from app.ops.metrics import GENERATED_CHARS, GENERATION_SECONDS
 from app.settings import Settings
 from app.workers import repository as workers
 
-_affinity: OrderedDict[str, str] = OrderedDict()  # checkpoint id -> worker url it was last served from
+RETRY_AFTER = {"Retry-After": "5"}
 
 
-def resolve(session: Session, *, owner: str, model: str) -> tuple[str, str]:
-    """(checkpoint id, its path under the data dir) for a job id (its best checkpoint) or a checkpoint id."""
+class Affinity:
+    """Checkpoint id -> the worker url it was last served from (the most recent `size` checkpoints)."""
+
+    def __init__(self, size: int = 10_000):
+        self.size = size
+        self._urls: OrderedDict[str, str] = OrderedDict()
+
+    def order(self, urls: list[str], checkpoint_id: str) -> list[str]:
+        """`urls` with the worker that served this checkpoint last (if still live) first."""
+        preferred = self._urls.get(checkpoint_id)
+        if preferred in urls:
+            urls.remove(preferred)
+            urls.insert(0, preferred)
+        return urls
+
+    def remember(self, checkpoint_id: str, url: str) -> None:
+        self._urls[checkpoint_id] = url
+        self._urls.move_to_end(checkpoint_id)
+        while len(self._urls) > self.size:
+            self._urls.popitem(last=False)
+
+
+@dataclass
+class Target:
+    checkpoint_id: str
+    urls: list[str]  # the live workers, the one to try first first
+
+
+def target(
+    key: str,
+    settings: Settings,
+    model: str,
+    affinity: Affinity,
+    native_model: Callable[[Session, str, str], str] | None = None,
+) -> Target:
+    """The key's owner, the model's checkpoint and the live workers, in one session (call it in a thread):
+    /generate is the route whose latency matters, and each thread hop and session costs ~0.3 ms.
+
+    `native_model(session, owner, model)`, if given, first turns another API's model name (/v1's
+    `ft:...` names) into a job or checkpoint id, in the same session."""
+    with read_session() as session:
+        owner = owner_of_key(session, key)
+        if native_model is not None:
+            model = native_model(session, owner, model)
+        checkpoint_id = resolve(session, owner=owner, model=model)
+        urls = worker_urls(session, settings=settings)
+    return Target(checkpoint_id, affinity.order(urls, checkpoint_id))
+
+
+def resolve(session: Session, *, owner: str, model: str) -> str:
+    """The checkpoint id of a job id (its best checkpoint) or of a checkpoint id, if the owner's."""
     if model.startswith("ckpt_"):
-        path = checkpoints.path_of(session, owner=owner, checkpoint_id=model)
-        if path is None:
+        if checkpoints.path_of(session, owner=owner, checkpoint_id=model) is None:
             raise not_found("checkpoint", model)
-        return model, path
+        return model
     best = checkpoints.best_of_job(session, owner=owner, job_id=model)
     if best is None:
         raise ApiError(
@@ -38,63 +93,80 @@ def resolve(session: Session, *, owner: str, model: str) -> tuple[str, str]:
             "checkpoint id (ckpt_…) of yours",
         )
     if best.checkpoint_id is None:
+        if best.job_status in ACTIVE_STATUSES:
+            raise ApiError(
+                409,
+                f"job {model} ({best.job_status}) has no checkpoint yet; wait for its first checkpoint "
+                "(see GET /jobs/{id}/events) and try again",
+            )
+        # A finished job never writes another checkpoint: waiting would be waiting forever.
         raise ApiError(
             409,
-            f"job {model} ({best.job_status}) has no checkpoint yet; wait for its first checkpoint "
-            "(see GET /jobs/{id}/events) and try again",
+            f"job {model} ended ({best.job_status}) without a checkpoint, so there is no model to generate "
+            "from; start a new job (POST /jobs)",
         )
-    return best.checkpoint_id, best.checkpoint_path
+    return best.checkpoint_id
 
 
-def worker_urls(session: Session, *, settings: Settings, checkpoint_id: str) -> list[str]:
+def worker_urls(session: Session, *, settings: Settings) -> list[str]:
     urls = workers.live_urls(session, within_seconds=settings.job_lease_seconds)
     if not urls:
         raise ApiError(
             503,
             "no worker is alive to run the model; start one with `charrnn worker` (or `charrnn serve`), then retry",
-            headers={"Retry-After": "5"},
+            headers=RETRY_AFTER,
         )
-    preferred = _affinity.get(checkpoint_id)
-    if preferred in urls:
-        urls.remove(preferred)
-        urls.insert(0, preferred)
     return urls
-
-
-def _remember(checkpoint_id: str, url: str) -> None:
-    _affinity[checkpoint_id] = url
-    _affinity.move_to_end(checkpoint_id)
-    while len(_affinity) > 10_000:
-        _affinity.popitem(last=False)
 
 
 def _raise_for_worker(response: httpx.Response, body: bytes) -> None:
     try:
         detail = json.loads(body).get("detail")
-    except ValueError:
+    except (ValueError, AttributeError):
         detail = None
-    if 400 <= response.status_code < 500 and detail:
+    if response.status_code == 401:
+        # Not the caller's key: this deployment's API and worker disagree on their shared secret.
+        raise ApiError(
+            502,
+            "the worker refused this API's worker secret; give the API and every worker the same "
+            "CHARRNN_WORKER_SECRET (or the same data dir, where it is generated)",
+        )
+    if 400 <= response.status_code < 500 and isinstance(detail, str):
         raise ApiError(response.status_code, detail)
     raise ApiError(502, f"the worker failed to run the model (HTTP {response.status_code}): {detail or 'no detail'}")
 
 
-async def call(client: httpx.AsyncClient, urls: list[str], path: str, payload: dict, checkpoint_id: str) -> dict:
+async def _send(
+    client: httpx.AsyncClient, target: Target, affinity: Affinity, endpoint: str, body: BaseModel, *, stream: bool
+) -> httpx.Response:
+    """POST `body` to the first worker that can be reached; a worker's refusal is the answer (it would be
+    every worker's). With `stream`, the response is returned unread (its errors still surface here, before
+    any of it is relayed)."""
+    content = body.model_dump_json()
     last_error = None
-    for url in urls:
+    for url in target.urls:
+        request = client.build_request(
+            "POST", url + endpoint, content=content, headers={"Content-Type": "application/json"}
+        )
         try:
-            response = await client.post(url + path, json=payload)
+            response = await client.send(request, stream=stream)
         except httpx.TransportError as exc:  # that worker is gone; try the next one
             last_error = exc
             continue
         if response.status_code != 200:
-            _raise_for_worker(response, response.content)
-        _remember(checkpoint_id, url)
-        return response.json()
+            error_body = await response.aread()
+            await response.aclose()
+            _raise_for_worker(response, error_body)
+        affinity.remember(target.checkpoint_id, url)
+        return response
     raise ApiError(
-        503,
-        f"no worker could be reached ({type(last_error).__name__}); retry in a few seconds",
-        headers={"Retry-After": "5"},
+        503, f"no worker could be reached ({type(last_error).__name__}); retry in a few seconds", headers=RETRY_AFTER
     )
+
+
+def generate_body(target: Target, params: dict) -> wire.GenerateBody:
+    # Built unvalidated: `params` are a validated GenerateRequest's, and the worker validates them again.
+    return wire.GenerateBody.model_construct(checkpoint_id=target.checkpoint_id, **params)
 
 
 def response_body(model: str, checkpoint_id: str, prompt: str, samples: list[dict]) -> dict:
@@ -109,53 +181,66 @@ def response_body(model: str, checkpoint_id: str, prompt: str, samples: list[dic
     }
 
 
+def _parse(model: type[BaseModel], content: bytes | str):
+    try:
+        return model.model_validate_json(content)
+    except ValidationError:
+        raise ApiError(502, "the worker answered something this API does not understand") from None
+
+
 async def generate(
-    client: httpx.AsyncClient, urls: list[str], *, model: str, checkpoint_id: str, path: str, request: dict
+    client: httpx.AsyncClient, target: Target, affinity: Affinity, *, model: str, params: dict
 ) -> dict:
     t0 = time.perf_counter()
-    out = await call(client, urls, "/generate", {"path": path, **request}, checkpoint_id)
+    response = await _send(client, target, affinity, wire.GENERATE, generate_body(target, params), stream=False)
+    result = _parse(wire.GenerateResult, response.content)
     GENERATION_SECONDS.observe(time.perf_counter() - t0)
-    return response_body(model, checkpoint_id, request["prompt"], out["samples"])
+    samples = [s.model_dump() for s in result.samples]
+    return response_body(model, target.checkpoint_id, params["prompt"], samples)
 
 
-async def open_stream(client: httpx.AsyncClient, urls: list[str], *, path: str, request: dict, checkpoint_id: str):
+async def open_stream(client: httpx.AsyncClient, target: Target, affinity: Affinity, *, params: dict):
     """Open the worker's NDJSON stream; errors (bad prompt, no worker) surface here, before any SSE."""
-    last_error = None
-    for url in urls:
-        try:
-            req = client.build_request("POST", url + "/generate/stream", json={"path": path, **request})
-            response = await client.send(req, stream=True)
-        except httpx.TransportError as exc:
-            last_error = exc
-            continue
-        if response.status_code != 200:
-            body = await response.aread()
-            await response.aclose()
-            _raise_for_worker(response, body)
-        _remember(checkpoint_id, url)
-        return response
-    raise ApiError(
-        503,
-        f"no worker could be reached ({type(last_error).__name__}); retry in a few seconds",
-        headers={"Retry-After": "5"},
-    )
+    body = generate_body(target, params)
+    return await _send(client, target, affinity, wire.GENERATE_STREAM, body, stream=True)
+
+
+async def score(client: httpx.AsyncClient, target: Target, affinity: Affinity, *, model: str, text: str) -> dict:
+    body = wire.ScoreBody.model_construct(checkpoint_id=target.checkpoint_id, text=text)
+    response = await _send(client, target, affinity, wire.SCORE, body, stream=False)
+    result = _parse(wire.ScoreResult, response.content)
+    return {"loss": result.loss, "chars": result.chars, "model": model, "checkpoint_id": target.checkpoint_id}
+
+
+async def logprobs(
+    client: httpx.AsyncClient, target: Target, affinity: Affinity, *, context: str, text: str, top: int
+) -> wire.LogprobsResult:
+    """Each character's log-probability in `text` after `context`, and the `top` likeliest at each position."""
+    try:
+        body = wire.LogprobsBody(checkpoint_id=target.checkpoint_id, context=context, text=text, top=top)
+    except ValidationError as exc:
+        raise ApiError(422, f"logprobs: {exc.errors()[0]['msg']}") from None
+    response = await _send(client, target, affinity, wire.LOGPROBS, body, stream=False)
+    return _parse(wire.LogprobsResult, response.content)
 
 
 async def relay(response: httpx.Response, *, model: str, checkpoint_id: str, prompt: str) -> AsyncIterator[dict]:
+    """The worker's stream lines as SSE events. Closing the upstream response when the client goes away
+    (this generator is closed) is what tells the worker to stop generating."""
     try:
         async for line in response.aiter_lines():
             if not line:
                 continue
-            message = json.loads(line)
-            if "pieces" in message:
+            message = wire.from_line(line)
+            if isinstance(message, wire.Chunk):
                 yield {
                     "event": "chunk",
-                    "data": json.dumps({"text": message["pieces"][0], "pieces": message["pieces"]}),
+                    "data": json.dumps({"text": message.pieces[0], "pieces": message.pieces}),
                 }
-            elif "samples" in message:
-                body = response_body(model, checkpoint_id, prompt, message["samples"])
-                yield {"event": "done", "data": json.dumps(body)}
-            elif "error" in message:
-                yield {"event": "error", "data": json.dumps({"detail": message["error"]})}
+            elif isinstance(message, wire.Done):
+                samples = [s.model_dump() for s in message.samples]
+                yield {"event": "done", "data": json.dumps(response_body(model, checkpoint_id, prompt, samples))}
+            else:
+                yield {"event": "error", "data": json.dumps({"detail": message.error})}
     finally:
         await response.aclose()

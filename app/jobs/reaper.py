@@ -12,7 +12,7 @@ import logging
 from starlette.concurrency import run_in_threadpool
 
 from app.db import session_scope
-from app.jobs import queue
+from app.jobs import lifecycle
 from app.settings import Settings
 
 log = logging.getLogger("charrnn.jobs")
@@ -20,7 +20,7 @@ log = logging.getLogger("charrnn.jobs")
 
 def reap_once(max_attempts: int) -> None:
     with session_scope() as session:
-        for job_id, outcome in queue.reap_expired(session, max_attempts=max_attempts):
+        for job_id, outcome in lifecycle.reap_expired(session, max_attempts=max_attempts):
             log.warning("job %s lost its worker: %s", job_id, outcome)
 
 

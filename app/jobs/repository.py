@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from sqlalchemy import select
+from sqlalchemy import BigInteger, literal, select
 from sqlalchemy.orm import Session
 
 from app.models import Job, JobEvent, JobMetric
@@ -25,7 +25,9 @@ def events(session: Session, *, owner: str, job_id: str, after: int, limit: int)
     query = (
         select(JobEvent)
         .join(Job, Job.id == JobEvent.job_id)
-        .where(JobEvent.job_id == job_id, Job.owner == owner, JobEvent.id > after)
+        # `after` comes from the client (up to 18 digits): bound as a 64-bit integer, since PostgreSQL
+        # would otherwise cast it to the column's 32-bit type and fail ("integer out of range").
+        .where(JobEvent.job_id == job_id, Job.owner == owner, JobEvent.id > literal(after, BigInteger))
         .order_by(JobEvent.id)
         .limit(limit)
     )

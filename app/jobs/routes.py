@@ -2,22 +2,28 @@ from __future__ import annotations
 
 import asyncio
 import json
-from typing import Annotated, Literal
+import time
+from typing import Annotated
 
 from fastapi import APIRouter, Depends, Header, Query, Request
 from sse_starlette.sse import EventSourceResponse
 from starlette.concurrency import run_in_threadpool
 
-from app.db import get_sessionmaker
-from app.deps import CurrentOwner, SessionDep, SettingsDep
+from app.db import read_session
+from app.deps import BearerKey, CurrentOwner, SessionDep, SettingsDep
 from app.errors import not_found, responses
 from app.jobs import repository, service
-from app.jobs.schemas import EventOut, EventPage, JobCreate, JobOut, MetricOut
+from app.jobs.events import parse_last_event_id
+from app.jobs.schemas import EventOut, EventPage, JobCreate, JobDefaults, JobOut, MetricOut, ModelSpec, TrainingSpec
+from app.keys.service import owner_for_key
+from app.keys.streams import KEY_RECHECK_SECONDS, REVOKED_EVENT
+from app.models import FINAL_STATUSES, JobStatus
 from app.pagination import Page, PageParams, page_params
+from worker.engine.config import DEFAULT_MAX_STEPS
 
 router = APIRouter(prefix="/jobs", tags=["jobs"], responses=responses(401, 404))
 
-FINAL = ("succeeded", "failed", "cancelled")
+FINAL = FINAL_STATUSES
 
 
 @router.post(
@@ -36,10 +42,22 @@ def list_jobs(
     session: SessionDep,
     owner: CurrentOwner,
     params: Annotated[PageParams, Depends(page_params)],
-    status: Annotated[Literal["queued", "running", "succeeded", "failed", "cancelled"] | None, Query()] = None,
+    status: Annotated[JobStatus | None, Query()] = None,
 ):
     rows, has_more = repository.list_page(session, owner=owner, params=params, status=status)
     return {"data": [service.to_out(j) for j in rows], "has_more": has_more}
+
+
+@router.get(
+    "/defaults",
+    response_model=JobDefaults,
+    summary="The value each left-out field of a new job takes (the dashboard prefills its form from these)",
+)
+def job_defaults(_owner: CurrentOwner):
+    # max_steps=DEFAULT_MAX_STEPS is the rule only for a job that gives no other: a form that sent it
+    # back with max_seconds would stop the job early, so it is offered as default_max_steps instead.
+    training = {**service.effective_training(TrainingSpec()), "max_steps": None}
+    return {"model": service.effective_model(ModelSpec()), "training": training, "default_max_steps": DEFAULT_MAX_STEPS}
 
 
 @router.get("/{job_id}", response_model=JobOut, summary="One job, with its live progress")
@@ -57,8 +75,11 @@ def cancel_job(job_id: str, session: SessionDep, owner: CurrentOwner):
     return service.to_out(service.cancel(session, owner=owner, job_id=job_id))
 
 
-def _read_events(owner: str, job_id: str, after: int, limit: int):
-    with get_sessionmaker()() as session:
+def _read_events(owner: str, job_id: str, after: int, limit: int, key: str | None = None):
+    """(job status, events after `after`); status None if the job is gone, "revoked" if `key` no longer works."""
+    with read_session() as session:  # reads only: on SQLite a poll never waits for the write lock
+        if key is not None and owner_for_key(session, key=key) != owner:
+            return "revoked", []
         job = repository.get(session, owner=owner, job_id=job_id)
         if job is None:
             return None, []
@@ -75,6 +96,7 @@ def _sse(event) -> dict:
     response_model=EventPage,
     summary="The job's events; with `Accept: text/event-stream`, follow them live until the job ends",
     responses={
+        **responses(400),
         200: {"content": {"text/event-stream": {"example": "id: 3\nevent: metrics\ndata: {...}\n\n"}}},
     },
 )
@@ -82,23 +104,40 @@ async def job_events(
     job_id: str,
     request: Request,
     owner: CurrentOwner,
+    key: BearerKey,
     after: Annotated[int, Query(ge=0, le=2**62, description="only events with a larger id")] = 0,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
     accept: Annotated[str | None, Header()] = None,
-    last_event_id: Annotated[str | None, Header(alias="Last-Event-ID")] = None,
+    last_event_id: Annotated[
+        str,  # not `| None`: the schema would then offer `null`, which a header cannot be; absent is None anyway
+        # Checked by parse_last_event_id (a 400 that names the header), declared here for clients and fuzzers.
+        Header(
+            alias="Last-Event-ID",
+            description="resume after this event id (an EventSource sends it when it reconnects)",
+            json_schema_extra={"pattern": "^[0-9]{1,18}$"},
+        ),
+    ] = None,
 ):
+    resume_from = parse_last_event_id(last_event_id)  # before any work: a bad header is the client's mistake
     status, events = await run_in_threadpool(_read_events, owner, job_id, after, limit + 1)
     if status is None:
         raise not_found("job", job_id)
     if "text/event-stream" not in (accept or ""):
         return {"data": [EventOut.model_validate(e) for e in events[:limit]], "has_more": len(events) > limit}
 
-    start = int(last_event_id) if last_event_id and last_event_id.isdigit() else after
+    start = resume_from if resume_from is not None else after
 
     async def follow():
         cursor = start
+        checked_at = time.monotonic()
         while True:
-            status, batch = await run_in_threadpool(_read_events, owner, job_id, cursor, 500)
+            recheck = time.monotonic() - checked_at >= KEY_RECHECK_SECONDS
+            status, batch = await run_in_threadpool(_read_events, owner, job_id, cursor, 500, key if recheck else None)
+            if recheck:
+                checked_at = time.monotonic()
+            if status == "revoked":  # checked in the same session as the poll: no extra trip to the database
+                yield REVOKED_EVENT
+                return
             for event in batch:
                 cursor = event.id
                 yield _sse(event)
@@ -117,6 +156,16 @@ async def job_events(
     response_model=list[MetricOut],
     summary="The loss curve, in step order (a plain list, as API.md has it: it is never paginated)",
 )
-def job_metrics(job_id: str, session: SessionDep, owner: CurrentOwner):
+def job_metrics(
+    job_id: str,
+    session: SessionDep,
+    owner: CurrentOwner,
+    max_points: Annotated[
+        int | None,
+        Query(ge=2, le=1_000_000, description="at most this many points: an even stride over the curve, first and "
+              "last kept (for charts of long runs)"),
+    ] = None,
+):
     service.get(session, owner=owner, job_id=job_id)
-    return [MetricOut.model_validate(m) for m in repository.metrics(session, owner=owner, job_id=job_id)]
+    rows = service.downsample(repository.metrics(session, owner=owner, job_id=job_id), max_points)
+    return [MetricOut.model_validate(m) for m in rows]

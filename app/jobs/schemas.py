@@ -7,9 +7,12 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from app.errors import scrub_paths
 from app.jobs.defaults import model_defaults, train_defaults
+from app.models import JobStatus
+from worker.engine.config import DEFAULT_MAX_STEPS
 
 _M, _T = model_defaults(), train_defaults()
 
@@ -38,7 +41,13 @@ class TrainingSpec(BaseModel):
     warmup_steps: int | None = Field(None, ge=0, le=1_000_000, description=_d(_T, "warmup_steps", "linear warmup"))
     weight_decay: float | None = Field(None, ge=0, le=1, description=_d(_T, "weight_decay", "AdamW decay"))
     grad_clip: float | None = Field(None, gt=0, le=1000, description=_d(_T, "grad_clip", "max gradient norm"))
-    max_steps: int | None = Field(None, ge=1, le=100_000_000, description="stop after this many steps")
+    max_steps: int | None = Field(
+        None,
+        ge=1,
+        le=100_000_000,
+        description=f"stop after this many steps (default {DEFAULT_MAX_STEPS} when neither max_epochs nor "
+        "max_seconds is given; the stored job shows it)",
+    )
     max_epochs: float | None = Field(None, gt=0, le=100_000, description="stop after this many passes over the text")
     max_seconds: float | None = Field(None, gt=0, le=30 * 86400, description="stop after this much training time")
     val_fraction: float | None = Field(
@@ -94,6 +103,10 @@ class Progress(BaseModel):
     eta_seconds: float | None = None
 
 
+# The keys of a job's stored `progress`: the worker keeps these of each trainer snapshot.
+PROGRESS_KEYS = tuple(Progress.model_fields)
+
+
 class JobError(BaseModel):
     message: str
 
@@ -139,7 +152,7 @@ class JobOut(BaseModel):
 
     id: str
     name: str | None
-    status: Literal["queued", "running", "succeeded", "failed", "cancelled"]
+    status: JobStatus
     corpus_id: str
     init_from: str | None
     model: dict
@@ -174,6 +187,16 @@ class EventOut(BaseModel):
     message: str
     data: dict
 
+    @field_validator("message")
+    @classmethod
+    def _no_server_paths(cls, message: str) -> str:
+        return scrub_paths(message)  # a worker's error may name files under the data dir
+
+    @field_validator("data")
+    @classmethod
+    def _no_server_paths_in_data(cls, data: dict) -> dict:
+        return {k: scrub_paths(v) for k, v in data.items()}
+
 
 class EventPage(BaseModel):
     data: list[EventOut]
@@ -202,3 +225,20 @@ class MetricOut(BaseModel):
     learning_rate: float | None
     chars_per_second: float | None
     time: datetime
+
+
+class JobDefaults(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "model": {"cell": "lstm", "hidden_size": 384, "num_layers": 2, "embedding_dim": 64, "dropout": 0.0},
+                    "training": {"seq_len": 128, "batch_size": 32, "max_steps": None, "max_seconds": None},
+                    "default_max_steps": 2000,
+                }
+            ]
+        }
+    )
+    model: dict = Field(description="every field of `model` with the value a job that leaves it out gets")
+    training: dict = Field(description="every field of `training` likewise (null: no such limit)")
+    default_max_steps: int = Field(description="the steps a job trains for when it sets no max_steps/epochs/seconds")

@@ -2,21 +2,26 @@ from __future__ import annotations
 
 import json
 
-from sqlalchemy import update
 from sqlalchemy.orm import Session
 
 from app.checkpoints import repository as checkpoints
-from app.checkpoints.files import read_metadata
 from app.corpora import repository as corpora
 from app.db import utcnow
-from app.errors import ApiError, not_found
+from app.errors import ApiError, not_found, scrub_paths
 from app.ids import new_id
-from app.jobs import queue, repository
-from app.jobs.defaults import model_defaults, train_defaults
+from app.jobs import lifecycle, repository
+from app.jobs.defaults import model_defaults
 from app.jobs.schemas import JobCreate, JobOut, ModelSpec, TrainingSpec
-from app.models import ACTIVE_STATUSES, Job
+from app.models import Job
 from app.settings import Settings
-from worker.engine.config import largest_batch_that_fits, min_train_chars
+from worker.engine.config import (
+    TrainConfig,
+    batch_not_divisible,
+    split_sizes,
+    too_few_training_chars,
+    too_small_validation_split,
+)
+from worker.engine.header import read_metadata
 
 
 def to_out(job: Job) -> JobOut:
@@ -31,7 +36,7 @@ def to_out(job: Job) -> JobOut:
         progress=job.progress or {},
         device=job.device,
         attempts=job.attempts,
-        error={"message": job.error_message} if job.error_message else None,
+        error={"message": scrub_paths(job.error_message)} if job.error_message else None,
         created_at=job.created_at,
         started_at=job.started_at,
         finished_at=job.finished_at,
@@ -39,9 +44,11 @@ def to_out(job: Job) -> JobOut:
 
 
 def effective_training(spec: TrainingSpec) -> dict:
-    defaults = train_defaults()
-    given = spec.model_dump()
-    return {k: given[k] if given[k] is not None else defaults.get(k) for k in TrainingSpec.model_fields}
+    """What the job will run: the engine's own resolution of the given fields (TrainConfig), defaults
+    and the default stopping rule included."""
+    given = {k: v for k, v in spec.model_dump().items() if v is not None}
+    resolved = TrainConfig(**given).to_dict()
+    return {k: resolved[k] for k in TrainingSpec.model_fields}
 
 
 def effective_model(spec: ModelSpec) -> dict:
@@ -50,31 +57,34 @@ def effective_model(spec: ModelSpec) -> dict:
     return {k: given[k] if given[k] is not None else defaults.get(k) for k in ModelSpec.model_fields}
 
 
-def check_corpus_size(num_chars: int, training: dict) -> None:
-    """The same rule as the engine's StreamBatcher, told before the job queues rather than after."""
-    seq_len, batch_size, val_fraction = training["seq_len"], training["batch_size"], training["val_fraction"]
-    n_val = int(num_chars * val_fraction)
-    train_chars = num_chars - n_val
-    needed = min_train_chars(batch_size, seq_len)
-    if train_chars < needed:
-        fit_batch = largest_batch_that_fits(train_chars, seq_len)
-        fix = (
-            f"lower training.batch_size to {fit_batch} or less"
-            if fit_batch >= 1
-            else (f"lower training.seq_len (to at most {max(1, (train_chars - 1) // 2)}) and training.batch_size")
-        )
+def downsample(rows: list, max_points: int | None) -> list:
+    """At most max_points rows at an even stride, the first and the last always kept."""
+    if max_points is None or len(rows) <= max_points:
+        return rows
+    stride = (len(rows) - 1) / (max_points - 1)
+    return [rows[round(i * stride)] for i in range(max_points)]
+
+
+def check_training(num_chars: int, training: dict) -> None:
+    """The engine's own rules (worker/engine/config.py), told before the job queues rather than after."""
+    train_chars, _ = split_sizes(num_chars, training["val_fraction"])
+    problem = (
+        too_few_training_chars(train_chars, training["batch_size"], training["seq_len"])
+        or too_small_validation_split(num_chars, training["val_fraction"])
+        or batch_not_divisible(training["batch_size"], training["gpus"])
+    )
+    if problem:
+        raise ApiError(422, problem)
+
+
+def check_vocab_size(vocab_size: int, settings: Settings) -> None:
+    """Uploads are held to the limit too; this catches corpora from before it, or from a higher one."""
+    if vocab_size > settings.max_vocab_size:
         raise ApiError(
             422,
-            f"the corpus is too small for these settings: its training part has {train_chars:,} characters, "
-            f"and batch_size={batch_size} with seq_len={seq_len} needs at least {needed:,}. "
-            f"Upload more text, or {fix}.",
-        )
-    if val_fraction > 0 and n_val < 2:
-        raise ApiError(
-            422,
-            f"training.val_fraction={val_fraction} holds out {n_val} character(s) of {num_chars:,}; "
-            "at least 2 are "
-            "needed. Raise val_fraction, set it to 0 (no validation), or upload more text.",
+            f"the corpus has {vocab_size:,} distinct characters, more than the limit of {settings.max_vocab_size:,} "
+            "(CHARRNN_MAX_VOCAB_SIZE): the model's output layer would not fit in memory. Upload a text with "
+            "fewer distinct characters, or ask the operator to raise the limit.",
         )
 
 
@@ -86,6 +96,7 @@ def create(
         corpus = corpora.get(session, owner=owner, corpus_id=body.corpus_id)
         if corpus is None:
             raise not_found("corpus", body.corpus_id)
+        check_vocab_size(corpus.vocab_size, settings)
         model = effective_model(body.model)
         if body.init_from:
             checkpoint = checkpoints.get(session, owner=owner, checkpoint_id=body.init_from)
@@ -106,21 +117,13 @@ def create(
                 )
             model = {k: config.get(k) for k in ModelSpec.model_fields}
         training = effective_training(body.training)
-        check_corpus_size(corpus.num_chars, training)
-        if training["batch_size"] % training["gpus"]:
-            raise ApiError(
-                422,
-                f"training.batch_size={training['batch_size']} must be a multiple of training.gpus="
-                f"{training['gpus']} (each process trains an equal share of the streams); "
-                f"try batch_size={training['batch_size'] // training['gpus'] * training['gpus'] or training['gpus']}",
-            )
+        check_training(corpus.num_chars, training)
         job = Job(
             id=new_id("job"),
             owner=owner,
             name=body.name,
             corpus_id=corpus.id,
             init_from=body.init_from,
-            status="queued",
             model=model,
             training=training,
             progress={},
@@ -128,9 +131,7 @@ def create(
             created_at=utcnow(),
             **(columns or {}),
         )
-        session.add(job)
-        session.flush()
-        queue.add_event(session, job_id=job.id, type="status", message="queued", data={"status": "queued"})
+        lifecycle.queued(session, job)
     return job
 
 
@@ -143,13 +144,7 @@ def get(session: Session, *, owner: str, job_id: str) -> Job:
 
 def cancel(session: Session, *, owner: str, job_id: str) -> Job:
     with session.begin():
-        result = session.execute(
-            update(Job)
-            .where(Job.id == job_id, Job.owner == owner, Job.status.in_(ACTIVE_STATUSES))
-            .values(status="cancelled", finished_at=utcnow(), lease_expires_at=None)
-        )
-        if result.rowcount == 0:
+        if not lifecycle.cancel(session, owner=owner, job_id=job_id):
             job = get(session, owner=owner, job_id=job_id)
             raise ApiError(409, f"job {job_id} has already finished ({job.status}); there is nothing to cancel")
-        queue.add_event(session, job_id=job_id, type="status", message="cancelled", data={"status": "cancelled"})
     return get(session, owner=owner, job_id=job_id)

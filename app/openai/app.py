@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 from fastapi import FastAPI
+from fastapi.responses import FileResponse
 
+from app.dashboard.routes import DOCS_HEADERS, STATIC
 from app.openai import errors
 from app.openai.routes import router
 
@@ -14,8 +16,21 @@ Files are text corpora, fine-tuning jobs are training jobs, characters are token
 
 
 def create_openai_app(parent: FastAPI) -> FastAPI:
-    sub = FastAPI(title="charrnn: OpenAI-compatible API", version="0.1.0", description=DESCRIPTION)
+    sub = FastAPI(
+        title="charrnn: OpenAI-compatible API",
+        version="0.1.0",
+        description=DESCRIPTION,
+        docs_url=None,  # FastAPI's page loads Swagger UI from a CDN; /v1/docs is the offline one /docs is
+        redoc_url=None,
+    )
     sub.state.http = lambda: parent.state.http  # the main app's httpx client, made in its lifespan
+    sub.state.worker_affinity = parent.state.worker_affinity  # one memory of which worker has which checkpoint
     errors.install(sub)
     sub.include_router(router)
+
+    @sub.get("/docs", include_in_schema=False)
+    async def swagger_ui() -> FileResponse:
+        # The main /docs page (app/dashboard): its script reads the openapi.json beside the page, here /v1's.
+        return FileResponse(STATIC / "docs.html", media_type="text/html", headers=DOCS_HEADERS)
+
     return sub

@@ -13,7 +13,7 @@ from sqlalchemy.orm import Session
 
 from app.checkpoints import repository as checkpoints
 from app.jobs import repository as jobs
-from app.models import Job
+from app.models import Job, JobStatus
 from app.openai import repository
 from app.openai.errors import OpenAIError
 
@@ -100,7 +100,7 @@ def resolve(session: Session, *, owner: str, name: str) -> Resolved | None:
         if checkpoint is None:
             raise not_found(name, f" (job {job.id} has no checkpoint at step {step})")
         return Resolved(job, checkpoint.id)
-    if job.status != "succeeded":
+    if job.status != JobStatus.SUCCEEDED:
         raise not_found(name, f" yet: job {job.id} is {job.status}; use its job id for its best checkpoint so far")
     return Resolved(job)
 
@@ -123,7 +123,7 @@ def retrieve(session: Session, *, owner: str, name: str) -> dict:
     if resolved is None:
         return model_object(name, PRESETS_CREATED, OWNED_BY_SERVICE)
     job = resolved.job
-    if not name.startswith("ft:") and job.status != "succeeded" and resolved.checkpoint_id is None:
+    if not name.startswith("ft:") and job.status != JobStatus.SUCCEEDED and resolved.checkpoint_id is None:
         raise not_found(name, f" yet: job {job.id} is {job.status}")
     return model_object(name, int((job.finished_at or job.created_at).timestamp()), owner)
 

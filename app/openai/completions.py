@@ -3,14 +3,16 @@
 Everything /v1 asks of generation goes through here (resolve a checkpoint, pick workers, generate,
 stream, per-character log-probabilities), so a change to the generation contract is rewired in one place.
 
-- Same sampler and batching as POST /generate: the request becomes a native one (max_tokens -> length,
-  n -> num_samples, top_p 0 -> greedy), one native call per prompt.
+- Same sampler, batching and contract as POST /generate: the request becomes the native sampling
+  parameters (SamplingParams: max_tokens -> length, n -> num_samples, top_p 0 -> greedy), one worker call
+  per prompt; the model name resolves, with the key's owner and the live workers, in one `target()` lookup,
+  and the worker gets the checkpoint id (wire.py's bodies; it finds the file itself).
 - `logprobs`: the exact log-probability of each character under the model (temperature 1), from the
   worker's /logprobs (teacher-forced, like /score, over the text the sampler returned). The first
   character of an echoed prompt has none, as with OpenAI.
 - `stream`: OpenAI's chunks (`data: {...}`) then `data: [DONE]`; the chunks of a choice join to its text.
   With `logprobs`, each chunk carries its own characters' (one worker call per chunk, re-reading the text
-  before it: exact, but it slows a long stream).
+  before it: exact, but it slows a long stream). A stream ends, with an error, when its key is revoked.
 """
 
 from __future__ import annotations
@@ -23,15 +25,17 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 import httpx
+from pydantic import ValidationError
+from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
-from app.db import read_session
 from app.errors import ApiError
 from app.generation import service as generation
 from app.openai import catalog
 from app.openai.errors import OpenAIError, error_body
 from app.openai.schemas import CompletionRequest
 from app.settings import Settings
+from worker.engine.sampling_params import MAX_PROMPT_CHARS, SamplingParams
 
 MAX_STOPS = 4
 
@@ -42,11 +46,9 @@ class Streams:
 
     prompts: list[str]
     upstreams: list[httpx.Response]
-    native: str
-    checkpoint_id: str
+    target: generation.Target
     client: httpx.AsyncClient  # for the logprobs of each chunk
-    urls: list[str]
-    path: str
+    affinity: generation.Affinity
 
 
 def _refuse_unsupported(body: CompletionRequest) -> None:
@@ -62,7 +64,7 @@ def _refuse_unsupported(body: CompletionRequest) -> None:
 
 
 def native_params(body: CompletionRequest, prompt: str) -> dict:
-    """The native /generate body (less `model`, `stream`) for one prompt."""
+    """The native sampling parameters (SamplingParams, bounds checked) for one prompt."""
     stops = [body.stop] if isinstance(body.stop, str) else list(body.stop or [])
     if len(stops) > MAX_STOPS:
         raise OpenAIError(400, f"stop takes up to {MAX_STOPS} strings; got {len(stops)}", "stop")
@@ -70,16 +72,23 @@ def native_params(body: CompletionRequest, prompt: str) -> dict:
     top_p = body.top_p
     if top_p == 0:  # OpenAI's "only the most likely": greedy
         temperature, top_p = 0.0, None
-    return {
-        "prompt": prompt,
-        "length": 16 if body.max_tokens is None else body.max_tokens,
-        "temperature": temperature,
-        "top_k": body.top_k,
-        "top_p": None if top_p is None or top_p >= 1 else top_p,
-        "seed": body.seed,
-        "num_samples": body.n or 1,
-        "stop": [s for s in stops if s],
-    }
+    try:
+        params = SamplingParams(
+            prompt=prompt,
+            length=16 if body.max_tokens is None else body.max_tokens,
+            temperature=temperature,
+            top_k=body.top_k,
+            top_p=None if top_p is None or top_p >= 1 else top_p,
+            seed=body.seed,
+            num_samples=body.n or 1,
+            stop=[s for s in stops if s],
+        )
+    except ValidationError as exc:  # the one contract's bounds (a stop string too long, ...)
+        first = exc.errors()[0]
+        field = str(first["loc"][0]) if first.get("loc") else None
+        param = {"length": "max_tokens", "num_samples": "n"}.get(field, field)
+        raise OpenAIError(400, f"{param or 'the request'}: {first['msg']}", param) from None
+    return params.model_dump()
 
 
 def _prompts(body: CompletionRequest) -> list[str]:
@@ -89,43 +98,45 @@ def _prompts(body: CompletionRequest) -> list[str]:
     if len(prompts) * (body.n or 1) > 64:
         raise OpenAIError(400, "at most 64 completions per request (prompts x n)", "n")
     for p in prompts:
-        if len(p) > 10_000:
-            raise OpenAIError(400, f"a prompt is {len(p):,} characters long; the limit is 10,000", "prompt")
+        if len(p) > MAX_PROMPT_CHARS:
+            raise OpenAIError(
+                400, f"a prompt is {len(p):,} characters long; the limit is {MAX_PROMPT_CHARS:,}", "prompt"
+            )
     return prompts
 
 
-def _target(owner: str, settings: Settings, name: str) -> tuple[str, str, str, list[str]]:
-    """(native model, checkpoint id, absolute checkpoint path, worker urls), in one read session."""
-    with read_session() as session:
-        resolved = catalog.resolve(session, owner=owner, name=name)
-        if resolved is None:
-            raise OpenAIError(
-                400,
-                f"{name!r} is a base model with no weights: fine-tune it first (POST /v1/fine_tuning/jobs), then "
-                "complete with the fine-tuned model's name",
-                "model",
-                "model_not_trained",
-            )
-        checkpoint_id, path = generation.resolve(session, owner=owner, model=resolved.native)
-        urls = generation.worker_urls(session, settings=settings, checkpoint_id=checkpoint_id)
-    return resolved.native, checkpoint_id, str((settings.data_dir / path).resolve()), urls
+def native_model(session: Session, owner: str, name: str) -> str:
+    """The native model (a job id or checkpoint id) of a /v1 model name; run inside generation.target()."""
+    resolved = catalog.resolve(session, owner=owner, name=name)
+    if resolved is None:
+        raise OpenAIError(
+            400,
+            f"{name!r} is a base model with no weights: fine-tune it first (POST /v1/fine_tuning/jobs), then "
+            "complete with the fine-tuned model's name",
+            "model",
+            "model_not_trained",
+        )
+    return resolved.native
 
 
-async def _logprobs(client: httpx.AsyncClient, urls: list[str], path: str, checkpoint_id: str,
+async def _target(key: str, settings: Settings, name: str, affinity: generation.Affinity) -> generation.Target:
+    """The key's owner, the name's checkpoint and the live workers: one lookup, in a thread."""
+    return await run_in_threadpool(generation.target, key, settings, name, affinity, native_model)
+
+
+async def _logprobs(client: httpx.AsyncClient, target: generation.Target, affinity: generation.Affinity,
                     prompt: str, text: str, echo: bool, top: int) -> dict:
     context, scored, lead = prompt, text, []
     if echo and prompt:  # the prompt's own characters too; its first has nothing before it
         context, scored = prompt[0], prompt[1:] + text
         lead = [None]
-    out = await generation.call(
-        client, urls, "/logprobs", {"path": path, "context": context, "text": scored, "top": top}, checkpoint_id
-    )
+    out = await generation.logprobs(client, target, affinity, context=context, text=scored, top=top)
     shown = (prompt if echo else "") + text
     start = 0 if echo else len(prompt)
     return {
         "tokens": list(shown),
-        "token_logprobs": lead + out["token_logprobs"],
-        "top_logprobs": ([None] if lead else []) + (out["top_logprobs"] or [{} for _ in scored]),
+        "token_logprobs": lead + out.token_logprobs,
+        "top_logprobs": ([None] if lead else []) + (out.top_logprobs or [{} for _ in scored]),
         "text_offset": [start + i for i in range(len(shown))],
     }
 
@@ -140,14 +151,15 @@ def _envelope(body: CompletionRequest, completion_id: str, created: int, checkpo
     }
 
 
-async def complete(client: httpx.AsyncClient, settings: Settings, *, owner: str, body: CompletionRequest) -> dict:
+async def complete(client: httpx.AsyncClient, settings: Settings, affinity: generation.Affinity, *, key: str,
+                   body: CompletionRequest) -> dict:
     _refuse_unsupported(body)
     prompts = _prompts(body)
     params = [native_params(body, p) for p in prompts]
-    native, checkpoint_id, path, urls = await run_in_threadpool(_target, owner, settings, body.model)
+    target = await _target(key, settings, body.model, affinity)
+    checkpoint_id = target.checkpoint_id
     outs = await asyncio.gather(
-        *(generation.generate(client, urls, model=native, checkpoint_id=checkpoint_id, path=path, request=p)
-          for p in params)
+        *(generation.generate(client, target, affinity, model=body.model, params=p) for p in params)
     )
     choices, to_score = [], []
     for p_index, (prompt, out) in enumerate(zip(prompts, outs, strict=True)):
@@ -163,7 +175,7 @@ async def complete(client: httpx.AsyncClient, settings: Settings, *, owner: str,
                 to_score.append((choice, prompt, sample["text"]))
     if to_score:
         found = await asyncio.gather(
-            *(_logprobs(client, urls, path, checkpoint_id, prompt, text, bool(body.echo), body.logprobs)
+            *(_logprobs(client, target, affinity, prompt, text, bool(body.echo), body.logprobs)
               for _, prompt, text in to_score)
         )
         for (choice, _, _), logprobs in zip(to_score, found, strict=True):
@@ -181,26 +193,28 @@ async def complete(client: httpx.AsyncClient, settings: Settings, *, owner: str,
     }
 
 
-async def open_streams(client: httpx.AsyncClient, settings: Settings, *, owner: str, body: CompletionRequest):
+async def open_streams(client: httpx.AsyncClient, settings: Settings, affinity: generation.Affinity, *, key: str,
+                       body: CompletionRequest) -> Streams:
     """Open one native stream per prompt before answering, so a bad prompt or model is a plain error."""
     _refuse_unsupported(body)
     prompts = _prompts(body)
     params = [native_params(body, p) for p in prompts]
-    native, checkpoint_id, path, urls = await run_in_threadpool(_target, owner, settings, body.model)
+    target = await _target(key, settings, body.model, affinity)
     opened: list[httpx.Response] = []
     try:
         for p in params:
-            opened.append(await generation.open_stream(client, urls, path=path, request=p, checkpoint_id=checkpoint_id))
+            opened.append(await generation.open_stream(client, target, affinity, params=p))
     except BaseException:
         for upstream in opened:
             await upstream.aclose()
         raise
-    return Streams(prompts, opened, native, checkpoint_id, client, urls, path)
+    return Streams(prompts, opened, target, client, affinity)
 
 
 async def stream_chunks(body: CompletionRequest, streams: Streams) -> AsyncIterator[dict]:
     """SSE messages (for EventSourceResponse): OpenAI's completion chunks, then `[DONE]`."""
-    envelope = _envelope(body, "cmpl-" + secrets.token_hex(12), int(time.time()), streams.checkpoint_id)
+    checkpoint_id = streams.target.checkpoint_id
+    envelope = _envelope(body, "cmpl-" + secrets.token_hex(12), int(time.time()), checkpoint_id)
     prompts = streams.prompts
     n = body.n or 1
     generated = 0
@@ -213,12 +227,11 @@ async def stream_chunks(body: CompletionRequest, streams: Streams) -> AsyncItera
         """A chunk's own logprobs: its characters after the prompt and what came before it (re-read each time)."""
         if body.logprobs is None:
             return None
-        return await _logprobs(streams.client, streams.urls, streams.path, streams.checkpoint_id,
-                               context, piece, echo, body.logprobs)
+        return await _logprobs(streams.client, streams.target, streams.affinity, context, piece, echo, body.logprobs)
 
     try:
         for p_index, (prompt, upstream) in enumerate(zip(prompts, streams.upstreams, strict=True)):
-            relay = generation.relay(upstream, model=streams.native, checkpoint_id=streams.checkpoint_id, prompt=prompt)
+            relay = generation.relay(upstream, model=body.model, checkpoint_id=checkpoint_id, prompt=prompt)
             if body.echo and prompt:
                 echoed = await logprobs(prompt, "", True)
                 for s in range(n):

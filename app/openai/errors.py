@@ -2,7 +2,10 @@
 
 The handlers are installed on the /v1 sub-application only, so the native routes keep `{"detail": ...}`.
 Errors raised by the native services (ApiError) are translated here: their 422 (a value the service
-refused) becomes OpenAI's 400, so the client raises BadRequestError as it would against OpenAI.
+refused) becomes OpenAI's 400, so the client raises BadRequestError as it would against OpenAI. The native
+handlers' guarantees hold here too (app/errors.py): messages are short and JSON-safe and name no server
+path, a busy database is a 503 with Retry-After, and the security headers come on every answer (the main
+app's ObserveRequests wraps /v1; the 500 handler adds them itself too, as the native one does).
 """
 
 from __future__ import annotations
@@ -12,9 +15,12 @@ import logging
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from sqlalchemy.exc import InterfaceError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from app.errors import ApiError
+from app.errors import DB_RETRY_AFTER_SECONDS, ApiError, clip_text, scrub_paths
+from app.ops.middleware import SECURITY_HEADERS
 
 log = logging.getLogger("charrnn.api")
 
@@ -85,25 +91,54 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(ApiError)
     async def _api_error(_request: Request, exc: ApiError):
-        return error_response(exc.status_code, exc.detail, guess_param(exc.detail), headers=exc.headers)
+        detail = scrub_paths(exc.detail)
+        return error_response(exc.status_code, detail, guess_param(detail), headers=exc.headers)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, exc: StarletteHTTPException):
-        message = exc.detail if isinstance(exc.detail, str) else str(exc.detail)
+        message = scrub_paths(exc.detail if isinstance(exc.detail, str) else str(exc.detail))
         if exc.status_code == 404 and message == "Not Found":
-            message = f"unknown URL {request.method} {request.url.path}: see /v1/docs for the routes"
+            message = f"unknown URL {request.method} {clip_text(request.url.path)}: see /v1/docs for the routes"
         elif exc.status_code == 405:
-            message = f"{request.method} is not allowed on {request.url.path}"
+            message = f"{request.method} is not allowed on {clip_text(request.url.path)}"
         return error_response(exc.status_code, message, headers=dict(exc.headers or {}) or None)
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(_request: Request, exc: RequestValidationError):
+        # Only field names and pydantic's messages, clipped: never the input, which may be megabytes,
+        # NaN or a lone surrogate.
         errors = exc.errors()
-        message = "; ".join(f"{_location(e) or 'the request body'}: {e.get('msg', 'invalid')}" for e in errors[:5])
-        param = _location(errors[0]) or None if errors else None
+        message = "; ".join(
+            f"{clip_text(_location(e)) or 'the request body'}: {clip_text(str(e.get('msg', 'invalid')))}"
+            for e in errors[:5]
+        )
+        param = (clip_text(_location(errors[0])) or None) if errors else None
         return error_response(400, message, param)
+
+    @app.exception_handler(UnicodeEncodeError)
+    async def _unencodable(_request: Request, exc: UnicodeEncodeError):
+        bad = exc.object[exc.start : exc.end] if isinstance(exc.object, str) else ""
+        return error_response(
+            400,
+            f"the request holds characters that are not valid Unicode text "
+            f"({bad.encode('utf-8', 'backslashreplace').decode()}: a lone surrogate); send real characters",
+        )
+
+    async def _database_unavailable(request: Request, exc: Exception):
+        first_line = (str(exc).splitlines() or [""])[0]
+        log.warning("database unavailable on %s %s: %s", request.method, request.url.path, first_line)
+        return error_response(
+            503,
+            "the database is busy or unreachable; retry in a few seconds",
+            code="service_unavailable",
+            headers={"Retry-After": DB_RETRY_AFTER_SECONDS},
+        )
+
+    for exc_class in (OperationalError, InterfaceError, PoolTimeoutError):
+        app.add_exception_handler(exc_class, _database_unavailable)
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception):
         log.exception("unhandled error on %s %s", request.method, request.url.path)
-        return error_response(500, "internal error; it has been logged", code="internal_error")
+        headers = {name.decode(): value.decode() for name, value in SECURITY_HEADERS}
+        return error_response(500, "internal error; it has been logged", code="internal_error", headers=headers)

@@ -22,20 +22,19 @@ from pydantic import ValidationError
 from sqlalchemy.orm import Session
 
 from app.checkpoints import repository as checkpoints_repository
-from app.checkpoints.files import read_metadata
 from app.corpora import repository as corpora
 from app.jobs import repository as jobs_repository
 from app.jobs import service as jobs
 from app.jobs.defaults import train_defaults
 from app.jobs.schemas import JobCreate as NativeJobCreate
-from app.models import Checkpoint, Job, JobEvent
+from app.models import FINAL_STATUSES, Checkpoint, Job, JobEvent, JobStatus
 from app.openai import catalog, repository
 from app.openai.errors import OpenAIError
 from app.openai.schemas import Hyperparameters, JobCreate
 from app.pagination import PageParams
 from app.settings import Settings
+from worker.engine.header import read_metadata
 
-FINAL = ("succeeded", "failed", "cancelled")
 EVENT_PREFIX = "ftevent-"
 
 
@@ -181,7 +180,7 @@ def job_object(job: Job) -> dict:
         "learning_rate_multiplier": _auto_or(training.get("learning_rate"), train_defaults()["learning_rate"]),
     }
     trained_tokens = None
-    if job.status in FINAL:
+    if job.status in FINAL_STATUSES:
         trained_tokens = int(progress.get("step") or 0) * int(training.get("batch_size") or 0) * int(
             training.get("seq_len") or 0)
     eta = progress.get("eta_seconds")
@@ -191,9 +190,9 @@ def job_object(job: Job) -> dict:
         "created_at": _ts(job.created_at),
         "error": (
             {"code": "training_failed", "message": job.error_message or "the job failed", "param": None}
-            if job.status == "failed" else None
+            if job.status == JobStatus.FAILED else None
         ),
-        "fine_tuned_model": catalog.fine_tuned_name(job) if job.status == "succeeded" else None,
+        "fine_tuned_model": catalog.fine_tuned_name(job) if job.status == JobStatus.SUCCEEDED else None,
         "finished_at": _ts(job.finished_at),
         "hyperparameters": hyperparameters,
         "model": job.openai_model or catalog.base_of(job),
@@ -204,7 +203,7 @@ def job_object(job: Job) -> dict:
         "trained_tokens": trained_tokens,
         "training_file": job.corpus_id,
         "validation_file": job.validation_corpus_id,
-        "estimated_finish": int(time.time() + eta) if job.status == "running" and eta is not None else None,
+        "estimated_finish": int(time.time() + eta) if job.status == JobStatus.RUNNING and eta is not None else None,
         "integrations": None,
         "metadata": None,
         "method": {"type": "supervised", "supervised": {"hyperparameters": hyperparameters}},
@@ -233,7 +232,7 @@ def cancel(session: Session, *, owner: str, job_id: str) -> dict:
 
 def event_object(event: JobEvent) -> dict:
     data = event.data or {}
-    failed = event.type == "status" and data.get("status") == "failed"
+    failed = event.type == "status" and data.get("status") == JobStatus.FAILED
     return {
         "id": f"{EVENT_PREFIX}{event.id}",
         "object": "fine_tuning.job.event",

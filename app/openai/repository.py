@@ -6,7 +6,7 @@ from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from app.db import utcnow
-from app.models import ACTIVE_STATUSES, Checkpoint, Corpus, Job, JobEvent
+from app.models import ACTIVE_STATUSES, Checkpoint, Corpus, Job, JobEvent, JobStatus
 from app.pagination import PageParams, paginate
 
 
@@ -36,7 +36,7 @@ def checkpoint_at_step(session: Session, *, owner: str, job_id: str, step: int) 
 
 def fine_tuned_jobs(session: Session, *, owner: str) -> list[Job]:
     """The owner's fine-tuned models: succeeded jobs whose model was not deleted, newest first."""
-    query = select(Job).where(Job.owner == owner, Job.status == "succeeded", Job.model_deleted_at.is_(None))
+    query = select(Job).where(Job.owner == owner, Job.status == JobStatus.SUCCEEDED, Job.model_deleted_at.is_(None))
     return list(session.scalars(query.order_by(Job.id.desc())))
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Query, Request
@@ -9,9 +10,10 @@ from fastapi.responses import FileResponse
 from sse_starlette.sse import EventSourceResponse
 
 from app.corpora import service as corpora
-from app.deps import CurrentOwner, SessionDep, SettingsDep
+from app.deps import BearerKey, CurrentOwner, SessionDep, SettingsDep
+from app.keys.streams import end_when_revoked
 from app.openai import catalog, completions, files, fine_tuning
-from app.openai.errors import OpenAIError
+from app.openai.errors import OpenAIError, error_body
 from app.openai.schemas import (
     CheckpointList,
     CompletionRequest,
@@ -29,6 +31,10 @@ from app.openai.schemas import (
 from app.pagination import PageParams
 
 router = APIRouter()
+
+# A completion stream whose key is revoked ends with OpenAI's error object, which the client raises.
+REVOKED = {"data": json.dumps(error_body("the API key was revoked; the stream ends", "invalid_request_error",
+                                         code="invalid_api_key"))}
 
 Limit = Annotated[int, Query(ge=1, le=100, description="items per page, 1 to 100")]
 After = Annotated[str | None, Query(max_length=64, description="the last id of the previous page")]
@@ -162,11 +168,13 @@ def delete_model(model: str, session: SessionDep, owner: CurrentOwner):
 @router.post("/completions", tags=["completions"], summary="Complete prompts with a fine-tuned model",
              responses={200: {"content": {"text/event-stream": {"example": 'data: {"choices": [...]}\n\n'
                                                                            "data: [DONE]\n\n"}}}})
-async def create_completion(body: CompletionRequest, request: Request, owner: CurrentOwner, settings: SettingsDep):
+async def create_completion(body: CompletionRequest, request: Request, key: BearerKey, settings: SettingsDep):
+    affinity = request.app.state.worker_affinity  # the main app's (app/openai/app.py)
     if not body.stream:
-        return await completions.complete(_http(request), settings, owner=owner, body=body)
-    streams = await completions.open_streams(_http(request), settings, owner=owner, body=body)
-    return EventSourceResponse(completions.stream_chunks(body, streams), ping=15)
+        return await completions.complete(_http(request), settings, affinity, key=key, body=body)
+    streams = await completions.open_streams(_http(request), settings, affinity, key=key, body=body)
+    chunks = end_when_revoked(completions.stream_chunks(body, streams), key, revoked_event=REVOKED)
+    return EventSourceResponse(chunks, ping=15)
 
 
 @router.post("/chat/completions", tags=["completions"], summary="Not supported: these are completion models")

@@ -8,7 +8,7 @@ from prometheus_client.core import GaugeMetricFamily
 from sqlalchemy import func, select
 
 from app.db import session_scope
-from app.models import JOB_STATUSES, Job
+from app.models import JOB_STATUSES, Job, JobStatus
 
 REGISTRY = CollectorRegistry()
 
@@ -32,11 +32,11 @@ class JobCollector:
         try:
             with session_scope() as session:
                 counts = dict(session.execute(select(Job.status, func.count()).group_by(Job.status)).all())
-                running = session.scalars(select(Job.progress).where(Job.status == "running")).all()
+                running = session.scalars(select(Job.progress).where(Job.status == JobStatus.RUNNING)).all()
         except Exception:  # a scrape must not fail because the database is briefly away
             return
         for status in JOB_STATUSES:
-            jobs.add_metric([status], counts.get(status, 0))
+            jobs.add_metric([status.value], counts.get(status, 0))
         speed.add_metric([], sum((p or {}).get("chars_per_second") or 0.0 for p in running))
         yield jobs
         yield speed

@@ -6,7 +6,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sqlalchemy import text
 from starlette.concurrency import run_in_threadpool
 
-from app.db import session_scope
+from app.db import read_session
 from app.ops import embedded
 from app.ops.metrics import REGISTRY
 from app.settings import get_settings
@@ -20,13 +20,15 @@ router = APIRouter(tags=["ops"])
     summary="Liveness: the process answers",
     responses={200: {"content": {"application/json": {"example": {"status": "ok"}}}}},
 )
-def healthz():
+async def healthz():
+    # async on purpose: liveness must not wait for a thread-pool slot that database calls may all hold.
     return {"status": "ok"}
 
 
 def _readiness() -> tuple[bool, dict]:
     try:
-        with session_scope() as session:
+        # A read that takes no write lock: readiness must answer while a writer holds the database.
+        with read_session() as session:
             session.execute(text("SELECT 1"))
             alive = workers.live(session, within_seconds=get_settings().job_lease_seconds)
     except Exception as exc:

@@ -9,7 +9,7 @@ from tests.conftest import SHAKESPEARE
 from worker.engine.batching import BatchedSampler
 from worker.engine.data import Vocab
 from worker.engine.model import CharRNN, ModelConfig
-from worker.engine.sampler import Sampler, SampleRequest
+from worker.engine.sampler import Cancellation, Sampler, SampleRequest
 
 TEXT = SHAKESPEARE.read_text()[:5000]
 
@@ -74,3 +74,27 @@ def test_seeded_and_bad_requests_are_refused(samplers):
         batched.stream(SampleRequest(temperature=-1))
     with pytest.raises(ValueError, match="num_samples"):
         batched.stream(SampleRequest(num_samples=65))
+
+
+def test_a_cancelled_request_ends_and_stops_costing_steps(samplers):
+    """The worker cancels a request whose caller hung up: its reader is woken (not left waiting for a
+    _DONE that never comes) and the batch stops stepping it."""
+    _, batched = samplers
+    cancel = Cancellation()
+    stream = iter(batched.stream(SampleRequest(length=10_000), cancel))
+    first = next(stream)
+    cancel.cancel()
+    produced = len(first[0]) + sum(len(p[0]) for p in stream)  # ends by itself
+    steps = batched.steps
+    time.sleep(0.2)
+    assert batched.steps == steps and produced < 10_000
+    # A plain call past its deadline returns too, with what it had.
+    samples = batched.generate(SampleRequest(length=10_000, num_samples=2), Cancellation(timeout_s=0.05))
+    assert len(samples) == 2 and all(len(s.text) < 10_000 for s in samples)
+
+
+def test_a_tiny_temperature_is_greedy_in_a_batch_too(samplers):
+    sampler, batched = samplers
+    greedy = sampler.generate(SampleRequest(prompt="the ", length=40, temperature=0))
+    assert batched.generate(SampleRequest(prompt="the ", length=40, temperature=5e-324)) == greedy
+    assert batched.generate(SampleRequest(prompt="the ", length=40, top_p=1e-300)) == greedy

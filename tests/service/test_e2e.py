@@ -155,6 +155,10 @@ def test_engine_error_fails_the_job_with_its_message(service, client, trained_jo
     assert job["status"] == "failed" and "never saw" in job["error"]["message"], job
     events = client.get(f"/jobs/{job['id']}/events").json()["data"]
     assert events[-1]["type"] == "status" and events[-1]["data"]["status"] == "failed"
+    # It failed before its first checkpoint, and never will write one: no "wait and try again".
+    r = client.post("/generate", json={"model": job["id"]})
+    assert r.status_code == 409, r.text
+    assert "ended (failed) without a checkpoint" in r.json()["detail"] and "try again" not in r.json()["detail"]
 
 
 def test_generate_needs_a_checkpoint_and_a_worker(service, client, corpus):
@@ -162,3 +166,79 @@ def test_generate_needs_a_checkpoint_and_a_worker(service, client, corpus):
     client.post(f"/jobs/{job['id']}/cancel")
     r = client.post("/generate", json={"model": job["id"]})
     assert r.status_code in (409, 200)  # 200 only if it checkpointed before the cancel landed
+    if r.status_code == 409:
+        assert "ended (cancelled) without a checkpoint" in r.json()["detail"]
+
+
+def test_stop_lists_over_the_bounds_are_refused_naming_the_field(client, trained_job):
+    for stop in (["x"] * 17, ["x" * 1_001], ["x" * 300_000]):
+        r = client.post("/generate", json={"model": trained_job["id"], "stop": stop})
+        assert r.status_code == 422 and "stop" in r.json()["message"], r.text[:500]
+
+
+def test_the_longest_allowed_stops_complete(client, trained_job):
+    stops = [("ROMEO: " * 150)[:999] + chr(0x100 + i) for i in range(16)]
+    body = {"model": trained_job["id"], "length": 2_000, "num_samples": 4, "stop": stops, "seed": 2}
+    r = client.post("/generate", json=body, timeout=60)
+    assert r.status_code == 200 and [len(s["text"]) for s in r.json()["samples"]] == [2_000] * 4
+
+
+def test_tiny_temperature_and_top_p_are_greedy_not_a_server_error(client, trained_job):
+    body = {"model": trained_job["id"], "prompt": "ROMEO:", "length": 30}
+    greedy = client.post("/generate", json={**body, "temperature": 0}).json()["text"]
+    for extra in ({"temperature": 1e-40}, {"temperature": 5e-324}, {"top_p": 1e-300}, {"top_p": 5e-324, "seed": 1}):
+        r = client.post("/generate", json={**body, **extra})
+        assert r.status_code == 200 and r.json()["text"] == greedy, (extra, r.text)
+
+
+def test_a_disconnected_stream_stops_costing_steps(service, client, trained_job):
+    """Issue 13 item 10: when the reader of a stream goes away, the API closes its stream from the
+    worker, and the worker stops sampling (it counts its steps in /healthz)."""
+    worker = service.worker_url()
+
+    def health() -> dict:
+        return httpx.get(worker + "/healthz", timeout=10).json()
+
+    stops = [("ROMEO: " * 150)[:999] + chr(0x100 + i) for i in range(16)]  # slower steps: more to cancel
+    body = {"model": trained_job["id"], "length": 10_000, "num_samples": 16, "stop": stops, "seed": 4, "stream": True}
+    client.post("/generate", json={**body, "stream": False, "length": 1})  # the model is loaded
+    before = health()["sampling_steps"]
+    with client.stream("POST", "/generate", json=body) as r:
+        assert r.status_code == 200
+        next(line for line in r.iter_lines() if line.startswith("data:"))  # the first chunk came
+    # Leaving the block closed the connection with the stream half read.
+    deadline = time.monotonic() + 10
+    while health()["generations_running"]:
+        assert time.monotonic() < deadline, "the worker kept generating after the reader left"
+        time.sleep(0.05)
+    after = health()["sampling_steps"]
+    time.sleep(0.3)
+    assert health()["sampling_steps"] == after
+    assert after - before < 9_999  # it stopped well before the end (10,000 characters: 9,999 steps)
+
+
+def test_a_plain_call_whose_caller_hung_up_stops_costing_steps(service, client, trained_job):
+    """The API gives up on a worker after its timeout and closes the connection: the worker stops the
+    generation then, rather than finishing work nobody will read."""
+    from app.workers.secret import HEADER
+
+    worker = service.worker_url()
+    secret = (service.data_dir / "worker-secret").read_text().strip()
+
+    def health() -> dict:
+        return httpx.get(worker + "/healthz", timeout=10).json()
+
+    checkpoint = client.post("/generate", json={"model": trained_job["id"], "length": 1}).json()["checkpoint_id"]
+    stops = [("ROMEO: " * 150)[:999] + chr(0x100 + i) for i in range(16)]
+    body = {"checkpoint_id": checkpoint, "length": 10_000, "num_samples": 16, "stop": stops}
+    before = health()["sampling_steps"]
+    with pytest.raises(httpx.ReadTimeout):  # the caller gives up, as the API does after its timeout
+        httpx.post(worker + "/generate", json=body, headers={HEADER: secret}, timeout=httpx.Timeout(0.5, connect=5))
+    deadline = time.monotonic() + 10
+    while health()["generations_running"]:
+        assert time.monotonic() < deadline, "the worker kept generating after its caller left"
+        time.sleep(0.05)
+    after = health()["sampling_steps"]
+    time.sleep(0.3)
+    assert health()["sampling_steps"] == after
+    assert after - before < 9_999  # 10,000 characters take 9,999 steps

@@ -41,7 +41,7 @@ def database(request, tmp_path, monkeypatch):
 def _claim_all(data_dir: str, worker_id: str, out: str, barrier) -> None:
     os.environ["CHARRNN_DATA_DIR"] = data_dir
     from app.db import session_scope
-    from app.jobs import queue
+    from app.jobs import lifecycle
 
     with session_scope() as session:  # connect before the start line
         session.execute(text("SELECT 1"))
@@ -49,7 +49,7 @@ def _claim_all(data_dir: str, worker_id: str, out: str, barrier) -> None:
     claimed = []
     while True:
         with session_scope() as session:
-            job = queue.claim(session, worker_id=worker_id, lease_seconds=60)
+            job = lifecycle.claim(session, worker_id=worker_id, lease_seconds=60)
         if job is None:
             break
         claimed.append(job.id)
@@ -88,7 +88,7 @@ def test_claim_is_one_statement_that_skips_locked_rows_on_postgres():
     from sqlalchemy.dialects import postgresql, sqlite
 
     from app.db import utcnow
-    from app.jobs.queue import claim_statement
+    from app.jobs.lifecycle import claim_statement
 
     statement = claim_statement(worker_id="w", lease_seconds=30, device=None, now=utcnow())
     pg = str(statement.compile(dialect=postgresql.dialect()))
@@ -99,39 +99,39 @@ def test_claim_is_one_statement_that_skips_locked_rows_on_postgres():
 
 def test_a_worker_that_lost_its_lease_changes_nothing(database):
     from app.db import session_scope
-    from app.jobs import queue
-    from app.models import Job
+    from app.jobs import lifecycle
+    from app.models import Job, JobStatus
 
     (job_id,) = queue_dummy_jobs(1)
     with session_scope() as s:
-        assert queue.claim(s, worker_id="wrk_a", lease_seconds=0.2).id == job_id
+        assert lifecycle.claim(s, worker_id="wrk_a", lease_seconds=0.2).id == job_id
     time.sleep(0.3)
     with session_scope() as s:
-        assert queue.reap_expired(s, max_attempts=3) == [(job_id, "queued")]
+        assert lifecycle.reap_expired(s, max_attempts=3) == [(job_id, "queued")]
     with session_scope() as s:
-        assert queue.claim(s, worker_id="wrk_b", lease_seconds=60).attempts == 2
+        assert lifecycle.claim(s, worker_id="wrk_b", lease_seconds=60).attempts == 2
     with session_scope() as s:  # worker A wakes up: every write it tries is refused
-        assert not queue.renew(s, job_id=job_id, worker_id="wrk_a", lease_seconds=60, progress={"step": 999})
-        assert not queue.finish(s, job_id=job_id, worker_id="wrk_a", status="succeeded", message="done")
-        assert not queue.requeue(s, job_id=job_id, worker_id="wrk_a", reason="x")
+        assert not lifecycle.renew(s, job_id=job_id, worker_id="wrk_a", lease_seconds=60, progress={"step": 999})
+        assert not lifecycle.finish(s, job_id=job_id, worker_id="wrk_a", status=JobStatus.SUCCEEDED, message="done")
+        assert not lifecycle.requeue(s, job_id=job_id, worker_id="wrk_a", reason="x")
     with session_scope() as s:
         job = s.get(Job, job_id)
         assert (job.status, job.worker_id, job.progress) == ("running", "wrk_b", {})
-        assert queue.renew(s, job_id=job_id, worker_id="wrk_b", lease_seconds=60, progress={"step": 5})
+        assert lifecycle.renew(s, job_id=job_id, worker_id="wrk_b", lease_seconds=60, progress={"step": 5})
 
 
 def test_too_many_lost_workers_fail_the_job_with_a_reason(database):
     from app.db import session_scope
-    from app.jobs import queue
+    from app.jobs import lifecycle
     from app.models import Job
 
     (job_id,) = queue_dummy_jobs(1)
     for attempt in range(1, 3):
         with session_scope() as s:
-            queue.claim(s, worker_id=f"wrk_{attempt}", lease_seconds=0.05)
+            lifecycle.claim(s, worker_id=f"wrk_{attempt}", lease_seconds=0.05)
         time.sleep(0.1)
         with session_scope() as s:
-            outcome = queue.reap_expired(s, max_attempts=2)
+            outcome = lifecycle.reap_expired(s, max_attempts=2)
         assert outcome == [(job_id, "queued" if attempt < 2 else "failed")]
     with session_scope() as s:
         job = s.get(Job, job_id)
@@ -141,14 +141,81 @@ def test_too_many_lost_workers_fail_the_job_with_a_reason(database):
 
 def test_shutdown_requeue_does_not_count_as_an_attempt(database):
     from app.db import session_scope
-    from app.jobs import queue
+    from app.jobs import lifecycle
     from app.models import Job
 
     (job_id,) = queue_dummy_jobs(1)
     with session_scope() as s:
-        queue.claim(s, worker_id="wrk_a", lease_seconds=60)
+        lifecycle.claim(s, worker_id="wrk_a", lease_seconds=60)
     with session_scope() as s:
-        assert queue.requeue(s, job_id=job_id, worker_id="wrk_a", reason="shutdown")
+        assert lifecycle.requeue(s, job_id=job_id, worker_id="wrk_a", reason="shutdown")
     with session_scope() as s:
         job = s.get(Job, job_id)
         assert (job.status, job.attempts, job.worker_id) == ("queued", 0, None)
+
+
+def test_metrics_events_stay_bounded_per_job_and_other_events_are_kept(database):
+    """Issue 13 item 14: a flood of metrics keeps only the latest metrics events; never status events."""
+    from sqlalchemy import func, select
+
+    from app.db import session_scope
+    from app.jobs import lifecycle
+    from app.models import JobEvent, JobMetric
+
+    job_a, job_b = queue_dummy_jobs(2)
+    with session_scope() as s:
+        lifecycle.add_event(s, job_id=job_a, type="status", message="queued", data={"status": "queued"})
+        for step in range(1, 31):
+            lifecycle.record_metrics(s, job_id=job_a, snapshot={"step": step, "train_loss": 1.0 / step})
+            if step % 10 == 0:
+                lifecycle.record_evaluation(s, job_id=job_a, snapshot={"step": step, "val_loss": 2.0}, sample="x")
+        lifecycle.record_metrics(s, job_id=job_b, snapshot={"step": 1, "train_loss": 1.0})
+        lifecycle.prune_metrics_events(s, job_id=job_a, keep=5)
+
+    def count(job_id, type_):
+        with session_scope() as s:
+            return s.scalar(select(func.count()).where(JobEvent.job_id == job_id, JobEvent.type == type_))
+
+    assert count(job_a, "metrics") == 5 and count(job_a, "status") == 1 and count(job_a, "sample") == 3
+    assert count(job_b, "metrics") == 1  # another job's events are its own
+    with session_scope() as s:
+        kept = s.scalars(select(JobEvent.data).where(JobEvent.job_id == job_a, JobEvent.type == "metrics")).all()
+        assert sorted(d["step"] for d in kept) == [26, 27, 28, 29, 30]  # the latest
+        assert s.scalar(select(func.count()).where(JobMetric.job_id == job_a)) == 33  # the curve is not pruned
+
+
+def test_a_checkpoint_found_on_disk_is_listed_with_its_is_best_and_its_metric_point(database):
+    """Issue 13 item 8, at the database level: a resume adopts the files its predecessor wrote but never
+    recorded, with is_best and the loss point from the checkpoint itself (not is_best=False, no point)."""
+    from sqlalchemy import select
+
+    from app.db import session_scope
+    from app.jobs import lifecycle
+    from app.models import Checkpoint, JobMetric
+
+    (job_id,) = queue_dummy_jobs(1)
+    with session_scope() as s:
+        lifecycle.claim(s, worker_id="wrk_a", lease_seconds=60)
+        old = lifecycle.CheckpointInfo(step=20, path="runs/x/20", size_bytes=1, val_loss=2.5, is_best=True)
+        lifecycle.record_checkpoint(s, job_id=job_id, owner="o", checkpoint=old)
+        lifecycle.record_evaluation(s, job_id=job_id, snapshot={"step": 20, "val_loss": 2.5}, sample="")
+    lost = lifecycle.CheckpointInfo(step=40, path="runs/x/40", size_bytes=1, train_loss=2.1, val_loss=2.2, is_best=True)
+    with session_scope() as s:  # the next worker resumes from step 40, whose row was never written
+        lifecycle.started(
+            s,
+            job_id=job_id,
+            owner="o",
+            worker_id="wrk_a",
+            info={"resumed_from_step": 40, "num_parameters": 1, "device": "cpu", "precision": "fp32",
+                  "train_chars": 1},
+            on_disk=[old, lost],
+        )
+    with session_scope() as s:
+        rows = {c.step: c for c in s.scalars(select(Checkpoint).where(Checkpoint.job_id == job_id))}
+        assert sorted(rows) == [20, 40] and rows[40].is_best and rows[40].val_loss == 2.2
+        points = s.execute(select(JobMetric.step, JobMetric.train_loss, JobMetric.val_loss)
+                           .where(JobMetric.job_id == job_id).order_by(JobMetric.step)).all()
+        assert [tuple(p) for p in points] == [(20, None, 2.5), (40, 2.1, 2.2)]
+        best = s.scalar(select(Checkpoint.step).where(Checkpoint.job_id == job_id)
+                        .order_by(Checkpoint.is_best.desc(), Checkpoint.step.desc()).limit(1))
+        assert best == 40

@@ -50,4 +50,4 @@ def test_job_asking_for_two_gpus_trains_data_parallel_on_a_cpu_worker(service, c
 def test_gpus_must_divide_the_batch(service, client, corpus):
     r = client.post("/jobs", json={"corpus_id": corpus["id"], "training": {"gpus": 3, "batch_size": 4}})
     assert r.status_code == 422
-    assert "multiple of training.gpus=3" in r.json()["detail"]
+    assert "multiple of gpus=3" in r.json()["detail"]

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from worker.engine.sampler import Sample, Sampler, SampleRequest, SampleStream, StopScanner
+from worker.engine.sampler import Cancellation, Sample, Sampler, SampleRequest, SampleStream, StopScanner
 
 _DONE = object()
 
@@ -39,6 +39,7 @@ class _Member:
     live: bool = True  # a stream wants each step's pieces; `generate` only the end, which saves a wakeup per step
     texts: list[str] | None = None  # the whole texts so far, kept when not live
     abandoned: bool = False  # the reader went away (a closed stream); stop spending steps on it
+    cancel: Cancellation | None = None  # the requester went away or stopped waiting; end it, waking the reader
 
     @property
     def rows(self) -> int:
@@ -57,17 +58,17 @@ class BatchedSampler:
         self.steps = 0  # batched steps taken; with `peak_rows`, shows that requests shared steps
         self.peak_rows = 0
 
-    def stream(self, request: SampleRequest) -> SampleStream:
-        member = self._submit(request, live=True)
+    def stream(self, request: SampleRequest, cancel: Cancellation | None = None) -> SampleStream:
+        member = self._submit(request, live=True, cancel=cancel)
         return SampleStream(self._pieces(member), member.scanners)
 
-    def generate(self, request: SampleRequest) -> list[Sample]:
-        member = self._submit(request, live=False)
+    def generate(self, request: SampleRequest, cancel: Cancellation | None = None) -> list[Sample]:
+        member = self._submit(request, live=False, cancel=cancel)
         for _ in self._pieces(member):
             pass
         return [Sample(t, s.finish_reason) for t, s in zip(member.texts, member.scanners, strict=True)]
 
-    def _submit(self, request: SampleRequest, live: bool) -> _Member:
+    def _submit(self, request: SampleRequest, live: bool, cancel: Cancellation | None) -> _Member:
         if request.seed is not None:
             raise ValueError("a seeded request is sampled alone (Sampler), so that its text never changes")
         self.sampler.validate(request)
@@ -80,6 +81,7 @@ class BatchedSampler:
             torch.Generator(device=self.sampler.device).manual_seed(seed),
             live=live,
             texts=[""] * request.num_samples,
+            cancel=cancel,
         )
         with self._wake:
             self._waiting.append(member)
@@ -143,6 +145,10 @@ class BatchedSampler:
         for member in members:
             request = member.request
             if member.abandoned:
+                finished.add(member)
+                continue
+            if member.cancel is not None and member.cancel.cancelled:
+                member.out.put(_DONE)  # its reader (if any is left) gets what was made so far
                 finished.add(member)
                 continue
             if member.produced == request.length:  # a length-0 request

@@ -24,12 +24,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from safetensors import safe_open
 from safetensors.torch import load as load_safetensors_bytes
 from safetensors.torch import save as save_safetensors_bytes
 
 from worker.engine.data import Vocab
 from worker.engine.errors import EngineError
+from worker.engine.header import read_metadata
 from worker.engine.model import CharRNN, ModelConfig
 
 FORMAT = "charrnn/1"
@@ -77,11 +77,6 @@ class LoadedModel:
     metadata: dict[str, str]
 
 
-def read_metadata(path: str | Path) -> dict[str, str]:
-    with safe_open(str(path), framework="pt", device="cpu") as f:
-        return f.metadata() or {}
-
-
 def load_model(path: str | Path, device: torch.device | str = "cpu") -> LoadedModel:
     """Load a .safetensors checkpoint onto `device` (the CPU by default, whatever trained it)."""
     path = Path(path)
@@ -125,9 +120,20 @@ class RunDirectory:
         self.run_file = self.root / "run.json"
         self.last_file = self.root / "last.json"
 
+    STEP_PREFIX = "step-"
+
     def step_paths(self, step: int) -> tuple[Path, Path]:
-        stem = self.checkpoints / f"step-{step:08d}"
+        stem = self.checkpoints / f"{self.STEP_PREFIX}{step:08d}"
         return stem.with_suffix(".safetensors"), stem.with_suffix(".state.pt")
+
+    def step_weights(self) -> dict[int, Path]:
+        """The weights of every step checkpoint on disk, by step (temp files of unfinished writes excluded)."""
+        found = {}
+        for path in self.checkpoints.glob(f"{self.STEP_PREFIX}*.safetensors"):
+            digits = path.name[len(self.STEP_PREFIX) : -len(".safetensors")]
+            if digits.isdigit():
+                found[int(digits)] = path
+        return dict(sorted(found.items()))
 
     def write_run(self, info: dict) -> None:
         atomic_write(self.run_file, json.dumps(info, indent=2).encode())

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from worker.engine.config import largest_batch_that_fits, min_train_chars
+from worker.engine.config import split_sizes, too_few_training_chars
 from worker.engine.errors import EngineError
 
 
@@ -77,8 +77,8 @@ class Vocab:
 
 def split_train_val(data: torch.Tensor, val_fraction: float) -> tuple[torch.Tensor, torch.Tensor]:
     """The last `val_fraction` of the text is held out, as nanoGPT does (no shuffling: text is ordered)."""
-    n_val = int(len(data) * val_fraction)
-    return data[: len(data) - n_val], data[len(data) - n_val :]
+    n_train, _ = split_sizes(len(data), val_fraction)
+    return data[:n_train], data[n_train:]
 
 
 class StreamBatcher:
@@ -102,16 +102,9 @@ class StreamBatcher:
 
     def __init__(self, data: torch.Tensor, batch_size: int, seq_len: int, seed: int = 0):
         self.data, self.batch_size, self.seq_len, self.seed = data, batch_size, seq_len, seed
-        minimum = min_train_chars(batch_size, seq_len)
-        if len(data) < minimum:
-            fitting_batch = largest_batch_that_fits(len(data), seq_len)
-            fix = (f"batch_size={fitting_batch}" if fitting_batch >= 1
-                   else f"batch_size=1 and seq_len={max(1, (len(data) - 1) // 2)}")
-            raise CorpusError(
-                f"the training text has {len(data):,} characters, too few for batch_size={batch_size} "
-                f"and seq_len={seq_len} (needs at least {minimum:,}). Upload more text, or lower "
-                f"batch_size or seq_len (this text fits {fix})."
-            )
+        problem = too_few_training_chars(len(data), batch_size, seq_len)
+        if problem:
+            raise CorpusError(problem)
         # Every epoch has the same number of batches whatever its offset, so a step number alone
         # tells where in the data a run is.
         self.row_len = (len(data) - seq_len) // batch_size

@@ -9,14 +9,17 @@ weights: the same math, a fraction of the overhead. Several samples run as one b
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from functools import lru_cache
 
 import torch
 import torch.nn.functional as F
 
 from worker.engine.data import Vocab
 from worker.engine.model import CharRNN
+from worker.engine.sampling_params import SamplingParams
 
 STEP_FUNCTIONS = {"lstm": torch.lstm_cell, "gru": torch.gru_cell, "rnn": torch.rnn_tanh_cell}
 
@@ -27,16 +30,36 @@ def priming_text(vocab: Vocab, prompt: str) -> str:
     return prompt or ("\n" if "\n" in vocab.chars else vocab.chars[0])
 
 
-@dataclass
-class SampleRequest:
-    prompt: str = ""
-    length: int = 200
-    temperature: float = 1.0  # 0 = always the most likely character
-    top_k: int | None = None
-    top_p: float | None = None
-    seed: int | None = None
-    num_samples: int = 1
-    stop: list[str] = field(default_factory=list)
+# The request is the one contract's sampling parameters (sampling_params.py), bounds included: the API,
+# the worker and the engine validate a request with the same class.
+SampleRequest = SamplingParams
+
+# Below this temperature sampling is greedy. Dividing the logits by a tiny temperature overflows
+# float32 (1e-40 is a subnormal, 5e-324 rounds to 0) into inf and NaN; long before that the softmax is
+# one-hot already: at 1e-20 two logits must agree to 20 digits, which float32 cannot tell apart, for
+# the second to be drawn at all.
+GREEDY_BELOW_TEMPERATURE = 1e-20
+
+
+class Cancellation:
+    """Set when whoever asked for the text has gone or stopped waiting; sampling ends at its next step.
+
+    A plain flag (and an optional deadline) read once a step: cheaper than an Event, and setting a bool
+    from another thread is safe.
+    """
+
+    def __init__(self, timeout_s: float | None = None):
+        self._cancelled = False
+        self._deadline = None if timeout_s is None else time.monotonic() + timeout_s
+
+    def cancel(self) -> None:
+        self._cancelled = True
+
+    @property
+    def cancelled(self) -> bool:
+        if not self._cancelled and self._deadline is not None and time.monotonic() > self._deadline:
+            self._cancelled = True
+        return self._cancelled
 
 
 @dataclass
@@ -45,38 +68,76 @@ class Sample:
     finish_reason: str  # "length" or "stop"
 
 
+@lru_cache(maxsize=256)  # at most ~2 MB for 1,000-character stops
+def _failure(stop: str) -> tuple[int, ...]:
+    """Knuth-Morris-Pratt's table: for each prefix of `stop`, the length of its longest proper border
+    (a prefix that is also a suffix). Cached: every sample of a request, and the next request, scan the
+    same stops."""
+    table = [0] * len(stop)
+    k = 0
+    for i in range(1, len(stop)):
+        while k and stop[i] != stop[k]:
+            k = table[k - 1]
+        if stop[i] == stop[k]:
+            k += 1
+        table[i] = k
+    return tuple(table)
+
+
 class StopScanner:
     """Finds stop strings in a growing text and holds back what might be the start of one.
 
     Streaming must never emit characters that later turn out to belong to a stop string, so the
     longest tail of the text that is a prefix of some stop string waits until it is decided.
+
+    Each stop string is followed by a Knuth-Morris-Pratt automaton: its state is the length of the
+    longest tail of the text that is a prefix of the stop, which says both whether the stop just
+    completed and how much to hold back. A character costs amortised O(1) per stop string (`work`
+    counts the automaton moves: at most two per character and stop), whatever the stops' lengths;
+    searching the text and trying every prefix of every stop cost O(length^2) per character.
     """
 
     def __init__(self, stops: list[str]):
         self.stops = [s for s in stops if s]
-        self.text = ""
-        self.emitted = 0
+        self._tables = [_failure(s) for s in self.stops]
+        self._matched = [0] * len(self.stops)  # per stop: the longest tail of the text that is a prefix of it
+        self.pending = ""  # generated but not emitted yet: the tail that may still start a stop
         self.stopped = False
+        self.work = 0
 
     def push(self, piece: str) -> str:
         """Add generated text; return the part of it that is now safe to emit."""
-        self.text += piece
-        for stop in self.stops:
-            at = self.text.find(stop, max(0, self.emitted - len(stop)))
-            if at != -1:
-                self.text, self.stopped = self.text[:at], True
-                return self.flush()
-        hold = max((n for s in self.stops for n in range(1, len(s)) if self.text.endswith(s[:n])), default=0)
-        safe_end = len(self.text) - hold
-        out, self.emitted = self.text[self.emitted : safe_end], max(self.emitted, safe_end)
-        return out
+        if not self.stops:
+            return piece
+        if self.stopped:
+            return ""
+        out = []
+        for char in piece:
+            self.pending += char
+            for i, stop in enumerate(self.stops):
+                k, table = self._matched[i], self._tables[i]
+                while k and stop[k] != char:
+                    k = table[k - 1]
+                    self.work += 1
+                if stop[k] == char:
+                    k += 1
+                self.work += 1
+                if k == len(stop):  # the first stop in the list that completes here wins
+                    self.pending, self.stopped = self.pending[: max(0, len(self.pending) - k)], True
+                    return "".join(out) + self.flush()
+                self._matched[i] = k
+            hold = max(self._matched)
+            if hold < len(self.pending):
+                out.append(self.pending[: len(self.pending) - hold])
+                self.pending = self.pending[len(self.pending) - hold :]
+        return "".join(out)
 
     @property
     def finish_reason(self) -> str:
         return "stop" if self.stopped else "length"
 
     def flush(self) -> str:
-        out, self.emitted = self.text[self.emitted :], len(self.text)
+        out, self.pending = self.pending, ""
         return out
 
 
@@ -90,6 +151,11 @@ class SampleStream:
     @property
     def finish_reasons(self) -> list[str]:
         return [s.finish_reason for s in self._scanners]
+
+    @property
+    def scan_work(self) -> int:
+        """Stop-scanning work so far, all samples together (see StopScanner.work)."""
+        return sum(s.work for s in self._scanners)
 
 
 class Sampler:
@@ -107,20 +173,12 @@ class Sampler:
         self.embedding_weight = model.embedding.weight
         self.head_weight, self.head_bias = model.head.weight, model.head.bias
         self.device = next(model.parameters()).device
+        self.steps = 0  # steps taken by `stream`/`generate`, all requests together (approximate across threads)
 
     def validate(self, request: SampleRequest) -> None:
-        """Raise ValueError naming the field and the fix; also checks the prompt's characters."""
+        """Raise ValueError naming the prompt's characters the model never saw. The fields' own bounds
+        were checked when the request was built (SamplingParams)."""
         self.vocab.encode(request.prompt, what="the prompt")
-        if request.length < 0:
-            raise ValueError("length must be 0 or more characters")
-        if request.temperature < 0:
-            raise ValueError("temperature must be 0 (greedy) or more")
-        if request.top_k is not None and request.top_k < 1:
-            raise ValueError("top_k must be at least 1 (or left out)")
-        if request.top_p is not None and not 0 < request.top_p <= 1:
-            raise ValueError("top_p must be in (0, 1] (or left out)")
-        if request.num_samples < 1:
-            raise ValueError("num_samples must be at least 1")
 
     def prime(self, prompt: str, n: int):
         """Hidden state and next-character logits after reading the prompt, for n samples."""
@@ -146,7 +204,7 @@ class Sampler:
     @staticmethod
     def choose(logits: torch.Tensor, request: SampleRequest, generator: torch.Generator) -> torch.Tensor:
         """The next character of each row, under the request's temperature, top-k and top-p."""
-        if request.temperature == 0:
+        if request.temperature < GREEDY_BELOW_TEMPERATURE:
             return logits.argmax(dim=-1)
         logits = logits.float() / request.temperature
         if request.top_k is not None and request.top_k < logits.shape[-1]:
@@ -155,8 +213,10 @@ class Sampler:
         if request.top_p is not None and request.top_p < 1:
             sorted_logits, order = torch.sort(logits, dim=-1, descending=True)
             probs = sorted_logits.softmax(dim=-1)
-            # Drop a character when the ones more likely than it already reach top_p.
+            # Drop a character when the ones more likely than it already reach top_p. The most likely
+            # one always stays: a top_p below float32's range (1e-300 compares as 0) would drop them all.
             drop = (probs.cumsum(dim=-1) - probs) >= request.top_p
+            drop[:, 0] = False
             logits = logits.masked_fill(drop.scatter(-1, order, drop), float("-inf"))
         return torch.multinomial(logits.softmax(dim=-1), 1, generator=generator).squeeze(-1)
 
@@ -169,31 +229,36 @@ class Sampler:
         pieces = [s.push(chars[c]) if not s.stopped else "" for s, c in zip(scanners, ids.tolist(), strict=True)]
         return ids, pieces
 
-    def stream(self, request: SampleRequest) -> SampleStream:
+    def stream(self, request: SampleRequest, cancel: Cancellation | None = None) -> SampleStream:
         """Iterate it for the newly safe text of each sample, step by step (empty strings when none);
-        afterwards its `finish_reasons` say how each sample ended."""
+        afterwards its `finish_reasons` say how each sample ended. It ends early once `cancel` is set."""
         scanners = [StopScanner(request.stop) for _ in range(request.num_samples)]
-        return SampleStream(self._steps(request, scanners), scanners)
+        return SampleStream(self._steps(request, scanners, cancel), scanners)
 
-    def generate(self, request: SampleRequest) -> list[Sample]:
-        stream = self.stream(request)
+    def generate(self, request: SampleRequest, cancel: Cancellation | None = None) -> list[Sample]:
+        stream = self.stream(request, cancel)
         texts = [""] * request.num_samples
         for pieces in stream:
             texts = [t + p for t, p in zip(texts, pieces, strict=True)]
         return [Sample(t, r) for t, r in zip(texts, stream.finish_reasons, strict=True)]
 
     @torch.inference_mode()
-    def _steps(self, request: SampleRequest, scanners: list[StopScanner]) -> Iterator[list[str]]:
+    def _steps(
+        self, request: SampleRequest, scanners: list[StopScanner], cancel: Cancellation | None
+    ) -> Iterator[list[str]]:
         self.validate(request)
         seed = request.seed if request.seed is not None else int.from_bytes(os.urandom(4), "little")
         generator = torch.Generator(device=self.device).manual_seed(seed)
         state, logits = self.prime(request.prompt, request.num_samples)
         for i in range(request.length):
+            if cancel is not None and cancel.cancelled:
+                return
             ids, pieces = self.next_characters(logits, request, generator, scanners)
             if all(s.stopped for s in scanners):
                 yield pieces
                 return
             if i + 1 < request.length:  # the last character needs no step after it
                 logits = self.step(ids, state)
+                self.steps += 1
             yield pieces
         yield [s.flush() for s in scanners]

@@ -23,18 +23,23 @@ import torch
 import torch.nn.functional as F
 
 from worker.engine.checkpoint import CheckpointError, RunDirectory, load_model, weights_bytes
-from worker.engine.config import ModelConfig, TrainConfig
+from worker.engine.config import (
+    ModelConfig,
+    TrainConfig,
+    batch_not_divisible,
+    too_small_validation_split,
+)
 from worker.engine.data import CorpusError, StreamBatcher, Vocab, split_train_val
 from worker.engine.device import resolve_device, resolve_precision
 from worker.engine.distributed import DistContext
 from worker.engine.errors import EngineError
 from worker.engine.model import CharRNN, autocast, detach_hidden, hidden_from_list, hidden_to_list
 from worker.engine.sampler import Sampler, SampleRequest
+from worker.engine.sampling_params import MAX_LENGTH, MAX_SEED
 from worker.engine.scoring import score_ids
 
-# With no stopping rule given, a run stops here: a few minutes on a laptop CPU, seconds on a GPU.
-DEFAULT_MAX_STEPS = 2000
-STOPPING_RULES = ("max_steps", "max_epochs", "max_seconds", "default_max_steps")
+# A run always has at least one of these (TrainConfig fills in max_steps when none is given).
+STOPPING_RULES = ("max_steps", "max_epochs", "max_seconds")
 
 
 class TrainingDiverged(EngineError):
@@ -66,7 +71,7 @@ class TrainResult:
     checkpoint: str  # the best checkpoint's path
     last_checkpoint: str
     num_parameters: int
-    stopped_by: str  # max_steps | max_epochs | max_seconds | default_max_steps | or the observer's reason
+    stopped_by: str  # max_steps | max_epochs | max_seconds | or the observer's reason
     device: str
     precision: str
     resumed_from_step: int | None = None
@@ -128,9 +133,9 @@ class Trainer:
         self.observer = (observer if self.dist.is_main else None) or TrainingObserver()
         self.config = train_config or TrainConfig()
         check_config(self.config)
-        if self.config.batch_size % self.dist.world_size:
-            raise ValueError(f"batch_size ({self.config.batch_size}) must be a multiple of the number of "
-                             f"processes ({self.dist.world_size}): each trains an equal share of the streams")
+        problem = batch_not_divisible(self.config.batch_size, self.dist.world_size)
+        if problem:
+            raise ValueError(problem)
         torch.manual_seed(self.config.seed + self.dist.rank)
 
         init = load_model(init_from) if init_from else None
@@ -159,11 +164,10 @@ class Trainer:
         else:
             self.train_data, self.val_data = split_train_val(data, self.config.val_fraction)
         self.batcher = StreamBatcher(self.train_data, self.config.batch_size, self.config.seq_len, self.config.seed)
-        if val_text is None and self.config.val_fraction > 0 and len(self.val_data) < 2:
-            raise CorpusError(
-                f"the validation split ({self.config.val_fraction:.0%} of {len(data):,} characters) is under "
-                "2 characters; upload more text or raise val_fraction"
-            )
+        if val_text is None:
+            problem = too_small_validation_split(len(data), self.config.val_fraction)
+            if problem:
+                raise CorpusError(problem)
 
         decay = [p for n, p in self.model.named_parameters() if p.dim() >= 2 and "embedding" not in n]
         no_decay = [p for n, p in self.model.named_parameters() if not (p.dim() >= 2 and "embedding" not in n)]
@@ -255,11 +259,11 @@ class Trainer:
             fractions.append((self.epoch * bpe + self.batch_index) / (c.max_epochs * bpe))
         if c.max_seconds:
             fractions.append(self.elapsed / c.max_seconds)
-        return max(fractions) if fractions else self.step / DEFAULT_MAX_STEPS
+        return max(fractions) if fractions else 0.0
 
-    def max_steps_estimate(self) -> int:
+    def max_steps_estimate(self) -> int | None:
         p = self.progress()
-        return max(self.step, round(self.step / p)) if p > 0 else (self.config.max_steps or DEFAULT_MAX_STEPS)
+        return max(self.step, round(self.step / p)) if p > 0 else self.config.max_steps
 
     def _snapshot(self) -> dict:
         p = self.progress()
@@ -291,7 +295,11 @@ class Trainer:
         return loss
 
     def sample(self) -> str:
-        request = SampleRequest(length=self.config.sample_length, temperature=0.8, seed=self.config.seed + self.step)
+        # Inside the contract's bounds (only `charrnn train` with a seed near 2**32 or a huge sample length
+        # would be outside).
+        seed = (self.config.seed + self.step) % (MAX_SEED + 1)
+        length = min(self.config.sample_length, MAX_LENGTH)
+        request = SampleRequest(length=length, temperature=0.8, seed=seed)
         text = Sampler(self.model, self.vocab).generate(request)[0].text
         self.model.train()
         return text
@@ -311,9 +319,15 @@ class Trainer:
         state = self._state()  # a collective under DDP: every rank takes part
         if not self.dist.is_main:
             return self.run.step_paths(self.step)[0]
-        weights = weights_bytes(
-            self.model, self.vocab, {"step": str(self.step), "val_loss": str(self.last_val_loss)}
-        )
+        # What the service's record of this checkpoint holds, in the file itself: a worker killed before
+        # it wrote the record rebuilds it from here on resume.
+        metadata = {
+            "step": str(self.step),
+            "val_loss": str(self.last_val_loss),
+            "train_loss": str(self.train_loss),
+            "is_best": str(bool(is_best)),
+        }
+        weights = weights_bytes(self.model, self.vocab, metadata)
         path = self.run.save(self.step, weights, state)
         # Without a validation score yet (or at all), the latest weights are the best we know.
         if is_best or self.best_val_loss is None:
@@ -364,8 +378,6 @@ class Trainer:
             return "max_epochs"
         if c.max_seconds and self.elapsed >= c.max_seconds:
             return "max_seconds"
-        if not (c.max_steps or c.max_epochs or c.max_seconds) and self.step >= DEFAULT_MAX_STEPS:
-            return "default_max_steps"
         return self.observer.should_stop()
 
     def _agreed_stop_reason(self) -> str | None:

@@ -2,7 +2,8 @@
 
 The worker starts this with multiprocessing's spawn (a fresh interpreter: no threads, locks or CUDA
 state inherited), sends it everything it needs as plain data, and reads back observer calls from a
-queue. The child writes nothing to the database: the worker does, under its lease.
+queue as typed reports (reports.py). The child writes nothing to the database: the worker does,
+under its lease.
 """
 
 from __future__ import annotations
@@ -11,6 +12,8 @@ import ctypes
 import os
 import signal
 import traceback
+
+from worker.service.reports import CheckpointSaved, Evaluated, Failed, Finished, Metrics, Started
 
 PR_SET_PDEATHSIG = 1
 
@@ -33,16 +36,25 @@ class QueueObserver:
         self.queue, self.stop_event, self.parent_pid = queue, stop_event, parent_pid
 
     def on_start(self, info: dict) -> None:
-        self.queue.put(("start", info))
+        self.queue.put(Started(info))
 
     def on_metrics(self, metrics: dict) -> None:
-        self.queue.put(("metrics", metrics))
+        self.queue.put(Metrics(metrics))
 
     def on_eval(self, metrics: dict, sample: str) -> None:
-        self.queue.put(("eval", {"metrics": metrics, "sample": sample}))
+        self.queue.put(Evaluated(metrics, sample))
 
     def on_checkpoint(self, info: dict) -> None:
-        self.queue.put(("checkpoint", info))
+        self.queue.put(
+            CheckpointSaved(
+                step=info["step"],
+                path=info["path"],
+                size_bytes=info["size_bytes"],
+                train_loss=info.get("train_loss"),
+                val_loss=info.get("val_loss"),
+                is_best=bool(info.get("is_best")),
+            )
+        )
 
     def should_stop(self) -> str | None:
         if os.getppid() != self.parent_pid:
@@ -107,12 +119,12 @@ def train_job(spec: dict, queue, stop_event, parent_pid: int) -> None:
         else:
             torch.set_num_threads(spec["threads"])
             result = _train(spec, QueueObserver(queue, stop_event, parent_pid))
-        queue.put(("error", result["error"]) if "error" in result else ("result", result))
+        queue.put(Failed(result["error"]) if "error" in result else Finished(result))
     except ValueError as exc:  # an EngineError, or a setting the trainer refused
-        queue.put(("error", str(exc)))
+        queue.put(Failed(str(exc)))
     except Exception as exc:  # a bug: keep the trace in the worker's log, tell the user something useful
         traceback.print_exc()
-        queue.put(("error", f"training crashed: {type(exc).__name__}: {exc}"))
+        queue.put(Failed(f"training crashed: {type(exc).__name__}: {exc}"))
     finally:
         queue.close()
         queue.join_thread()

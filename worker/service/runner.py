@@ -19,12 +19,13 @@ from sqlalchemy import select
 
 from app.db import session_scope
 from app.ids import new_id
-from app.jobs import queue
+from app.jobs import lifecycle
 from app.jobs.reaper import reap_once
 from app.models import Checkpoint, Corpus, Job
 from app.settings import Settings, get_settings
 from app.workers import repository as workers
-from worker.service.server import GenerationServer
+from worker.service.outage import DATABASE_ERRORS, Outage
+from worker.service.server import GenerationServer, configure_generation_process
 from worker.service.supervisor import JobRun
 
 log = logging.getLogger("charrnn.worker")
@@ -41,6 +42,8 @@ class Worker:
         self.current_job: str | None = None
         self.last_heartbeat = 0.0
         self.last_reap = 0.0
+        # The loop's own writes (heartbeat, reap, claim); a job's writes have their own (supervisor.py).
+        self.outage = Outage(f"worker {self.id}")
 
     # -- lifecycle ---------------------------------------------------------------------------------
 
@@ -54,15 +57,21 @@ class Worker:
         self.settings.runs_dir.mkdir(parents=True, exist_ok=True)
         self.server = GenerationServer(self.settings)
         self.server.start()
-        with session_scope() as session:
-            workers.register(
-                session,
-                worker_id=self.id,
-                hostname=socket.gethostname(),
-                pid=os.getpid(),
-                url=self.server.url,
-                device=self.settings.device,
-            )
+        while not self.stopping:
+            try:
+                with session_scope() as session:
+                    workers.register(
+                        session,
+                        worker_id=self.id,
+                        hostname=socket.gethostname(),
+                        pid=os.getpid(),
+                        url=self.server.url,
+                        device=self.settings.device,
+                    )
+                self.outage.succeeded()
+                break
+            except DATABASE_ERRORS as exc:
+                time.sleep(self.outage.failed(exc))
         log.info(
             "worker %s up, generation server at %s",
             self.id,
@@ -75,21 +84,36 @@ class Worker:
                 self.reap()
                 job = self.claim()
                 if job is None:
-                    time.sleep(POLL_SECONDS)
+                    time.sleep(POLL_SECONDS if not self.outage.ongoing else self.outage.delay)
                     continue
                 self.run_job(job)
         finally:
-            with session_scope() as session:
-                workers.stopped(session, worker_id=self.id)
+            try:
+                with session_scope() as session:
+                    workers.stopped(session, worker_id=self.id)
+            except DATABASE_ERRORS as exc:  # the heartbeat ages out instead
+                log.warning("worker %s: could not record its stop (%s)", self.id, type(exc).__name__)
             self.server.stop()
             log.info("worker %s stopped", self.id)
 
     def heartbeat(self, force: bool = False) -> None:
+        """Best effort: a heartbeat that fails is retried at the next call (it is also how the loop finds
+        out that the database is back); /readyz goes by the last one written, so a worker that cannot
+        write stops counting as live once that is a lease old."""
         now = time.monotonic()
-        if force or now - self.last_heartbeat >= self.settings.job_lease_seconds / 3:
+        due = now - self.last_heartbeat >= self.settings.job_lease_seconds / 3 or self.outage.ongoing
+        if not (force or due):
+            return
+        if not force and not self.outage.may_try():
+            return
+        try:
             with session_scope() as session:
                 workers.heartbeat(session, worker_id=self.id, current_job_id=self.current_job)
-            self.last_heartbeat = now
+        except DATABASE_ERRORS as exc:
+            self.outage.failed(exc)
+            return
+        self.outage.succeeded()
+        self.last_heartbeat = now
 
     def reap(self, force: bool = True) -> None:
         # Busy workers reap too (less often), so a dead worker's job shows as queued or failed even
@@ -97,17 +121,28 @@ class Worker:
         now = time.monotonic()
         if not force and now - self.last_reap < self.settings.job_lease_seconds:
             return
+        if self.outage.ongoing:
+            return  # the heartbeat finds out when the database is back
         self.last_reap = now
-        reap_once(self.settings.max_attempts)
+        try:
+            reap_once(self.settings.max_attempts)
+        except DATABASE_ERRORS as exc:
+            self.outage.failed(exc)
 
     def claim(self) -> Job | None:
-        with session_scope() as session:
-            return queue.claim(
-                session,
-                worker_id=self.id,
-                lease_seconds=self.settings.job_lease_seconds,
-                device=self.settings.device,
-            )
+        if self.outage.ongoing:
+            return None
+        try:
+            with session_scope() as session:
+                return lifecycle.claim(
+                    session,
+                    worker_id=self.id,
+                    lease_seconds=self.settings.job_lease_seconds,
+                    device=self.settings.device,
+                )
+        except DATABASE_ERRORS as exc:
+            self.outage.failed(exc)
+            return None
 
     # -- one job -----------------------------------------------------------------------------------
 
@@ -148,16 +183,11 @@ class Worker:
             spec = self.spec_for(job)
             if isinstance(spec, str):
                 with session_scope() as session:
-                    queue.finish(
-                        session,
-                        job_id=job.id,
-                        worker_id=self.id,
-                        status="failed",
-                        message=f"failed: {spec}",
-                        error=spec,
-                    )
+                    lifecycle.failed(session, job_id=job.id, worker_id=self.id, error=spec)
                 return
             JobRun(self, job, spec).supervise()
+        except DATABASE_ERRORS as exc:  # before training started: the lease runs out and the job is requeued
+            self.outage.failed(exc)
         finally:
             self.current_job = None
             self.heartbeat(force=True)
@@ -168,6 +198,8 @@ def main() -> None:
 
     settings = get_settings()
     setup_logging(settings.log_level)
+    # This process serves generation (beside supervising training children, which set their own threads).
+    configure_generation_process(settings)
     Worker(settings).run()
 
 

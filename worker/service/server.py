@@ -1,50 +1,59 @@
-"""The worker's generation server: the API forwards /generate and /score here.
+"""The worker's generation server: the API forwards /generate, /score and /logprobs here.
 
 It runs inside the worker process (uvicorn in a thread), so generation shares the machine and its
-accelerator with training. Loaded models are kept in a small LRU cache keyed by checkpoint file; a
-job's newer best checkpoint is a different file, so it is picked up by the next request that names it.
+accelerator with training. Loaded models are kept in a small LRU cache keyed by checkpoint id; a
+job's newer best checkpoint is a different checkpoint, so it is picked up by the next request that names it.
+
+Only the API may call it: every route but /healthz needs the deployment's worker secret, and a request
+names a checkpoint by id, which the server resolves under its own data dir, never by a path. What it
+receives and sends is app/generation/wire.py's, the same definitions the API uses. Work whose caller
+hung up is cancelled: a stream when its reader goes, a plain call when the API's connection closes or
+its timeout passes.
 """
 
 from __future__ import annotations
 
-import json
+import asyncio
 import socket
 import sys
 import threading
 import time
 from collections import OrderedDict
+from collections.abc import AsyncIterator, Awaitable, Iterator
 from pathlib import Path
 
 import uvicorn
-from fastapi import FastAPI, HTTPException
-from fastapi.responses import StreamingResponse
-from pydantic import BaseModel, Field
+from fastapi import FastAPI, HTTPException, Request
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+from starlette.concurrency import iterate_in_threadpool, run_in_threadpool
 
+from app.checkpoints import repository as checkpoints
+from app.db import read_session
+from app.generation import wire
+from app.generation.schemas import SampleOut
 from app.settings import Settings
+from app.workers import secret
+from worker.engine.sampler import Cancellation
+
+OPEN_PATHS = frozenset({"/healthz"})  # what a health check may call without the secret: counts only
 
 
-class GenerateBody(BaseModel):
-    path: str
-    prompt: str = ""
-    length: int = Field(200, ge=0)
-    temperature: float = Field(1.0, ge=0)
-    top_k: int | None = None
-    top_p: float | None = None
-    seed: int | None = None
-    num_samples: int = Field(1, ge=1)
-    stop: list[str] = Field(default_factory=list)
+class RequireSecret:
+    """ASGI middleware: every call but OPEN_PATHS must carry the deployment's worker secret, checked
+    before the body is read, so an unauthenticated caller learns nothing, not even what is valid."""
 
+    def __init__(self, app, secret_value: str):
+        self.app, self.secret = app, secret_value
+        self.header = secret.HEADER.lower().encode()
 
-class ScoreBody(BaseModel):
-    path: str
-    text: str
-
-
-class LogprobsBody(BaseModel):  # the /v1/completions `logprobs` (app/openai/completions.py)
-    path: str
-    context: str = ""
-    text: str
-    top: int = Field(0, ge=0, le=20)
+    async def __call__(self, scope, receive, send):
+        if scope["type"] == "http" and scope["path"] not in OPEN_PATHS:
+            given = next((v for k, v in scope["headers"] if k == self.header), None)
+            if not secret.is_valid(given.decode("latin-1") if given is not None else None, self.secret):
+                detail = f"missing or wrong {secret.HEADER}: only the charrnn API may call a worker"
+                await JSONResponse({"detail": detail}, status_code=401)(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
 
 
 class ServedModel:
@@ -63,32 +72,39 @@ class ServedModel:
 
 
 class ModelCache:
+    """Loaded models by checkpoint id. A checkpoint's file never changes, so a cached model needs no
+    database lookup; a miss looks the file up once, under this worker's own data dir."""
+
     def __init__(self, size: int, device: str, data_dir: Path):
         self.size, self.device, self.data_dir = size, device, data_dir.resolve()
         self.models: OrderedDict[str, ServedModel] = OrderedDict()
         self.lock = threading.Lock()
 
-    def get(self, path: str) -> ServedModel:
+    def get(self, checkpoint_id: str) -> ServedModel:
         from worker.engine.checkpoint import CheckpointError, load_model
         from worker.engine.device import resolve_device
 
-        resolved = Path(path).resolve()
-        if not resolved.is_relative_to(self.data_dir):
-            raise HTTPException(400, "checkpoint path outside the data directory")
-        key = str(resolved)
         with self.lock:
-            if key in self.models:
-                self.models.move_to_end(key)
-                return self.models[key]
+            if checkpoint_id in self.models:
+                self.models.move_to_end(checkpoint_id)
+                return self.models[checkpoint_id]
         try:
-            served = ServedModel(load_model(resolved, device=resolve_device(self.device)))
+            served = ServedModel(load_model(self.path_of(checkpoint_id), device=resolve_device(self.device)))
         except CheckpointError as exc:
             raise HTTPException(410, str(exc)) from None
         with self.lock:
-            self.models[key] = served
+            self.models[checkpoint_id] = served
             while len(self.models) > self.size:
                 self.models.popitem(last=False)[1].batched.close()  # its running requests still finish
         return served
+
+    def path_of(self, checkpoint_id: str) -> Path:
+        with read_session() as session:
+            path = checkpoints.path_by_id(session, checkpoint_id=checkpoint_id)
+        resolved = (self.data_dir / path).resolve() if path is not None else None
+        if resolved is None or not resolved.is_relative_to(self.data_dir):
+            raise HTTPException(404, f"no checkpoint with id {checkpoint_id!r}")
+        return resolved
 
 
 # Sampling is bound by Python dispatch, so concurrent requests take turns holding the GIL. With the
@@ -107,82 +123,123 @@ def configure_generation_process(settings: Settings) -> None:
 
 
 def create_server_app(settings: Settings) -> FastAPI:
-    configure_generation_process(settings)
-    app = FastAPI(title="charrnn worker")
+    """The server's routes. It changes nothing about the process: configure_generation_process, called
+    where the worker process starts, sets the interpreter and torch up for it."""
+    app = FastAPI(title="charrnn worker", openapi_url=None)
+    app.add_middleware(RequireSecret, secret_value=secret.worker_secret(settings))
     cache = ModelCache(settings.model_cache_size, settings.device, settings.data_dir)
-    def sampler_and_request(body: GenerateBody):
-        from worker.engine.sampler import SampleRequest
+    counts = {"running": 0}  # generations in progress (changed on the event loop only)
 
-        served = cache.get(body.path)
-        request = SampleRequest(**body.model_dump(exclude={"path"}))  # the same fields, bar the path
-        sampler = served.runner_for(request)
+    def runner_for(body: wire.GenerateBody):
+        served = cache.get(body.checkpoint_id)
         try:
-            served.sampler.validate(request)
+            served.sampler.validate(body)  # the prompt's characters; the fields were checked by GenerateBody
         except ValueError as exc:
             raise HTTPException(422, str(exc)) from None
-        return sampler, request
+        return served.runner_for(body)
+
+    async def until_disconnected(request: Request, work: Awaitable, cancel: Cancellation):
+        """Await `work`, cancelling it if the caller hangs up first (the API gave up or went away)."""
+
+        async def watch() -> None:
+            while (await request.receive())["type"] != "http.disconnect":
+                pass
+            cancel.cancel()
+
+        watcher = asyncio.ensure_future(watch())
+        counts["running"] += 1
+        try:
+            return await work
+        finally:
+            counts["running"] -= 1
+            watcher.cancel()
 
     @app.get("/healthz")
     def healthz():
-        return {"status": "ok", "models_loaded": len(cache.models)}
+        steps = sum(m.sampler.steps + m.batched.steps for m in list(cache.models.values()))
+        return {
+            "status": "ok",
+            "models_loaded": len(cache.models),
+            "generations_running": counts["running"],
+            "sampling_steps": steps,
+        }
 
-    @app.post("/generate")
-    def generate(body: GenerateBody):
-        sampler, request = sampler_and_request(body)
-        samples = sampler.generate(request)
-        return {"samples": [{"text": s.text, "finish_reason": s.finish_reason} for s in samples]}
+    @app.post(wire.GENERATE)
+    async def generate(body: wire.GenerateBody, request: Request):
+        # Past the API's own timeout nobody waits for the answer: stop then at the latest.
+        cancel = Cancellation(timeout_s=settings.generate_timeout_seconds)
 
-    @app.post("/generate/stream")
-    def generate_stream(body: GenerateBody):
-        sampler, request = sampler_and_request(body)
+        def work() -> bytes:
+            samples = runner_for(body).generate(body, cancel)
+            out = [SampleOut(text=s.text, finish_reason=s.finish_reason) for s in samples]
+            return wire.GenerateResult(samples=out).model_dump_json()
 
-        def lines():
-            texts = [""] * request.num_samples
-            pending = [""] * request.num_samples
-            last = time.monotonic()
+        content = await until_disconnected(request, run_in_threadpool(work), cancel)
+        return Response(content, media_type="application/json")
+
+    @app.post(wire.GENERATE_STREAM)
+    async def generate_stream(body: wire.GenerateBody):
+        runner = await run_in_threadpool(runner_for, body)  # a bad prompt is a 422 before the stream starts
+        cancel = Cancellation()  # no deadline: a stream lasts as long as its reader reads
+
+        async def body_lines() -> AsyncIterator[str]:
+            counts["running"] += 1
             try:
-                stream = sampler.stream(request)
-                for pieces in stream:
-                    texts = [t + p for t, p in zip(texts, pieces, strict=True)]
-                    pending = [t + p for t, p in zip(pending, pieces, strict=True)]
-                    # A chunk every ~20 ms or 32 characters: live enough, without an event per character.
-                    if any(pending) and (time.monotonic() - last > 0.02 or max(map(len, pending)) >= 32):
-                        yield json.dumps({"pieces": pending}) + "\n"
-                        pending, last = [""] * request.num_samples, time.monotonic()
-                if any(pending):
-                    yield json.dumps({"pieces": pending}) + "\n"
-                samples = [
-                    {"text": t, "finish_reason": r} for t, r in zip(texts, stream.finish_reasons, strict=True)
-                ]
-                yield json.dumps({"samples": samples}) + "\n"
-            except Exception as exc:  # mid-stream: the status line is gone, say it in the stream
-                yield json.dumps({"error": f"generation failed: {exc}"}) + "\n"
+                async for line in iterate_in_threadpool(lines(runner, body, cancel)):
+                    yield line
+            finally:
+                # Also when the reader hung up (Starlette cancels this generator): stop sampling.
+                cancel.cancel()
+                counts["running"] -= 1
 
-        return StreamingResponse(lines(), media_type="application/x-ndjson")
+        return StreamingResponse(body_lines(), media_type="application/x-ndjson")
 
-    @app.post("/score")
-    def score(body: ScoreBody):
+    @app.post(wire.SCORE)
+    def score(body: wire.ScoreBody):
         from worker.engine.scoring import score_text
 
-        loaded = cache.get(body.path).loaded
+        loaded = cache.get(body.checkpoint_id).loaded
         try:
             loss, chars = score_text(loaded.model, loaded.vocab, body.text)
         except ValueError as exc:
             raise HTTPException(422, str(exc)) from None
-        return {"loss": loss, "chars": chars}
+        return Response(wire.ScoreResult(loss=loss, chars=chars).model_dump_json(), media_type="application/json")
 
-    @app.post("/logprobs")
-    def logprobs(body: LogprobsBody):
+    @app.post(wire.LOGPROBS)
+    def logprobs(body: wire.LogprobsBody):  # the /v1/completions `logprobs` (app/openai/completions.py)
         from worker.engine.scoring import character_logprobs
 
-        loaded = cache.get(body.path).loaded
+        loaded = cache.get(body.checkpoint_id).loaded
         try:
             chosen, top = character_logprobs(loaded.model, loaded.vocab, body.context, body.text, body.top)
         except ValueError as exc:
             raise HTTPException(422, str(exc)) from None
-        return {"token_logprobs": chosen, "top_logprobs": top}
+        result = wire.LogprobsResult(token_logprobs=chosen, top_logprobs=top)
+        return Response(result.model_dump_json(), media_type="application/json")
 
     return app
+
+
+def lines(runner, request: wire.GenerateBody, cancel: Cancellation) -> Iterator[str]:
+    """The stream's NDJSON lines: chunks of new text, then the whole answer (or the error)."""
+    texts = [""] * request.num_samples
+    pending = [""] * request.num_samples
+    last = time.monotonic()
+    try:
+        stream = runner.stream(request, cancel)
+        for pieces in stream:
+            texts = [t + p for t, p in zip(texts, pieces, strict=True)]
+            pending = [t + p for t, p in zip(pending, pieces, strict=True)]
+            # A chunk every ~20 ms or 32 characters: live enough, without an event per character.
+            if any(pending) and (time.monotonic() - last > 0.02 or max(map(len, pending)) >= 32):
+                yield wire.to_line(wire.Chunk(pieces=pending))
+                pending, last = [""] * request.num_samples, time.monotonic()
+        if any(pending):
+            yield wire.to_line(wire.Chunk(pieces=pending))
+        samples = [SampleOut(text=t, finish_reason=r) for t, r in zip(texts, stream.finish_reasons, strict=True)]
+        yield wire.to_line(wire.Done(samples=samples))
+    except Exception as exc:  # mid-stream: the status line is gone, say it in the stream
+        yield wire.to_line(wire.Failed(error=f"generation failed: {exc}"))
 
 
 class GenerationServer:

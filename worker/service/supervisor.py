@@ -3,11 +3,15 @@
     worker (runner.py)                            training child (child.py)
     ------------------                            -------------------------
     JobRun.supervise()         ------spawn--->    Trainer(...).train()
-    every ~0.5 s: renew lease + write   <-queue-- on_start / on_metrics / on_eval / on_checkpoint
-      events, guarded by worker_id/status
+    every ~0.5 s: renew lease + relay   <-queue-- Started / Metrics / Evaluated / CheckpointSaved
+      reports to app.jobs.lifecycle               (reports.py), then Finished or Failed
     lease lost or job cancelled: SIGKILL child
     worker stopping: set stop event ------------> should_stop() -> "shutdown": checkpoint, return
       then requeue the job                        (the next worker resumes from that checkpoint)
+
+What a job may write is rate-limited (MetricsBudget): a job with log_every=1 reports hundreds of
+points a second, and the database must not fill with them. Evaluations and checkpoints always go
+through. While the database is away (outage.py) the reports wait here and training goes on.
 """
 
 from __future__ import annotations
@@ -20,12 +24,22 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from sqlalchemy import select
-
 from app.db import session_scope
-from app.ids import new_id
-from app.jobs import queue
-from app.models import Checkpoint, Job
+from app.jobs import lifecycle
+from app.jobs.lifecycle import CheckpointInfo
+from app.models import Job
+from worker.engine.header import read_metadata
+from worker.service.outage import DATABASE_ERRORS, Outage
+from worker.service.reports import (
+    CheckpointSaved,
+    Evaluated,
+    Failed,
+    Finished,
+    Metrics,
+    Outcome,
+    Report,
+    Started,
+)
 
 if TYPE_CHECKING:
     from worker.service.runner import Worker
@@ -33,16 +47,38 @@ if TYPE_CHECKING:
 log = logging.getLogger("charrnn.worker")
 
 FLUSH_SECONDS = 0.5  # how often progress is written and the lease renewed (and a cancel noticed)
-PROGRESS_KEYS = (
-    "step",
-    "max_steps",
-    "epoch",
-    "train_loss",
-    "val_loss",
-    "best_val_loss",
-    "chars_per_second",
-    "eta_seconds",
-)
+METRICS_PER_SECOND = 4.0  # training-loss points a job may write per second, on average ...
+METRICS_BURST = 40  # ... after a first burst of this many (a short job at log_every=10 never hits it)
+MAX_PENDING_METRICS = 1000  # while the database is away, only the latest points wait to be written
+# An evaluation that may be followed by its checkpoint waits this long for it, so that a checkpoint's
+# row, its is_best and its loss point commit in one transaction (the trainer reports the evaluation,
+# writes the files, then reports the checkpoint). A resume rebuilds them from the files if the worker
+# dies in between anyway (lifecycle.started).
+HOLD_EVALUATION_SECONDS = 2.0
+GIVE_UP_FINISHING_SECONDS = 15.0  # a stopping worker gives up writing the outcome; the reaper requeues
+
+
+class MetricsBudget:
+    """A token bucket: how many of the pending training-loss points may be written now."""
+
+    def __init__(self, rate: float = METRICS_PER_SECOND, burst: int = METRICS_BURST):
+        self.rate, self.burst = rate, burst
+        self.tokens, self.at = float(burst), time.monotonic()
+
+    def take(self, wanted: int) -> int:
+        now = time.monotonic()
+        self.tokens = min(self.burst, self.tokens + (now - self.at) * self.rate)
+        self.at = now
+        granted = min(wanted, int(self.tokens))
+        self.tokens -= granted
+        return granted
+
+
+def coalesce(pending: list[Report], budget: MetricsBudget) -> list[Report]:
+    """The reports to write: every one except the Metrics over budget (the latest points are kept)."""
+    metrics = [i for i, r in enumerate(pending) if isinstance(r, Metrics)]
+    dropped = set(metrics[: len(metrics) - budget.take(len(metrics))])
+    return [r for i, r in enumerate(pending) if i not in dropped]
 
 
 class JobRun:
@@ -51,10 +87,13 @@ class JobRun:
     def __init__(self, worker: Worker, job: Job, spec: dict):
         self.worker, self.job, self.spec = worker, job, spec
         self.settings = worker.settings
-        self.pending: list[tuple[str, object]] = []
+        self.pending: list[Report] = []
         self.progress: dict = dict(job.progress or {})
-        self.outcome: tuple[str, object] | None = None
+        self.outcome: Outcome | None = None
         self.stop_sent = False
+        self.budget = MetricsBudget()
+        self.last_report_at = 0.0
+        self.outage = Outage(f"job {job.id}")
 
     def supervise(self) -> None:
         ctx = multiprocessing.get_context("spawn")
@@ -65,7 +104,7 @@ class JobRun:
             args=(self.spec, self.messages, self.stop_event, os.getpid()),
             name=f"train-{self.job.id}",
             # A daemon dies with a worker that exits; but a daemon may not start processes of its own,
-            # and a data-parallel job starts its ranks. PR_SET_PDEATHSIG covers that case (process.py).
+            # and a data-parallel job starts its ranks. PR_SET_PDEATHSIG covers that case (child.py).
             daemon=self.spec["training"].get("gpus", 1) <= 1,
         )
         self.child.start()
@@ -80,30 +119,47 @@ class JobRun:
                 self.drain(timeout=0.5)  # the last messages may still be in the pipe
             # A checkpoint is written to the database at once: if this worker dies right after, the
             # next one resumes from that checkpoint and it must already be listed and downloadable.
-            urgent = any(kind == "checkpoint" for kind, _ in self.pending)
-            if time.monotonic() - last_flush >= FLUSH_SECONDS or urgent or child_done or self.outcome:
+            urgent = any(isinstance(r, CheckpointSaved) for r in self.pending)
+            due = time.monotonic() - last_flush >= FLUSH_SECONDS or urgent or child_done or self.outcome
+            if due and self.outage.may_try():
                 last_flush = time.monotonic()
-                if not self.flush():
+                try:
+                    ours = self.flush()
+                except DATABASE_ERRORS as exc:
+                    self.outage.failed(exc)  # the reports wait in self.pending; training goes on
+                    continue
+                self.outage.succeeded()
+                if not ours:
                     self.kill("the job is no longer ours (cancelled, or the lease was lost)")
                     return
                 self.worker.heartbeat()
                 self.worker.reap(force=False)
-            if self.outcome or child_done:
-                break
+                if self.outcome or child_done:
+                    break
+            elif child_done or self.outcome:
+                time.sleep(0.1)  # waiting out the database's backoff with everything reported
         self.child.join(timeout=30)
-        self.finish(self.outcome or ("crashed", self.child.exitcode))
+        self.finish(self.outcome)
 
     def drain(self, timeout: float) -> None:
         deadline = time.monotonic() + timeout
         while True:
             try:
-                kind, payload = self.messages.get(timeout=max(0.0, deadline - time.monotonic()))
+                report = self.messages.get(timeout=max(0.0, deadline - time.monotonic()))
             except (queue_module.Empty, EOFError, OSError):
                 return
-            if kind in ("result", "error"):
-                self.outcome = (kind, payload)
+            self.last_report_at = time.monotonic()
+            if isinstance(report, Finished | Failed):
+                self.outcome = report
             else:
-                self.pending.append((kind, payload))
+                self.pending.append(report)
+                if isinstance(report, Metrics):
+                    self._cap_pending_metrics()
+
+    def _cap_pending_metrics(self) -> None:
+        metrics = [i for i, r in enumerate(self.pending) if isinstance(r, Metrics)]
+        if len(metrics) > MAX_PENDING_METRICS:
+            del self.pending[metrics[0]]
 
     def kill(self, why: str) -> None:
         log.info("job %s: %s; stopping its training process", self.job.id, why)
@@ -111,187 +167,137 @@ class JobRun:
             self.child.kill()
         self.child.join(timeout=10)
 
-    def _snapshot(self, metrics: dict) -> None:
-        self.progress = {k: metrics.get(k) for k in PROGRESS_KEYS}
-
     def flush(self) -> bool:
-        """Write what the child reported, in one transaction that first proves the job is still ours."""
-        job_id, data_dir = self.job.id, self.settings.data_dir.resolve()
+        """Write what the child reported, in one transaction that first proves the job is still ours.
+
+        False: the job is no longer ours. A database error leaves the reports pending for the next try.
+        """
         pending, self.pending = self.pending, []
-        for kind, payload in pending:
-            if kind in ("metrics", "eval"):
-                self._snapshot(payload if kind == "metrics" else payload["metrics"])
-        with session_scope() as session:
-            if not queue.renew(
-                session,
-                job_id=job_id,
-                worker_id=self.worker.id,
-                lease_seconds=self.settings.job_lease_seconds,
-                progress=self.progress,
-            ):
-                return False
-            for kind, payload in pending:
-                if kind == "start":
-                    resumed = payload.get("resumed_from_step")
-                    session.execute(
-                        Job.__table__.update()
-                        .where(Job.id == job_id, Job.worker_id == self.worker.id)
-                        .values(device=payload.get("device"))
-                    )
-                    if resumed is not None:
-                        queue.forget_metrics_after(session, job_id=job_id, step=resumed)
-                        self.adopt_checkpoint(session, resumed)
-                        queue.add_event(
-                            session,
-                            job_id=job_id,
-                            type="log",
-                            message=f"resumed from step {resumed}",
-                            data={"resumed_from_step": resumed},
-                        )
-                    queue.add_event(
-                        session,
-                        job_id=job_id,
-                        type="log",
-                        message=(
-                            f"training {payload['num_parameters']:,} parameters on {payload['device']} "
-                            f"({payload['precision']}), {payload['train_chars']:,} training characters"
-                        ),
-                        data=payload,
-                    )
-                elif kind == "metrics":
-                    queue.add_metric(session, job_id=job_id, snapshot=payload)
-                    queue.add_event(
-                        session,
-                        job_id=job_id,
-                        type="metrics",
-                        message=f"step {payload['step']}: train_loss {payload['train_loss']:.4f}",
-                        data=payload,
-                    )
-                elif kind == "eval":
-                    metrics = payload["metrics"]
-                    queue.add_metric(session, job_id=job_id, snapshot=metrics)
-                    val = metrics.get("val_loss")
-                    queue.add_event(
-                        session,
-                        job_id=job_id,
-                        type="sample",
-                        message=f"step {metrics['step']}: val_loss {val if val is None else round(val, 4)}",
-                        data={**metrics, "sample": payload["sample"]},
-                    )
-                elif kind == "checkpoint":
-                    path = Path(payload["path"]).resolve().relative_to(data_dir)
-                    queue.add_checkpoint(
-                        session,
-                        job_id=job_id,
-                        owner=self.job.owner,
-                        checkpoint_id=new_id("ckpt"),
-                        info=payload,
-                        path=str(path),
-                    )
-                    queue.add_event(
-                        session,
-                        job_id=job_id,
-                        type="checkpoint",
-                        message=f"checkpoint at step {payload['step']}"
-                        + (" (new best)" if payload.get("is_best") else ""),
-                        data={k: v for k, v in payload.items() if k != "path"},
-                    )
+        if self._may_have_a_checkpoint_coming(pending):
+            self.pending.append(pending.pop())
+        for report in pending:
+            if isinstance(report, Metrics | Evaluated):
+                self.progress = lifecycle.progress_from(report.snapshot)
+        try:
+            with session_scope() as session:
+                if not lifecycle.renew(
+                    session,
+                    job_id=self.job.id,
+                    worker_id=self.worker.id,
+                    lease_seconds=self.settings.job_lease_seconds,
+                    progress=self.progress,
+                ):
+                    return False
+                for report in coalesce(pending, self.budget):
+                    self.relay(session, report)
+        except BaseException:
+            self.pending = pending + self.pending
+            raise
         return True
 
-    def adopt_checkpoint(self, session, step: int) -> None:
-        """List the checkpoint we resume from if the previous worker died before it could."""
-        from app.checkpoints.files import read_metadata
-
-        weights = self.settings.runs_dir / self.job.id / "checkpoints" / f"step-{step:08d}.safetensors"
-        if not weights.is_file():
-            return
-        exists = session.scalar(select(Checkpoint.id).where(Checkpoint.job_id == self.job.id, Checkpoint.step == step))
-        if exists:
-            return
-        try:
-            val = read_metadata(weights).get("val_loss")
-            val_loss = float(val) if val not in (None, "None") else None
-        except (OSError, ValueError):
-            val_loss = None
-        info = {
-            "step": step,
-            "train_loss": None,
-            "val_loss": val_loss,
-            "is_best": False,
-            "size_bytes": weights.stat().st_size,
-        }
-        path = weights.resolve().relative_to(self.settings.data_dir.resolve())
-        queue.add_checkpoint(
-            session,
-            job_id=self.job.id,
-            owner=self.job.owner,
-            checkpoint_id=new_id("ckpt"),
-            info=info,
-            path=str(path),
+    def _may_have_a_checkpoint_coming(self, pending: list[Report]) -> bool:
+        """An evaluation is the latest report and the child is still at it: its checkpoint may follow."""
+        return (
+            bool(pending)
+            and isinstance(pending[-1], Evaluated)
+            and self.outcome is None
+            and self.child.is_alive()
+            and time.monotonic() - self.last_report_at < HOLD_EVALUATION_SECONDS
         )
 
-    def finish(self, outcome: tuple[str, object]) -> None:
-        kind, payload = outcome
-        job_id, worker_id = self.job.id, self.worker.id
-        with session_scope() as session:
-            if kind == "result":
-                result = payload
-                if result["stopped_by"] == "shutdown":
-                    queue.requeue(
-                        session,
-                        job_id=job_id,
-                        worker_id=worker_id,
-                        reason=f"worker shut down; checkpoint saved at step {result['steps']}",
-                    )
+    def relay(self, session, report: Report) -> None:
+        job_id, owner, worker_id = self.job.id, self.job.owner, self.worker.id
+        match report:
+            case Started():
+                on_disk = self.checkpoints_on_disk() if report.resumed_from_step is not None else []
+                lifecycle.started(
+                    session, job_id=job_id, owner=owner, worker_id=worker_id, info=report.info, on_disk=on_disk
+                )
+            case Metrics():
+                lifecycle.record_metrics(session, job_id=job_id, snapshot=report.snapshot)
+            case Evaluated():
+                lifecycle.record_evaluation(session, job_id=job_id, snapshot=report.snapshot, sample=report.sample)
+            case CheckpointSaved():
+                checkpoint = CheckpointInfo(
+                    step=report.step,
+                    path=self.relative(Path(report.path)),
+                    size_bytes=report.size_bytes,
+                    train_loss=report.train_loss,
+                    val_loss=report.val_loss,
+                    is_best=report.is_best,
+                )
+                lifecycle.record_checkpoint(session, job_id=job_id, owner=owner, checkpoint=checkpoint)
+
+    def relative(self, path: Path) -> str:
+        return str(path.resolve().relative_to(self.settings.data_dir.resolve()))
+
+    def checkpoints_on_disk(self) -> list[CheckpointInfo]:
+        """The run directory's step checkpoints, described by their own metadata (see Trainer._checkpoint)."""
+        from worker.engine.checkpoint import RunDirectory  # torch: only the worker process loads it, on resume
+
+        found = []
+        for step, weights in RunDirectory(self.spec["run_dir"]).step_weights().items():
+            try:
+                metadata = read_metadata(weights)
+                size = weights.stat().st_size
+            except (OSError, ValueError):
+                continue  # unreadable: nothing to list
+            found.append(
+                CheckpointInfo(
+                    step=step,
+                    path=self.relative(weights),
+                    size_bytes=size,
+                    train_loss=_number(metadata.get("train_loss")),
+                    val_loss=_number(metadata.get("val_loss")),
+                    is_best=metadata.get("is_best") == "True",  # absent in checkpoints of older versions
+                )
+            )
+        return found
+
+    def finish(self, outcome: Outcome | None) -> None:
+        """Write the outcome; through a database outage, retry (a stopping worker gives up after a while,
+        and then the reaper puts the job back in the queue once its lease runs out)."""
+        started = time.monotonic()
+        while True:
+            try:
+                with session_scope() as session:
+                    self._write_outcome(session, outcome)
+                self.outage.succeeded()
+                break
+            except DATABASE_ERRORS as exc:
+                delay = self.outage.failed(exc)
+                if self.worker.stopping and time.monotonic() - started > GIVE_UP_FINISHING_SECONDS:
+                    log.error("job %s: could not write its outcome; the reaper will requeue it", self.job.id)
                     return
-                progress = {
-                    **self.progress,
-                    "step": result["steps"],
-                    "max_steps": result["steps"],
-                    "epoch": result["epoch"],
-                    "train_loss": result["train_loss"],
-                    "val_loss": result["val_loss"],
-                    "best_val_loss": result["best_val_loss"],
-                    "chars_per_second": result["chars_per_second"],
-                    "eta_seconds": 0.0,
-                }
-                queue.finish(
-                    session,
-                    job_id=job_id,
-                    worker_id=worker_id,
-                    status="succeeded",
-                    progress=progress,
-                    message=f"succeeded after {result['steps']} steps ({result['stopped_by']}), "
-                    f"val_loss {result['val_loss']}",
+                time.sleep(delay)
+        kind = type(outcome).__name__ if outcome else "crashed"
+        log.info("job %s finished: %s", self.job.id, kind, extra={"fields": {"job_id": self.job.id}})
+
+    def _write_outcome(self, session, outcome: Outcome | None) -> None:
+        job_id, worker_id = self.job.id, self.worker.id
+        match outcome:
+            case Finished() if outcome.shut_down:
+                reason = f"worker shut down; checkpoint saved at step {outcome.result['steps']}"
+                lifecycle.requeue(session, job_id=job_id, worker_id=worker_id, reason=reason)
+            case Finished():
+                lifecycle.succeeded(
+                    session, job_id=job_id, worker_id=worker_id, result=outcome.result, progress=self.progress
                 )
-            elif kind == "error":
-                queue.finish(
-                    session,
-                    job_id=job_id,
-                    worker_id=worker_id,
-                    status="failed",
-                    error=str(payload),
-                    message=f"failed: {payload}",
-                )
-            else:
-                error = (
-                    f"the training process died unexpectedly (exit code {payload}); "
-                    "if this repeats, the model may not fit in memory: lower hidden_size or batch_size"
-                )
-                queue.finish(
-                    session,
-                    job_id=job_id,
-                    worker_id=worker_id,
-                    status="failed",
-                    error=error,
-                    message=f"failed: {error}",
-                )
-        log.info("job %s finished: %s", job_id, kind, extra={"fields": {"job_id": job_id}})
+            case Failed():
+                lifecycle.failed(session, job_id=job_id, worker_id=worker_id, error=outcome.error)
+            case None:
+                error = lifecycle.crashed_message(self.child.exitcode)
+                lifecycle.failed(session, job_id=job_id, worker_id=worker_id, error=error)
+
+
+def _number(text: str | None) -> float | None:
+    try:
+        return float(text) if text not in (None, "None") else None
+    except ValueError:
+        return None
 
 
 def _child_entry(spec, messages, stop_event, parent_pid):
     from worker.service.child import train_job
 
     train_job(spec, messages, stop_event, parent_pid)
-
-
