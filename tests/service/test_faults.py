@@ -97,15 +97,27 @@ def test_log_every_1_writes_a_bounded_number_of_rows_a_second(svc):
     assert job["progress"]["train_loss"] is not None  # progress still follows every report
 
 
-def test_worker_survives_a_database_that_refuses_writes(svc):
-    """Item 7: another process holds the SQLite write lock longer than the busy timeout (30 s), so the
-    worker's writes fail with "database is locked". Before, that traceback killed the worker. Now it
-    keeps training, /readyz stops counting it once its last written heartbeat is a lease old, and it
-    comes back (and the job succeeds) when the lock is gone."""
+BUSY_TIMEOUT_SECONDS = 4  # short, so the lock below outlasts it quickly (the default is 30 s)
+
+
+def test_worker_survives_a_database_that_refuses_writes(tmp_path):
+    """Item 7: another process holds the SQLite write lock longer than the busy timeout, so the worker's
+    writes fail with "database is locked". Before, that traceback killed the worker. Now it keeps
+    training, /readyz stops counting it once its last written heartbeat is a lease old, and it comes
+    back (and the job succeeds) when the lock is gone."""
+    svc = Service(tmp_path, sqlite_busy_timeout_seconds=BUSY_TIMEOUT_SECONDS)
+    svc.start_api()
+    try:
+        database_refuses_writes(svc)
+    finally:
+        svc.stop()
+
+
+def database_refuses_writes(svc: Service) -> None:
     client = svc.client()
     corpus = svc.upload(client, small_corpus(30_000), name="locked")
     worker = svc.start_worker()
-    training = {"max_steps": None, "max_seconds": 50, "eval_every": 200, "checkpoint_every": 200, "log_every": 50}
+    training = {"max_steps": None, "max_seconds": 30, "eval_every": 200, "checkpoint_every": 200, "log_every": 50}
     job = svc.create_job(client, corpus["id"], training=training)
     wait_event(client, job["id"], lambda e: e["type"] == "metrics")
 
@@ -124,7 +136,8 @@ def test_worker_survives_a_database_that_refuses_writes(svc):
         assert locked.wait(30)
         lock_started = time.monotonic()
         readiness = []
-        while time.monotonic() - lock_started < 36:  # past the 30 s busy timeout: writes fail, not wait
+        # Past the busy timeout writes fail rather than wait; a lease (3 s) later the worker is not live.
+        while time.monotonic() - lock_started < BUSY_TIMEOUT_SECONDS + 10:
             r = httpx.get(svc.url + "/readyz", timeout=10)
             readiness.append((round(time.monotonic() - lock_started, 1), r.status_code, r.json().get("workers")))
             assert worker.poll() is None, "the worker died of a database error:\n" + svc.log_text()
