@@ -38,7 +38,9 @@ def service(tmp_path_factory):
     svc.stop()
 
 
-@pytest.fixture(scope="session")
+# Package scope, not session: while Playwright's sync API is open its event loop counts as running in
+# this thread, and every later test that calls asyncio.run() would fail.
+@pytest.fixture(scope="package")
 def browser():
     if not CHROMIUM.exists():
         message = f"{CHROMIUM} is missing: install Debian's browser with `apt-get install -y chromium`"
