@@ -158,8 +158,9 @@ def create(session: Session, *, owner: str, settings: Settings, body: JobCreate)
                 )
             model = {k: config.get(k) for k in ModelSpec.model_fields}
         training = effective_training(body.training)
-        check_training(corpus.num_chars, training)
+        # Memory first: a job too big for the machine is refused whatever its corpus (and says what to lower).
         check_memory(corpus.vocab_size, model, training, settings)
+        check_training(corpus.num_chars, training)
         check_active_jobs(session, owner=owner, settings=settings)
         job = Job(
             id=new_id("job"),
