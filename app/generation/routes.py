@@ -32,9 +32,11 @@ ERRORS = {422: {"description": "a field out of range, or prompt characters the m
 )
 async def generate(body: GenerateRequest, request: Request, key: BearerKey, settings: SettingsDep):
     state = request.app.state
+    limit = settings.max_concurrent_generations_per_owner
+    state.generation_slots.precheck(key, limit)  # a flood past the limit costs no database lookup
     target = await run_in_threadpool(service.target, key, settings, body.model, state.worker_affinity)
     params = body.sampling_params()
-    slot = state.generation_slots.acquire(target.owner, settings.max_concurrent_generations_per_owner)
+    slot = state.generation_slots.acquire(target.owner, limit, key)
     if not body.stream:
         with slot:
             return await service.generate(state.http, target, state.worker_affinity, model=body.model, params=params)
@@ -56,6 +58,8 @@ async def generate(body: GenerateRequest, request: Request, key: BearerKey, sett
 )
 async def score(body: ScoreRequest, request: Request, key: BearerKey, settings: SettingsDep):
     state = request.app.state
+    limit = settings.max_concurrent_generations_per_owner
+    state.generation_slots.precheck(key, limit)
     target = await run_in_threadpool(service.target, key, settings, body.model, state.worker_affinity)
-    with state.generation_slots.acquire(target.owner, settings.max_concurrent_generations_per_owner):
+    with state.generation_slots.acquire(target.owner, limit, key):
         return await service.score(state.http, target, state.worker_affinity, model=body.model, text=body.text)
