@@ -157,3 +157,37 @@ def test_nul_is_refused_with_422_naming_the_field(client, method, path, kwargs, 
     r = client.request(method, path, **kwargs)
     assert r.status_code == 422, r.text
     assert field in r.text and "NUL" in r.text
+
+
+# --- 5. generation slots, and 2. the start-up sweep's care for uploads in flight --------------------------------
+
+
+def test_generation_slots_count_release_once_and_precheck_by_key():
+    from app.errors import ApiError
+    from app.generation.limits import OwnerSlots
+
+    slots = OwnerSlots()
+    first = slots.acquire("ann", 2, key="k-ann")
+    slots.acquire("ann", 2, key="k-ann")
+    with pytest.raises(ApiError) as refused:
+        slots.precheck("k-ann", 2)  # refused before any database lookup: the key's owner is known
+    assert refused.value.status_code == 429 and refused.value.headers["Retry-After"] == "1"
+    slots.precheck("k-bob", 2)  # an unknown key goes on to its lookup
+    assert slots.acquire("bob", 2, key="k-bob").release() is None
+    first.release()
+    first.release()  # twice from two exit paths: counted once
+    assert slots.in_flight("ann") == 1 and slots.in_flight("bob") == 0
+    slots.precheck("k-ann", 2)
+
+
+def test_the_sweep_spares_an_upload_in_flight(tmp_path):
+    from app.corpora.upload import CorpusSink, sweep_stale_temp_files
+
+    live = CorpusSink(tmp_path, max_bytes=100)
+    live.write(b"half")
+    stale = tmp_path / ".upload-00000000deadbeef.tmp"
+    stale.write_bytes(b"left by a crash")
+    assert sweep_stale_temp_files(tmp_path) == [stale]
+    assert live.tmp_path.exists() and not stale.exists()
+    live.discard()
+    assert not list(tmp_path.iterdir())
