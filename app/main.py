@@ -23,7 +23,7 @@ from app.jobs.routes import router as jobs_router
 from app.ops.middleware import ObserveRequests
 from app.ops.routes import router as ops_router
 from app.settings import get_settings
-from app.strings import refuse_nul_in_url
+from app.strings import declare_nul_free_parameters, refuse_nul_in_url
 from app.workers import secret
 
 log = logging.getLogger("charrnn.api")
@@ -105,6 +105,7 @@ def create_app() -> FastAPI:
                 }
                 error["properties"]["message"] = {"type": "string", "title": "Message"}
             declare_bearer_auth(schema)
+            declare_nul_free_parameters(schema)
             app.openapi_schema = schema
         return app.openapi_schema
 

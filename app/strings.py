@@ -11,9 +11,11 @@ from typing import Annotated
 
 from fastapi import Request
 from fastapi.exceptions import RequestValidationError
-from pydantic import AfterValidator
+from pydantic import AfterValidator, Field
 
 NUL_MESSAGE = "must not contain NUL characters (\\x00)"
+# The same rule as the schema says it, so clients and fuzzers (Schemathesis) know a NUL is not valid input.
+NUL_FREE_PATTERN = "^[^\\x00]*$"
 
 
 def refuse_nul(value: str) -> str:
@@ -23,7 +25,21 @@ def refuse_nul(value: str) -> str:
 
 
 # For body fields that are stored or looked up: a 422 from pydantic that names the field.
-DbStr = Annotated[str, AfterValidator(refuse_nul)]
+DbStr = Annotated[str, AfterValidator(refuse_nul), Field(json_schema_extra={"pattern": NUL_FREE_PATTERN})]
+
+
+def declare_nul_free_parameters(schema: dict) -> None:
+    """In the OpenAPI document, every string path and query parameter says it holds no NUL
+    (refuse_nul_in_url refuses them)."""
+    for operations in schema.get("paths", {}).values():
+        for operation in operations.values():
+            for parameter in operation.get("parameters", []):
+                if parameter.get("in") not in ("path", "query"):
+                    continue
+                shape = parameter.get("schema", {})
+                for branch in [shape, *shape.get("anyOf", [])]:
+                    if branch.get("type") == "string" and "pattern" not in branch and "enum" not in branch:
+                        branch["pattern"] = NUL_FREE_PATTERN
 
 
 def _error(where: str, name: str, value: str) -> dict:
