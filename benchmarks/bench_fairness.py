@@ -14,11 +14,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
 import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
@@ -59,6 +59,21 @@ def probe(c: httpx.Client, job_id: str) -> float:
     return time.perf_counter() - start
 
 
+def flood(url: str, job_id: str, n: int, clients: int, results) -> None:
+    """`n` /generate calls of the flooding key, `clients` at a time; puts (status counts, seconds)."""
+    statuses: Counter[int] = Counter()
+    limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
+    with httpx.Client(base_url=url, headers={"Authorization": f"Bearer {KEY}"}, timeout=120, limits=limits) as c:
+
+        def one(_):
+            statuses[c.post("/generate", json={"model": job_id, **REQUEST}).status_code] += 1
+
+        start = time.perf_counter()
+        with ThreadPoolExecutor(clients) as pool:
+            list(pool.map(one, range(n)))
+    results.put((dict(statuses), time.perf_counter() - start))
+
+
 def percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
@@ -83,28 +98,23 @@ def main() -> None:
             victim_key = new_key(svc, "victim")
             flood_job, victim_job = train(svc, KEY, text), train(svc, victim_key, text)
             alone, during, statuses, flood_seconds = [], [], Counter(), []
-            with client(svc, KEY) as flooder, client(svc, victim_key) as victim:
+            with client(svc, victim_key) as victim:
                 for _ in range(args.rounds):
                     alone += [probe(victim, victim_job) for _ in range(args.probes)]
-                    done = threading.Event()
-
-                    def flood_one(_):
-                        r = flooder.post("/generate", json={"model": flood_job, **REQUEST})
-                        statuses[r.status_code] += 1
-
-                    def flood(done: threading.Event) -> None:
-                        start = time.perf_counter()
-                        with ThreadPoolExecutor(args.flood_clients) as pool:
-                            list(pool.map(flood_one, range(args.flood)))
-                        flood_seconds.append(time.perf_counter() - start)
-                        done.set()
-
-                    flooding = threading.Thread(target=flood, args=(done,))
+                    # The flood runs in its own process, as another client would: in this one its 50 threads
+                    # would hold the GIL the probe's client needs, and the probe would measure that instead.
+                    results = multiprocessing.Queue()
+                    flooding = multiprocessing.Process(
+                        target=flood, args=(svc.url, flood_job, args.flood, args.flood_clients, results)
+                    )
                     flooding.start()
-                    time.sleep(0.2)  # the flood is under way
-                    while not done.is_set():
+                    time.sleep(0.3)  # the flood is under way
+                    while flooding.is_alive() and results.empty():
                         during.append(probe(victim, victim_job))
+                    round_statuses, seconds = results.get(timeout=600)
                     flooding.join()
+                    statuses.update(round_statuses)
+                    flood_seconds.append(seconds)
         finally:
             svc.stop()
 
