@@ -14,6 +14,7 @@ from pydantic import BaseModel
 from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 from starlette.routing import Match
 
 from app.ops.middleware import SECURITY_HEADERS
@@ -42,7 +43,9 @@ DESCRIPTIONS = {
     410: "the resource's file is gone",
     413: "the upload is over the size limit",
     415: "unsupported Content-Type",
+    429: "over a per-owner limit (active jobs, stored corpus bytes, concurrent generations); see `Retry-After`",
     502: "the worker failed to run the model",
+    507: "the server's disk is full; nothing of the upload was kept",
     503: "no live worker, or the database is busy; retry after `Retry-After` seconds",
 }
 
@@ -157,6 +160,13 @@ def install_error_handlers(app: FastAPI) -> None:
             errors.append(out)
         message = "; ".join(_describe(e) for e in errors[:5])
         return JSONResponse({"detail": errors, "message": message}, status_code=422)
+
+    @app.exception_handler(ClientDisconnect)
+    async def _client_gone(request: Request, _exc: ClientDisconnect):
+        # Not an error of ours: the client closed the connection before its body was in (an upload
+        # cancelled halfway). One line, no traceback; whatever it had sent is already removed.
+        log.info("client disconnected before its request body was complete: %s %s", request.method, request.url.path)
+        return JSONResponse({"detail": "the client disconnected before the request body was complete"}, 400)
 
     @app.exception_handler(UnicodeEncodeError)
     async def _unencodable(_request: Request, exc: UnicodeEncodeError):

@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from contextlib import asynccontextmanager
 
 import httpx
-from fastapi import FastAPI
+from fastapi import Depends, FastAPI
 from fastapi.openapi.utils import get_openapi
 
 from app.checkpoints.routes import router as checkpoints_router
+from app.corpora import service as corpora_service
 from app.corpora.routes import router as corpora_router
 from app.dashboard import routes as dashboard
 from app.errors import install_error_handlers
+from app.generation.limits import OwnerSlots
 from app.generation.routes import router as generation_router
 from app.generation.service import Affinity
 from app.jobs.reaper import reap_forever
@@ -21,7 +24,10 @@ from app.openai.app import create_openai_app
 from app.ops.middleware import ObserveRequests
 from app.ops.routes import router as ops_router
 from app.settings import get_settings
+from app.strings import declare_nul_free_parameters, refuse_nul_in_url
 from app.workers import secret
+
+log = logging.getLogger("charrnn.api")
 
 DESCRIPTION = """Train character-level RNN/LSTM/GRU language models on your text, and generate from them.
 
@@ -35,6 +41,11 @@ OpenAI-compatible routes (files, fine-tuning jobs, models, completions) are unde
 @asynccontextmanager
 async def lifespan(app: FastAPI):
     settings = get_settings()
+    # What a crash or kill -9 left half-written in corpora/ (upload temp files, unfinished deletes).
+    try:
+        await asyncio.to_thread(corpora_service.sweep_leftovers, settings)
+    except Exception:  # a start must not fail over leftovers (e.g. the database is not up yet): next start
+        log.warning("could not sweep leftover files in corpora/; will try at the next start", exc_info=True)
     # The client for calls to workers' generation servers: each carries the deployment's worker secret.
     app.state.http = httpx.AsyncClient(
         timeout=httpx.Timeout(settings.generate_timeout_seconds, connect=5.0),
@@ -71,11 +82,14 @@ def create_app() -> FastAPI:
         lifespan=lifespan,
         docs_url=None,  # served offline by app.dashboard
         redoc_url=None,
+        # Every path and query parameter reaches the database, whose text (on PostgreSQL) cannot hold NUL.
+        dependencies=[Depends(refuse_nul_in_url)],
     )
     install_error_handlers(app)
     # Which worker served each checkpoint last: state of this app, not of the module, so two apps in one
     # process (tests) do not share it.
     app.state.worker_affinity = Affinity()
+    app.state.generation_slots = OwnerSlots()  # per-owner generations in flight in this process
     for router in (ops_router, corpora_router, jobs_router, checkpoints_router, generation_router):
         app.include_router(router)
     dashboard.install(app)
@@ -98,6 +112,7 @@ def create_app() -> FastAPI:
                 }
                 error["properties"]["message"] = {"type": "string", "title": "Message"}
             declare_bearer_auth(schema)
+            declare_nul_free_parameters(schema)
             app.openapi_schema = schema
         return app.openapi_schema
 

@@ -42,6 +42,25 @@ class Settings(BaseSettings):
     )
     generate_timeout_seconds: float = Field(120.0, gt=0, description="API -> worker request timeout")
     log_level: str = Field("INFO")
+    # Per-owner limits: one key's load must not starve the others. Over a limit the API answers 429 with
+    # Retry-After and names the setting, instead of letting the queue, the disk or the workers absorb it.
+    max_active_jobs_per_owner: int = Field(
+        10, ge=1, description="queued + running jobs one owner may have; more answers 429"
+    )
+    max_corpus_bytes_per_owner: int = Field(
+        1024**3, ge=1, description="total bytes of the corpora one owner may store; an upload past it answers 429"
+    )
+    max_concurrent_generations_per_owner: int = Field(
+        8,
+        ge=1,
+        description="/generate and /score calls (streams included) one owner may have in flight in one API "
+        "process; more answers 429",
+    )
+    # Checked before a job queues (worker/engine/config.py estimate_training_bytes), so that a job too big
+    # for the machine is refused with the numbers rather than killed by the OOM killer hours later.
+    worker_memory_bytes: int | None = Field(
+        None, ge=1, description="memory a training job may need; default: 80% of this machine's RAM"
+    )
 
     @property
     def generation_thread_count(self) -> int:
@@ -50,6 +69,16 @@ class Settings(BaseSettings):
     @property
     def train_thread_count(self) -> int:
         return self.train_threads or (os.cpu_count() or 1)
+
+    @property
+    def worker_memory_limit(self) -> int:
+        if self.worker_memory_bytes:
+            return self.worker_memory_bytes
+        try:
+            total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+        except (ValueError, OSError, AttributeError):  # not POSIX: assume a modest machine
+            total = 8 * 1024**3
+        return int(total * 0.8)  # the rest is the OS's, the API's and the worker's own
 
     @property
     def sqlalchemy_url(self) -> str:

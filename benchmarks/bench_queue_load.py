@@ -60,7 +60,7 @@ def main() -> None:
     with throwaway_database() as database_url, tempfile.TemporaryDirectory() as tmp:
         # One thread each (three workers share the machine's cores) and a 10 s lease.
         svc = Service(Path(tmp), database_url=database_url, job_lease_seconds=10, device="cpu", train_threads=1,
-                      generation_threads=1)
+                      generation_threads=1, max_active_jobs_per_owner=max(10, args.jobs))  # one owner queues all
         svc.start_api()
         for _ in range(args.workers):
             svc.start_worker()

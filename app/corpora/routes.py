@@ -41,7 +41,7 @@ UPLOAD_BODY = {
     status_code=201,
     response_model=CorpusOut,
     openapi_extra=UPLOAD_BODY,
-    responses=responses(400, 413, 415),
+    responses=responses(400, 413, 415, 429, 507),
     summary="Upload a corpus (multipart field `file`, or a raw text/plain body)",
 )
 async def upload_corpus(

@@ -9,23 +9,41 @@ got 201 for a corpus whose file was already gone.
 
 from __future__ import annotations
 
+import logging
 import os
+import re
 import secrets
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 from sqlalchemy import delete as sql_delete
-from sqlalchemy import text
+from sqlalchemy import func, select, text
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
 from app.corpora import repository
-from app.corpora.upload import NAME_MAX, CorpusSink, receive_multipart, receive_raw
-from app.db import utcnow
+from app.corpora.upload import (
+    NAME_MAX,
+    TOMBSTONE_GLOB,
+    TOMBSTONE_MIN_AGE_SECONDS,
+    CorpusSink,
+    receive_multipart,
+    receive_raw,
+    sweep_stale_temp_files,
+)
+from app.db import session_scope, utcnow
 from app.errors import ApiError, not_found
 from app.ids import new_id
 from app.models import Corpus
 from app.settings import Settings
+from app.strings import NUL_MESSAGE
+
+log = logging.getLogger("charrnn.api")
+# An owner over their storage quota frees space by deleting corpora; nothing frees itself, so a client
+# that retries blindly should at least not hammer.
+QUOTA_RETRY_AFTER = "60"
+CONTENT_NAME = re.compile(r"[0-9a-f]{64}\.txt")
 
 
 async def upload(
@@ -52,31 +70,36 @@ async def upload(
             f"{settings.max_corpus_bytes:,} bytes (CHARRNN_MAX_CORPUS_BYTES)",
         )
     sink = CorpusSink(settings.corpora_dir, settings.max_corpus_bytes, settings.max_vocab_size)
-    if media == "text/plain":
-        await receive_raw(stream, sink)
-        form_name = None
-    else:
-        form_name = await receive_multipart(stream, content_type, sink)
-    for given in (name, form_name):
-        if given and len(given) > NAME_MAX:
-            sink.discard()
-            raise ApiError(422, f"name is {len(given)} characters long; keep it to {NAME_MAX} or fewer")
-    name = name or form_name or "corpus"
-    name = name.strip() or "corpus"
-    sha256, path = sink.finish()
-    corpus = Corpus(
-        id=new_id("corpus"),
-        owner=owner,
-        name=name,
-        sha256=sha256,
-        size_bytes=sink.size,
-        num_chars=sink.num_chars,
-        vocab_size=len(sink.chars),
-        path=str(path.relative_to(settings.data_dir)),
-        created_at=utcnow(),
-    )
-    # Off the event loop: the insert may wait seconds for a database lock, and the API must keep answering.
-    await run_in_threadpool(_store, session, sink, corpus, path)
+    # Every way out but a stored corpus removes the temporary file: a refusal, a client that went away
+    # mid-body (ClientDisconnect), a full disk, a database error, a cancelled request.
+    try:
+        if media == "text/plain":
+            await receive_raw(stream, sink)
+            form_name = None
+        else:
+            form_name = await receive_multipart(stream, content_type, sink)
+        for field, given in (("name", name), ("the form's name", form_name)):
+            if given and len(given) > NAME_MAX:
+                raise ApiError(422, f"{field} is {len(given)} characters long; keep it to {NAME_MAX} or fewer")
+            if given and "\x00" in given:
+                raise ApiError(422, f"{field} {NUL_MESSAGE}")
+        name = (name or form_name or "corpus").strip() or "corpus"
+        sha256, path = sink.finish()
+        corpus = Corpus(
+            id=new_id("corpus"),
+            owner=owner,
+            name=name,
+            sha256=sha256,
+            size_bytes=sink.size,
+            num_chars=sink.num_chars,
+            vocab_size=len(sink.chars),
+            path=str(path.relative_to(settings.data_dir)),
+            created_at=utcnow(),
+        )
+        # Off the event loop: the insert may wait seconds for a database lock, and the API must keep answering.
+        await run_in_threadpool(_store, session, sink, corpus, path, settings.max_corpus_bytes_per_owner)
+    finally:
+        sink.discard()  # no-op once placed
     return corpus
 
 
@@ -88,10 +111,24 @@ def lock_content(session: Session, sha256: str) -> None:
         session.connection()  # SQLite: BEGIN IMMEDIATE takes the database's one write lock
 
 
-def _store(session: Session, sink: CorpusSink, corpus: Corpus, path: Path) -> None:
+def check_owner_quota(session: Session, *, owner: str, adding: int, limit: int) -> None:
+    stored = session.scalar(select(func.coalesce(func.sum(Corpus.size_bytes), 0)).where(Corpus.owner == owner))
+    if stored + adding > limit:
+        raise ApiError(
+            429,
+            f"this upload ({adding:,} bytes) would take your stored corpora to {stored + adding:,} bytes, over the "
+            f"limit of {limit:,} bytes per owner (CHARRNN_MAX_CORPUS_BYTES_PER_OWNER); delete corpora you no "
+            "longer need (DELETE /corpora/{id}), or ask the operator to raise the limit",
+            headers={"Retry-After": QUOTA_RETRY_AFTER},
+        )
+
+
+def _store(session: Session, sink: CorpusSink, corpus: Corpus, path: Path, owner_limit: int) -> None:
     try:
         with session.begin():
             lock_content(session, corpus.sha256)
+            # Counted inside the write transaction: on SQLite two uploads of one owner cannot both pass it.
+            check_owner_quota(session, owner=corpus.owner, adding=corpus.size_bytes, limit=owner_limit)
             # Placed under the lock, so a delete of the same content either finished before (and the
             # file is re-created here) or starts after this row is committed (and sees it).
             sink.place(path)
@@ -143,3 +180,38 @@ def _move_aside(path: Path) -> Path | None:
     except FileNotFoundError:
         return None
     return tombstone
+
+
+def sweep_leftovers(settings: Settings) -> None:
+    """At API start: remove what a crash left in corpora/ - upload temp files nobody holds, and the
+    tombstones of deletes that died between moving a file aside and removing it.
+
+    A tombstone whose content a corpus row still claims is put back (the delete never committed);
+    otherwise it is removed. Each is judged under the content's lock, like a delete."""
+    directory = settings.corpora_dir
+    if not directory.is_dir():
+        return
+    for path in sweep_stale_temp_files(directory):
+        log.info("removed a stale upload temp file %s", path.name)
+    now = time.time()
+    for tombstone in directory.glob(TOMBSTONE_GLOB):
+        try:
+            if now - tombstone.stat().st_mtime < TOMBSTONE_MIN_AGE_SECONDS:
+                continue
+        except FileNotFoundError:
+            continue
+        final_name = tombstone.name.split("-", 2)[-1]  # .deleted-<hex>-<sha256>.txt
+        if not CONTENT_NAME.fullmatch(final_name):
+            continue  # not ours to judge
+        final = directory / final_name
+        with session_scope() as session:
+            lock_content(session, final_name.removesuffix(".txt"))
+            claimed = session.scalar(
+                select(func.count()).where(Corpus.path == str(final.relative_to(settings.data_dir)))
+            )
+            if claimed and not final.exists():
+                os.replace(tombstone, final)
+                log.warning("restored %s from an unfinished delete", final_name)
+            else:
+                tombstone.unlink(missing_ok=True)
+                log.info("removed %s left by an unfinished delete", tombstone.name)

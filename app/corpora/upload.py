@@ -8,6 +8,9 @@ of the first bad byte, so a 200 MB file is never held in memory, decoded or not.
 from __future__ import annotations
 
 import codecs
+import contextlib
+import errno
+import fcntl
 import hashlib
 import os
 import secrets
@@ -16,6 +19,7 @@ from pathlib import Path
 
 from python_multipart import MultipartParser
 from python_multipart.multipart import parse_options_header
+from starlette.requests import ClientDisconnect
 
 from app.errors import ApiError
 
@@ -23,10 +27,30 @@ from app.errors import ApiError
 # instead of a broken pipe) - but only up to this much, then the connection is simply answered.
 DRAIN_LIMIT = 256 * 1024 * 1024
 NAME_MAX = 200
+TMP_GLOB = ".upload-*.tmp"
+# A crashed delete's tombstone is only judged once it is this old: a live delete (in this or another API
+# process) holds its tombstone for milliseconds, between its commit and its unlink.
+TOMBSTONE_GLOB = ".deleted-*"
+TOMBSTONE_MIN_AGE_SECONDS = 60.0
+# Out of space, or over a disk quota: either way the upload cannot be stored.
+DISK_FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
 
 
 class TooLarge(Exception):
     pass
+
+
+class DiskFull(Exception):
+    pass
+
+
+def disk_full() -> ApiError:
+    return ApiError(
+        507,
+        "the server's disk is full: the upload could not be stored and nothing of it was kept. "
+        "Retry later, or ask the operator to free space in the data directory",
+        headers={"Retry-After": "60"},
+    )
 
 
 class CorpusSink:
@@ -37,6 +61,9 @@ class CorpusSink:
         self.directory, self.max_bytes, self.max_vocab = directory, max_bytes, max_vocab
         self.tmp_path = directory / f".upload-{secrets.token_hex(8)}.tmp"
         self.file = open(self.tmp_path, "wb")  # noqa: SIM115  (closed in finish/discard)
+        # Held while the upload lives (the OS drops it if the process dies): the start-up sweep removes
+        # only temp files nobody holds, so it never deletes another API process's upload in flight.
+        fcntl.flock(self.file.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
         self.sha = hashlib.sha256()
         self.decoder = codecs.getincrementaldecoder("utf-8")("strict")
         self.size = 0
@@ -67,7 +94,12 @@ class CorpusSink:
                     self.chars.update(text)
         self.size += len(data)
         self.sha.update(data)
-        self.file.write(data)
+        try:
+            self.file.write(data)
+        except OSError as exc:
+            if exc.errno in DISK_FULL_ERRNOS:
+                raise DiskFull from None
+            raise
 
     @property
     def too_many_chars(self) -> bool:
@@ -86,7 +118,14 @@ class CorpusSink:
                     f"the upload is not valid UTF-8: it ends inside a multi-byte character at offset "
                     f"{self.size - len(self.decoder.buffer) + exc.start} ({exc.reason}). Re-save it as UTF-8."
                 )
-        self.file.close()
+        try:
+            self.file.flush()
+            os.fsync(self.file.fileno())  # ENOSPC can wait until here (delayed allocation); say it now
+        except OSError as exc:
+            self.discard()
+            if exc.errno in DISK_FULL_ERRNOS:
+                raise disk_full() from None
+            raise
         if self.bad:
             self.discard()
             raise ApiError(422, self.bad)
@@ -106,10 +145,32 @@ class CorpusSink:
 
     def place(self, final: Path) -> None:
         os.replace(self.tmp_path, final)  # same content, same name: replacing is harmless
+        self._close()
+
+    def _close(self) -> None:
+        with contextlib.suppress(OSError):  # flushing the rest failed (disk full): it is closed all the same
+            self.file.close()
 
     def discard(self) -> None:
-        self.file.close()
+        """Remove the temporary file; safe to call on every path out, any number of times."""
+        self._close()
         self.tmp_path.unlink(missing_ok=True)
+
+
+def sweep_stale_temp_files(corpora_dir: Path) -> list[Path]:
+    """Remove upload temp files that no live upload holds (left by a crash or a kill -9); returns them."""
+    removed = []
+    for path in corpora_dir.glob(TMP_GLOB):
+        try:
+            with open(path, "rb") as held:
+                fcntl.flock(held.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+                path.unlink(missing_ok=True)
+        except BlockingIOError:
+            continue  # an upload in flight, in another API process on this data dir
+        except FileNotFoundError:
+            continue
+        removed.append(path)
+    return removed
 
 
 async def _drain(stream: AsyncIterator[bytes], already: int) -> None:
@@ -136,6 +197,10 @@ async def receive_raw(stream: AsyncIterator[bytes], sink: CorpusSink) -> None:
         sink.discard()
         await _drain(stream, sink.size)
         raise _too_large(sink.max_bytes) from None
+    except DiskFull:
+        sink.discard()
+        await _drain(stream, sink.size)  # so the client reads the 507 rather than a reset connection
+        raise disk_full() from None
 
 
 async def receive_multipart(stream: AsyncIterator[bytes], content_type: str, sink: CorpusSink) -> str | None:
@@ -204,12 +269,18 @@ async def receive_multipart(stream: AsyncIterator[bytes], content_type: str, sin
         sink.discard()
         await _drain(stream, sink.size)
         raise _too_large(sink.max_bytes) from None
+    except DiskFull:
+        sink.discard()
+        await _drain(stream, sink.size)
+        raise disk_full() from None
     except ApiError:
         sink.discard()
         await _drain(stream, sink.size)  # so the client reads the answer rather than a reset connection
         raise
     except Exception as exc:  # the multipart parser's own errors: a malformed body
         sink.discard()
+        if isinstance(exc, ClientDisconnect):
+            raise
         raise ApiError(422, f"malformed multipart body ({exc}); send the text as the form field `file`") from None
     if not state["file_seen"]:
         sink.discard()

@@ -1,16 +1,16 @@
 from __future__ import annotations
 
 from fastapi import APIRouter, Request
-from sse_starlette.sse import EventSourceResponse
 from starlette.concurrency import run_in_threadpool
 
 from app.deps import BearerKey, SettingsDep
 from app.errors import responses
 from app.generation import service
+from app.generation.limits import ReleasingEventSourceResponse
 from app.generation.schemas import GenerateRequest, GenerateResponse, ScoreRequest, ScoreResponse
 from app.keys.streams import end_when_revoked
 
-router = APIRouter(tags=["generation"], responses=responses(400, 401, 404, 409, 410, 502, 503))
+router = APIRouter(tags=["generation"], responses=responses(400, 401, 404, 409, 410, 429, 502, 503))
 
 ERRORS = {422: {"description": "a field out of range, or prompt characters the model never saw"}}
 
@@ -32,13 +32,22 @@ ERRORS = {422: {"description": "a field out of range, or prompt characters the m
 )
 async def generate(body: GenerateRequest, request: Request, key: BearerKey, settings: SettingsDep):
     state = request.app.state
+    limit = settings.max_concurrent_generations_per_owner
+    state.generation_slots.precheck(key, limit)  # a flood past the limit costs no database lookup
     target = await run_in_threadpool(service.target, key, settings, body.model, state.worker_affinity)
     params = body.sampling_params()
+    slot = state.generation_slots.acquire(target.owner, limit, key)
     if not body.stream:
-        return await service.generate(state.http, target, state.worker_affinity, model=body.model, params=params)
-    upstream = await service.open_stream(state.http, target, state.worker_affinity, params=params)
+        with slot:
+            return await service.generate(state.http, target, state.worker_affinity, model=body.model, params=params)
+    try:
+        upstream = await service.open_stream(state.http, target, state.worker_affinity, params=params)
+    except BaseException:
+        slot.release()
+        raise
     relay = service.relay(upstream, model=body.model, checkpoint_id=target.checkpoint_id, prompt=body.prompt)
-    return EventSourceResponse(end_when_revoked(relay, key))
+    # Held until the stream ends, however it ends (the response releases it).
+    return ReleasingEventSourceResponse(end_when_revoked(relay, key), slot=slot)
 
 
 @router.post(
@@ -49,5 +58,8 @@ async def generate(body: GenerateRequest, request: Request, key: BearerKey, sett
 )
 async def score(body: ScoreRequest, request: Request, key: BearerKey, settings: SettingsDep):
     state = request.app.state
+    limit = settings.max_concurrent_generations_per_owner
+    state.generation_slots.precheck(key, limit)
     target = await run_in_threadpool(service.target, key, settings, body.model, state.worker_affinity)
-    return await service.score(state.http, target, state.worker_affinity, model=body.model, text=body.text)
+    with state.generation_slots.acquire(target.owner, limit, key):
+        return await service.score(state.http, target, state.worker_affinity, model=body.model, text=body.text)

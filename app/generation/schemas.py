@@ -2,6 +2,7 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from app.strings import DbStr
 from worker.engine.sampling_params import SamplingParams
 
 MAX_SCORE_CHARS = 10_000_000
@@ -30,7 +31,7 @@ class GenerateRequest(SamplingParams):
         },
     )
 
-    model: str = Field(
+    model: DbStr = Field(
         ...,
         min_length=1,
         max_length=64,
@@ -78,7 +79,7 @@ class ScoreRequest(BaseModel):
         extra="forbid",
         json_schema_extra={"examples": [{"model": "job_0005f1a2b3c4d5e6a1b2c3d4e5", "text": "To be, or not to be"}]},
     )
-    model: str = Field(..., min_length=1, max_length=64, description="a job id or a checkpoint id")
+    model: DbStr = Field(..., min_length=1, max_length=64, description="a job id or a checkpoint id")
     text: str = Field(..., min_length=2, max_length=MAX_SCORE_CHARS, description="at least 2 characters")
 
 

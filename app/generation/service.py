@@ -56,6 +56,7 @@ class Affinity:
 class Target:
     checkpoint_id: str
     urls: list[str]  # the live workers, the one to try first first
+    owner: str = ""  # whose call it is: per-owner limits count it
 
 
 def target(
@@ -76,7 +77,7 @@ def target(
             model = native_model(session, owner, model)
         checkpoint_id = resolve(session, owner=owner, model=model)
         urls = worker_urls(session, settings=settings)
-    return Target(checkpoint_id, affinity.order(urls, checkpoint_id))
+    return Target(checkpoint_id, affinity.order(urls, checkpoint_id), owner)
 
 
 def resolve(session: Session, *, owner: str, model: str) -> str:

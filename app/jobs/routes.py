@@ -31,7 +31,10 @@ FINAL = FINAL_STATUSES
     status_code=201,
     response_model=JobOut,
     summary="Queue a training job",
-    responses={**responses(400, 410), 422: {"description": "a field out of range, or a corpus too small"}},
+    responses={
+        **responses(400, 410, 429),
+        422: {"description": "a field out of range, a corpus too small, or a job too big for the worker's memory"},
+    },
 )
 def create_job(body: JobCreate, session: SessionDep, owner: CurrentOwner, settings: SettingsDep):
     return service.to_out(service.create(session, owner=owner, settings=settings, body=body))

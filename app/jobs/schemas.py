@@ -12,6 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from app.errors import scrub_paths
 from app.jobs.defaults import model_defaults, train_defaults
 from app.models import JobStatus
+from app.strings import DbStr
 from worker.engine.config import DEFAULT_MAX_STEPS
 
 _M, _T = model_defaults(), train_defaults()
@@ -80,9 +81,9 @@ class JobCreate(BaseModel):
         },
     )
 
-    corpus_id: str = Field(..., min_length=1, max_length=64, description="the corpus to train on")
-    name: str | None = Field(None, max_length=200)
-    init_from: str | None = Field(
+    corpus_id: DbStr = Field(..., min_length=1, max_length=64, description="the corpus to train on")
+    name: DbStr | None = Field(None, max_length=200)
+    init_from: DbStr | None = Field(
         None,
         min_length=1,
         max_length=64,

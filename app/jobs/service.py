@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import json
 
+from sqlalchemy import func, select, text
 from sqlalchemy.orm import Session
 
 from app.checkpoints import repository as checkpoints
@@ -12,13 +13,15 @@ from app.ids import new_id
 from app.jobs import lifecycle, repository
 from app.jobs.defaults import model_defaults
 from app.jobs.schemas import JobCreate, JobOut, ModelSpec, TrainingSpec
-from app.models import Job
+from app.models import ACTIVE_STATUSES, Job
 from app.settings import Settings
 from worker.engine.config import (
     TrainConfig,
     batch_not_divisible,
+    estimate_training_bytes,
     split_sizes,
     too_few_training_chars,
+    too_much_memory,
     too_small_validation_split,
 )
 from worker.engine.header import read_metadata
@@ -88,6 +91,47 @@ def check_vocab_size(vocab_size: int, settings: Settings) -> None:
         )
 
 
+def check_memory(vocab_size: int, model: dict, training: dict, settings: Settings) -> None:
+    """Refuse, with the numbers, a job that would not fit in the worker's memory (the OOM killer's call
+    otherwise, after the job had queued and started)."""
+    model = {**model_defaults(), **{k: v for k, v in model.items() if v is not None}}
+    estimate = estimate_training_bytes(
+        vocab_size=max(vocab_size, 1),
+        cell=model["cell"],
+        hidden_size=model["hidden_size"],
+        num_layers=model["num_layers"],
+        embedding_dim=model["embedding_dim"],
+        batch_size=training["batch_size"],
+        seq_len=training["seq_len"],
+        gpus=training["gpus"],
+    )
+    problem = too_much_memory(estimate, settings.worker_memory_limit)
+    if problem:
+        raise ApiError(422, problem)
+
+
+# Jobs end by themselves; a client over its limit can come back in a little while.
+ACTIVE_JOBS_RETRY_AFTER = "30"
+
+
+def check_active_jobs(session: Session, *, owner: str, settings: Settings) -> None:
+    """At most max_active_jobs_per_owner queued + running jobs: one key must not fill the queue for all."""
+    if session.get_bind().dialect.name == "postgresql":
+        # Concurrent creates of one owner count one after the other (SQLite's write lock does this there).
+        session.execute(text("SELECT pg_advisory_xact_lock(hashtext(:owner))"), {"owner": "jobs:" + owner})
+    active = session.scalar(
+        select(func.count()).select_from(Job).where(Job.owner == owner, Job.status.in_(ACTIVE_STATUSES))
+    )
+    limit = settings.max_active_jobs_per_owner
+    if active >= limit:
+        raise ApiError(
+            429,
+            f"you have {active} queued or running jobs, the limit per owner (CHARRNN_MAX_ACTIVE_JOBS_PER_OWNER "
+            f"= {limit}); wait for some to finish, or cancel some (POST /jobs/{{id}}/cancel), then retry",
+            headers={"Retry-After": ACTIVE_JOBS_RETRY_AFTER},
+        )
+
+
 def create(
     session: Session, *, owner: str, settings: Settings, body: JobCreate, columns: dict | None = None
 ) -> Job:
@@ -117,7 +161,10 @@ def create(
                 )
             model = {k: config.get(k) for k in ModelSpec.model_fields}
         training = effective_training(body.training)
+        # Memory first: a job too big for the machine is refused whatever its corpus (and says what to lower).
+        check_memory(corpus.vocab_size, model, training, settings)
         check_training(corpus.num_chars, training)
+        check_active_jobs(session, owner=owner, settings=settings)
         job = Job(
             id=new_id("job"),
             owner=owner,

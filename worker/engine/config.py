@@ -119,3 +119,78 @@ def batch_not_divisible(batch_size: int, gpus: int) -> str | None:
         f"batch_size={batch_size} must be a multiple of gpus={gpus} (each process trains an equal share "
         f"of the streams); try batch_size={batch_size // gpus * gpus or gpus}"
     )
+
+
+# -- memory: estimated before a job queues (the API) so the OOM killer never has to decide -------------
+
+GATES = {"lstm": 4, "gru": 3, "rnn": 1}
+# Per parameter: fp32 weights, their gradients, and AdamW's two moment buffers.
+BYTES_PER_PARAMETER = 4 * (1 + 1 + 2)
+# Per gate value of the recurrent core, per character: the gate pre-activations and activations kept for
+# backprop, the layer's outputs and (LSTM) cell states, and the fused kernels' workspace. A round factor
+# over the bare gates*hidden, measured to err on the high side rather than to be exact.
+ACTIVATION_FACTOR = 3
+# Output logits per character: the logits, the softmax, and their gradient.
+LOGIT_COPIES = 3
+
+
+def num_parameters(vocab_size: int, cell: str, hidden_size: int, num_layers: int, embedding_dim: int) -> int:
+    """Exactly model.CharRNN's parameter count: embedding, the stacked cell (two biases per layer), head."""
+    gates = GATES[cell]
+    recurrent = 0
+    for layer in range(num_layers):
+        inputs = embedding_dim if layer == 0 else hidden_size
+        recurrent += gates * hidden_size * (inputs + hidden_size) + 2 * gates * hidden_size
+    return vocab_size * embedding_dim + recurrent + hidden_size * vocab_size + vocab_size
+
+
+def estimate_training_bytes(
+    *,
+    vocab_size: int,
+    cell: str,
+    hidden_size: int,
+    num_layers: int,
+    embedding_dim: int,
+    batch_size: int,
+    seq_len: int,
+    gpus: int = 1,
+) -> dict[str, int]:
+    """The memory a training run needs, by part, in bytes (fp32; bf16 autocast needs less). Every one of
+    `gpus` processes holds the model, its gradients and optimizer state; the batch is split between them."""
+    params = num_parameters(vocab_size, cell, hidden_size, num_layers, embedding_dim)
+    chars = batch_size * seq_len
+    parts = {
+        "parameters": params,
+        "model_and_optimizer": params * BYTES_PER_PARAMETER * gpus,
+        "activations": chars * (hidden_size * num_layers * GATES[cell] * ACTIVATION_FACTOR + embedding_dim) * 4,
+        "logits": chars * vocab_size * 4 * LOGIT_COPIES,
+    }
+    parts["total"] = parts["model_and_optimizer"] + parts["activations"] + parts["logits"]
+    return parts
+
+
+def _size(n: int) -> str:
+    for unit in ("bytes", "KB", "MB", "GB", "TB", "PB"):
+        if n < 1024 or unit == "PB":
+            return f"{n:,} bytes" if unit == "bytes" else f"{n:,.1f} {unit}"
+        n /= 1024
+    return str(n)
+
+
+def too_much_memory(estimate: dict[str, int], limit: int) -> str | None:
+    if estimate["total"] <= limit:
+        return None
+    per_char = "activations (batch_size x seq_len x hidden_size x num_layers)"
+    biggest = max(("model_and_optimizer", "activations", "logits"), key=estimate.__getitem__)
+    advice = {
+        "model_and_optimizer": "lower hidden_size or num_layers (the weights, gradients and AdamW state dominate)",
+        "activations": f"lower batch_size or seq_len first, then hidden_size or num_layers (the {per_char} dominate)",
+        "logits": "lower batch_size or seq_len (the output logits, batch x seq_len x vocabulary, dominate)",
+    }[biggest]
+    return (
+        f"this job would need about {_size(estimate['total'])} of memory to train "
+        f"({estimate['parameters']:,} parameters: {_size(estimate['model_and_optimizer'])} for weights, gradients "
+        f"and optimizer state; {_size(estimate['activations'])} of activations; {_size(estimate['logits'])} of "
+        f"output logits), more than the worker's limit of {_size(limit)} (CHARRNN_WORKER_MEMORY_BYTES). "
+        f"To fit, {advice}."
+    )
