@@ -12,6 +12,7 @@ from app.keys.streams import end_when_revoked
 
 router = APIRouter(tags=["generation"], responses=responses(400, 401, 404, 409, 410, 502, 503))
 
+FALLBACKS = 2  # damaged checkpoints a generation from a job id passes over before it gives up
 ERRORS = {422: {"description": "a field out of range, or prompt characters the model never saw"}}
 
 
@@ -32,11 +33,21 @@ ERRORS = {422: {"description": "a field out of range, or prompt characters the m
 )
 async def generate(body: GenerateRequest, request: Request, key: BearerKey, settings: SettingsDep):
     state = request.app.state
-    target = await run_in_threadpool(service.target, key, settings, body.model, state.worker_affinity)
     params = body.sampling_params()
-    if not body.stream:
-        return await service.generate(state.http, target, state.worker_affinity, model=body.model, params=params)
-    upstream = await service.open_stream(state.http, target, state.worker_affinity, params=params)
+    for attempt in range(FALLBACKS + 1):
+        target = await run_in_threadpool(service.target, key, settings, body.model, state.worker_affinity)
+        try:
+            if not body.stream:
+                return await service.generate(
+                    state.http, target, state.worker_affinity, model=body.model, params=params
+                )
+            upstream = await service.open_stream(state.http, target, state.worker_affinity, params=params)
+            break
+        except service.CorruptCheckpoint:
+            # A job's best whose file is damaged: the worker has marked it, so resolving the job again
+            # gives its previous good checkpoint. A checkpoint id asked for by name has no fallback.
+            if body.model.startswith("ckpt_") or attempt == FALLBACKS:
+                raise
     relay = service.relay(upstream, model=body.model, checkpoint_id=target.checkpoint_id, prompt=body.prompt)
     return EventSourceResponse(end_when_revoked(relay, key))
 

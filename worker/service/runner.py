@@ -151,9 +151,12 @@ class Worker:
         data_dir = self.settings.data_dir
         with session_scope() as session:
             corpus_path = session.scalar(select(Corpus.path).where(Corpus.id == job.corpus_id))
-            init_path = None
+            init_path = init_sha256 = None
             if job.init_from:
-                init_path = session.scalar(select(Checkpoint.path).where(Checkpoint.id == job.init_from))
+                row = session.execute(
+                    select(Checkpoint.path, Checkpoint.sha256).where(Checkpoint.id == job.init_from)
+                ).one_or_none()
+                init_path, init_sha256 = row if row else (None, None)
         if corpus_path is None or not (data_dir / corpus_path).is_file():
             return f"corpus {job.corpus_id} is gone; upload it again and start a new job"
         if job.init_from and (init_path is None or not (data_dir / init_path).is_file()):
@@ -167,6 +170,7 @@ class Worker:
                 "device": self.settings.device,
             },
             "init_from": str((data_dir / init_path).resolve()) if init_path else None,
+            "init_from_sha256": init_sha256,  # the child refuses a file that no longer matches it
             "threads": self.settings.train_thread_count,
         }
 
