@@ -188,6 +188,9 @@ def test_postgres_going_away_under_three_workers_loses_and_repeats_no_job(tmp_pa
         wait_for(lambda: codes and codes[-1] == 200, 30, "the API to recover by itself")
         stop.set()
         prober.join()
+        still_running = [j for j in jobs if client.get(f"/jobs/{j}").json()["status"] == "running"]
+        print("API answers during the outage:", {c: codes.count(c) for c in set(codes)}, "running:", still_running)
+        assert still_running, "the outage hit running jobs"
         assert 503 in codes and 500 not in codes and 0 not in codes, sorted(set(codes))
 
         for job_id in jobs:
@@ -198,8 +201,9 @@ def test_postgres_going_away_under_three_workers_loses_and_repeats_no_job(tmp_pa
             # Never run twice at once: every "running" after the first follows a "queued" (requeued).
             for before, after in zip(statuses, statuses[1:], strict=False):
                 assert not (before == "running" and after == "running"), statuses
-            assert job["attempts"] == statuses.count("running") - statuses.count("queued") + 1, (job, statuses)
+            assert job["attempts"] == statuses.count("running"), (job, statuses)  # no clean requeues here
             assert job["progress"]["step"] == training["max_steps"]
+            print(job_id, "attempts", job["attempts"], statuses)
         assert all(w.poll() is None for w in svc.workers), "every worker rode it out"
     finally:
         svc.stop()
