@@ -56,6 +56,7 @@ def test_corrupt_checkpoints_answer_409_and_a_jobs_best_falls_back(svc):
     digest = hashlib.sha256(first.content).digest()
     assert first.headers["x-checksum-sha256"] == digest.hex()
     assert first.headers["digest"] == "sha-256=" + base64.b64encode(digest).decode()
+    assert steps[0]["sha256"] == digest.hex() and steps[0]["size_bytes"] == len(first.content)
 
     best = client.post("/generate", json={"model": job["id"], "length": 5, "seed": 1}).json()["checkpoint_id"]
     assert best == steps[-1]["id"]  # (loaded now: the corruption below must be caught on a fresh load)
