@@ -223,6 +223,9 @@ def process_usage(pid: int) -> dict:
     }
 
 
+IDLE_THREAD_SECONDS = 11  # anyio's WorkerThread.MAX_IDLE_TIME (10 s), and a second
+
+
 def fd_kinds(pid: int) -> dict[str, int]:
     kinds: dict[str, int] = {}
     for fd in os.listdir(f"/proc/{pid}/fd"):
@@ -299,12 +302,25 @@ def test_sixty_readers_that_hang_up_leave_no_threads_files_or_busy_cpu(svc_with_
         assert followers(30) == 30
         assert asyncio.run(hang_up_early(svc.url, [generate] * 30, until="event: chunk")) == 30
 
-    # A first round grows the bounded pools to their working size (anyio's threads, which it reaps only
-    # when next used; SQLite connections, each a few fds) and loads the model; a leak grows with every round.
+    def reap_idle_threads() -> None:
+        """anyio ends a pool thread idle for over 10 s only when the pool is next used: wait, then use it."""
+        time.sleep(IDLE_THREAD_SECONDS)
+        client.get(f"/jobs/{trained['id']}").raise_for_status()  # a sync route: runs in the API's pool
+        httpx.get(svc.worker_url() + "/healthz", timeout=5).raise_for_status()  # and in the worker's
+
+    # A first round grows the bounded pools to their working size (SQLite connections, each a few fds)
+    # and loads the model; a leak grows with every round.
     round_of_readers()
+    reap_idle_threads()
     baseline = settled(pids, {n: process_usage(p) for n, p in pids.items()}, margin=1000)
     print("after a first round", baseline, {n: fd_kinds(p) for n, p in pids.items()})
     round_of_readers()
+    hung_up = time.monotonic()
+    idle = settled(pids, baseline, margin=1000, timeout=4)  # CPU first: within seconds of the hang-ups
+    print(f"idle {time.monotonic() - hung_up:.1f}s after the readers left:", idle)
+    for name in pids:
+        assert idle[name]["cpu_per_2s"] < 0.1, (name, idle)
+    reap_idle_threads()
     after = settled(pids, baseline)
     print("after a second round", after, {n: fd_kinds(p) for n, p in pids.items()})
     for name in pids:
