@@ -255,6 +255,10 @@ class GenerationServer:
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self.sock.bind((settings.worker_host, settings.worker_port))
+        # Listening now, not when uvicorn's thread gets to it: the worker registers its url right after
+        # this, and a request sent in between would be refused (ConnectError: a 503 "no worker could be
+        # reached") instead of waiting in the backlog until the server accepts it.
+        self.sock.listen(2048)
         port = self.sock.getsockname()[1]
         host = settings.worker_host if settings.worker_host not in ("0.0.0.0", "") else socket.gethostname()
         self.url = settings.worker_url or f"http://{host}:{port}"
