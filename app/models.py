@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from enum import StrEnum
 
-from sqlalchemy import JSON, Boolean, Float, ForeignKey, Index, Integer, String, Text, UniqueConstraint
+from sqlalchemy import JSON, Boolean, Float, ForeignKey, Index, Integer, String, Text, UniqueConstraint, false
 from sqlalchemy.orm import Mapped, mapped_column
 
 from app.db import Base, UTCDateTime, utcnow
@@ -113,6 +113,11 @@ class Checkpoint(Base):
     val_loss: Mapped[float | None] = mapped_column(Float, nullable=True)
     is_best: Mapped[bool] = mapped_column(Boolean, default=False)
     size_bytes: Mapped[int] = mapped_column(Integer)
+    # The file's sha256 when it was written (null for checkpoints of older versions): the download and
+    # every load check the file against it and size_bytes.
+    sha256: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    # Set when a check found the file changed: a job's best then falls back to its previous good checkpoint.
+    corrupt: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
     __table_args__ = (UniqueConstraint("job_id", "step", name="uq_checkpoints_job_step"),)

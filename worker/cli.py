@@ -6,6 +6,9 @@ and imports torch only inside the command that runs it, so `charrnn api` works w
 
 from __future__ import annotations
 
+import importlib.util
+import sys
+
 import typer
 
 from app.cli import Host, Port, ensure_key, register_api_commands, run_api, upgrade_database
@@ -20,9 +23,34 @@ register_api_commands(cli)
 register_engine_commands(cli)
 
 
+# What the worker half needs beyond the API's dependencies: the `[worker]` extra in pyproject.toml.
+WORKER_MODULES = ("torch", "safetensors", "numpy")
+INSTALL_HINT = (
+    "install the worker's dependencies: pip install -e '.[worker]' "
+    "(or: pip install torch==2.13.0 safetensors numpy)"
+)
+
+
+def require_worker_extra(command: str) -> None:
+    """Refuse to start, before anything else happens, where the worker half cannot run: otherwise every
+    job would be claimed and fail in its training process instead."""
+    missing = [name for name in WORKER_MODULES if _find_spec(name) is None]
+    if missing:
+        print(f"charrnn {command}: {', '.join(missing)} not installed; {INSTALL_HINT}", file=sys.stderr)
+        raise typer.Exit(2)
+
+
+def _find_spec(name: str):
+    try:
+        return importlib.util.find_spec(name)
+    except (ImportError, ValueError):  # a broken install: as good as missing
+        return None
+
+
 @cli.command()
 def worker():
     """Run one worker: trains queued jobs and serves generation for the API."""
+    require_worker_extra("worker")
     from worker.service.runner import main
 
     upgrade_database()
@@ -32,6 +60,7 @@ def worker():
 @cli.command()
 def serve(host: Host = "127.0.0.1", port: Port = 8000):
     """Everything on one machine: migrate, then the API and one worker (a supervised child process)."""
+    require_worker_extra("serve")
     from worker.service.embedded import EmbeddedWorker
 
     upgrade_database()

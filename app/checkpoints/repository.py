@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from sqlalchemy import Row, select
+from sqlalchemy import Row, select, update
 from sqlalchemy.orm import Session
 
 from app.models import Checkpoint, Job
@@ -29,11 +29,12 @@ def path_of(session: Session, *, owner: str, checkpoint_id: str) -> str | None:
 def best_of_job(session: Session, *, owner: str, job_id: str) -> Row | None:
     """(job_status, checkpoint_id, checkpoint_path) in one statement; None when there is no such job, and
     checkpoint_id None while the job has no checkpoint. The best is the latest checkpoint that was a new
-    best; with no validation split, the latest one."""
+    best; with no validation split, the latest one. A checkpoint found corrupt is passed over: the job's
+    best falls back to its previous good one."""
     query = (
         select(Job.status.label("job_status"), Checkpoint.id.label("checkpoint_id"),
                Checkpoint.path.label("checkpoint_path"))
-        .outerjoin(Checkpoint, Checkpoint.job_id == Job.id)
+        .outerjoin(Checkpoint, (Checkpoint.job_id == Job.id) & Checkpoint.corrupt.is_(False))
         .where(Job.id == job_id, Job.owner == owner)
         .order_by(Checkpoint.is_best.desc(), Checkpoint.step.desc())
         .limit(1)
@@ -41,7 +42,13 @@ def best_of_job(session: Session, *, owner: str, job_id: str) -> Row | None:
     return session.execute(query).one_or_none()
 
 
-def path_by_id(session: Session, *, checkpoint_id: str) -> str | None:
-    """Any owner's: for a worker's generation server, whose callers (the API, holding the worker secret)
-    have already checked that the checkpoint is their user's."""
-    return session.scalar(select(Checkpoint.path).where(Checkpoint.id == checkpoint_id))
+def file_record(session: Session, *, checkpoint_id: str) -> Row | None:
+    """(path, sha256, size_bytes) of any owner's checkpoint: for a worker's generation server, whose callers
+    (the API, holding the worker secret) have already checked that the checkpoint is their user's."""
+    query = select(Checkpoint.path, Checkpoint.sha256, Checkpoint.size_bytes).where(Checkpoint.id == checkpoint_id)
+    return session.execute(query).one_or_none()
+
+
+def mark_corrupt(session: Session, *, checkpoint_id: str) -> None:
+    """Its file no longer matches what was recorded: a job's best passes over it from now on."""
+    session.execute(update(Checkpoint).where(Checkpoint.id == checkpoint_id).values(corrupt=True))

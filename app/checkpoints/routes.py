@@ -5,7 +5,7 @@ from typing import Annotated
 from fastapi import APIRouter, Depends
 from fastapi.responses import FileResponse
 
-from app.checkpoints import repository
+from app.checkpoints import integrity, repository
 from app.checkpoints.schemas import CheckpointOut
 from app.deps import CurrentOwner, SessionDep, SettingsDep
 from app.errors import ApiError, not_found, responses
@@ -38,8 +38,14 @@ def get_checkpoint(checkpoint_id: str, session: SessionDep, owner: CurrentOwner)
     response_class=FileResponse,
     summary="The checkpoint file: safetensors weights with config and vocabulary inside",
     responses={
-        **responses(410),
-        200: {"content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}},
+        **responses(409, 410),
+        200: {
+            "content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}},
+            "headers": {
+                "Digest": {"description": "sha-256=<base64 of the file's SHA-256>", "schema": {"type": "string"}},
+                "X-Checksum-Sha256": {"description": "the file's SHA-256, hex", "schema": {"type": "string"}},
+            },
+        },
     },
 )
 def download_checkpoint(checkpoint_id: str, session: SessionDep, owner: CurrentOwner, settings: SettingsDep):
@@ -49,8 +55,15 @@ def download_checkpoint(checkpoint_id: str, session: SessionDep, owner: CurrentO
     path = settings.data_dir / checkpoint.path
     if not path.is_file():
         raise ApiError(410, f"the file of checkpoint {checkpoint_id} is gone from the data directory")
+    # Checked before a byte is sent: a damaged file is refused, never served as if it were the model.
+    sha256, problem = integrity.mismatch(path, sha256=checkpoint.sha256, size_bytes=checkpoint.size_bytes)
+    if problem:
+        repository.mark_corrupt(session, checkpoint_id=checkpoint_id)
+        session.commit()
+        raise ApiError(409, integrity.corrupt_message(checkpoint_id, problem))
     return FileResponse(
         path,
         media_type="application/octet-stream",
         filename=f"{checkpoint.job_id}-step{checkpoint.step}.safetensors",
+        headers=integrity.digest_headers(sha256),
     )

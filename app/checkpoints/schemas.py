@@ -18,6 +18,7 @@ class CheckpointOut(BaseModel):
                     "val_loss": 1.61,
                     "is_best": True,
                     "size_bytes": 3300000,
+                    "sha256": "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08",
                     "created_at": "2026-01-01T12:01:00Z",
                 }
             ]
@@ -30,4 +31,6 @@ class CheckpointOut(BaseModel):
     val_loss: float | None
     is_best: bool
     size_bytes: int
+    # The file's SHA-256 as written (null for checkpoints of older versions); the download serves it too.
+    sha256: str | None = None
     created_at: datetime

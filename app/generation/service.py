@@ -30,6 +30,10 @@ from app.workers import repository as workers
 RETRY_AFTER = {"Retry-After": "5"}
 
 
+class CorruptCheckpoint(ApiError):
+    """The worker found the checkpoint's file damaged (409); a job's best can fall back past it."""
+
+
 class Affinity:
     """Checkpoint id -> the worker url it was last served from (the most recent `size` checkpoints)."""
 
@@ -132,6 +136,8 @@ def _raise_for_worker(response: httpx.Response, body: bytes) -> None:
             "the worker refused this API's worker secret; give the API and every worker the same "
             "CHARRNN_WORKER_SECRET (or the same data dir, where it is generated)",
         )
+    if response.status_code == 409 and response.headers.get(wire.CORRUPT_HEADER) and isinstance(detail, str):
+        raise CorruptCheckpoint(409, detail)
     if 400 <= response.status_code < 500 and isinstance(detail, str):
         raise ApiError(response.status_code, detail)
     raise ApiError(502, f"the worker failed to run the model (HTTP {response.status_code}): {detail or 'no detail'}")

@@ -25,6 +25,10 @@ LOGPROBS = "/logprobs"
 MAX_LOGPROBS_CHARS = MAX_PROMPT_CHARS + MAX_LENGTH
 MAX_TOP_LOGPROBS = 20
 
+# On a 409 for a damaged checkpoint file, the worker names the checkpoint in this header: the API then
+# falls back to the job's previous good checkpoint (the worker marked this one corrupt before answering).
+CORRUPT_HEADER = "X-Charrnn-Corrupt-Checkpoint"
+
 CheckpointId = Annotated[str, Field(pattern=r"^ckpt_[0-9a-z]{1,40}$", description="the checkpoint to load")]
 
 

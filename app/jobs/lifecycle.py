@@ -142,6 +142,7 @@ class CheckpointInfo:
     train_loss: float | None = None
     val_loss: float | None = None
     is_best: bool = False
+    sha256: str | None = None  # of the file's bytes when written; checked whenever it is read
 
 
 def started(
@@ -251,6 +252,8 @@ def _upsert_checkpoint(session: Session, *, job_id: str, owner: str, checkpoint:
         "val_loss": checkpoint.val_loss,
         "is_best": checkpoint.is_best,
         "size_bytes": checkpoint.size_bytes,
+        "sha256": checkpoint.sha256,
+        "corrupt": False,  # a resumed run re-saving a step writes a fresh, good file
     }
     exists = _checkpoint_id(session, job_id, checkpoint.step)
     if exists:  # a resumed run re-saving a step the first attempt already recorded
@@ -335,13 +338,6 @@ def succeeded(session: Session, *, job_id: str, worker_id: str, result: dict, pr
 def failed(session: Session, *, job_id: str, worker_id: str, error: str) -> bool:
     return finish(
         session, job_id=job_id, worker_id=worker_id, status=JobStatus.FAILED, error=error, message=f"failed: {error}"
-    )
-
-
-def crashed_message(exit_code: int | None) -> str:
-    return (
-        f"the training process died unexpectedly (exit code {exit_code}); "
-        "if this repeats, the model may not fit in memory: lower hidden_size or batch_size"
     )
 
 

@@ -11,11 +11,14 @@ A run directory looks like this:
 Only tensors, numbers, strings, lists and dicts are ever stored, and the state is read back with
 `torch.load(weights_only=True)`: loading a checkpoint never unpickles arbitrary objects.
 A checkpoint counts only once `last.json` names it, and `last.json` is replaced only after both of
-its files are on disk, so a crash mid-write leaves the previous checkpoint in force.
+its files are on disk, so a crash mid-write (or a full disk) leaves the previous checkpoint in force.
+`last.json` also records the weights' size and sha256: a file changed or truncated since it was
+written is refused on load (`load_model(..., expected_sha256=...)`) instead of being trusted.
 """
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import os
@@ -37,6 +40,14 @@ FORMAT = "charrnn/1"
 
 class CheckpointError(EngineError):
     pass
+
+
+class CorruptCheckpointError(CheckpointError):
+    """The file no longer matches the size and sha256 recorded when it was written."""
+
+
+def sha256_hex(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
 
 
 def atomic_write(path: Path, data: bytes) -> None:
@@ -77,20 +88,32 @@ class LoadedModel:
     metadata: dict[str, str]
 
 
-def load_model(path: str | Path, device: torch.device | str = "cpu") -> LoadedModel:
-    """Load a .safetensors checkpoint onto `device` (the CPU by default, whatever trained it)."""
+def load_model(
+    path: str | Path, device: torch.device | str = "cpu", expected_sha256: str | None = None
+) -> LoadedModel:
+    """Load a .safetensors checkpoint onto `device` (the CPU by default, whatever trained it).
+
+    With `expected_sha256` (recorded when the file was written), a file whose bytes differ is refused
+    with CorruptCheckpointError, before anything in it is parsed; its message names the file, not its folder.
+    """
     path = Path(path)
     if path.is_dir():  # a run directory: take its best weights
         path = path / "best.safetensors"
     if not path.is_file():
         raise CheckpointError(f"no checkpoint at {path}")
+    data = path.read_bytes()
+    if expected_sha256 is not None and sha256_hex(data) != expected_sha256:
+        raise CorruptCheckpointError(
+            f"checkpoint file {path.name} is corrupt: its {len(data)} bytes do not match the sha256 "
+            "recorded when it was written"
+        )
     try:
         metadata = read_metadata(path)
         if metadata.get("format") != FORMAT:
             raise CheckpointError(f"{path} is not a charrnn checkpoint (format {metadata.get('format')!r})")
         config = ModelConfig.from_dict(json.loads(metadata["config"]))
         vocab = Vocab(json.loads(metadata["vocab"]))
-        state = load_safetensors_bytes(path.read_bytes())
+        state = load_safetensors_bytes(data)
     except CheckpointError:
         raise
     except Exception as exc:  # a truncated or foreign file: say so instead of a stack trace
@@ -148,7 +171,9 @@ class RunDirectory:
         weights_path, state_path = self.step_paths(step)
         atomic_write(weights_path, weights)
         save_state(state_path, state)
-        atomic_write(self.last_file, json.dumps({"step": step}).encode())
+        # The commit point, written last: it names the step and what its weights must hash to.
+        last = {"step": step, "sha256": sha256_hex(weights), "size_bytes": len(weights)}
+        atomic_write(self.last_file, json.dumps(last).encode())
         # Only the latest state is needed to resume; older weights stay (they are small and downloadable).
         for old in self.checkpoints.glob("step-*.state.pt"):
             if old != state_path:
@@ -159,10 +184,17 @@ class RunDirectory:
         atomic_write(self.best, weights)
         return self.best
 
-    def latest(self) -> tuple[int, Path, dict] | None:
-        """(step, weights path, training state) of the latest complete checkpoint, or None."""
+    def last_record(self) -> dict | None:
+        """last.json: {"step", "sha256", "size_bytes"} (only "step" in runs of older versions), or None."""
         if not self.last_file.is_file():
             return None
-        step = json.loads(self.last_file.read_text())["step"]
+        return json.loads(self.last_file.read_text())
+
+    def latest(self) -> tuple[int, Path, dict] | None:
+        """(step, weights path, training state) of the latest complete checkpoint, or None."""
+        record = self.last_record()
+        if record is None:
+            return None
+        step = record["step"]
         weights_path, state_path = self.step_paths(step)
         return step, weights_path, load_state(state_path)

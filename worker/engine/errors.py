@@ -6,3 +6,7 @@ One base, so the CLI and the worker catch "a user's problem" in one clause and l
 
 class EngineError(ValueError):
     """Bad data, a bad checkpoint, a bad setting or a diverged run: the message is for the user."""
+
+
+class DiskFullError(EngineError):
+    """A checkpoint could not be written for lack of space; the previous one is still in force."""

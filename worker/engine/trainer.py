@@ -13,6 +13,7 @@ The whole story, top to bottom:
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import math
 import time
@@ -22,7 +23,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from worker.engine.checkpoint import CheckpointError, RunDirectory, load_model, weights_bytes
+from worker.engine.checkpoint import CheckpointError, RunDirectory, load_model, sha256_hex, weights_bytes
 from worker.engine.config import (
     ModelConfig,
     TrainConfig,
@@ -32,7 +33,7 @@ from worker.engine.config import (
 from worker.engine.data import CorpusError, StreamBatcher, Vocab, split_train_val
 from worker.engine.device import resolve_device, resolve_precision
 from worker.engine.distributed import DistContext
-from worker.engine.errors import EngineError
+from worker.engine.errors import DiskFullError, EngineError
 from worker.engine.model import CharRNN, autocast, detach_hidden, hidden_from_list, hidden_to_list
 from worker.engine.sampler import Sampler, SampleRequest
 from worker.engine.sampling_params import MAX_LENGTH, MAX_SEED
@@ -120,12 +121,15 @@ class Trainer:
         observer: TrainingObserver | None = None,
         corpus_path: str | None = None,
         val_text: str | None = None,
+        init_from_sha256: str | None = None,
     ):
         """Start a run in `run_dir`, or continue it from its latest checkpoint if it has one.
 
         `model_config` holds ModelConfig fields except vocab_size (taken from the text);
         `init_from` starts from another run's weights (and their vocabulary and architecture).
         `val_text`, if given, is the held-out set: the whole `text` is trained on and val_fraction is unused.
+        `init_from` starts from another run's weights (and their vocabulary and architecture);
+        `init_from_sha256`, when known, is what that file must hash to (a corrupt one is refused).
         """
         self.run = RunDirectory(run_dir)
         self.dist = DistContext.current()
@@ -138,7 +142,7 @@ class Trainer:
             raise ValueError(problem)
         torch.manual_seed(self.config.seed + self.dist.rank)
 
-        init = load_model(init_from) if init_from else None
+        init = load_model(init_from, expected_sha256=init_from_sha256) if init_from else None
         if init:
             missing = init.vocab.unknown(text)
             if missing:
@@ -232,7 +236,9 @@ class Trainer:
                 f"{self.run.root} was trained on a different text (sha256 {state['corpus_sha256'][:12]}…); "
                 "resume it with the same corpus, or start a new run directory"
             )
-        loaded = load_model(weights_path, device=self.device)
+        # The digest last.json recorded (absent in runs of older versions): a damaged file is refused.
+        expected = (self.run.last_record() or {}).get("sha256")
+        loaded = load_model(weights_path, device=self.device, expected_sha256=expected)
         self.model.load_state_dict(loaded.model.state_dict())
         self.model.train()
         self.optimizer.load_state_dict(state["optimizer"])
@@ -328,10 +334,22 @@ class Trainer:
             "is_best": str(bool(is_best)),
         }
         weights = weights_bytes(self.model, self.vocab, metadata)
-        path = self.run.save(self.step, weights, state)
-        # Without a validation score yet (or at all), the latest weights are the best we know.
-        if is_best or self.best_val_loss is None:
-            self.run.save_best(weights)
+        previous = (self.run.last_record() or {}).get("step")
+        try:
+            path = self.run.save(self.step, weights, state)
+            # Without a validation score yet (or at all), the latest weights are the best we know.
+            if is_best or self.best_val_loss is None:
+                self.run.save_best(weights)
+        except OSError as exc:
+            if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+                raise
+            # atomic_write removed its temp file and last.json still names the previous checkpoint:
+            # nothing half-written counts. Say so, rather than "training crashed: OSError".
+            kept = f"the checkpoint of step {previous} is kept" if previous is not None else "no checkpoint is kept"
+            raise DiskFullError(
+                f"disk full: no space left on the device to write the checkpoint of step {self.step}; "
+                f"{kept}. Free space in the data directory and start the job again"
+            ) from None
         self.observer.on_checkpoint(
             {
                 "step": self.step,
@@ -339,7 +357,8 @@ class Trainer:
                 "train_loss": self.train_loss,
                 "val_loss": self.last_val_loss,
                 "is_best": is_best,
-                "size_bytes": path.stat().st_size,
+                "size_bytes": len(weights),
+                "sha256": sha256_hex(weights),
             }
         )
         return path

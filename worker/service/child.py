@@ -9,10 +9,14 @@ under its lease.
 from __future__ import annotations
 
 import ctypes
+import faulthandler
 import os
 import signal
+import sys
 import traceback
+from pathlib import Path
 
+from worker.service.exits import STDERR_FILE
 from worker.service.reports import CheckpointSaved, Evaluated, Failed, Finished, Metrics, Started
 
 PR_SET_PDEATHSIG = 1
@@ -50,6 +54,7 @@ class QueueObserver:
                 step=info["step"],
                 path=info["path"],
                 size_bytes=info["size_bytes"],
+                sha256=info.get("sha256"),
                 train_loss=info.get("train_loss"),
                 val_loss=info.get("val_loss"),
                 is_best=bool(info.get("is_best")),
@@ -72,6 +77,7 @@ def _train(spec: dict, observer) -> dict:
         model_config=spec["model"],
         train_config=TrainConfig.from_dict(spec["training"]),
         init_from=spec.get("init_from"),
+        init_from_sha256=spec.get("init_from_sha256"),
         observer=observer,
         corpus_path=spec["corpus_path"],
         val_text=read_text(spec["val_corpus_path"]) if spec.get("val_corpus_path") else None,
@@ -100,12 +106,28 @@ def _train_rank(spec: dict, queue, stop_event, parent_pid: int) -> dict:
         leave_process_group(finished)
 
 
+def capture_stderr(run_dir: str) -> None:
+    """Send this process's stderr (fd 2: Python's traces, C libraries' messages, a fatal error's trace
+    from faulthandler) to the run directory, where the supervisor reads its end if we die (exits.py)."""
+    try:
+        path = Path(run_dir) / STDERR_FILE
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    except OSError:
+        return  # a full or read-only disk: keep the worker's stderr
+    sys.stderr.flush()
+    os.dup2(fd, 2)
+    os.close(fd)
+    faulthandler.enable()
+
+
 def train_job(spec: dict, queue, stop_event, parent_pid: int) -> None:
     # Ctrl-C, and a supervisor's SIGTERM, reach the whole process group (`kill -TERM -PGID`, systemd):
     # the worker decides when training stops (it checkpoints and requeues), not the signal.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     die_with_parent(parent_pid)
+    capture_stderr(spec["run_dir"])
     try:
         import torch
 

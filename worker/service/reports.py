@@ -37,6 +37,7 @@ class CheckpointSaved:
     train_loss: float | None
     val_loss: float | None
     is_best: bool
+    sha256: str | None = None  # of the weights file's bytes, as written
 
 
 @dataclass(frozen=True)

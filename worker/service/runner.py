@@ -151,11 +151,14 @@ class Worker:
         data_dir = self.settings.data_dir
         with session_scope() as session:
             corpus_path = session.scalar(select(Corpus.path).where(Corpus.id == job.corpus_id))
-            init_path = val_path = None
+            init_path = init_sha256 = val_path = None
             if job.validation_corpus_id:
                 val_path = session.scalar(select(Corpus.path).where(Corpus.id == job.validation_corpus_id))
             if job.init_from:
-                init_path = session.scalar(select(Checkpoint.path).where(Checkpoint.id == job.init_from))
+                row = session.execute(
+                    select(Checkpoint.path, Checkpoint.sha256).where(Checkpoint.id == job.init_from)
+                ).one_or_none()
+                init_path, init_sha256 = row if row else (None, None)
         if corpus_path is None or not (data_dir / corpus_path).is_file():
             return f"corpus {job.corpus_id} is gone; upload it again and start a new job"
         if job.validation_corpus_id and (val_path is None or not (data_dir / val_path).is_file()):
@@ -172,6 +175,7 @@ class Worker:
             },
             "init_from": str((data_dir / init_path).resolve()) if init_path else None,
             "val_corpus_path": str((data_dir / val_path).resolve()) if val_path else None,
+            "init_from_sha256": init_sha256,  # the child refuses a file that no longer matches it
             "threads": self.settings.train_thread_count,
         }
 

@@ -27,8 +27,9 @@ from fastapi import FastAPI, HTTPException, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.concurrency import iterate_in_threadpool, run_in_threadpool
 
+from app.checkpoints import integrity
 from app.checkpoints import repository as checkpoints
-from app.db import read_session
+from app.db import read_session, session_scope
 from app.generation import wire
 from app.generation.schemas import SampleOut
 from app.settings import Settings
@@ -81,15 +82,22 @@ class ModelCache:
         self.lock = threading.Lock()
 
     def get(self, checkpoint_id: str) -> ServedModel:
-        from worker.engine.checkpoint import CheckpointError, load_model
+        from worker.engine.checkpoint import CheckpointError, CorruptCheckpointError, load_model
         from worker.engine.device import resolve_device
 
         with self.lock:
             if checkpoint_id in self.models:
                 self.models.move_to_end(checkpoint_id)
                 return self.models[checkpoint_id]
+        path, sha256 = self.path_of(checkpoint_id)
         try:
-            served = ServedModel(load_model(self.path_of(checkpoint_id), device=resolve_device(self.device)))
+            # The file is checked against the sha256 recorded when it was written before it is parsed.
+            served = ServedModel(load_model(path, device=resolve_device(self.device), expected_sha256=sha256))
+        except CorruptCheckpointError:
+            self.mark_corrupt(checkpoint_id)
+            problem = "the file's sha256 differs from the one recorded when it was written"
+            message = integrity.corrupt_message(checkpoint_id, problem)
+            raise HTTPException(409, message, headers={wire.CORRUPT_HEADER: checkpoint_id}) from None
         except CheckpointError as exc:
             raise HTTPException(410, str(exc)) from None
         with self.lock:
@@ -98,13 +106,23 @@ class ModelCache:
                 self.models.popitem(last=False)[1].batched.close()  # its running requests still finish
         return served
 
-    def path_of(self, checkpoint_id: str) -> Path:
+    def path_of(self, checkpoint_id: str) -> tuple[Path, str | None]:
+        """The file under this worker's data dir, and the sha256 it must have (None: an older checkpoint)."""
         with read_session() as session:
-            path = checkpoints.path_by_id(session, checkpoint_id=checkpoint_id)
-        resolved = (self.data_dir / path).resolve() if path is not None else None
+            record = checkpoints.file_record(session, checkpoint_id=checkpoint_id)
+        resolved = (self.data_dir / record.path).resolve() if record is not None else None
         if resolved is None or not resolved.is_relative_to(self.data_dir):
             raise HTTPException(404, f"no checkpoint with id {checkpoint_id!r}")
-        return resolved
+        return resolved, record.sha256
+
+    @staticmethod
+    def mark_corrupt(checkpoint_id: str) -> None:
+        """Best effort: if the database is away, the next load finds the damage again."""
+        try:
+            with session_scope() as session:
+                checkpoints.mark_corrupt(session, checkpoint_id=checkpoint_id)
+        except Exception:  # noqa: BLE001 - a 409 is still the answer; never crash the server over this
+            pass
 
 
 # Sampling is bound by Python dispatch, so concurrent requests take turns holding the GIL. With the
@@ -249,6 +267,10 @@ class GenerationServer:
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self.sock.bind((settings.worker_host, settings.worker_port))
+        # Listening now, not when uvicorn's thread gets to it: the worker registers its url right after
+        # this, and a request sent in between would be refused (ConnectError: a 503 "no worker could be
+        # reached") instead of waiting in the backlog until the server accepts it.
+        self.sock.listen(2048)
         port = self.sock.getsockname()[1]
         host = settings.worker_host if settings.worker_host not in ("0.0.0.0", "") else socket.gethostname()
         self.url = settings.worker_url or f"http://{host}:{port}"

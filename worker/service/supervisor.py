@@ -24,11 +24,13 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from app.checkpoints.integrity import file_sha256
 from app.db import session_scope
 from app.jobs import lifecycle
 from app.jobs.lifecycle import CheckpointInfo
 from app.models import Job
 from worker.engine.header import read_metadata
+from worker.service.exits import STDERR_FILE, death_message, stderr_tail
 from worker.service.outage import DATABASE_ERRORS, Outage
 from worker.service.reports import (
     CheckpointSaved,
@@ -222,6 +224,7 @@ class JobRun:
                     step=report.step,
                     path=self.relative(Path(report.path)),
                     size_bytes=report.size_bytes,
+                    sha256=report.sha256,
                     train_loss=report.train_loss,
                     val_loss=report.val_loss,
                     is_best=report.is_best,
@@ -240,6 +243,9 @@ class JobRun:
             try:
                 metadata = read_metadata(weights)
                 size = weights.stat().st_size
+                # Its writer died before reporting it; the file is complete (last.json named it, or a
+                # later step), so its digest now is the one it was written with.
+                digest = file_sha256(weights)
             except (OSError, ValueError):
                 continue  # unreadable: nothing to list
             found.append(
@@ -247,6 +253,7 @@ class JobRun:
                     step=step,
                     path=self.relative(weights),
                     size_bytes=size,
+                    sha256=digest,
                     train_loss=_number(metadata.get("train_loss")),
                     val_loss=_number(metadata.get("val_loss")),
                     is_best=metadata.get("is_best") == "True",  # absent in checkpoints of older versions
@@ -273,6 +280,16 @@ class JobRun:
         kind = type(outcome).__name__ if outcome else "crashed"
         log.info("job %s finished: %s", self.job.id, kind, extra={"fields": {"job_id": self.job.id}})
 
+    def stderr_lines(self) -> list[str]:
+        return stderr_tail(Path(self.spec["run_dir"]) / STDERR_FILE)
+
+    def death_message(self) -> str:
+        """Why the child ended without an outcome, from its exit code and the end of its stderr file."""
+        lines = self.stderr_lines()
+        if lines:  # the whole tail goes to the worker's log; the job's error gets the exception line
+            log.error("job %s: the training process's last words:\n%s", self.job.id, "\n".join(lines[-30:]))
+        return death_message(self.child.exitcode, lines)
+
     def _write_outcome(self, session, outcome: Outcome | None) -> None:
         job_id, worker_id = self.job.id, self.worker.id
         match outcome:
@@ -284,9 +301,11 @@ class JobRun:
                     session, job_id=job_id, worker_id=worker_id, result=outcome.result, progress=self.progress
                 )
             case Failed():
+                if outcome.error.startswith("training crashed"):  # a bug: its trace is in the child's stderr
+                    log.error("job %s: %s\n%s", job_id, outcome.error, "\n".join(self.stderr_lines()[-30:]))
                 lifecycle.failed(session, job_id=job_id, worker_id=worker_id, error=outcome.error)
             case None:
-                error = lifecycle.crashed_message(self.child.exitcode)
+                error = self.death_message()
                 lifecycle.failed(session, job_id=job_id, worker_id=worker_id, error=error)
 
 
