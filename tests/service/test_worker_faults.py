@@ -229,3 +229,17 @@ def test_disk_full_at_a_checkpoint_keeps_the_previous_one_and_fails_saying_so(tm
             assert svc.workers[-1].poll() is None
         finally:
             svc.stop()
+
+
+@pytest.mark.skipif((os.cpu_count() or 1) >= 64, reason="this machine could run 64 CPU ranks")
+def test_more_data_parallel_processes_than_the_worker_has_fails_before_starting_any(svc):
+    """Issue 13, item 11: `gpus: 64` on a CPU worker used to start 64 gloo processes and take the machine."""
+    svc.start_worker()
+    with svc.client() as client:
+        corpus = svc.upload(client, small_corpus(), name="ranks")
+        job = svc.create_job(client, corpus["id"], training={"gpus": 64, "batch_size": 64, "seq_len": 8})
+        done = svc.wait_job(client, job["id"])
+    assert done["status"] == "failed", done
+    cores = os.cpu_count() or 1
+    assert f"training.gpus=64, but this worker has {cores} CPU cores" in done["error"]["message"], done
+    assert not list((svc.data_dir / "runs" / job["id"] / "checkpoints").glob("*.safetensors"))

@@ -121,6 +121,15 @@ def capture_stderr(run_dir: str) -> None:
     faulthandler.enable()
 
 
+def data_parallel_capacity(device: str) -> tuple[int, str]:
+    """How many data-parallel processes this worker can run: its GPUs (NCCL), or on a CPU its cores (gloo)."""
+    import torch
+
+    if device != "cpu" and torch.cuda.is_available():
+        return torch.cuda.device_count(), "GPUs"
+    return os.cpu_count() or 1, "CPU cores"
+
+
 def train_job(spec: dict, queue, stop_event, parent_pid: int) -> None:
     # Ctrl-C, and a supervisor's SIGTERM, reach the whole process group (`kill -TERM -PGID`, systemd):
     # the worker decides when training stops (it checkpoints and requeues), not the signal.
@@ -135,8 +144,13 @@ def train_job(spec: dict, queue, stop_event, parent_pid: int) -> None:
         if gpus > 1:
             from worker.engine.distributed import launch
 
-            if spec["training"].get("device", "auto") != "cpu" and 0 < torch.cuda.device_count() < gpus:
-                raise ValueError(f"the job asks for {gpus} GPUs but this worker has {torch.cuda.device_count()}")
+            # Checked before any process starts: 16 gloo ranks on a 2-core worker would take the machine.
+            available, unit = data_parallel_capacity(spec["training"].get("device", "auto"))
+            if gpus > available:
+                raise ValueError(
+                    f"training.gpus={gpus}, but this worker has {available} {unit}; "
+                    f"lower training.gpus to {available} or less (batch_size a multiple of it)"
+                )
             result = launch(gpus, _train_rank, spec, queue, stop_event, os.getpid())
         else:
             torch.set_num_threads(spec["threads"])
