@@ -40,6 +40,17 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def wait_for(predicate, timeout: float, what: str):
+    """predicate()'s first truthy value, polled every 0.2 s; an AssertionError naming `what` after `timeout`."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.2)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
 def small_corpus(n_bytes: int = 20_000) -> str:
     return SHAKESPEARE.read_bytes()[:n_bytes].decode("utf-8", "ignore")
 
@@ -225,6 +236,86 @@ class Service:
             if time.monotonic() > deadline:
                 raise AssertionError(f"job {job_id} still {job['status']} after {timeout}s\n{self.log_text()}")
             time.sleep(poll)
+
+
+class Serve:
+    """`charrnn serve` (API and embedded worker) in its own process group, as a terminal or an init system
+    runs it. Each start listens on a new port; stdout (where a new key is printed) and stderr go to files."""
+
+    def __init__(self, data_dir: Path, bootstrap_key: str | None = KEY, **settings):
+        self.data_dir = data_dir
+        self.env = {k: v for k, v in os.environ.items() if not k.startswith("CHARRNN_")}
+        self.env.update(
+            CHARRNN_DATA_DIR=str(data_dir),
+            CHARRNN_DEVICE="cpu",
+            CHARRNN_TRAIN_THREADS="1",
+            CHARRNN_GENERATION_THREADS="1",
+            CHARRNN_JOB_LEASE_SECONDS="3",
+            **({"CHARRNN_BOOTSTRAP_KEY": bootstrap_key} if bootstrap_key else {}),
+            **{f"CHARRNN_{k.upper()}": str(v) for k, v in settings.items()},
+        )
+        self.proc: subprocess.Popen | None = None
+        self.starts = 0
+        self.url = ""
+
+    def _files(self) -> tuple[Path, Path]:
+        return (self.data_dir.parent / f"serve-{self.starts}.out", self.data_dir.parent / f"serve-{self.starts}.err")
+
+    def start(self, ready: bool = True) -> None:
+        """Start it; with `ready`, wait until /readyz says 200 (a worker is registered)."""
+        self.starts += 1
+        port = free_port()
+        self.url = f"http://127.0.0.1:{port}"
+        out, err = self._files()
+        with open(out, "wb") as stdout, open(err, "wb") as stderr:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "worker.cli", "serve", "--port", str(port)],
+                cwd=ROOT, env=self.env, stdout=stdout, stderr=stderr, start_new_session=True,
+            )
+        deadline = time.monotonic() + 60
+        while ready:
+            try:
+                if httpx.get(self.url + "/readyz", timeout=2).status_code == 200:
+                    return
+            except httpx.TransportError:
+                pass
+            assert self.proc.poll() is None, "serve exited:\n" + self.output()
+            assert time.monotonic() < deadline, "serve did not become ready:\n" + self.output()
+            time.sleep(0.2)
+
+    def stdout(self) -> str:
+        """What this start printed on stdout (a new API key, and nothing else)."""
+        return self._files()[0].read_text()
+
+    def output(self) -> str:
+        return "\n".join(path.read_text(errors="replace")[-4000:] for path in self._files() if path.exists())
+
+    def client(self, key: str = KEY) -> httpx.Client:
+        return httpx.Client(
+            base_url=self.url, headers={"Authorization": f"Bearer {key}"}, timeout=60,
+            event_hooks={"response": [_fail_on_server_error]},
+        )
+
+    def signal_group(self, sig: int, timeout: float = 60) -> int:
+        """Send `sig` to the whole process group; wait until every process of it is gone. The exit code."""
+        os.killpg(self.proc.pid, sig)
+        code = self.proc.wait(timeout=timeout)
+        deadline = time.monotonic() + 10
+        while True:  # nothing of the group is left behind, the worker and its training child included
+            try:
+                os.killpg(self.proc.pid, 0)
+            except ProcessLookupError:
+                return code
+            assert time.monotonic() < deadline, "something of serve's process group is still running"
+            time.sleep(0.2)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            try:
+                self.signal_group(signal.SIGTERM)
+            except (AssertionError, subprocess.TimeoutExpired):
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()
 
 
 @pytest.fixture

@@ -11,7 +11,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.conftest import ROOT
+from tests.conftest import ROOT, Serve
 
 
 def test_app_never_imports_torch():
@@ -67,57 +67,19 @@ def test_cancel_finished(client, trained_job):
 @pytest.mark.slow
 def test_serve_makes_one_key_and_stops_cleanly_on_ctrl_c(tmp_path):
     """`charrnn serve` with no key at all prints a new one once; Ctrl-C stops the API and its worker."""
-    import os
     import signal
-    import time
 
-    from tests.conftest import free_port
-
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CHARRNN_")}
-    env.update(CHARRNN_DATA_DIR=str(tmp_path), CHARRNN_TRAIN_THREADS="1", CHARRNN_GENERATION_THREADS="1")
-
-    def serve() -> tuple[subprocess.Popen, str]:
-        port = free_port()
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "worker.cli", "serve", "--port", str(port)],
-            cwd=ROOT,
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.DEVNULL,
-            text=True,
-            start_new_session=True,
-        )  # its own process group, as a terminal gives it
-        url = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                if httpx.get(url + "/readyz", timeout=1).status_code == 200:
-                    return proc, url
-            except httpx.TransportError:
-                pass
-            assert proc.poll() is None and time.monotonic() < deadline, "serve did not become ready"
-            time.sleep(0.2)
-
-    def ctrl_c(proc: subprocess.Popen) -> str:
-        os.killpg(proc.pid, signal.SIGINT)
-        out, _ = proc.communicate(timeout=30)
-        assert proc.returncode in (0, -signal.SIGINT, 130), proc.returncode
-        time.sleep(0.5)
-        try:
-            os.killpg(proc.pid, 0)
-        except ProcessLookupError:
-            return out
-        raise AssertionError("something of serve's process group is still running")
-
-    proc, url = serve()
-    first = ctrl_c(proc)
-    key = first.strip().splitlines()[-1]
+    serve = Serve(tmp_path / "data", bootstrap_key=None)
+    serve.start()
+    # Ctrl-C reaches the whole process group, as a terminal sends it; nothing of it may be left running.
+    assert serve.signal_group(signal.SIGINT) in (0, -signal.SIGINT, 130)
+    key = serve.stdout().strip().splitlines()[-1]
     assert key.startswith("crn_")
 
-    proc, url = serve()
+    serve.start()
     try:
-        headers = {"Authorization": f"Bearer {key}"}
-        assert httpx.get(url + "/corpora", headers=headers).status_code == 200
+        with serve.client(key) as client:
+            assert client.get("/corpora").status_code == 200
     finally:
-        second = ctrl_c(proc)
-    assert second.strip() == "", "the key is printed only the first time"
+        assert serve.signal_group(signal.SIGINT) in (0, -signal.SIGINT, 130)
+    assert serve.stdout().strip() == "", "the key is printed only the first time"

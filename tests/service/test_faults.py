@@ -5,11 +5,8 @@ process group of `charrnn serve` (item 5)."""
 from __future__ import annotations
 
 import json
-import os
 import signal
 import sqlite3
-import subprocess
-import sys
 import threading
 import time
 from datetime import datetime
@@ -17,7 +14,7 @@ from datetime import datetime
 import httpx
 import pytest
 
-from tests.conftest import KEY, ROOT, Service, free_port, small_corpus
+from tests.conftest import Serve, Service, small_corpus
 from tests.service.test_recovery import wait_event
 
 pytestmark = pytest.mark.slow
@@ -213,48 +210,13 @@ def test_sigterm_to_serves_process_group_requeues_the_job_and_the_next_serve_fin
     """Item 5: `kill -TERM -<pgid>` (systemd, most supervisors) reaches the training child too. The child
     ignores it; the worker checkpoints and requeues; the next `serve` resumes and finishes the job.
     Twice in a row, so the job is interrupted after a resume as well."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CHARRNN_")}
-    env.update(
-        CHARRNN_DATA_DIR=str(tmp_path),
-        CHARRNN_BOOTSTRAP_KEY=KEY,
-        CHARRNN_DEVICE="cpu",
-        CHARRNN_TRAIN_THREADS="1",
-        CHARRNN_GENERATION_THREADS="1",
-        CHARRNN_JOB_LEASE_SECONDS="3",
-    )
-    headers = {"Authorization": f"Bearer {KEY}"}
+    serve = Serve(tmp_path / "data")
 
-    def serve() -> tuple[subprocess.Popen, httpx.Client]:
-        port = free_port()
-        log = open(tmp_path / f"serve-{port}.log", "wb")  # noqa: SIM115
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "worker.cli", "serve", "--port", str(port)],
-            cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-        )
-        client = httpx.Client(base_url=f"http://127.0.0.1:{port}", headers=headers, timeout=30)
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                if client.get("/readyz").status_code == 200:
-                    return proc, client
-            except httpx.TransportError:
-                pass
-            assert proc.poll() is None and time.monotonic() < deadline, "serve did not become ready"
-            time.sleep(0.2)
+    def sigterm_group() -> None:
+        assert serve.signal_group(signal.SIGTERM) in (0, -signal.SIGTERM), serve.output()
 
-    def sigterm_group(proc: subprocess.Popen) -> None:
-        os.killpg(proc.pid, signal.SIGTERM)
-        assert proc.wait(timeout=60) in (0, -signal.SIGTERM), proc.returncode
-        deadline = time.monotonic() + 10
-        while True:  # nothing of the group is left behind, the training child included
-            try:
-                os.killpg(proc.pid, 0)
-            except ProcessLookupError:
-                return
-            assert time.monotonic() < deadline, "something of serve's process group is still running"
-            time.sleep(0.2)
-
-    proc, client = serve()
+    serve.start()
+    client = serve.client()
     try:
         r = client.post("/corpora", params={"name": "c"}, content=small_corpus(30_000).encode(),
                         headers={"Content-Type": "text/plain"})
@@ -272,8 +234,9 @@ def test_sigterm_to_serves_process_group_requeues_the_job_and_the_next_serve_fin
             seen = wait_event(
                 client, job_id, lambda e, after=after: e["type"] == "checkpoint" and e["data"]["step"] > after
             )
-            sigterm_group(proc)
-            proc, client = serve()
+            sigterm_group()
+            serve.start()
+            client = serve.client()
             events = client.get(f"/jobs/{job_id}/events", params={"limit": 1000}).json()["data"]
             statuses = [e["data"].get("status") for e in events if e["type"] == "status"]
             assert "failed" not in statuses, events
@@ -291,4 +254,4 @@ def test_sigterm_to_serves_process_group_requeues_the_job_and_the_next_serve_fin
         assert job["status"] == "succeeded" and job["progress"]["step"] == training["max_steps"], job
         assert job["attempts"] == 1  # the two clean stops did not count as attempts
     finally:
-        sigterm_group(proc)
+        serve.stop()

@@ -4,24 +4,11 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
-import sys
-import time
 
 import httpx
 import pytest
 
-from tests.conftest import ROOT, free_port
-
-
-def wait_for(predicate, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what}")
+from tests.conftest import Serve, wait_for
 
 
 def readiness(url: str) -> tuple[int, dict]:
@@ -34,23 +21,9 @@ def readiness(url: str) -> tuple[int, dict]:
 
 @pytest.mark.slow
 def test_serve_restarts_a_worker_that_dies_and_readyz_says_so(tmp_path):
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CHARRNN_")}
-    env.update(
-        CHARRNN_DATA_DIR=str(tmp_path),
-        CHARRNN_TRAIN_THREADS="1",
-        CHARRNN_GENERATION_THREADS="1",
-        CHARRNN_JOB_LEASE_SECONDS="3",
-    )
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "worker.cli", "serve", "--port", str(port)],
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
+    serve = Serve(tmp_path / "data")
+    serve.start()
+    url = serve.url
     try:
         _, first = wait_for(lambda: (r := readiness(url))[0] == 200 and r, 60, "serve to be ready")
         assert first["embedded_worker"]["status"] == "running"
@@ -76,6 +49,5 @@ def test_serve_restarts_a_worker_that_dies_and_readyz_says_so(tmp_path):
         assert body["embedded_worker"]["last_exit"] == -signal.SIGKILL
         assert body["workers"] >= 1
     finally:
-        os.killpg(proc.pid, signal.SIGINT)
-        proc.wait(timeout=60)
-    assert proc.returncode in (0, -signal.SIGINT, 130)
+        code = serve.signal_group(signal.SIGINT)
+    assert code in (0, -signal.SIGINT, 130)

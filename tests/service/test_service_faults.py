@@ -6,8 +6,6 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -15,7 +13,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.conftest import KEY, ROOT, Service, free_port, small_corpus
+from tests.conftest import KEY, Serve, Service, small_corpus, wait_for
 from tests.service.test_recovery import curve, wait_event
 
 pytestmark = pytest.mark.slow
@@ -23,83 +21,29 @@ pytestmark = pytest.mark.slow
 TRAINING = {"max_steps": 600, "checkpoint_every": 100, "eval_every": 100, "log_every": 50, "seed": 11}
 
 
-def wait_for(predicate, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what}")
+def kill_9(serve: Serve) -> None:
+    """SIGKILL to serve's whole process group: API, worker and training child at once."""
+    os.killpg(serve.proc.pid, signal.SIGKILL)
+    serve.proc.wait()
 
-
-class Serve:
-    """`charrnn serve` (API and embedded worker) in its own session, as an init system would run it."""
-
-    def __init__(self, data_dir: Path, log: Path):
-        self.data_dir, self.log, self.port = data_dir, log, free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.env = {k: v for k, v in os.environ.items() if not k.startswith("CHARRNN_")}
-        self.env.update(
-            CHARRNN_DATA_DIR=str(data_dir),
-            CHARRNN_BOOTSTRAP_KEY=KEY,
-            CHARRNN_DEVICE="cpu",
-            CHARRNN_TRAIN_THREADS="1",
-            CHARRNN_GENERATION_THREADS="1",
-            CHARRNN_JOB_LEASE_SECONDS="3",
-        )
-        self.proc: subprocess.Popen | None = None
-
-    def start(self) -> None:
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "worker.cli", "serve", "--port", str(self.port)],
-            cwd=ROOT,
-            env=self.env,
-            stdout=open(self.log, "ab"),  # noqa: SIM115
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-
-        def ready():
+    def group_alive() -> bool:  # zombies count as gone: they hold no lease, file or port
+        for entry in filter(str.isdigit, os.listdir("/proc")):
             try:
-                return httpx.get(self.url + "/readyz", timeout=2).status_code == 200
-            except httpx.TransportError:
-                return False
+                fields = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[2]) == serve.proc.pid and fields[0] != "Z":
+                return True
+        return False
 
-        wait_for(ready, 60, "serve to be ready")
-
-    def group_pids(self) -> list[int]:
-        pids = []
-        for entry in os.listdir("/proc"):
-            if entry.isdigit():
-                try:
-                    fields = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()
-                except OSError:
-                    continue
-                if int(fields[2]) == self.proc.pid and fields[0] != "Z":  # process group id, not a zombie
-                    pids.append(int(entry))
-        return pids
-
-    def kill_9(self) -> None:
-        os.killpg(self.proc.pid, signal.SIGKILL)
-        self.proc.wait()
-        wait_for(lambda: not self.group_pids(), 10, "every process of serve to die")
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(60)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait()
+    wait_for(lambda: not group_alive(), 10, "every process of serve to die")
 
 
 def test_serve_killed_whole_resumes_its_job_exactly_on_restart(tmp_path):
-    serve = Serve(tmp_path / "data", tmp_path / "serve.log")
+    serve = Serve(tmp_path / "data")
     serve.start()
     try:
-        client = httpx.Client(base_url=serve.url, headers={"Authorization": f"Bearer {KEY}"}, timeout=60)
+        client = serve.client()
         corpus = client.post(
             "/corpora", params={"name": "c"}, content=small_corpus(30_000).encode(),
             headers={"Content-Type": "text/plain"},
@@ -108,9 +52,10 @@ def test_serve_killed_whole_resumes_its_job_exactly_on_restart(tmp_path):
         body = {"corpus_id": corpus["id"], "model": model, "training": {**TRAINING, "seq_len": 16, "batch_size": 4}}
         job = client.post("/jobs", json={**body, "name": "interrupted"}).json()
         wait_event(client, job["id"], lambda e: e["type"] == "checkpoint" and e["data"]["step"] >= 100, timeout=90)
-        serve.kill_9()  # API, worker and training child at once: a power cut, an OOM-killed cgroup
+        kill_9(serve)  # API, worker and training child at once: a power cut, an OOM-killed cgroup
 
         serve.start()  # same data dir: the job's lease runs out, and the new worker takes it back
+        client = serve.client()  # (a new port)
         resumed = wait_event(client, job["id"], lambda e: e["message"].startswith("resumed from step"), timeout=60)
         resumed_at = resumed["data"]["resumed_from_step"]
         assert 100 <= resumed_at < TRAINING["max_steps"], resumed
@@ -122,7 +67,7 @@ def test_serve_killed_whole_resumes_its_job_exactly_on_restart(tmp_path):
 
         done = wait_for(lambda: finished(job["id"]), 180, "the resumed job to finish")
         twin = wait_for(lambda: finished(twin["id"]), 180, "the twin to finish")
-        assert done["status"] == twin["status"] == "succeeded", (done, twin, serve.log.read_text()[-3000:])
+        assert done["status"] == twin["status"] == "succeeded", (done, twin, serve.output())
         for key in ("step", "train_loss", "val_loss", "best_val_loss"):
             assert done["progress"][key] == twin["progress"][key], (key, done["progress"], twin["progress"])
         mine, theirs = curve(client, job["id"]), curve(client, twin["id"])
