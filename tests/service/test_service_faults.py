@@ -278,7 +278,8 @@ def test_sixty_readers_that_hang_up_leave_no_threads_files_or_busy_cpu(svc_with_
 
 @pytest.fixture
 def svc_with_job(tmp_path):
-    svc = Service(tmp_path)
+    # 30 streamed generations at once from one owner: above the default per-owner limit (8) on purpose.
+    svc = Service(tmp_path, max_concurrent_generations_per_owner=64)
     svc.start_api()
     svc.start_worker()
     client = svc.client()
