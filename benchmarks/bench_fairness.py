@@ -59,14 +59,19 @@ def probe(c: httpx.Client, job_id: str) -> float:
     return time.perf_counter() - start
 
 
-def flood(url: str, job_id: str, n: int, clients: int, results) -> None:
-    """`n` /generate calls of the flooding key, `clients` at a time; puts (status counts, seconds)."""
+def flood(url: str, job_id: str, n: int, clients: int, route: str, results) -> None:
+    """`n` calls of the flooding key, `clients` at a time; puts (status counts, seconds). `route` "healthz" is
+    the control: the same volume of calls that do no generation and pass no per-owner limit, which
+    measures what the flood costs the victim through the shared CPU alone."""
     statuses: Counter[int] = Counter()
     limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
     with httpx.Client(base_url=url, headers={"Authorization": f"Bearer {KEY}"}, timeout=120, limits=limits) as c:
 
         def one(_):
-            statuses[c.post("/generate", json={"model": job_id, **REQUEST}).status_code] += 1
+            if route == "healthz":
+                statuses[c.get("/healthz").status_code] += 1
+            else:
+                statuses[c.post("/generate", json={"model": job_id, **REQUEST}).status_code] += 1
 
         start = time.perf_counter()
         with ThreadPoolExecutor(clients) as pool:
@@ -86,6 +91,8 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--probes", type=int, default=20, help="the other key's requests measured alone, per round")
     parser.add_argument("--limit", type=int, default=8, help="CHARRNN_MAX_CONCURRENT_GENERATIONS_PER_OWNER")
+    parser.add_argument("--flood-route", choices=("generate", "healthz"), default="generate",
+                        help="healthz: the control, a flood that generates nothing and meets no per-owner limit")
     add_corpus_argument(parser)
     args = parser.parse_args()
     text = args.corpus.read_bytes()[:200_000].decode("utf-8", "ignore")
@@ -104,9 +111,8 @@ def main() -> None:
                     # The flood runs in its own process, as another client would: in this one its 50 threads
                     # would hold the GIL the probe's client needs, and the probe would measure that instead.
                     results = multiprocessing.Queue()
-                    flooding = multiprocessing.Process(
-                        target=flood, args=(svc.url, flood_job, args.flood, args.flood_clients, results)
-                    )
+                    flood_args = (svc.url, flood_job, args.flood, args.flood_clients, args.flood_route, results)
+                    flooding = multiprocessing.Process(target=flood, args=flood_args)
                     flooding.start()
                     time.sleep(0.3)  # the flood is under way
                     while flooding.is_alive() and results.empty():
@@ -119,6 +125,7 @@ def main() -> None:
             svc.stop()
 
     result = {
+        "flood_route": args.flood_route,
         "flood_requests_per_round": args.flood,
         "flood_clients": args.flood_clients,
         "per_owner_limit": args.limit,
@@ -135,7 +142,7 @@ def main() -> None:
     print(json.dumps(result, indent=2))
     out = Path(__file__).parent / "out"
     out.mkdir(exist_ok=True)
-    (out / "fairness.json").write_text(json.dumps(result, indent=2))
+    (out / f"fairness-{args.flood_route}.json").write_text(json.dumps(result, indent=2))
 
 
 if __name__ == "__main__":
