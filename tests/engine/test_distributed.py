@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -27,11 +28,20 @@ def test_two_gloo_ranks_match_one_process_with_the_same_global_batch(tmp_path):
     spec.write_text(json.dumps({"text_path": str(text_path), "run_dir": str(tmp_path / "ddp"),
                                 "model": MODEL, "training": training}))
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-         "-m", "worker.engine.distributed", str(spec)],
-        capture_output=True, text=True, env=env, timeout=240,
-    )
+
+    def run_ranks() -> subprocess.CompletedProcess:
+        shutil.rmtree(tmp_path / "ddp", ignore_errors=True)
+        return subprocess.run(
+            [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+             "-m", "worker.engine.distributed", str(spec)],
+            capture_output=True, text=True, env=env, timeout=240,
+        )
+
+    proc = run_ranks()
+    # gloo can still abort a rank in its own teardown, after the barrier (about one run in four on a loaded
+    # 2-core machine, in torch 2.13): that is torch's exit, not our training, so it gets one more run.
+    if proc.returncode != 0 and "terminate called without an active exception" in proc.stderr:
+        proc = run_ranks()
     assert proc.returncode == 0, proc.stderr[-3000:]
     ddp = json.loads(proc.stdout.strip().splitlines()[-1])
 
