@@ -42,6 +42,8 @@ TORCH_FREE = {
     "worker.engine.config": {"__future__", "dataclasses", "typing"},
     "worker.engine.sampling_params": {"__future__", "typing", "pydantic"},  # the one generation contract
     "worker.engine.header": {"__future__", "json", "struct", "pathlib"},  # checkpoint metadata, read by both
+    # the model fields a job may leave to the worker, and the rule it chooses them by
+    "worker.engine.autoconfig": {"__future__", "math", "collections.abc", "dataclasses", "worker.engine.config"},
 }
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import fields
 from functools import lru_cache
 
+from worker.engine.autoconfig import AUTO_MODEL_FIELDS
 from worker.engine.config import ModelConfig, TrainConfig
 
 
@@ -19,4 +20,7 @@ def train_defaults() -> dict:
 
 @lru_cache
 def model_defaults() -> dict:
-    return {f.name: f.default for f in fields(ModelConfig) if f.name != "vocab_size"}
+    """None for the fields the engine chooses for the job's budget and corpus when they are left out
+    (autoconfig.py: the worker measures its speed first, so it decides when the job starts)."""
+    return {f.name: None if f.name in AUTO_MODEL_FIELDS else f.default
+            for f in fields(ModelConfig) if f.name != "vocab_size"}

@@ -160,7 +160,10 @@ def started(
     killed right after writing a checkpoint's files never wrote its row and metrics: `on_disk` (the
     run directory's checkpoints up to the resumed step) rebuilds what is missing from the files.
     """
-    session.execute(update(Job).where(*_mine(job_id, worker_id)).values(device=info.get("device")))
+    # The model as it runs: the fields the job left out are now chosen (autoconfig.py).
+    model = {k: v for k, v in (info.get("model") or {}).items() if k != "vocab_size"}
+    values = {"device": info.get("device"), **({"model": model} if model else {})}
+    session.execute(update(Job).where(*_mine(job_id, worker_id)).values(**values))
     resumed = info.get("resumed_from_step")
     if resumed is not None:
         session.execute(delete(JobMetric).where(JobMetric.job_id == job_id, JobMetric.step > resumed))
@@ -181,6 +184,7 @@ def started(
         message=(
             f"training {info['num_parameters']:,} parameters on {info['device']} "
             f"({info['precision']}), {info['train_chars']:,} training characters"
+            + "".join(f"; chose {reason}" for reason in info.get("chosen", []))
         ),
         data=info,
     )

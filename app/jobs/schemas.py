@@ -13,12 +13,15 @@ from app.errors import scrub_paths
 from app.jobs.defaults import model_defaults, train_defaults
 from app.models import JobStatus
 from app.strings import DbStr
+from worker.engine.autoconfig import AUTO_MODEL_FIELDS
 from worker.engine.config import DEFAULT_MAX_STEPS
 
 _M, _T = model_defaults(), train_defaults()
 
 
 def _d(defaults: dict, key: str, text: str) -> str:
+    if key in AUTO_MODEL_FIELDS and defaults is _M:
+        return f"{text} (default: chosen for the job's budget and corpus when it starts)"
     return f"{text} (default {defaults.get(key)!r})"
 
 
@@ -75,7 +78,7 @@ class JobCreate(BaseModel):
                     "corpus_id": "corpus_0005f1a2b3c4d5e6a1b2c3d4e5",
                     "name": "shakespeare-small",
                     "model": {"cell": "lstm", "hidden_size": 256, "num_layers": 2},
-                    "training": {"seq_len": 128, "batch_size": 32, "max_steps": 2000, "seed": 1},
+                    "training": {"seq_len": 64, "batch_size": 32, "max_seconds": 600, "seed": 1},
                 }
             ]
         },
@@ -129,7 +132,7 @@ class JobOut(BaseModel):
                         "embedding_dim": 64,
                         "dropout": 0.0,
                     },
-                    "training": {"seq_len": 128, "batch_size": 32, "max_steps": 2000},
+                    "training": {"seq_len": 64, "batch_size": 32, "max_steps": 2000},
                     "progress": {
                         "step": 420,
                         "max_steps": 2000,
@@ -233,8 +236,10 @@ class JobDefaults(BaseModel):
         json_schema_extra={
             "examples": [
                 {
-                    "model": {"cell": "lstm", "hidden_size": 384, "num_layers": 2, "embedding_dim": 64, "dropout": 0.0},
-                    "training": {"seq_len": 128, "batch_size": 32, "max_steps": None, "max_seconds": None},
+                    "model": {
+                        "cell": "lstm", "hidden_size": None, "num_layers": 2, "embedding_dim": 64, "dropout": None
+                    },
+                    "training": {"seq_len": 64, "batch_size": 32, "max_steps": None, "max_seconds": None},
                     "default_max_steps": 2000,
                 }
             ]

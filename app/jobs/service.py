@@ -15,6 +15,7 @@ from app.jobs.defaults import model_defaults
 from app.jobs.schemas import JobCreate, JobOut, ModelSpec, TrainingSpec
 from app.models import ACTIVE_STATUSES, Job
 from app.settings import Settings
+from worker.engine.autoconfig import HIDDEN_SIZES
 from worker.engine.config import (
     TrainConfig,
     batch_not_divisible,
@@ -94,7 +95,8 @@ def check_vocab_size(vocab_size: int, settings: Settings) -> None:
 def check_memory(vocab_size: int, model: dict, training: dict, settings: Settings) -> None:
     """Refuse, with the numbers, a job that would not fit in the worker's memory (the OOM killer's call
     otherwise, after the job had queued and started)."""
-    model = {**model_defaults(), **{k: v for k, v in model.items() if v is not None}}
+    # A size left to the worker is chosen under this same limit (autoconfig.py), down to its smallest.
+    model = {**model_defaults(), "hidden_size": HIDDEN_SIZES[0], **{k: v for k, v in model.items() if v is not None}}
     estimate = estimate_training_bytes(
         vocab_size=max(vocab_size, 1),
         cell=model["cell"],

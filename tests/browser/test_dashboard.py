@@ -174,7 +174,10 @@ def test_a_server_validation_error_shows_beside_its_field(page):
     page.locator("#job-form").get_by_label("Corpus", exact=True).select_option(state["corpus_id"])
     # Prefilled from GET /jobs/defaults, not from a copy in the page.
     open_advanced(page)
-    expect(page.get_by_label("Hidden size")).to_have_value("384")
+    expect(page.get_by_label("Num layers")).to_have_value("2")
+    # Left empty, the size is chosen for the budget when the job starts, and the field says so.
+    expect(page.get_by_label("Hidden size")).to_have_value("")
+    expect(page.get_by_label("Hidden size")).to_have_attribute("placeholder", "auto")
     page.get_by_label("Max seconds").fill("99999999")
     page.get_by_role("button", name="Start training").click()
     field = page.get_by_label("Max seconds")

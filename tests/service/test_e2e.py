@@ -146,6 +146,19 @@ def test_cancel_running_job_and_corpus_in_use(service, client, corpus):
     assert client.get(f"/jobs/{job['id']}").json()["status"] == "cancelled"
 
 
+def test_a_job_that_leaves_the_size_out_gets_one_chosen_for_its_budget(service, client, corpus):
+    job = service.create_job(client, corpus["id"], model={"num_layers": 1, "embedding_dim": 8},
+                             training={"max_steps": 5})
+    assert job["model"]["hidden_size"] is None and job["model"]["dropout"] is None  # chosen when it starts
+    job = service.wait_job(client, job["id"])
+    # Five steps of 4 x 16 characters feed no model bigger than the smallest size, and read the corpus
+    # less than once: no dropout.
+    assert job["status"] == "succeeded" and job["model"]["hidden_size"] == 128 and job["model"]["dropout"] == 0
+    events = client.get(f"/jobs/{job['id']}/events", params={"limit": 1000}).json()["data"]
+    started = [e for e in events if "chose hidden_size 128" in e["message"]]
+    assert started and started[0]["data"]["chosen"][0].startswith("hidden_size 128")
+
+
 def test_engine_error_fails_the_job_with_its_message(service, client, trained_job):
     # Continuing from a model whose vocabulary lacks some of the corpus's characters cannot work.
     c = service.upload(client, small_corpus() + "☃ snow ☃", name="with-snowmen")

@@ -40,6 +40,8 @@ class ConsoleObserver:
 
     def on_start(self, info: dict) -> None:
         resumed = f", resumed from step {info['resumed_from_step']}" if info["resumed_from_step"] else ""
+        for reason in info.get("chosen", []):
+            stderr.print(f"chose {reason}")
         stderr.print(
             f"{info['model']['cell']} {info['model']['num_layers']}x{info['model']['hidden_size']}: "
             f"{info['num_parameters']:,} parameters, vocabulary {info['vocab_size']}, "
@@ -85,6 +87,9 @@ def train(
     batch_size: Annotated[int | None, typer.Option()] = None,
     learning_rate: Annotated[float | None, typer.Option()] = None,
     grad_clip: Annotated[float | None, typer.Option()] = None,
+    weight_decay: Annotated[float | None, typer.Option()] = None,
+    warmup_steps: Annotated[int | None, typer.Option()] = None,
+    min_lr_ratio: Annotated[float | None, typer.Option(help="final learning rate / peak")] = None,
     max_steps: Annotated[int | None, typer.Option()] = None,
     max_epochs: Annotated[float | None, typer.Option()] = None,
     max_seconds: Annotated[float | None, typer.Option()] = None,
@@ -103,7 +108,8 @@ def train(
     model_fields = {"cell": cell, "hidden_size": hidden_size, "num_layers": num_layers,
                     "embedding_dim": embedding_dim, "dropout": dropout}
     train_fields = {"seq_len": seq_len, "batch_size": batch_size, "learning_rate": learning_rate,
-                    "grad_clip": grad_clip, "max_steps": max_steps, "max_epochs": max_epochs,
+                    "grad_clip": grad_clip, "weight_decay": weight_decay, "warmup_steps": warmup_steps,
+                    "min_lr_ratio": min_lr_ratio, "max_steps": max_steps, "max_epochs": max_epochs,
                     "max_seconds": max_seconds, "val_fraction": val_fraction, "eval_every": eval_every,
                     "checkpoint_every": checkpoint_every, "seed": seed, "device": device, "precision": precision}
     try:

@@ -23,11 +23,13 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from worker.engine.autoconfig import Choice, choose_model, needs_speed
 from worker.engine.checkpoint import CheckpointError, RunDirectory, load_model, sha256_hex, weights_bytes
 from worker.engine.config import (
     ModelConfig,
     TrainConfig,
     batch_not_divisible,
+    split_sizes,
     too_small_validation_split,
 )
 from worker.engine.data import CorpusError, StreamBatcher, Vocab, split_train_val
@@ -35,6 +37,7 @@ from worker.engine.device import resolve_device, resolve_precision
 from worker.engine.distributed import DistContext
 from worker.engine.errors import DiskFullError, EngineError
 from worker.engine.model import CharRNN, autocast, detach_hidden, hidden_from_list, hidden_to_list
+from worker.engine.probe import SpeedProbe
 from worker.engine.sampler import Sampler, SampleRequest
 from worker.engine.sampling_params import MAX_LENGTH, MAX_SEED
 from worker.engine.scoring import score_ids
@@ -122,15 +125,18 @@ class Trainer:
         corpus_path: str | None = None,
         val_text: str | None = None,
         init_from_sha256: str | None = None,
+        memory_limit: int | None = None,
     ):
         """Start a run in `run_dir`, or continue it from its latest checkpoint if it has one.
 
         `model_config` holds ModelConfig fields except vocab_size (taken from the text);
-        `init_from` starts from another run's weights (and their vocabulary and architecture).
         `val_text`, if given, is the held-out set: the whole `text` is trained on and val_fraction is unused.
         `init_from` starts from another run's weights (and their vocabulary and architecture);
         `init_from_sha256`, when known, is what that file must hash to (a corrupt one is refused).
+        Model fields left out of `model_config` are chosen for the budget and the corpus (autoconfig.py),
+        never needing more than `memory_limit` bytes to train.
         """
+        self.memory_limit = memory_limit
         self.run = RunDirectory(run_dir)
         self.dist = DistContext.current()
         # Under torchrun only rank 0 reports and writes; the others train their share and follow.
@@ -140,8 +146,11 @@ class Trainer:
         problem = batch_not_divisible(self.config.batch_size, self.dist.world_size)
         if problem:
             raise ValueError(problem)
+        self.device = resolve_device(self.config.device)
+        self.autocast_dtype = resolve_precision(self.config.precision, self.device)
         torch.manual_seed(self.config.seed + self.dist.rank)
-
+        self.choice: Choice | None = None  # what autoconfig chose for the model fields left out, if any
+        probe_seconds = 0.0
         init = load_model(init_from, expected_sha256=init_from_sha256) if init_from else None
         if init:
             missing = init.vocab.unknown(text)
@@ -153,10 +162,10 @@ class Trainer:
             self.vocab, self.model = init.vocab, init.model.train()
         else:
             self.vocab = Vocab.from_text(text)
-            self.model = CharRNN(ModelConfig(vocab_size=len(self.vocab), **(model_config or {})))
+            train_chars = len(text) if val_text is not None else split_sizes(len(text), self.config.val_fraction)[0]
+            model_config, probe_seconds = self._choose_model(dict(model_config or {}), train_chars)
+            self.model = CharRNN(ModelConfig(vocab_size=len(self.vocab), **model_config))
 
-        self.device = resolve_device(self.config.device)
-        self.autocast_dtype = resolve_precision(self.config.precision, self.device)
         self.model.to(self.device).train()
         # What the training step calls: DDP averages gradients across ranks during backward.
         self.net = (torch.nn.parallel.DistributedDataParallel(self.model) if self.dist.enabled else self.model)
@@ -187,7 +196,7 @@ class Trainer:
         self.step = 0
         self.epoch = 0
         self.batch_index = 0
-        self.elapsed = 0.0  # seconds spent in this run so far, across resumes
+        self.elapsed = probe_seconds  # seconds spent in this run so far, across resumes (the probe's included)
         self.train_seconds = 0.0  # of which in training steps (for chars/s)
         self.best_val_loss: float | None = None
         self.last_val_loss: float | None = None
@@ -205,10 +214,30 @@ class Trainer:
                     "corpus_path": corpus_path,
                     "corpus_sha256": self.corpus_sha256,
                     "model": self.model.config.to_dict(),
+                    "chosen": list(self.choice.reasons) if self.choice else [],
                     "training": self.config.to_dict(),
                     "init_from": str(init_from) if init_from else None,
                 }
             )
+
+    def _choose_model(self, given: dict, train_chars: int) -> tuple[dict, float]:
+        """The given model fields and, for those left out, autoconfig's choice (and the seconds its speed
+        probe took). A run that has started before keeps the model it started with."""
+        if self.run.run_file.is_file():
+            recorded = {k: v for k, v in self.run.read_run()["model"].items() if k != "vocab_size"}
+            return {**recorded, **given}, 0.0
+        probe = None
+        if needs_speed(given, self.config):
+            probe = SpeedProbe(len(self.vocab), {k: v for k, v in given.items() if k != "hidden_size"},
+                               self.config.batch_size // self.dist.world_size, self.config.seq_len,
+                               self.device, self.autocast_dtype)
+        speed = (lambda hidden: probe(hidden) * self.dist.world_size) if probe else None
+        choice = choose_model(given, vocab_size=len(self.vocab), train_chars=train_chars,
+                              training=self.config, speed=speed, memory_limit=self.memory_limit)
+        # Every rank builds the same model: rank 0's probe decides.
+        choice = self.dist.from_main(choice)
+        self.choice = choice if choice.model else None
+        return {**given, **choice.model}, probe.seconds if probe else 0.0
 
     # -- state -----------------------------------------------------------------------------------
 
@@ -415,6 +444,7 @@ class Trainer:
                 "batches_per_epoch": self.batcher.batches_per_epoch,
                 "resumed_from_step": self.resumed_from_step,
                 "model": self.model.config.to_dict(),
+                "chosen": list(self.choice.reasons) if self.choice else [],
             }
         )
         stopped_by = self._agreed_stop_reason()

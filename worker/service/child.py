@@ -81,6 +81,7 @@ def _train(spec: dict, observer) -> dict:
         observer=observer,
         corpus_path=spec["corpus_path"],
         val_text=read_text(spec["val_corpus_path"]) if spec.get("val_corpus_path") else None,
+        memory_limit=spec.get("memory_limit"),
     )
     return trainer.train().to_dict()
 

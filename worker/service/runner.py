@@ -177,6 +177,7 @@ class Worker:
             "val_corpus_path": str((data_dir / val_path).resolve()) if val_path else None,
             "init_from_sha256": init_sha256,  # the child refuses a file that no longer matches it
             "threads": self.settings.train_thread_count,
+            "memory_limit": self.settings.worker_memory_limit,  # model sizes left to the engine stay under it
         }
 
     def run_job(self, job: Job) -> None:

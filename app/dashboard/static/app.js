@@ -443,6 +443,8 @@
   const FLOAT_FIELDS = new Set([
     "dropout", "learning_rate", "min_lr_ratio", "weight_decay", "grad_clip", "max_epochs", "max_seconds", "val_fraction",
   ]);
+  // Left empty, these are chosen for the job's budget and corpus when it starts (GET /jobs/defaults gives null).
+  const AUTO_FIELDS = new Set(["hidden_size", "dropout"]);
 
   function fieldId(path) {
     return `f-${path.replace(/\./g, "-")}`;
@@ -457,7 +459,7 @@
       step: FLOAT_FIELDS.has(key) ? "any" : "1",
       inputmode: FLOAT_FIELDS.has(key) ? "decimal" : "numeric",
       "data-kind": FLOAT_FIELDS.has(key) ? "float" : "int",
-      placeholder: value === null ? "none" : null,
+      placeholder: value === null ? (AUTO_FIELDS.has(key) ? "auto" : "none") : null,
     });
     if (value !== null && value !== undefined) input.value = String(value);
     return el("div", { class: "field", "data-field": path }, el("label", { for: id, text: label(key) }), input);

@@ -1,0 +1,248 @@
+"""Held-out quality in a fixed time: `charrnn train` against a plain PyTorch loop, alternating, in one run.
+
+The protocol a new user would follow: `charrnn train FILE --out D --max-seconds S` on the whole file
+(its default split holds out the last 10%), then the best checkpoint scored on that last 10%. The
+reference is a plain loop on the same first 90% for the same S seconds: a 2x384 LSTM, embedding 64,
+seq 64, batch 32, hidden state carried across windows, AdamW at 3e-3 decayed linearly to 10% over the
+time budget, no weight decay, gradient clipping at 1.0, bf16 autocast where the CPU has it, no evaluation.
+Both are scored by the same function (the engine's score_ids, fp32) on the same held-out text.
+
+Corpora (built under benchmarks/out/corpora from what every Python install has, except the first):
+  shakespeare  samples/tinyshakespeare.txt (1.1 MB)
+  prose        a 100 KB slice of the English prose of Python's documentation (pydoc_data): over-fitting
+  python       3 MB of the standard library's source, concatenated: a budget-limited, larger corpus
+  or any PATH to a UTF-8 file.
+
+    .venv/bin/python benchmarks/bench_quality.py [--corpus shakespeare --corpus prose --corpus python]
+        [--seconds 120] [--rounds 1] [--variant NAME='--seq-len 64 --dropout 0.1' ...] [--no-default]
+        [--reference NAME='schedule=cosine,warmup_steps=50' ...] [--no-reference]
+
+Each variant is `charrnn train` with those flags added; "defaults" (no flags) runs unless --no-default.
+Each --reference is the plain loop with some of its settings changed (REFERENCE names them): the
+ablation from the plain recipe towards the engine's, one change at a time.
+Prints a Markdown table and appends every row to benchmarks/out/quality.jsonl as it finishes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import shlex
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from _support import ROOT, SAMPLE_CORPUS
+from torch import nn
+
+from worker.engine.checkpoint import load_model
+from worker.engine.config import split_sizes
+from worker.engine.data import Vocab, read_text
+from worker.engine.model import CharRNN, ModelConfig
+from worker.engine.scoring import score_ids
+
+OUT = Path(__file__).parent / "out"
+VAL_FRACTION = 0.1
+REFERENCE = {"hidden_size": 384, "num_layers": 2, "embedding_dim": 64, "seq_len": 64, "batch_size": 32,
+             "learning_rate": 3e-3, "final_lr_ratio": 0.1, "grad_clip": 1.0,
+             # the knobs an ablation turns, one at a time, towards the engine's recipe (--reference)
+             "schedule": "linear", "warmup_steps": 0, "beta2": 0.999, "weight_decay": 0.0}
+
+
+# -- corpora ---------------------------------------------------------------------------------------------
+
+
+def prose_corpus(size: int = 100_000) -> str:
+    """English prose: Python's reference documentation topics, in a fixed order, the first `size` characters."""
+    from pydoc_data.topics import topics
+
+    text = "\n\n".join(topics[name] for name in sorted(topics))
+    return text[:size]
+
+
+def python_corpus(size: int = 3_000_000) -> str:
+    """The standard library's top-level modules, in name order, the first `size` characters."""
+    import sysconfig
+
+    lib = Path(sysconfig.get_paths()["stdlib"])
+    parts, total = [], 0
+    for path in sorted(lib.glob("*.py")):
+        source = path.read_text(encoding="utf-8", errors="replace")
+        parts.append(source)
+        total += len(source)
+        if total >= size:
+            break
+    return "".join(parts)[:size]
+
+
+def corpus_file(name: str) -> Path:
+    if name == "shakespeare":
+        return SAMPLE_CORPUS
+    builders = {"prose": prose_corpus, "python": python_corpus}
+    if name not in builders:
+        return Path(name)
+    path = OUT / "corpora" / f"{name}.txt"
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(builders[name](), encoding="utf-8")
+    return path
+
+
+# -- the reference: a plain loop -------------------------------------------------------------------------
+
+
+class PlainLSTM(nn.Module):
+    # The engine's attribute names, so that the same scoring code loads these weights.
+    def __init__(self, vocab_size: int, r: dict):
+        super().__init__()
+        self.embedding = nn.Embedding(vocab_size, r["embedding_dim"])
+        self.rnn = nn.LSTM(r["embedding_dim"], r["hidden_size"], r["num_layers"], batch_first=True)
+        self.head = nn.Linear(r["hidden_size"], vocab_size)
+
+    def forward(self, x, hidden=None):
+        y, hidden = self.rnn(self.embedding(x), hidden)
+        return self.head(y), hidden
+
+
+def reference_lr(r: dict, step: int, progress: float) -> float:
+    if step < r["warmup_steps"]:
+        return r["learning_rate"] * (step + 1) / r["warmup_steps"]
+    floor = r["final_lr_ratio"]
+    if r["schedule"] == "cosine":
+        return r["learning_rate"] * (floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress)))
+    return r["learning_rate"] * (1 - (1 - floor) * progress)
+
+
+def reference_training(train: torch.Tensor, vocab_size: int, seconds: float, r: dict) -> tuple[nn.Module, dict]:
+    torch.manual_seed(0)
+    model = PlainLSTM(vocab_size, r)
+    opt = torch.optim.AdamW(model.parameters(), lr=r["learning_rate"], weight_decay=r["weight_decay"],
+                            betas=(0.9, r["beta2"]))
+    bf16 = torch.ops.mkldnn._is_mkldnn_bf16_supported()
+    B, T = r["batch_size"], r["seq_len"]
+    row = len(train) // B
+    streams = train[: row * B].view(B, row)
+    hidden, steps, pos, loss = None, 0, 0, None
+    start = time.perf_counter()
+    while (elapsed := time.perf_counter() - start) < seconds:
+        for group in opt.param_groups:
+            group["lr"] = reference_lr(r, steps, elapsed / seconds)
+        if pos + T + 1 > row:
+            pos, hidden = 0, None
+        x, y = streams[:, pos : pos + T], streams[:, pos + 1 : pos + T + 1]
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            logits, hidden = model(x, hidden)
+        loss = F.cross_entropy(logits.float().flatten(0, 1), y.flatten())
+        opt.zero_grad()
+        loss.backward()
+        nn.utils.clip_grad_norm_(model.parameters(), r["grad_clip"])
+        opt.step()
+        hidden = tuple(h.detach() for h in hidden)
+        steps, pos = steps + 1, pos + T
+    seconds_run = time.perf_counter() - start
+    return model, {"steps": steps, "train_loss": loss.item(), "chars_per_second": steps * B * T / seconds_run,
+                   "config": {**r, "bf16": bf16}}
+
+
+def score_reference(model: PlainLSTM, vocab: Vocab, held_out: str, r: dict) -> float:
+    engine_model = CharRNN(ModelConfig(vocab_size=len(vocab), hidden_size=r["hidden_size"],
+                                       num_layers=r["num_layers"], embedding_dim=r["embedding_dim"]))
+    engine_model.load_state_dict(model.state_dict())
+    return score_ids(engine_model, vocab.encode(held_out))[0]
+
+
+# -- charrnn, as a user runs it --------------------------------------------------------------------------
+
+
+def charrnn_training(path: Path, seconds: float, flags: str, held_out: str) -> dict:
+    with tempfile.TemporaryDirectory(prefix="charrnn-quality-") as run_dir:
+        # This checkout's code (cwd first on the path), whichever checkout the virtual environment was built in.
+        command = [sys.executable, "-m", "worker.cli", "train", str(path), "--out", run_dir,
+                   "--max-seconds", str(seconds), *shlex.split(flags)]
+        done = subprocess.run(command, capture_output=True, text=True, check=False, cwd=ROOT)
+        if done.returncode != 0:
+            raise RuntimeError(f"{' '.join(command)} failed:\n{done.stderr[-3000:]}")
+        summary = json.loads(done.stdout.strip().splitlines()[-1])
+        first_lines = [line for line in done.stderr.splitlines()[:4]]
+        loaded = load_model(Path(run_dir) / "best.safetensors")
+        held = score_ids(loaded.model, loaded.vocab.encode(held_out))[0]
+        run = json.loads((Path(run_dir) / "run.json").read_text())
+    return {"held_out_loss": held, "steps": summary["steps"], "train_loss": summary["train_loss"],
+            "chars_per_second": summary["chars_per_second"], "best_val_loss": summary["best_val_loss"],
+            "val_loss_at_end": summary["val_loss"], "model": run["model"], "training": run["training"],
+            "cli_first_lines": first_lines}
+
+
+def parse_setting(text: str) -> tuple[str, object]:
+    key, value = text.split("=", 1)
+    if key not in REFERENCE:
+        raise SystemExit(f"--reference: no setting {key!r} (one of {', '.join(REFERENCE)})")
+    kind = type(REFERENCE[key])
+    return key, value if kind is str else kind(float(value)) if kind is int else float(value)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--corpus", action="append", help="shakespeare | prose | python | PATH (repeatable)")
+    parser.add_argument("--seconds", type=float, default=120)
+    parser.add_argument("--rounds", type=int, default=1)
+    parser.add_argument("--variant", action="append", default=[], help="NAME='charrnn train flags'")
+    parser.add_argument("--no-default", action="store_true", help="skip the run with charrnn's defaults")
+    parser.add_argument("--no-reference", action="store_true", help="skip the plain loop")
+    parser.add_argument("--reference", action="append", default=[],
+                        help="NAME='key=value,...': the plain loop with these of its settings changed (an ablation)")
+    args = parser.parse_args()
+    variants = ([] if args.no_default else [("defaults", "")]) + [tuple(v.split("=", 1)) for v in args.variant]
+    references = [tuple(v.split("=", 1)) for v in args.reference]
+    OUT.mkdir(exist_ok=True)
+    log = OUT / "quality.jsonl"
+    rows = []
+    for round_index in range(args.rounds):
+        for name in args.corpus or ["shakespeare", "prose", "python"]:
+            path = corpus_file(name)
+            text = read_text(path)
+            n_train, _ = split_sizes(len(text), VAL_FRACTION)
+            held_out = text[n_train:]
+            vocab = Vocab.from_text(text)
+            # Alternate which side goes first from round to round: the machine's speed drifts.
+            runs = ([("reference", {})] * (not args.no_reference)
+                    + [(name, dict(parse_setting(kv) for kv in knobs.split(","))) for name, knobs in references]
+                    + list(variants))
+            if round_index % 2:
+                runs.reverse()
+            for variant, flags in runs:
+                started = time.time()
+                if isinstance(flags, dict):
+                    r = {**REFERENCE, **flags}
+                    model, info = reference_training(vocab.encode(text[:n_train]), len(vocab), args.seconds, r)
+                    info["held_out_loss"] = score_reference(model, vocab, held_out, r)
+                else:
+                    info = charrnn_training(path, args.seconds, flags, held_out)
+                    info["flags"] = flags
+                row = {"corpus": name, "chars": len(text), "variant": variant, "round": round_index,
+                       "seconds": args.seconds, "wall_seconds": time.time() - started, **info}
+                rows.append(row)
+                with log.open("a") as f:
+                    f.write(json.dumps(row) + "\n")
+                print(f"{name:12s} {variant:20s} held-out {row['held_out_loss']:.4f} steps {row['steps']} "
+                      f"{row['chars_per_second']:,.0f} chars/s", file=sys.stderr, flush=True)
+
+    print(f"\n{args.seconds:g} s each, {torch.get_num_threads()} threads, torch {torch.__version__}\n")
+    print("| corpus | run | held-out loss | vs plain loop | steps | chars/s |\n|---|---|---:|---:|---:|---:|")
+    for row in rows:
+        refs = [r["held_out_loss"] for r in rows
+                if r["variant"] == "reference" and r["corpus"] == row["corpus"] and r["round"] == row["round"]]
+        delta = f"{row['held_out_loss'] - refs[0]:+.3f}" if refs and row["variant"] != "reference" else ""
+        print(f"| {row['corpus']} | {row['variant']} | {row['held_out_loss']:.3f} | {delta} | {row['steps']} | "
+              f"{row['chars_per_second']:,.0f} |")
+    if any(not math.isfinite(r["held_out_loss"]) for r in rows):
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,103 @@
+"""The model size and dropout chosen for a run that leaves them out: the rule, and the trainer using it."""
+
+import json
+
+import pytest
+import torch
+
+from tests.conftest import SHAKESPEARE
+from worker.engine.autoconfig import HIDDEN_SIZES, MAX_DROPOUT, choose_model
+from worker.engine.config import TrainConfig, estimate_training_bytes
+from worker.engine.trainer import Trainer, TrainingObserver
+
+VOCAB = 65
+
+
+def choose(train_chars=1_000_000, given=None, speed=None, memory_limit=None, **training):
+    config = TrainConfig(**{"seq_len": 64, "batch_size": 32, **training})
+    return choose_model(given or {}, vocab_size=VOCAB, train_chars=train_chars, training=config, speed=speed,
+                        memory_limit=memory_limit)
+
+
+def test_a_bigger_budget_chooses_a_bigger_model():
+    sizes = [choose(max_steps=steps).model["hidden_size"] for steps in (50, 500, 2000, 20_000, 200_000)]
+    assert sizes == sorted(sizes) and sizes[0] < sizes[-1], sizes
+    assert sizes[0] == HIDDEN_SIZES[0] and sizes[-1] == HIDDEN_SIZES[-1]
+
+
+def test_a_faster_machine_chooses_a_bigger_model_for_the_same_time():
+    slow = choose(max_seconds=120, speed=lambda hidden: 3e6 / hidden)
+    fast = choose(max_seconds=120, speed=lambda hidden: 3e8 / hidden)
+    assert slow.model["hidden_size"] < fast.model["hidden_size"]
+    assert "hidden_size" in slow.summary() and "per parameter" in slow.summary()
+
+
+def test_a_budget_that_reads_a_small_corpus_many_times_gets_dropout():
+    once = choose(train_chars=10_000_000, max_steps=2000)
+    many = choose(train_chars=100_000, max_steps=2000)
+    endless = choose(train_chars=10_000, max_steps=20_000)
+    assert once.model["dropout"] == 0 and once.epochs < 1
+    assert 0 < many.model["dropout"] <= endless.model["dropout"] == MAX_DROPOUT
+    assert f"about {many.epochs:.1f} times" in many.summary()
+
+
+def test_given_fields_are_kept_and_not_reported_as_chosen():
+    choice = choose(given={"hidden_size": 48, "dropout": 0.5}, max_steps=2000)
+    assert choice.model == {} and choice.reasons == ()
+    only_dropout = choose(given={"hidden_size": 48}, train_chars=10_000, max_steps=2000)
+    assert set(only_dropout.model) == {"dropout"}
+
+
+def test_the_chosen_size_fits_the_memory_limit():
+    config = dict(max_steps=200_000)
+    unlimited = choose(**config).model["hidden_size"]
+    need = estimate_training_bytes(vocab_size=VOCAB, cell="lstm", hidden_size=256, num_layers=2, embedding_dim=64,
+                                   batch_size=32, seq_len=64)["total"]
+    capped = choose(memory_limit=need, **config).model["hidden_size"]
+    assert capped == 256 < unlimited
+
+
+class Recorder(TrainingObserver):
+    def on_start(self, info):
+        self.info = info
+
+
+def run_config(**overrides):
+    base = dict(seq_len=16, batch_size=8, max_steps=3, eval_every=10, checkpoint_every=10, sample_length=5,
+                device="cpu", precision="fp32")
+    return TrainConfig(**{**base, **overrides})
+
+
+@pytest.fixture(scope="module")
+def text():
+    return SHAKESPEARE.read_text()[:20_000]
+
+
+def test_the_trainer_chooses_says_why_and_records_it(tmp_path, text):
+    observer = Recorder()
+    trainer = Trainer(text, tmp_path / "run", {"num_layers": 1, "embedding_dim": 8}, run_config(), observer=observer)
+    trainer.train()
+    assert trainer.model.config.hidden_size == HIDDEN_SIZES[0]  # 3 steps feed no bigger model
+    assert any(r.startswith("hidden_size") for r in observer.info["chosen"])
+    run = json.loads((tmp_path / "run" / "run.json").read_text())
+    assert run["model"]["hidden_size"] == HIDDEN_SIZES[0] and run["chosen"] == observer.info["chosen"]
+
+
+def test_a_resumed_run_keeps_the_model_it_started_with(tmp_path, text):
+    first = Trainer(text, tmp_path / "run", {"num_layers": 1, "embedding_dim": 8, "hidden_size": 24},
+                    run_config(max_steps=2, checkpoint_every=2))
+    first.train()
+    # Left out now, the size comes from the run, not from a new choice (which would be HIDDEN_SIZES[0]).
+    again = Trainer(text, tmp_path / "run", {"num_layers": 1, "embedding_dim": 8}, run_config(max_steps=4))
+    assert again.model.config.hidden_size == 24 and again.resumed_from_step == 2
+    assert again.train().steps == 4
+
+
+def test_the_speed_probe_counts_against_the_budget_and_leaves_the_weights_alone(tmp_path, text):
+    model = {"num_layers": 1, "embedding_dim": 8, "hidden_size": 16}
+    probed = Trainer(text, tmp_path / "a", model, run_config(max_seconds=30, max_steps=None))  # dropout left out
+    plain = Trainer(text, tmp_path / "b", {**model, "dropout": 0.0}, run_config())
+    assert probed.choice is not None and probed.elapsed > 0
+    assert plain.choice is None and plain.elapsed == 0
+    for a, b in zip(probed.model.parameters(), plain.model.parameters(), strict=True):
+        assert torch.equal(a, b)

@@ -1,0 +1,61 @@
+"""How fast this machine trains a model of a given size: a few real training steps, timed.
+
+A time budget buys as many characters as the machine can train in it; autoconfig.py turns that into
+a model size. The probe takes well under a second per size on a CPU for the sizes a CPU budget picks
+(autoconfig stops at the first size too big for the budget), and its time counts against the budget.
+"""
+
+from __future__ import annotations
+
+import time
+
+import torch
+import torch.nn.functional as F
+
+from worker.engine.config import ModelConfig
+from worker.engine.model import CharRNN, autocast
+
+WARMUP_STEPS = 2  # the first steps pay for allocations and kernel selection
+TIMED_STEPS = 4
+
+
+class SpeedProbe:
+    """`probe(hidden_size)`: characters per second of a training step of that size here (cached)."""
+
+    def __init__(self, vocab_size: int, model_fields: dict, batch_size: int, seq_len: int,
+                 device: torch.device, autocast_dtype: torch.dtype | None):
+        self.vocab_size, self.model_fields = vocab_size, model_fields
+        self.batch_size, self.seq_len = batch_size, seq_len
+        self.device, self.autocast_dtype = device, autocast_dtype
+        self.seconds = 0.0  # spent probing, all sizes together
+        self._speeds: dict[int, float] = {}
+
+    def __call__(self, hidden_size: int) -> float:
+        if hidden_size not in self._speeds:
+            started = time.perf_counter()
+            # The probe's models must not move the run's random numbers: its weights start the same
+            # whatever was probed.
+            with torch.random.fork_rng(devices=[]):
+                self._speeds[hidden_size] = self._measure(hidden_size)
+            self.seconds += time.perf_counter() - started
+        return self._speeds[hidden_size]
+
+    def _measure(self, hidden_size: int) -> float:
+        fields = {**self.model_fields, "hidden_size": hidden_size}
+        model = CharRNN(ModelConfig(vocab_size=self.vocab_size, **fields)).to(self.device).train()
+        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+        x = torch.randint(self.vocab_size, (self.batch_size, self.seq_len + 1), device=self.device)
+        inputs, targets = x[:, :-1], x[:, 1:]
+        for step in range(WARMUP_STEPS + TIMED_STEPS):
+            if step == WARMUP_STEPS:
+                if self.device.type == "cuda":
+                    torch.cuda.synchronize(self.device)
+                started = time.perf_counter()
+            with autocast(self.device.type, self.autocast_dtype):
+                logits, _ = model(inputs)
+            loss = F.cross_entropy(logits.float().flatten(0, 1), targets.flatten())
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+        loss.item()  # waits for a GPU to finish
+        return TIMED_STEPS * self.batch_size * self.seq_len / (time.perf_counter() - started)
