@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import re
 import shlex
 import subprocess
 import sys
@@ -168,14 +169,16 @@ def charrnn_training(path: Path, seconds: float, flags: str, held_out: str) -> d
         if done.returncode != 0:
             raise RuntimeError(f"{' '.join(command)} failed:\n{done.stderr[-3000:]}")
         summary = json.loads(done.stdout.strip().splitlines()[-1])
-        first_lines = [line for line in done.stderr.splitlines()[:4]]
+        first_lines = done.stderr.splitlines()[:4]
+        # The validation curve, from the evaluation lines ("step 500 val 1.4567 sample: ...").
+        curve = [(int(step), float(val)) for step, val in re.findall(r"step (\d+) val ([\d.]+) sample", done.stderr)]
         loaded = load_model(Path(run_dir) / "best.safetensors")
         held = score_ids(loaded.model, loaded.vocab.encode(held_out))[0]
         run = json.loads((Path(run_dir) / "run.json").read_text())
     return {"held_out_loss": held, "steps": summary["steps"], "train_loss": summary["train_loss"],
             "chars_per_second": summary["chars_per_second"], "best_val_loss": summary["best_val_loss"],
             "val_loss_at_end": summary["val_loss"], "model": run["model"], "training": run["training"],
-            "cli_first_lines": first_lines}
+            "cli_first_lines": first_lines, "val_curve": curve}
 
 
 def parse_setting(text: str) -> tuple[str, object]:

@@ -163,6 +163,10 @@ def started(
     # The model as it runs: the fields the job left out are now chosen (autoconfig.py).
     model = {k: v for k, v in (info.get("model") or {}).items() if k != "vocab_size"}
     values = {"device": info.get("device"), **({"model": model} if model else {})}
+    chosen_training = info.get("chosen_training") or {}
+    if chosen_training:  # an epoch limit chosen with the size: the job's training says when it stops
+        training = session.scalar(select(Job.training).where(Job.id == job_id)) or {}
+        values["training"] = {**training, **chosen_training}
     session.execute(update(Job).where(*_mine(job_id, worker_id)).values(**values))
     resumed = info.get("resumed_from_step")
     if resumed is not None:

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from tests.conftest import SHAKESPEARE
-from worker.engine.autoconfig import HIDDEN_SIZES, MAX_DROPOUT, choose_model
+from worker.engine.autoconfig import HIDDEN_SIZES, MAX_DROPOUT, MAX_EPOCHS, choose_model
 from worker.engine.config import TrainConfig, estimate_training_bytes
 from worker.engine.trainer import Trainer, TrainingObserver
 
@@ -39,6 +39,16 @@ def test_a_budget_that_reads_a_small_corpus_many_times_gets_dropout():
     assert once.model["dropout"] == 0 and once.epochs < 1
     assert 0 < many.model["dropout"] <= endless.model["dropout"] == MAX_DROPOUT
     assert f"about {many.epochs:.1f} times" in many.summary()
+
+
+def test_a_run_sized_by_us_stops_reading_a_small_corpus_at_max_epochs():
+    capped = choose(train_chars=100_000, max_steps=20_000)
+    assert capped.training == {"max_epochs": MAX_EPOCHS} and capped.epochs == MAX_EPOCHS
+    assert f"max_epochs {MAX_EPOCHS}" in capped.summary()
+    # Its own size, or its own epoch limit, and the budget is the run's.
+    assert choose(train_chars=100_000, given={"hidden_size": 64}, max_steps=20_000).training == {}
+    assert choose(train_chars=100_000, max_steps=20_000, max_epochs=100).training == {}
+    assert choose(train_chars=10_000_000, max_steps=2000).training == {}  # less than one epoch
 
 
 def test_given_fields_are_kept_and_not_reported_as_chosen():
@@ -81,6 +91,19 @@ def test_the_trainer_chooses_says_why_and_records_it(tmp_path, text):
     assert any(r.startswith("hidden_size") for r in observer.info["chosen"])
     run = json.loads((tmp_path / "run" / "run.json").read_text())
     assert run["model"]["hidden_size"] == HIDDEN_SIZES[0] and run["chosen"] == observer.info["chosen"]
+
+
+def test_a_chosen_epoch_limit_stops_the_run_and_survives_a_resume(tmp_path):
+    text = SHAKESPEARE.read_text()[:2_000]  # 1,800 training characters: 3 steps of 8 x 16 read them once
+    small = {"num_layers": 1, "embedding_dim": 8}
+    config = run_config(max_steps=1000, checkpoint_every=50, eval_every=50)
+    first = Trainer(text, tmp_path / "run", small, config)
+    assert first.config.max_epochs == MAX_EPOCHS and first.choice.training == {"max_epochs": MAX_EPOCHS}
+    result = first.train()
+    assert result.stopped_by == "max_epochs" and result.epoch == MAX_EPOCHS and result.steps < 1000
+    # A run directory that already chose keeps its choice, whatever the settings it is given now.
+    again = Trainer(text, tmp_path / "run", small, run_config(max_steps=1000, checkpoint_every=50, eval_every=50))
+    assert again.config.max_epochs == MAX_EPOCHS
 
 
 def test_a_resumed_run_keeps_the_model_it_started_with(tmp_path, text):

@@ -1,13 +1,16 @@
-"""The model size and dropout charrnn chooses when a run leaves them out.
+"""The model size, dropout and epoch limit charrnn chooses when a run leaves them out.
 
 A run is limited either by its budget (time, steps or epochs: how many characters it will train on)
 or by its corpus (how many different characters there are to learn from). The measurements behind
-these rules are in benchmarks/RESULTS.md ("Quality in a fixed time"):
-- for a fixed number of training characters, a model much bigger than the budget can feed is
-  under-trained and one much smaller under-fits: the best held-out loss came at about
-  CHARS_PER_PARAMETER training characters per parameter;
-- once the budget reads the corpus many times over, a big model learns the corpus by heart: dropout
-  between the layers keeps the held-out loss falling, more of it the more epochs the budget holds.
+these rules are in benchmarks/RESULTS.md ("Quality in a fixed time"), on three kinds of corpora:
+- for a fixed budget, a model much bigger than the budget can feed is under-trained and one much
+  smaller under-fits: the best held-out loss came at about CHARS_PER_PARAMETER training characters
+  per parameter (two minutes of tinyshakespeare on a 2-core CPU: 2x384 at 2.3 beat 2x256 at 9.9 and
+  2x512 at 0.8; Python source preferred 2x256 at 12.6 to 2x384 at 2.3, which this rule misses);
+- once the budget reads the corpus many times over, a model learns the corpus by heart: dropout
+  between the layers, more the more epochs the budget holds, slows that down, and past MAX_EPOCHS
+  the held-out loss only rose (even at dropout 0.5), so the run stops there, its learning rate
+  decaying to that point.
 
 Torch-free (the API imports it to say what a queued job leaves to the worker). For a time budget the
 characters depend on this machine's speed, which the trainer measures with a short probe (probe.py).
@@ -17,27 +20,30 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from worker.engine.config import TrainConfig, estimate_training_bytes, num_parameters
 
 # Fields chosen here when a run does not give them; every other field has a fixed default.
 AUTO_MODEL_FIELDS = ("hidden_size", "dropout")
 HIDDEN_SIZES = (128, 192, 256, 384, 512, 768, 1024)
-# Training characters per parameter at which a budget-limited run did best (see the module's docstring).
 CHARS_PER_PARAMETER = 2.0
-# Dropout by epochs the budget holds: none while the corpus is read at most a few times.
+# Dropout by epochs the budget holds: none up to DROPOUT_FREE_EPOCHS, then DROPOUT_PER_DOUBLING more
+# each time the epochs double, up to MAX_DROPOUT.
 DROPOUT_FREE_EPOCHS = 4.0
-DROPOUT_PER_DOUBLING = 0.1
-MAX_DROPOUT = 0.3
+DROPOUT_PER_DOUBLING = 0.15
+MAX_DROPOUT = 0.5
+# A run that leaves its size to us and gives no max_epochs reads its corpus at most this many times.
+MAX_EPOCHS = 40
 
 
 @dataclass(frozen=True)
 class Choice:
-    model: dict  # the chosen fields only
+    model: dict  # the chosen model fields only
     budget_chars: int  # characters the run is expected to train on
     epochs: float  # how many times over that reads the training text
     reasons: tuple[str, ...]
+    training: dict = field(default_factory=dict)  # the chosen training fields only (max_epochs)
 
     def summary(self) -> str:
         return "; ".join(self.reasons)
@@ -87,16 +93,22 @@ def choose_model(
                                        seq_len=training.seq_len, gpus=training.gpus)
         return need["total"] <= memory_limit
 
+    # A run that leaves its size to us is sized for what it will read, and stops reading at MAX_EPOCHS;
+    # a run that gives its size keeps its own budget.
+    epoch_cap = MAX_EPOCHS if "hidden_size" not in given_model and not training.max_epochs else None
+
     def chars_for(hidden: int) -> int:
+        """What a model of this size would train on: the budget's characters, at most epoch_cap epochs."""
         cps = speed(hidden) if speed and training.max_seconds else None
-        return budget_chars(training, train_chars, cps)
+        chars = budget_chars(training, train_chars, cps)
+        return min(chars, epoch_cap * train_chars) if epoch_cap else chars
 
     if "hidden_size" in given_model:
         hidden = given_model["hidden_size"]
     else:
-        # The largest size the budget can still feed CHARS_PER_PARAMETER characters per parameter.
-        # Bigger sizes only get fewer characters per parameter: stop at the first that falls short
-        # (and probe no bigger one).
+        # The largest size the run can still feed CHARS_PER_PARAMETER characters per parameter. Bigger
+        # sizes only get fewer characters per parameter: stop at the first that falls short (and probe
+        # no bigger one).
         hidden = HIDDEN_SIZES[0]
         for candidate in HIDDEN_SIZES[1:]:
             params = num_parameters(vocab_size, cell, candidate, layers, embedding)
@@ -110,17 +122,26 @@ def choose_model(
         )
     chars = chars_for(hidden)
     epochs = chars / max(train_chars, 1)
+    chosen_training = {}
+    uncapped = budget_chars(training, train_chars, speed(hidden) if speed and training.max_seconds else None)
+    if epoch_cap and uncapped > chars:
+        chosen_training["max_epochs"] = epoch_cap
+        reasons.append(
+            f"max_epochs {epoch_cap}: the budget would read the {_millions(train_chars)} training characters "
+            f"{uncapped / max(train_chars, 1):.0f} times, and past {epoch_cap} the held-out loss only rises"
+        )
 
     if "dropout" in given_model:
         dropout = given_model["dropout"]
     else:
         doublings = math.log2(epochs / DROPOUT_FREE_EPOCHS) if epochs > DROPOUT_FREE_EPOCHS else 0.0
-        dropout = round(min(MAX_DROPOUT, DROPOUT_PER_DOUBLING * math.ceil(doublings)), 2)
+        dropout = min(MAX_DROPOUT, round(DROPOUT_PER_DOUBLING * doublings / 0.05) * 0.05)
+        dropout = round(dropout, 2)
         reasons.append(
             f"dropout {dropout:g}: it reads the {_millions(train_chars)} training characters about {epochs:.1f} times"
         )
     chosen = {k: v for k, v in (("hidden_size", hidden), ("dropout", dropout)) if k not in given_model}
-    return Choice(model=chosen, budget_chars=chars, epochs=epochs, reasons=tuple(reasons))
+    return Choice(model=chosen, budget_chars=chars, epochs=epochs, reasons=tuple(reasons), training=chosen_training)
 
 
 def _millions(n: int) -> str:

@@ -61,7 +61,8 @@ class ConsoleObserver:
 
     def on_eval(self, metrics: dict, sample: str) -> None:
         self._update(metrics)
-        self.progress.console.print(f"[dim]step {metrics['step']} sample:[/] {sample[:160]!r}")
+        val = f" val {metrics['val_loss']:.4f}" if metrics["val_loss"] is not None else ""
+        self.progress.console.print(f"[dim]step {metrics['step']}{val} sample:[/] {sample[:160]!r}")
 
     def on_checkpoint(self, info: dict) -> None:
         pass

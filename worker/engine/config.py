@@ -41,8 +41,8 @@ class TrainConfig:
     seq_len: int = 64
     batch_size: int = 32  # parallel streams
     learning_rate: float = 3e-3  # peak; LSTMs of this size tolerate a high rate with clipping
-    min_lr_ratio: float = 0.1  # the cosine decay ends at learning_rate * min_lr_ratio
-    warmup_steps: int = 50
+    min_lr_ratio: float = 0.1  # the linear decay ends at learning_rate * min_lr_ratio
+    warmup_steps: int = 0  # AdamW with clipping needs none here; 50 (with cosine decay) cost 0.010 nats
     weight_decay: float = 0.01
     grad_clip: float = 1.0  # max global gradient norm; RNN gradients spike, this keeps a step sane
     max_steps: int | None = None

@@ -1,4 +1,4 @@
-"""Training: truncated BPTT over parallel streams, AdamW, warmup + cosine decay, exact resumption.
+"""Training: truncated BPTT over parallel streams, AdamW, a linearly decaying rate, exact resumption.
 
 The whole story, top to bottom:
   1. the corpus becomes character ids; the last `val_fraction` is held out (data.py);
@@ -85,11 +85,13 @@ class TrainResult:
 
 
 def lr_at(config: TrainConfig, step: int, progress: float) -> float:
-    """Linear warmup, then cosine decay by overall progress (0..1) down to min_lr_ratio."""
+    """Linear warmup (none by default), then a linear decay by overall progress (0..1), whichever stopping
+    rule it comes from, down to min_lr_ratio: a run stopped by its time budget ends at its lowest rate.
+    Linear rather than cosine: cosine spends the middle of a short run at a lower rate, and cost 0.010
+    nats after two minutes (benchmarks/RESULTS.md)."""
     if step < config.warmup_steps:
         return config.learning_rate * (step + 1) / config.warmup_steps
-    cosine = 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
-    return config.learning_rate * (config.min_lr_ratio + (1 - config.min_lr_ratio) * cosine)
+    return config.learning_rate * (1 - (1 - config.min_lr_ratio) * min(progress, 1.0))
 
 
 def sha256_text(text: str) -> str:
@@ -215,6 +217,7 @@ class Trainer:
                     "corpus_sha256": self.corpus_sha256,
                     "model": self.model.config.to_dict(),
                     "chosen": list(self.choice.reasons) if self.choice else [],
+                    "chosen_training": self.choice.training if self.choice else {},
                     "training": self.config.to_dict(),
                     "init_from": str(init_from) if init_from else None,
                 }
@@ -224,7 +227,9 @@ class Trainer:
         """The given model fields and, for those left out, autoconfig's choice (and the seconds its speed
         probe took). A run that has started before keeps the model it started with."""
         if self.run.run_file.is_file():
-            recorded = {k: v for k, v in self.run.read_run()["model"].items() if k != "vocab_size"}
+            run = self.run.read_run()
+            self._apply_training_choice(run.get("chosen_training", {}))
+            recorded = {k: v for k, v in run["model"].items() if k != "vocab_size"}
             return {**recorded, **given}, 0.0
         probe = None
         if needs_speed(given, self.config):
@@ -236,8 +241,15 @@ class Trainer:
                               training=self.config, speed=speed, memory_limit=self.memory_limit)
         # Every rank builds the same model: rank 0's probe decides.
         choice = self.dist.from_main(choice)
-        self.choice = choice if choice.model else None
+        self.choice = choice if choice.model or choice.training else None
+        self._apply_training_choice(choice.training)
         return {**given, **choice.model}, probe.seconds if probe else 0.0
+
+    def _apply_training_choice(self, chosen: dict) -> None:
+        """Training fields autoconfig chose (an epoch limit), where the run did not set them itself."""
+        for key, value in chosen.items():
+            if getattr(self.config, key) is None:
+                setattr(self.config, key, value)
 
     # -- state -----------------------------------------------------------------------------------
 
@@ -445,6 +457,7 @@ class Trainer:
                 "resumed_from_step": self.resumed_from_step,
                 "model": self.model.config.to_dict(),
                 "chosen": list(self.choice.reasons) if self.choice else [],
+                "chosen_training": self.choice.training if self.choice else {},
             }
         )
         stopped_by = self._agreed_stop_reason()
