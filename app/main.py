@@ -38,6 +38,10 @@ OpenAI-compatible routes (files, fine-tuning jobs, models, completions) are unde
 `/v1/docs`: point the official client at `http://HOST:PORT/v1`."""
 
 
+# Connections this API holds open to workers' generation servers, all of them kept alive.
+WORKER_CONNECTIONS = 256
+
+
 @asynccontextmanager
 async def lifespan(app: FastAPI):
     settings = get_settings()
@@ -50,6 +54,9 @@ async def lifespan(app: FastAPI):
     app.state.http = httpx.AsyncClient(
         timeout=httpx.Timeout(settings.generate_timeout_seconds, connect=5.0),
         headers={secret.HEADER: secret.worker_secret(settings)},
+        # Keep the connections a burst of concurrent generations opens: past httpx's default of 20 kept
+        # alive, each request beyond the 20th paid a new TCP connection to the worker.
+        limits=httpx.Limits(max_connections=WORKER_CONNECTIONS, max_keepalive_connections=WORKER_CONNECTIONS),
     )
     reaper = asyncio.create_task(reap_forever(settings))
     yield

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from tests.conftest import SHAKESPEARE
-from worker.engine.batching import BatchedSampler
+from worker.engine.batching import BatchedSampler, LowPrecisionStep
 from worker.engine.data import Vocab
 from worker.engine.model import CharRNN, ModelConfig
 from worker.engine.sampler import Cancellation, Sampler, SampleRequest
@@ -116,3 +116,28 @@ def test_rows_with_different_sampling_settings_share_a_step_and_keep_their_own(s
     assert texts[0] == texts[1]
     assert len(set(texts[2])) == 2 and texts[0][0] not in texts[2]
     assert all(len(t) == 120 for group in texts for t in group)
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru", "rnn"])
+def test_the_low_precision_step_follows_the_fp32_step(cell):
+    torch.manual_seed(0)
+    vocab = Vocab.from_text(TEXT)
+    sampler = Sampler(CharRNN(ModelConfig(vocab_size=len(vocab), cell=cell, hidden_size=64, num_layers=2)), vocab)
+    low = LowPrecisionStep(sampler)
+    with torch.inference_mode():
+        state, _ = sampler.prime("the ", 32)
+        state = [tuple(h + torch.randn_like(h) * 0.3 for h in layer) for layer in state]
+        same = [tuple(h.clone() for h in layer) for layer in state]
+        for _ in range(20):  # 20 characters on: the state stays close too
+            ids = torch.randint(len(vocab), (32,))
+            exact, approx = sampler.step(ids, state), low(ids, same)
+        assert approx.dtype == torch.float32 and all(h.dtype == torch.float32 for layer in same for h in layer)
+        assert (exact.softmax(-1) - approx.softmax(-1)).abs().max() < 0.02
+        assert (exact - approx).abs().max() > 0  # bf16 products: not the same bits
+
+
+def test_a_big_batch_of_unseeded_requests_runs_in_low_precision_where_the_cpu_has_bf16(samplers):
+    _, batched = samplers
+    texts = batched.generate(SampleRequest(prompt="the ", length=50, num_samples=LowPrecisionStep.MIN_ROWS))
+    assert len(texts) == LowPrecisionStep.MIN_ROWS and all(len(t.text) == 50 for t in texts)
+    assert (batched._low_precision is not None) == LowPrecisionStep.available(torch.device("cpu"))
