@@ -2,7 +2,7 @@
 
 A run is limited either by its budget (time, steps or epochs: how many characters it will train on)
 or by its corpus (how many different characters there are to learn from). The measurements behind
-these rules are in benchmarks/RESULTS.md ("Quality in a fixed time"), on three kinds of corpora:
+these rules are in benchmarks/RESULTS.md (section 1, "Quality"), on three kinds of corpora:
 - for a fixed budget, a model much bigger than the budget can feed is under-trained and one much
   smaller under-fits: the best held-out loss came at about CHARS_PER_PARAMETER training characters
   per parameter (two minutes of tinyshakespeare on a 2-core CPU: 2x384 at 2.3 beat 2x256 at 9.9 and
