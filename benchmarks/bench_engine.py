@@ -35,15 +35,18 @@ SEQ_LEN, BATCH = 64, 32
 
 
 class PlainLSTM(nn.Module):
-    def __init__(self, vocab_size: int):
+    """Embedding -> nn.LSTM -> linear, nothing else (also bench_quality.py's reference). The engine's
+    attribute names, so that the engine's scoring code can load these weights into a CharRNN."""
+
+    def __init__(self, vocab_size: int, model: dict = MODEL):
         super().__init__()
-        self.emb = nn.Embedding(vocab_size, MODEL["embedding_dim"])
-        self.rnn = nn.LSTM(MODEL["embedding_dim"], MODEL["hidden_size"], MODEL["num_layers"], batch_first=True)
-        self.out = nn.Linear(MODEL["hidden_size"], vocab_size)
+        self.embedding = nn.Embedding(vocab_size, model["embedding_dim"])
+        self.rnn = nn.LSTM(model["embedding_dim"], model["hidden_size"], model["num_layers"], batch_first=True)
+        self.head = nn.Linear(model["hidden_size"], vocab_size)
 
     def forward(self, x, hidden=None):
-        y, hidden = self.rnn(self.emb(x), hidden)
-        return self.out(y), hidden
+        y, hidden = self.rnn(self.embedding(x), hidden)
+        return self.head(y), hidden
 
 
 def plain_training(data: torch.Tensor, vocab_size: int, seconds: float, bf16: bool) -> float:

@@ -39,6 +39,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from _support import ROOT, SAMPLE_CORPUS
+from bench_engine import PlainLSTM
 from torch import nn
 
 from worker.engine.checkpoint import load_model
@@ -95,19 +96,6 @@ def corpus_file(name: str) -> Path:
 
 
 # -- the reference: a plain loop -------------------------------------------------------------------------
-
-
-class PlainLSTM(nn.Module):
-    # The engine's attribute names, so that the same scoring code loads these weights.
-    def __init__(self, vocab_size: int, r: dict):
-        super().__init__()
-        self.embedding = nn.Embedding(vocab_size, r["embedding_dim"])
-        self.rnn = nn.LSTM(r["embedding_dim"], r["hidden_size"], r["num_layers"], batch_first=True)
-        self.head = nn.Linear(r["hidden_size"], vocab_size)
-
-    def forward(self, x, hidden=None):
-        y, hidden = self.rnn(self.embedding(x), hidden)
-        return self.head(y), hidden
 
 
 def reference_lr(r: dict, step: int, progress: float) -> float:

@@ -97,10 +97,13 @@ def choose_model(
     # a run that gives its size keeps its own budget.
     epoch_cap = MAX_EPOCHS if "hidden_size" not in given_model and not training.max_epochs else None
 
+    def budget_for(hidden: int) -> int:
+        """The budget's characters for a model of this size (its speed decides them for a time budget)."""
+        return budget_chars(training, train_chars, speed(hidden) if speed and training.max_seconds else None)
+
     def chars_for(hidden: int) -> int:
         """What a model of this size would train on: the budget's characters, at most epoch_cap epochs."""
-        cps = speed(hidden) if speed and training.max_seconds else None
-        chars = budget_chars(training, train_chars, cps)
+        chars = budget_for(hidden)
         return min(chars, epoch_cap * train_chars) if epoch_cap else chars
 
     if "hidden_size" in given_model:
@@ -123,7 +126,7 @@ def choose_model(
     chars = chars_for(hidden)
     epochs = chars / max(train_chars, 1)
     chosen_training = {}
-    uncapped = budget_chars(training, train_chars, speed(hidden) if speed and training.max_seconds else None)
+    uncapped = budget_for(hidden)
     if epoch_cap and uncapped > chars:
         chosen_training["max_epochs"] = epoch_cap
         reasons.append(

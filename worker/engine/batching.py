@@ -213,10 +213,8 @@ class BatchedSampler:
 
         for member, ids, chosen in self._choose(choosing):
             member.ids = ids
-            chars = self.sampler.vocab.chars
-            pieces = [s.push(chars[c]) if not s.stopped else "" for s, c in zip(member.scanners, chosen, strict=True)]
             member.produced += 1
-            self._emit(member, pieces)
+            self._emit(member, self.sampler.pieces(member.scanners, chosen))
             if member.produced == member.request.length or all(s.stopped for s in member.scanners):
                 self._finish(member)
                 finished.add(member)

@@ -225,9 +225,12 @@ class Sampler:
     ) -> tuple[torch.Tensor, list[str]]:
         """Choose each row's next character; return them and the text each row may now emit (none once stopped)."""
         ids = self.choose(logits, request, generator)
+        return ids, self.pieces(scanners, ids.tolist())
+
+    def pieces(self, scanners: list[StopScanner], chosen: list[int]) -> list[str]:
+        """The text each row may emit after its chosen character (none once its scanner has stopped)."""
         chars = self.vocab.chars
-        pieces = [s.push(chars[c]) if not s.stopped else "" for s, c in zip(scanners, ids.tolist(), strict=True)]
-        return ids, pieces
+        return [s.push(chars[c]) if not s.stopped else "" for s, c in zip(scanners, chosen, strict=True)]
 
     def stream(self, request: SampleRequest, cancel: Cancellation | None = None) -> SampleStream:
         """Iterate it for the newly safe text of each sample, step by step (empty strings when none);

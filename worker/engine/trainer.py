@@ -138,7 +138,6 @@ class Trainer:
         Model fields left out of `model_config` are chosen for the budget and the corpus (autoconfig.py),
         never needing more than `memory_limit` bytes to train.
         """
-        self.memory_limit = memory_limit
         self.run = RunDirectory(run_dir)
         self.dist = DistContext.current()
         # Under torchrun only rank 0 reports and writes; the others train their share and follow.
@@ -165,7 +164,7 @@ class Trainer:
         else:
             self.vocab = Vocab.from_text(text)
             train_chars = len(text) if val_text is not None else split_sizes(len(text), self.config.val_fraction)[0]
-            model_config, probe_seconds = self._choose_model(dict(model_config or {}), train_chars)
+            model_config, probe_seconds = self._choose_model(dict(model_config or {}), train_chars, memory_limit)
             self.model = CharRNN(ModelConfig(vocab_size=len(self.vocab), **model_config))
 
         self.model.to(self.device).train()
@@ -223,7 +222,7 @@ class Trainer:
                 }
             )
 
-    def _choose_model(self, given: dict, train_chars: int) -> tuple[dict, float]:
+    def _choose_model(self, given: dict, train_chars: int, memory_limit: int | None) -> tuple[dict, float]:
         """The given model fields and, for those left out, autoconfig's choice (and the seconds its speed
         probe took). A run that has started before keeps the model it started with."""
         if self.run.run_file.is_file():
@@ -238,7 +237,7 @@ class Trainer:
                                self.device, self.autocast_dtype)
         speed = (lambda hidden: probe(hidden) * self.dist.world_size) if probe else None
         choice = choose_model(given, vocab_size=len(self.vocab), train_chars=train_chars,
-                              training=self.config, speed=speed, memory_limit=self.memory_limit)
+                              training=self.config, speed=speed, memory_limit=memory_limit)
         # Every rank builds the same model: rank 0's probe decides.
         choice = self.dist.from_main(choice)
         self.choice = choice if choice.model or choice.training else None
