@@ -1,8 +1,8 @@
 """Serves the dashboard (`/` and `/static/dashboard/...`) and the API docs without any CDN.
 
-The dashboard is three static files (index.html, app.js, style.css) in this package: no build step, no
-inline script, so the page carries a strict Content-Security-Policy. The page itself needs no key; every
-call it makes to the API sends `Authorization: Bearer KEY` from sessionStorage.
+The dashboard is static files in this package: index.html, style.css and native ES modules (app.js, which
+imports js/...): no build step, no inline script, so the page carries a strict Content-Security-Policy. The
+page itself needs no key; every call it makes to the API sends `Authorization: Bearer KEY` from sessionStorage.
 
 /docs (static/docs.html + docs.js, no inline script) and /redoc (FastAPI's page) use the Swagger UI and ReDoc
 files that the `fastapi-offline` wheel ships: FastAPI's defaults load them from a CDN, which leaves a blank
@@ -48,6 +48,10 @@ class _StaticWithHeaders(StaticFiles):
     async def get_response(self, path: str, scope: Scope) -> Response:
         response = await super().get_response(path, scope)
         response.headers.update(self.extra_headers)
+        # A browser runs a module script only with a JavaScript type; the guess from the system's mime.types
+        # can be missing or different (text/plain, application/x-javascript), so it is not left to it.
+        if path.endswith(".js") and response.status_code == 200:
+            response.headers["Content-Type"] = "text/javascript; charset=utf-8"
         return response
 
 

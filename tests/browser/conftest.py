@@ -23,15 +23,17 @@ ARGS = [
     "--disable-component-update",
     "--disable-sync",
 ]
-# Each run's screenshots go to build/ (ignored by git); the README's copies in docs/screenshots are
-# refreshed from there by hand, so a test run never leaves the checkout modified.
+# Each run's screenshots go to build/ (ignored by git), so a test run never leaves the checkout modified.
+# The README's copies in docs/screenshots are copied from there by hand after a run of test_pictures.py (a
+# real job on samples/tinyshakespeare.txt; see that file for the longer run the committed ones come from).
 SCREENSHOTS = Path(os.environ.get("CHARRNN_SCREENSHOT_DIR", ROOT / "build" / "screenshots"))
 
 
 @pytest.fixture(scope="package")
 def service(tmp_path_factory):
-    """The browser tests' own API and worker: no job left by another test waits in the queue ahead of theirs."""
-    svc = Service(tmp_path_factory.mktemp("browser-service"), max_corpus_bytes=1_000_000)
+    """The browser tests' own API and worker: no job left by another test waits in the queue ahead of theirs.
+    Its upload limit takes samples/tinyshakespeare.txt (1.1 MB)."""
+    svc = Service(tmp_path_factory.mktemp("browser-service"), max_corpus_bytes=2_000_000)
     svc.start_api()
     svc.start_worker()
     yield svc

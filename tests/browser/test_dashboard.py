@@ -1,7 +1,8 @@
 """The dashboard in a real browser against a real API and worker: what a person does, by the page's labels.
 
 The tests share one browser tab, one service and one trained job, and run in file order (sign in, upload,
-train, play, cancel): each one picks up where the one before left the tab, as a person would.
+train, play, cancel): each one picks up where the one before left the tab, as a person would. They feed the
+page hostile text (HTML in names, corpora and samples); the README's pictures come from test_pictures.py.
 """
 
 from __future__ import annotations
@@ -12,8 +13,7 @@ import httpx
 import pytest
 from playwright.sync_api import Page, expect
 
-from tests.browser.conftest import screenshot
-from tests.conftest import KEY, small_corpus
+from tests.conftest import KEY, ROOT, small_corpus
 
 pytestmark = pytest.mark.browser
 
@@ -97,7 +97,6 @@ def test_a_wrong_key_is_refused_and_says_so(page, service):
     sign_in(page, "crn_not_a_real_key_000")
     expect(page.locator("#signin-error")).to_contain_text("invalid or revoked API key")
     expect(page.get_by_role("link", name="Corpora")).to_be_hidden()
-    screenshot(page, "signin")
 
 
 def test_a_revoked_key_is_sent_back_to_sign_in(page, service):
@@ -142,7 +141,6 @@ def test_upload_with_the_picker_and_a_progress_bar(page, service):
 def test_a_corpus_named_like_html_shows_literally_and_runs_nothing(page):
     expect(page.locator("#corpora-table").get_by_text(XSS_NAME, exact=True)).to_be_visible()
     no_xss(page)
-    screenshot(page, "corpora")
 
 
 def test_the_servers_upload_error_shows_as_it_is(page):
@@ -186,7 +184,6 @@ def test_a_server_validation_error_shows_beside_its_field(page):
     expect(note).to_contain_text("less than or equal")
     assert "err-training-max_seconds" in field.get_attribute("aria-describedby")
     expect(page.locator("[data-field='model.hidden_size'] .field-error")).to_have_count(0)
-    screenshot(page, "new-job")
 
 
 def test_train_a_job_and_watch_it_learn(page, service):
@@ -217,8 +214,6 @@ def test_train_a_job_and_watch_it_learn(page, service):
     expect(page.locator("#samples .sample").first).to_be_visible(timeout=15_000)
     expect(page.locator("#s-lr")).not_to_have_text("")
     expect(page.locator("#s-cps")).not_to_have_text("")
-    page.wait_for_timeout(1500)  # a few more points and samples for the picture
-    screenshot(page, "job", height=1150)  # the README's picture: mid-run, samples arriving
 
     expect(page.locator("#job-status")).to_have_text("succeeded", timeout=40_000)
     expect(page.get_by_role("button", name="Cancel")).to_be_disabled()
@@ -245,6 +240,24 @@ def test_checkpoint_download_sends_the_key(page):
     assert download.failure() is None
 
 
+def test_a_key_revoked_before_a_download_sends_the_tab_to_sign_in(page, service):
+    # A second key of the same owner (the bootstrap key's): it sees the same job and checkpoints.
+    made = service.cli("keys", "create", "bootstrap")
+    key = made.stdout.strip().splitlines()[-1]
+    key_id = re.search(r"key_[0-9a-f]+", made.stderr).group()
+    page.get_by_role("button", name="Sign out").click()
+    sign_in(page, key)
+    download = page.locator("#ckpt-table tbody tr").first.get_by_role("button", name=re.compile("Download"))
+    expect(download).to_be_visible()
+    assert service.cli("keys", "revoke", key_id).returncode == 0
+    download.click()
+    expect(page.locator("#signin-error")).to_contain_text("invalid or revoked API key")
+    expect(page.locator("#ckpt-error")).to_have_text("")
+    assert page.evaluate("sessionStorage.length") == 0
+    sign_in(page, KEY)  # back where it was, for the tests after this one
+    expect(page.locator("#job-status")).to_have_text("succeeded")
+
+
 def test_playground_streams_generated_text_literally(page):
     page.get_by_role("link", name="Open in playground").click()
     play = page.locator("#view-playground")
@@ -265,7 +278,6 @@ def test_playground_streams_generated_text_literally(page):
     page.get_by_label("Text to score").fill("First Citizen:\nBefore we proceed any further, hear me speak.")
     page.get_by_role("button", name="Score").click()
     expect(page.locator("#score-result")).to_contain_text("nats per character")
-    screenshot(page, "playground")
 
 
 def test_playground_shows_a_server_error_beside_its_field(page):
@@ -291,7 +303,6 @@ def test_cancel_a_second_job(page):
     expect(rows.filter(has_text="to-cancel")).to_contain_text("cancelled")
     expect(rows.filter(has_text="scripted-tiny")).to_contain_text("succeeded")
     expect(page.get_by_role("progressbar", name="Progress of scripted-tiny")).to_have_attribute("value", "1")
-    screenshot(page, "jobs")
 
 
 VIEWS = ("#/corpora", "#/new", "#/jobs", "#/jobs/{job}", "#/playground")
@@ -311,9 +322,6 @@ def assert_fits(page: Page, width: int) -> None:
 def test_a_phone_sized_viewport_has_no_sideways_scrolling(page):
     try:
         assert_fits(page, 390)
-        page.goto(f"/#/jobs/{state['job_id']}")
-        page.wait_for_function("() => Number(document.querySelector('#loss-chart').dataset.points) > 0")
-        screenshot(page, "job-phone")
     finally:
         page.set_viewport_size({"width": 1280, "height": 860})
 
@@ -341,9 +349,10 @@ def test_the_page_has_a_strict_csp_and_ran_without_errors(page, service):
     r = httpx.get(service.url + "/")
     assert r.headers["content-security-policy"] == "default-src 'self'; frame-ancestors 'none'"
     assert "<script>" not in r.text and not re.search(r"\son[a-z]+=", r.text), "inline script in the page"
-    for asset in ("app.js", "style.css"):
+    static = ROOT / "app" / "dashboard" / "static"
+    for asset in ["style.css", *(p.relative_to(static).as_posix() for p in static.rglob("*.js"))]:
         r = httpx.get(f"{service.url}/static/dashboard/{asset}")
         assert r.status_code == 200 and "default-src 'self'" in r.headers["content-security-policy"]
-    script = httpx.get(service.url + "/static/dashboard/app.js").text
-    assert not re.search(r"\.(innerHTML|outerHTML)\s*=|insertAdjacentHTML|document\.write", script), "HTML sinks"
+        sinks = re.search(r"\.(innerHTML|outerHTML)\s*=|insertAdjacentHTML|document\.write", r.text)
+        assert not sinks, f"{asset} writes HTML: {sinks.group()}"
     assert expected_errors(page) == [], expected_errors(page)
