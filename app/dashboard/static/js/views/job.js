@@ -15,7 +15,7 @@ function renderJob(job) {
   setText("job-title", title);
   document.title = `${title} · charrnn`;
   setText("job-id", job.id);
-  setText("job-arch", architecture(job.model));
+  showArchitecture(job.model);
   if (!$("job-corpus").textContent) setText("job-corpus", `corpus ${job.corpus_id}`);
   setText("job-created", `created ${fmtDate(job.created_at)}`);
   renderStatus(job.status);
@@ -23,6 +23,15 @@ function renderJob(job) {
   setText("s-device", job.device || "–");
   renderProgress({ ...(job.progress || {}) }, job.status);
   $("job-play").href = `#/playground?model=${encodeURIComponent(job.id)}`;
+}
+
+// The size a job leaves out is chosen by the worker as the job starts running, after the status turns
+// "running": the "training …" log event and the job's record carry it from then on.
+let sizeKnown = false;
+
+function showArchitecture(model) {
+  setText("job-arch", architecture(model));
+  sizeKnown = Boolean(model && model.hidden_size);
 }
 
 function renderStatus(status) {
@@ -68,7 +77,7 @@ function addLog(event) {
 // The "training …" log event the worker writes on starting carries the device and the model as it runs.
 function applyStartInfo(data) {
   if (data.device) setText("s-device", data.device);
-  if (data.model && data.model.hidden_size) setText("job-arch", architecture(data.model));
+  if (data.model && data.model.hidden_size) showArchitecture(data.model);
 }
 
 async function loadCheckpoints(jobId, signal) {
@@ -130,7 +139,8 @@ async function openJob({ params, signal }) {
   $("samples-empty").hidden = false;
   $("job-log").replaceChildren();
   $("ckpt-table").tBodies[0].replaceChildren();
-  for (const id of ["s-lr", "s-cps", "job-error", "ckpt-error", "job-corpus", "job-arch"]) setText(id, "");
+  for (const id of ["s-lr", "s-cps", "job-error", "ckpt-error", "job-corpus"]) setText(id, "");
+  showArchitecture(null);
   chart.reset();
   let job = await api("GET", path, undefined, { signal });
   renderJob(job);
@@ -174,11 +184,17 @@ async function follow(jobId, after, initialStatus, signal) {
   const path = `/jobs/${encodeURIComponent(jobId)}`;
   let cursor = after;
   let status = initialStatus;
-  // The job's record holds what the worker chose on starting (its model's size); read it again then.
-  const refreshJob = () =>
+  // Metrics flow once the size is chosen: if the log event that names it went by unseen (the stream
+  // reconnected past it), the job's record has it.
+  let reading = false;
+  const readChosenSize = () => {
+    if (sizeKnown || reading) return;
+    reading = true;
     api("GET", path, undefined, { signal })
-      .then((job) => setText("job-arch", architecture(job.model)))
-      .catch(() => {});
+      .then((job) => showArchitecture(job.model))
+      .catch(() => {})
+      .finally(() => (reading = false));
+  };
   const onEvent = (message) => {
     if (message.id) cursor = Number(message.id);
     const event = JSON.parse(message.data);
@@ -188,8 +204,8 @@ async function follow(jobId, after, initialStatus, signal) {
       if (status === "queued") {
         status = "running"; // metrics flow only while it runs
         renderStatus(status);
-        refreshJob();
       }
+      readChosenSize();
       renderProgress(data, status);
       if (event.type === "sample") addSample(data);
     } else if (event.type === "checkpoint") {
@@ -198,7 +214,6 @@ async function follow(jobId, after, initialStatus, signal) {
       status = data.status;
       renderStatus(status);
       addLog(event);
-      if (status === "running") refreshJob();
     } else if (event.type === "log") {
       applyStartInfo(data);
       addLog(event);
