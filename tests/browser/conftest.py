@@ -33,7 +33,7 @@ SCREENSHOTS = Path(os.environ.get("CHARRNN_SCREENSHOT_DIR", ROOT / "build" / "sc
 def service(tmp_path_factory):
     """The browser tests' own API and worker: no job left by another test waits in the queue ahead of theirs.
     Its upload limit takes samples/tinyshakespeare.txt (1.1 MB)."""
-    svc = Service(tmp_path_factory.mktemp("browser-service"), max_corpus_bytes=2_000_000)
+    svc = Service(tmp_path_factory.mktemp("browser-service"), max_corpus_bytes=2_000_000, job_lease_seconds=30)
     svc.start_api()
     svc.start_worker()
     yield svc
