@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -42,6 +43,9 @@ class Settings(BaseSettings):
     )
     generate_timeout_seconds: float = Field(120.0, gt=0, description="API -> worker request timeout")
     log_level: str = Field("INFO")
+    log_format: Literal["auto", "json", "text"] = Field(
+        "auto", description="auto: readable lines at a terminal, JSON lines otherwise; json or text forces one"
+    )
     # Per-owner limits: one key's load must not starve the others. Over a limit the API answers 429 with
     # Retry-After and names the setting, instead of letting the queue, the disk or the workers absorb it.
     max_active_jobs_per_owner: int = Field(
