@@ -60,6 +60,13 @@ class Settings(BaseSettings):
         description="/generate and /score calls (streams included) one owner may have in flight in one API "
         "process; more answers 429",
     )
+    # Room held back in <data_dir>/.disk-reserve: on a full disk, a DELETE gets it so that space can be freed.
+    disk_reserve_bytes: int = Field(
+        4 * 1024 * 1024,
+        ge=0,
+        description="room kept free for deletes on a full disk (given back to a DELETE, made again once there is "
+        "twice as much free); 0 = none",
+    )
     # Checked before a job queues (worker/engine/config.py estimate_training_bytes), so that a job too big
     # for the machine is refused with the numbers rather than killed by the OOM killer hours later.
     worker_memory_bytes: int | None = Field(
