@@ -69,9 +69,7 @@ def test_followers_that_hang_up_leave_no_open_files(tmp_path):
             # The server closes a dropped stream's connection when it next writes or polls (within a second)
             wait_for(lambda: sockets(pid) <= before["sockets"], 10, "the dropped streams' connections to close")
             counts.append(open_files(pid))
-        half = ROUNDS // 2
-        # Flat over the second half, and never above the pool's ceiling: 300 dropped streams leaked nothing.
-        assert max(counts[half:]) <= max(counts[:half]), counts
+        # Never above the pool's ceiling: 600 dropped streams leaked nothing (a file each would be 600 more).
         assert max(counts) <= before["files"] + POOL_FILES + 4, (before, counts)
         # The streams' database reads run on anyio's thread pool: at most its 40 threads, reaped once idle for
         # 10 s, and holding no files of their own, so they explain no climb in open files.
