@@ -25,16 +25,13 @@ POOL_FILES = 2 * (5 + 10)
 THREAD_POOL = 40  # anyio's default thread limiter, which run_in_threadpool uses
 
 
-def open_files(pid: int) -> int:
-    return len(os.listdir(f"/proc/{pid}/fd"))
-
-
-def sockets(pid: int) -> int:
-    count = 0
+def open_files(pid: int) -> tuple[int, int]:
+    """(sockets, other files) the process has open, from one listing."""
+    found = [0, 0]
     for fd in os.listdir(f"/proc/{pid}/fd"):
         with contextlib.suppress(OSError):  # closed while we looked
-            count += os.readlink(f"/proc/{pid}/fd/{fd}").startswith("socket:")
-    return count
+            found[not os.readlink(f"/proc/{pid}/fd/{fd}").startswith("socket:")] += 1
+    return found[0], found[1]
 
 
 def threads(pid: int) -> int:
@@ -65,15 +62,16 @@ def test_followers_that_hang_up_leave_no_open_files(tmp_path):
         with svc.client() as client:
             job = svc.create_job(client, svc.upload(client, small_corpus())["id"])
         pid = svc.api_proc.pid
-        before = {"files": open_files(pid), "sockets": sockets(pid), "threads": threads(pid)}
-        counts = []
+        sockets, files = open_files(pid)
+        before = {"files": files, "sockets": sockets, "threads": threads(pid)}
+        counts = []  # files other than sockets after each round: a dropped stream's socket closes a moment later
         for _ in range(ROUNDS):
             asyncio.run(follow_and_hang_up(svc.url, job["id"]))
-            # The server closes a dropped stream's connection when it next writes or polls (within a second)
-            wait_for(lambda: sockets(pid) <= before["sockets"], 10, "the dropped streams' connections to close")
-            counts.append(open_files(pid))
+            counts.append(open_files(pid)[1])
         # Never above the pool's ceiling: 600 dropped streams leaked nothing (a file each would be 600 more).
         assert max(counts) <= before["files"] + POOL_FILES + 4, (before, counts)
+        # And every dropped stream's connection is closed: the server notices when it next polls or writes.
+        wait_for(lambda: open_files(pid)[0] <= before["sockets"], 10, "the dropped streams' connections to close")
         # The streams' database reads run on anyio's thread pool: at most its 40 threads, reaped once idle for
         # 10 s, and holding no files of their own, so they explain no climb in open files.
         assert threads(pid) <= before["threads"] + THREAD_POOL, (before, threads(pid))
