@@ -103,3 +103,26 @@ def test_a_full_disk_answers_507_and_deletes_free_it(small_disk):
         assert reserve.stat().st_size == RESERVE_BYTES
     finally:
         svc.stop()
+
+
+def test_a_full_database_is_told_from_a_busy_one(tmp_path):
+    """SQLite's "database or disk is full", as SQLAlchemy wraps it, is a full disk; a locked database is not."""
+    from sqlalchemy import text as sql
+    from sqlalchemy.exc import OperationalError
+
+    from app.db import make_engine
+    from app.ops.disk import is_disk_full
+
+    engine = make_engine(f"sqlite:///{tmp_path / 'small.db'}", busy_timeout_seconds=0.1)
+    with engine.begin() as conn:
+        conn.execute(sql("CREATE TABLE t (x TEXT)"))
+    with pytest.raises(OperationalError) as full, engine.begin() as conn:
+        conn.execute(sql("PRAGMA max_page_count = 3"))  # the database may not grow: it is as good as a full disk
+        conn.execute(sql("INSERT INTO t VALUES (:x)"), [{"x": "x" * 4000} for _ in range(10)])
+    assert is_disk_full(full.value), full.value
+
+    # Another writer (make_engine begins IMMEDIATE) holds the lock past the busy timeout.
+    with engine.begin(), pytest.raises(OperationalError) as busy, engine.begin() as conn:
+        conn.execute(sql("INSERT INTO t VALUES ('y')"))
+    assert "locked" in str(busy.value) and not is_disk_full(busy.value)
+    assert is_disk_full(OSError(28, "No space left on device")) and not is_disk_full(OSError(13, "Permission denied"))
