@@ -36,14 +36,18 @@ def _compact(value) -> str:
 
 
 class TextFormatter(logging.Formatter):
-    """`2026-12-01 22:50:01.123 INFO  charrnn.api: GET /jobs 200  route=/jobs status=200 ms=1.2`, local time."""
+    """`2026-12-01 22:50:01.123 INFO    charrnn.api: GET /jobs/j_1 404  route=/jobs/{job_id} ms=1.2`, local time."""
 
     def format(self, record: logging.LogRecord) -> str:
         stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(record.created)) + f".{int(record.msecs):03d}"
-        line = f"{stamp} {record.levelname:<7} {record.name}: {record.getMessage()}"
-        fields = _fields(record)
+        message = record.getMessage()
+        line = f"{stamp} {record.levelname:<7} {record.name}: {message}"
+        # What the message already says (a request's method, path and status) is not said twice.
+        said = set(message.split())
+        fields = [(name, _compact(value)) for name, value in _fields(record).items()]
+        fields = [f"{name}={value}" for name, value in fields if value not in said]
         if fields:
-            line += "  " + " ".join(f"{name}={_compact(value)}" for name, value in fields.items())
+            line += "  " + " ".join(fields)
         if record.exc_info:
             line += "\n" + self.formatException(record.exc_info)
         return line
