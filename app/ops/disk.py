@@ -8,6 +8,7 @@ there is room to spare. Every other write on a full disk answers 507 naming what
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import logging
 import os
@@ -32,6 +33,7 @@ POSTGRES_DISK_FULL = "53100"
 # How often the API looks whether the reserve can be made again: a statvfs, but not on every request.
 RECHECK_SECONDS = 5.0
 RETRY_AFTER_SECONDS = "60"
+PARTIAL_MIN_AGE_SECONDS = 60.0
 FULL_DETAIL = (
     "the server's disk is full (the filesystem of its data directory): nothing was stored. Free space by "
     "deleting what you no longer need: corpora (DELETE /corpora/{id}), ended jobs and their checkpoints; "
@@ -85,12 +87,13 @@ class Reserve:
         return True
 
     def remake(self) -> bool:
-        """Make the reserve again, only with room to spare (twice its size free): True if it exists after."""
+        """Make the reserve again, only with room to spare (twice its size free): True if one was made."""
         if self.size <= 0 or self.path.exists():
-            return self.path.exists() or self.size <= 0
+            return False
         with self._lock:
             if not self.path.parent.is_dir() or free_bytes(self.path.parent) < 2 * self.size:
                 return False
+            self._sweep_partials()
             # Written whole under another name first, so that no process ever sees a reserve smaller than it is.
             partial = self.path.with_name(f"{RESERVE_NAME}-{secrets.token_hex(4)}.tmp")
             try:
@@ -103,6 +106,13 @@ class Reserve:
                     log.warning("could not make the disk reserve %s: %s", self.path.name, exc)
                 return False
         return True
+
+    def _sweep_partials(self) -> None:
+        """A partial reserve that a killed process left (one being made lives for milliseconds)."""
+        for leftover in self.path.parent.glob(f"{RESERVE_NAME}-*.tmp"):
+            with contextlib.suppress(OSError):
+                if time.time() - leftover.stat().st_mtime > PARTIAL_MIN_AGE_SECONDS:
+                    leftover.unlink()
 
     def disk_is_full(self) -> bool:
         return self.path.parent.is_dir() and free_bytes(self.path.parent) < max(self.size, 1)
