@@ -17,6 +17,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 from starlette.routing import Match
 
+from app.ops.disk import disk_full_answer, is_disk_full
 from app.ops.middleware import SECURITY_HEADERS
 from app.settings import get_settings
 
@@ -181,6 +182,8 @@ def install_error_handlers(app: FastAPI) -> None:
         )
 
     async def _database_unavailable(request: Request, exc: Exception):
+        if is_disk_full(exc):  # not busy but full: no retry helps until someone deletes something (app/ops/disk.py)
+            return disk_full_answer()
         # A locked SQLite file (another process holds the write lock past the busy timeout) or a
         # PostgreSQL that is restarting: nothing is wrong with the request, so say when to come back.
         first_line = (str(exc).splitlines() or [""])[0]

@@ -21,6 +21,7 @@ from app.generation.service import Affinity
 from app.jobs.reaper import reap_forever
 from app.jobs.routes import router as jobs_router
 from app.openai.app import create_openai_app
+from app.ops.disk import KeepDeletesWorking
 from app.ops.middleware import ObserveRequests
 from app.ops.routes import router as ops_router
 from app.settings import get_settings
@@ -104,6 +105,7 @@ def create_app() -> FastAPI:
     # answers carry the security headers and are counted like every other route.
     app.mount("/v1", create_openai_app(app))
 
+    app.add_middleware(KeepDeletesWorking)  # a DELETE on a full disk gets the reserved room
     app.add_middleware(ObserveRequests)
 
     def openapi() -> dict:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -42,6 +43,9 @@ class Settings(BaseSettings):
     )
     generate_timeout_seconds: float = Field(120.0, gt=0, description="API -> worker request timeout")
     log_level: str = Field("INFO")
+    log_format: Literal["auto", "json", "text"] = Field(
+        "auto", description="auto: readable lines at a terminal, JSON lines otherwise; json or text forces one"
+    )
     # Per-owner limits: one key's load must not starve the others. Over a limit the API answers 429 with
     # Retry-After and names the setting, instead of letting the queue, the disk or the workers absorb it.
     max_active_jobs_per_owner: int = Field(
@@ -55,6 +59,13 @@ class Settings(BaseSettings):
         ge=1,
         description="/generate and /score calls (streams included) one owner may have in flight in one API "
         "process; more answers 429",
+    )
+    # Room held back in <data_dir>/.disk-reserve: on a full disk, a DELETE gets it so that space can be freed.
+    disk_reserve_bytes: int = Field(
+        4 * 1024 * 1024,
+        ge=0,
+        description="room kept free for deletes on a full disk (given back to a DELETE, made again once there is "
+        "twice as much free); 0 = none",
     )
     # Checked before a job queues (worker/engine/config.py estimate_training_bytes), so that a job too big
     # for the machine is refused with the numbers rather than killed by the OOM killer hours later.

@@ -13,6 +13,7 @@ import time
 
 from starlette.datastructures import QueryParams
 from starlette.responses import JSONResponse
+from starlette.routing import Mount
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.ops.metrics import REQUEST_SECONDS, REQUESTS
@@ -38,6 +39,25 @@ def with_security_headers(scope: Scope, message: Message) -> Message:
     return {**message, "headers": headers}
 
 
+# The one label of every request that no route matched: metric labels must never carry what a client typed.
+UNMATCHED = "unmatched"
+
+
+def route_template(scope: Scope, root_path: str) -> str:
+    """The matched route's template (`/jobs/{job_id}`, `/v1/models/{model:path}`), or UNMATCHED.
+
+    A route inside a mounted app (/v1) knows only its path under the mount; the mount's own prefix is what
+    the router added to `root_path` on the way in. Mounts here have no parameters, so that prefix is literal.
+    """
+    route = scope.get("route")
+    path = getattr(route, "path", None)
+    if not isinstance(path, str):
+        return UNMATCHED
+    if isinstance(route, Mount):  # a mount that answered itself (static files): the file name stays out
+        return path + "/{path:path}"
+    return scope.get("root_path", "")[len(root_path) :] + path
+
+
 def repeated_parameter(scope: Scope) -> str | None:
     if not scope.get("query_string"):
         return None
@@ -55,12 +75,13 @@ class ObserveRequests:
             return
         t0 = time.perf_counter()
         observed = False
+        root_path = scope.get("root_path", "")
 
         def observe(status: int) -> None:
             # At the start of the response, as the time to the first byte: an event stream may go on for hours.
             nonlocal observed
             observed = True
-            route = getattr(scope.get("route"), "path", "unmatched")
+            route = route_template(scope, root_path)
             seconds = time.perf_counter() - t0
             REQUESTS.labels(scope["method"], route, str(status)).inc()
             REQUEST_SECONDS.labels(scope["method"], route).observe(seconds)
