@@ -285,8 +285,11 @@ class GenerationServer:
         port = self.sock.getsockname()[1]
         host = settings.worker_host if settings.worker_host not in ("0.0.0.0", "") else socket.gethostname()
         self.url = settings.worker_url or f"http://{host}:{port}"
+        # No proxy headers: only the API calls a worker, directly, so X-Forwarded-* would mean nothing
+        # here, and uvicorn's middleware for them runs on every request.
         config = uvicorn.Config(
-            create_server_app(settings), log_config=None, access_log=False, timeout_graceful_shutdown=5
+            create_server_app(settings), log_config=None, access_log=False, timeout_graceful_shutdown=5,
+            proxy_headers=False,
         )
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(
