@@ -1,13 +1,22 @@
-"""Generation under concurrency, through HTTP: one client against many, alternating, in one run.
+"""Generation under concurrency, through HTTP against the sampler with no HTTP, alternating, in one run.
 
 The service (API and worker as real processes) trains a 2x256 LSTM briefly, then serves unseeded
-400-character POST /generate requests: one client sending them one after another, then `--clients`
-clients at once, in alternating rounds. Reported: characters per second (all clients together), the
-ratio many/one, each request's latency (median, p99), and the service's own cost on a 1-character
-request with one client (POST /generate against the worker's sampler called in-process).
+400-character POST /generate requests. Each round measures, one after the other:
+  one      one HTTP client sending requests one after another
+  many     `--clients` HTTP clients at once
+  sampler  `--clients` threads calling the worker's batched sampler directly (the same checkpoint,
+           the same thread settings as the worker: Settings.generation_thread_count), no HTTP at all
+The load generator and the direct sampler each run in a process of their own (not the benchmark's),
+so neither shares an interpreter with the service or with the other. Reported: characters per second
+(all clients together), each request's latency (median, p99), the ratios many/sampler (issue 20's bar:
+at least 0.8) and many/one, and the service's own cost on a 1-character request with one client
+(POST /generate against the worker's sampler called in-process).
+
+With --profile DIR, py-spy records the API and the worker during the first round's `many`
+(DIR/api.txt, DIR/worker.txt: collapsed stacks of the thread holding the GIL, i.e. the Python work).
 
     .venv/bin/python benchmarks/bench_generation_load.py [--clients 32] [--length 400] [--seconds 10]
-        [--rounds 3] [--corpus PATH]
+        [--rounds 3] [--corpus PATH] [--profile DIR]
 
 Writes benchmarks/out/generation_load.json.
 """
@@ -17,9 +26,15 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import multiprocessing
+import shutil
 import statistics
+import subprocess
+import sys
 import tempfile
+import threading
 import time
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import httpx
@@ -56,6 +71,59 @@ async def load(url: str, model: str, clients: int, length: int, seconds: float) 
             "latency_median_ms": statistics.median(took) * 1000, "latency_p99_ms": percentile(took, 0.99) * 1000}
 
 
+def http_rate(url: str, model: str, clients: int, length: int, seconds: float) -> dict:
+    """`load`, run in the load generator's own process."""
+    return asyncio.run(load(url, model, clients, length, seconds))
+
+
+def sampler_rate(checkpoint: str, clients: int, length: int, seconds: float) -> dict:
+    """`clients` threads calling the worker's batched sampler directly for `seconds`, set up as the
+    worker sets up its generation (threads, switch interval): the rate HTTP is measured against."""
+    from app.settings import Settings
+    from worker.engine.batching import BatchedSampler
+    from worker.engine.checkpoint import load_model
+    from worker.engine.sampler import Sampler, SampleRequest
+    from worker.service.server import configure_generation_process
+
+    configure_generation_process(Settings())
+    loaded = load_model(checkpoint)
+    batched = BatchedSampler(Sampler(loaded.model, loaded.vocab))
+    request = SampleRequest(prompt="ROMEO:", length=length, temperature=0.8)
+    batched.generate(request.model_copy(update={"length": 10}))
+    took: list[float] = []
+    chars = 0
+    deadline = time.perf_counter() + seconds
+
+    def one_client() -> None:
+        nonlocal chars
+        while time.perf_counter() < deadline:
+            start = time.perf_counter()
+            samples = batched.generate(request)
+            took.append(time.perf_counter() - start)
+            chars += sum(len(s.text) for s in samples)
+
+    threads = [threading.Thread(target=one_client) for _ in range(clients)]
+    start = time.perf_counter()
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    wall = time.perf_counter() - start
+    batched.close()
+    return {"clients": clients, "requests": len(took), "chars_per_second": chars / wall,
+            "latency_median_ms": statistics.median(took) * 1000, "latency_p99_ms": percentile(took, 0.99) * 1000}
+
+
+def start_profiles(svc: Service, seconds: float, out: Path) -> list[subprocess.Popen]:
+    """py-spy on the API and the worker for `seconds` (collapsed stacks of whichever thread holds the GIL)."""
+    py_spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
+    out.mkdir(parents=True, exist_ok=True)
+    return [subprocess.Popen([py_spy, "record", "--pid", str(proc.pid), "--duration", str(int(seconds)),
+                              "--rate", "200", "--gil", "--format", "raw", "--output", str(out / f"{name}.txt")],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            for name, proc in (("api", svc.api_proc), ("worker", svc.workers[0]))]
+
+
 def latency(measured: dict) -> str:
     return f"{measured['latency_median_ms']:.0f} / {measured['latency_p99_ms']:.0f} ms"
 
@@ -67,9 +135,12 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=10, help="per measurement")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--overhead-requests", type=int, default=100, help="1-character requests per side")
+    parser.add_argument("--profile", type=Path, help="record py-spy profiles of the API and worker here")
     add_corpus_argument(parser)
     args = parser.parse_args()
 
+    # The load generator and the direct sampler run in a process of their own, not this one.
+    others = ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn"))
     with tempfile.TemporaryDirectory() as tmp:
         # One key sends everything, so its concurrent-generation limit must admit every client.
         svc = Service(Path(tmp), device="cpu", max_concurrent_generations_per_owner=max(8, args.clients))
@@ -81,18 +152,24 @@ def main() -> None:
                 job = svc.create_job(client, corpus["id"], model=MODEL, training=TRAINING)
                 job = svc.wait_job(client, job["id"], timeout=600, poll=1)
                 client.post("/generate", json={"model": job["id"], "length": 10}).raise_for_status()
+                checkpoint = client.get(f"/jobs/{job['id']}/checkpoints").json()["data"][0]
+                path = Path(tmp) / "model.safetensors"
+                path.write_bytes(client.get(f"/checkpoints/{checkpoint['id']}/download").content)
                 rounds = []
-                for _ in range(args.rounds):
-                    one = asyncio.run(load(svc.url, job["id"], 1, args.length, args.seconds))
-                    many = asyncio.run(load(svc.url, job["id"], args.clients, args.length, args.seconds))
-                    rounds.append({"one": one, "many": many,
+                for i in range(args.rounds):
+                    one = others.submit(http_rate, svc.url, job["id"], 1, args.length, args.seconds).result()
+                    profiles = start_profiles(svc, args.seconds, args.profile) if args.profile and i == 0 else []
+                    many = others.submit(http_rate, svc.url, job["id"], args.clients, args.length,
+                                         args.seconds).result()
+                    for profile in profiles:
+                        profile.wait()
+                    direct = others.submit(sampler_rate, str(path), args.clients, args.length, args.seconds).result()
+                    rounds.append({"one": one, "many": many, "sampler": direct,
+                                   "of_sampler": many["chars_per_second"] / direct["chars_per_second"],
                                    "ratio": many["chars_per_second"] / one["chars_per_second"]})
                     print(json.dumps(rounds[-1]), flush=True)
 
                 # The service's own cost: a 1-character seeded request through HTTP against in-process.
-                checkpoint = client.get(f"/jobs/{job['id']}/checkpoints").json()["data"][0]
-                path = Path(tmp) / "model.safetensors"
-                path.write_bytes(client.get(f"/checkpoints/{checkpoint['id']}/download").content)
                 local = in_process_generate(path)
                 request = {"prompt": "ROMEO:", "length": 1, "temperature": 0.8, "seed": 3}
                 api_ms, local_ms = [], []
@@ -102,18 +179,20 @@ def main() -> None:
                     local_ms += latencies(lambda: local(request), n, 1)
         finally:
             svc.stop()
+            others.shutdown()
 
     overhead = (statistics.median(api_ms) - statistics.median(local_ms)) * 1000
     result = {"rounds": rounds, "ratio_median": statistics.median(r["ratio"] for r in rounds),
+              "of_sampler_median": statistics.median(r["of_sampler"] for r in rounds),
               "one_char_overhead_median_ms": overhead}
     print(f"\n{args.length}-character unseeded requests, 2x256 LSTM, {args.seconds:g} s per measurement\n")
-    print("| round | 1 client chars/s | latency median / p99 | "
-          f"{args.clients} clients chars/s | latency median / p99 | ratio |\n|---|---:|---:|---:|---:|---:|")
+    n = args.clients
+    print(f"| round | HTTP, 1 client: chars/s (latency median / p99) | HTTP, {n} clients | sampler, {n} threads | "
+          f"HTTP / sampler | {n} / 1 |\n|---|---:|---:|---:|---:|---:|")
     for i, r in enumerate(rounds, 1):
-        one, many = r["one"], r["many"]
-        print(f"| {i} | {one['chars_per_second']:,.0f} | {latency(one)} | {many['chars_per_second']:,.0f} | "
-              f"{latency(many)} | {r['ratio']:.2f}x |")
-    print(f"\nmedian ratio {result['ratio_median']:.2f}x; "
+        cells = [f"{m['chars_per_second']:,.0f} ({latency(m)})" for m in (r["one"], r["many"], r["sampler"])]
+        print(f"| {i} | {' | '.join(cells)} | {r['of_sampler']:.0%} | {r['ratio']:.2f}x |")
+    print(f"\nmedian: HTTP {result['of_sampler_median']:.0%} of the sampler, {n} / 1 {result['ratio_median']:.2f}x; "
           f"service cost on a 1-character request: {overhead:.1f} ms median")
     out = Path(__file__).parent / "out"
     out.mkdir(exist_ok=True)

@@ -1,4 +1,5 @@
-"""Batched generation: concurrent unseeded requests share steps and each still gets its own sample."""
+"""Batched generation: concurrent requests share steps and each still gets its own sample; a seeded
+request's text is the same alone or beside others, whenever they join and leave."""
 
 import time
 
@@ -70,9 +71,13 @@ def test_an_abandoned_stream_stops_costing_steps(samplers):
 
 
 def test_seeded_and_bad_requests_are_refused(samplers):
-    _, batched = samplers
-    with pytest.raises(ValueError, match="seeded"):
+    sampler, batched = samplers
+    with pytest.raises(ValueError, match="unseeded requests only"):
         batched.stream(SampleRequest(seed=1))
+    seeded = BatchedSampler(sampler, seeded=True)
+    with pytest.raises(ValueError, match="seeded requests only"):
+        seeded.stream(SampleRequest())
+    seeded.close()
     with pytest.raises(ValueError, match="temperature"):
         batched.stream(SampleRequest(temperature=-1))
     with pytest.raises(ValueError, match="num_samples"):
@@ -140,3 +145,97 @@ def test_a_big_batch_of_unseeded_requests_runs_in_low_precision_where_the_cpu_ha
     texts = batched.generate(SampleRequest(prompt="the ", length=50, num_samples=LowPrecisionStep.MIN_ROWS))
     assert len(texts) == LowPrecisionStep.MIN_ROWS and all(len(t.text) == 50 for t in texts)
     assert (batched._low_precision is not None) == LowPrecisionStep.available(torch.device("cpu"))
+
+
+def texts_of(streams) -> list[list[str]]:
+    return [["".join(parts) for parts in zip(*list(s), strict=True)] for s in streams]
+
+
+# Seeded requests with every kind of setting: plain, hot with several samples, top-k, top-p, greedy
+# and a stop string (which ends it at a different step than the others).
+SEEDED = [
+    SampleRequest(prompt="the ", length=150, seed=1),
+    SampleRequest(prompt="First", length=150, seed=2, temperature=1.5, num_samples=3),
+    SampleRequest(prompt="", length=120, seed=3, top_k=5),
+    SampleRequest(prompt="O, ", length=150, seed=4, top_p=0.8, temperature=0.7),
+    SampleRequest(prompt="the ", length=100, seed=5, temperature=0),
+    SampleRequest(prompt="and ", length=150, seed=6, stop=["e"], num_samples=2),
+]
+
+
+@pytest.fixture
+def seeded_batch(samplers):
+    sampler, _ = samplers
+    seeded = BatchedSampler(sampler, seeded=True)
+    yield sampler, seeded
+    seeded.close()
+
+
+@pytest.mark.parametrize("batch", [1, 2, 5, 32])
+def test_a_seeded_text_is_the_same_alone_and_beside_others(seeded_batch, batch):
+    """`batch` seeded requests submitted together share steps; each text is the one the lone sampler
+    gives, bit for bit (greedy and stop included)."""
+    sampler, seeded = seeded_batch
+    requests = [SEEDED[i % len(SEEDED)].model_copy(update={"seed": 100 + i}) for i in range(batch)]
+    streams = [seeded.stream(r) for r in requests]  # all submitted before any is read
+    together = texts_of(streams)
+    assert batch == 1 or seeded.peak_rows > max(r.num_samples for r in requests)  # they shared steps
+    for request, texts in zip(requests, together, strict=True):
+        assert texts == [s.text for s in sampler.generate(request)]
+    assert len({t for texts in together for t in texts}) > batch // 2  # different seeds, different texts
+
+
+def test_a_seeded_request_that_joins_midway_gets_its_own_text(seeded_batch):
+    """Joining while 31 others run, and running on while they leave one by one, changes nothing."""
+    sampler, seeded = seeded_batch
+    others = [seeded.stream(SampleRequest(prompt="the ", length=40 + 5 * i, seed=200 + i)) for i in range(31)]
+    readers = [iter(s) for s in others]
+    for reader in readers:
+        for _ in range(20):  # the others are 20 characters in when the newcomer arrives
+            next(reader)
+    request = SEEDED[1]
+    joined = seeded.generate(request)
+    assert seeded.peak_rows >= 31 + request.num_samples  # it did share steps with them
+    assert joined == sampler.generate(request)
+    for reader in readers:
+        list(reader)
+
+
+def test_a_seeded_request_keeps_its_text_as_others_join_it(seeded_batch):
+    sampler, seeded = seeded_batch
+    request = SampleRequest(prompt="the ", length=300, seed=7, num_samples=2, top_k=10)
+    stream = seeded.stream(request)
+    reader = iter(stream)
+    parts = [next(reader) for _ in range(30)]  # it runs alone for 30 characters
+    late = [seeded.generate(SEEDED[i]) for i in range(len(SEEDED))]  # then others come and go
+    parts += list(reader)
+    texts = ["".join(p) for p in zip(*parts, strict=True)]
+    assert seeded.peak_rows > request.num_samples
+    assert texts == [s.text for s in sampler.generate(request)]
+    assert late == [sampler.generate(r) for r in SEEDED]
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru", "rnn"])
+@pytest.mark.parametrize("hidden", [40, 128])
+def test_seeded_rows_step_the_same_in_any_batch(cell, hidden):
+    """The step itself: a row's logits and state after seeded_step are the same bits in a batch of 1,
+    3 and 32 rows (a plain batched product changes them). 40 is no multiple of a vector's width, so
+    elementwise loops meet their tails."""
+    torch.manual_seed(0)
+    vocab = Vocab.from_text(TEXT)
+    sampler = Sampler(CharRNN(ModelConfig(vocab_size=len(vocab), cell=cell, hidden_size=hidden, num_layers=2)), vocab)
+    with torch.inference_mode():
+        state, _ = sampler.prime("the ", 32)
+        state = [tuple(h + torch.randn_like(h) * 0.3 for h in layer) for layer in state]
+        ids = torch.randint(len(sampler.vocab), (32,))
+
+        def step(rows: slice):
+            rows_state = [tuple(h[rows].clone() for h in layer) for layer in state]
+            return sampler.seeded_step(ids[rows], rows_state), rows_state
+
+        logits, after = step(slice(0, 32))
+        for rows in (slice(0, 1), slice(5, 8), slice(31, 32)):
+            part_logits, part_after = step(rows)
+            assert torch.equal(part_logits, logits[rows])
+            pairs = [(a, b) for la, lb in zip(part_after, after, strict=True) for a, b in zip(la, lb, strict=True)]
+            assert all(torch.equal(a, b[rows]) for a, b in pairs)

@@ -2,17 +2,18 @@
 
 A sampling step is mostly fixed cost (dispatch and one small matrix product per layer), so four
 requests stepped together cost little more than one, where four threads stepping their own requests
-cost four times as much and fight over the cores. One thread per model runs the batch: a request
+cost four times as much and fight over the cores. One thread per batch runs it: a request
 joins at the next step after it arrives (its prompt is read first, on its own) and leaves as soon as
 it is done, so nobody waits for a whole batch to finish.
 
-Only requests without a seed are batched. A matrix product's rounding depends on how many rows it
-has, so a batched sample's logits can differ from a lone one's in the last bit; a seeded request
-promises the same text every time, so it is sampled alone by the plain Sampler. (A product made of
-1-row products keeps a row's bits whatever the batch, but costs as much as stepping the rows one by
-one: benchmarks/bench_seeded_batching.py.) Being free of that promise, a big batch also runs its
-products in bf16 where the hardware has it (LowPrecisionStep), and draws every row's next character
-in one call per group of sampling settings.
+Unseeded and seeded requests run in separate batches (two BatchedSamplers per model), because they
+make different promises. An unseeded request promises no particular text, so its batch takes the
+cheapest step: one matrix product over all rows, in bf16 where the hardware has it (LowPrecisionStep),
+and every row's next character drawn in one call per group of sampling settings from one generator.
+A seeded request promises the same text every time, whether it runs alone or beside 63 others. A
+batched product's rounding depends on how many rows it has, so a seeded batch steps with
+Sampler.seeded_step (a batch of 1-row products: each row's bits are its own) and each request draws
+from its own generator (SeededDraws); the lone Sampler does the same, so alone == batched.
 """
 
 from __future__ import annotations
@@ -27,7 +28,16 @@ import torch
 import torch.nn.functional as F
 
 from worker.engine.device import resolve_precision
-from worker.engine.sampler import Cancellation, Sample, Sampler, SampleRequest, SampleStream, StopScanner
+from worker.engine.sampler import (
+    Cancellation,
+    Sample,
+    Sampler,
+    SampleRequest,
+    SampleStream,
+    SeededDraws,
+    StopScanner,
+    cell_update,
+)
 
 _DONE = object()
 
@@ -38,7 +48,7 @@ class LowPrecisionStep:
     the fp32 step (377 against 710 µs for a 2x256 LSTM on one thread, 621 against 1,497 for 2x384),
     where the products are nearly all the time; a single row is slower (144 against 76 µs), and the
     two break even at about 4 rows (166 against 179 µs), so it is used from MIN_ROWS rows up.
-    Unseeded batches only: its rounding differs from the fp32 step's, which a seeded text must keep."""
+    Unseeded batches only: its rounding depends on the batch, which a seeded text must not."""
 
     MIN_ROWS = 4
     DTYPE = torch.bfloat16
@@ -60,25 +70,10 @@ class LowPrecisionStep:
         """Sampler.step's contract: read one character per row, update `state` in place, return the logits."""
         x = F.embedding(ids, self.embedding_weight)
         for layer, (w_ih, w_hh, b_ih, b_hh) in enumerate(self.layers):
-            h = state[layer][0]
             gi = F.linear(x.to(self.DTYPE), w_ih).float() + b_ih
-            gh = F.linear(h.to(self.DTYPE), w_hh).float() + b_hh
-            if self.cell == "lstm":  # torch's gate order: input, forget, cell, output
-                i, f, g, o = (gi + gh).chunk(4, dim=-1)
-                c = torch.sigmoid(f) * state[layer][1] + torch.sigmoid(i) * torch.tanh(g)
-                h = torch.sigmoid(o) * torch.tanh(c)
-                state[layer] = (h, c)
-            elif self.cell == "gru":  # reset, update, new; the reset gate scales the recurrent part only
-                ir, iz, i_new = gi.chunk(3, dim=-1)
-                hr, hz, h_new = gh.chunk(3, dim=-1)
-                z = torch.sigmoid(iz + hz)
-                n = torch.tanh(i_new + torch.sigmoid(ir + hr) * h_new)
-                h = (1 - z) * n + z * h
-                state[layer] = (h,)
-            else:
-                h = torch.tanh(gi + gh)
-                state[layer] = (h,)
-            x = h
+            gh = F.linear(state[layer][0].to(self.DTYPE), w_hh).float() + b_hh
+            state[layer] = cell_update(self.cell, gi, gh, state[layer])
+            x = state[layer][0]
         return F.linear(x, self.head_weight, self.head_bias)
 
 
@@ -95,6 +90,7 @@ class _Member:
     texts: list[str] | None = None  # the whole texts so far, kept when not live
     abandoned: bool = False  # the reader went away (a closed stream); stop spending steps on it
     cancel: Cancellation | None = None  # the requester went away or stopped waiting; end it, waking the reader
+    draws: SeededDraws | None = None  # a seeded request's own random numbers
 
     @property
     def rows(self) -> int:
@@ -102,15 +98,17 @@ class _Member:
 
 
 class BatchedSampler:
-    """`stream` and `generate` like Sampler's, for unseeded requests, batched with whatever else is running."""
+    """`stream` and `generate` like Sampler's, batched with whatever else is running: unseeded requests,
+    or with `seeded`, seeded ones (each with the text it gets alone)."""
 
-    def __init__(self, sampler: Sampler, max_rows: int = 64):
-        self.sampler, self.max_rows = sampler, max_rows
+    def __init__(self, sampler: Sampler, max_rows: int = 64, seeded: bool = False):
+        self.sampler, self.max_rows, self.seeded = sampler, max_rows, seeded
         self._waiting: list[_Member] = []
         self._wake = threading.Condition()
         self._thread: threading.Thread | None = None
         self._closed = False
-        self._low_precision = LowPrecisionStep(sampler) if LowPrecisionStep.available(sampler.device) else None
+        low_precision = not seeded and LowPrecisionStep.available(sampler.device)
+        self._low_precision = LowPrecisionStep(sampler) if low_precision else None
         # Unseeded requests promise no particular text, so one generator serves every row of the batch.
         self._generator = torch.Generator(device=sampler.device).manual_seed(int.from_bytes(os.urandom(8), "little"))
         self.steps = 0  # batched steps taken; with `peak_rows`, shows that requests shared steps
@@ -127,8 +125,9 @@ class BatchedSampler:
         return [Sample(t, s.finish_reason) for t, s in zip(member.texts, member.scanners, strict=True)]
 
     def _submit(self, request: SampleRequest, live: bool, cancel: Cancellation | None) -> _Member:
-        if request.seed is not None:
-            raise ValueError("a seeded request is sampled alone (Sampler), so that its text never changes")
+        if (request.seed is not None) != self.seeded:
+            which = "seeded" if self.seeded else "unseeded"
+            raise ValueError(f"this batch runs {which} requests only: seeded and unseeded ones step differently")
         self.sampler.validate(request)
         if request.num_samples > self.max_rows:
             raise ValueError(f"num_samples must be at most {self.max_rows}")
@@ -138,6 +137,7 @@ class BatchedSampler:
             live=live,
             texts=[""] * request.num_samples,
             cancel=cancel,
+            draws=SeededDraws(request.seed, request.num_samples, self.sampler.device) if self.seeded else None,
         )
         with self._wake:
             self._waiting.append(member)
@@ -225,7 +225,7 @@ class BatchedSampler:
         unchanged = not joining and not finished
         layers = state if unchanged else self._regroup(running, joining, finished, state)
         ids = torch.cat([m.ids for m in stay]) if len(stay) > 1 else stay[0].ids
-        step = self.sampler.step
+        step = self.sampler.seeded_step if self.seeded else self.sampler.step
         if self._low_precision is not None and len(ids) >= LowPrecisionStep.MIN_ROWS:
             step = self._low_precision
         logits = step(ids, layers)
@@ -247,7 +247,10 @@ class BatchedSampler:
             groups.setdefault((r.temperature, r.top_k, r.top_p), []).append(member)
         for group in groups.values():
             logits = torch.cat([m.logits for m in group]) if len(group) > 1 else group[0].logits
-            ids = Sampler.choose(logits, group[0].request, self._generator)
+            uniforms = None
+            if self.seeded:  # each request's own numbers, in its rows' order
+                uniforms = torch.cat([m.draws.next() for m in group]) if len(group) > 1 else group[0].draws.next()
+            ids = Sampler.choose(logits, group[0].request, self._generator, uniforms)
             chosen = ids.tolist()
             offset = 0
             for member in group:

@@ -4,6 +4,12 @@ The prompt is read in one call to the fused recurrent module; after that each ch
 step. Calling nn.LSTM for a single step pays its whole Python and dispatch overhead every time, so the
 step here calls the cell functions (torch.lstm_cell / gru_cell / rnn_tanh_cell) on the module's own
 weights: the same math, a fraction of the overhead. Several samples run as one batch.
+
+A seeded request promises the same text every time, whether it runs alone or beside other requests
+(worker/engine/batching.py). A batched matrix product's rounding depends on how many rows it has, so
+seeded rows step with `seeded_step`: every product is a batch of 1-row products (baddbmm), whose bits do
+not depend on the other rows. And each seeded request draws from its own generator (SeededDraws), one
+uniform number per row and character, turned into a character by the probabilities' running sum.
 """
 
 from __future__ import annotations
@@ -39,6 +45,45 @@ SampleRequest = SamplingParams
 # one-hot already: at 1e-20 two logits must agree to 20 digits, which float32 cannot tell apart, for
 # the second to be drawn at all.
 GREEDY_BELOW_TEMPERATURE = 1e-20
+
+
+def cell_update(cell: str, gi: torch.Tensor, gh: torch.Tensor, layer_state: tuple) -> tuple:
+    """A layer's new state from its input and recurrent pre-activations (biases included): the math of
+    torch.lstm_cell / gru_cell / rnn_tanh_cell, for steps that compute the products themselves."""
+    if cell == "lstm":  # torch's gate order: input, forget, cell, output
+        i, f, g, o = (gi + gh).chunk(4, dim=-1)
+        c = torch.sigmoid(f) * layer_state[1] + torch.sigmoid(i) * torch.tanh(g)
+        return torch.sigmoid(o) * torch.tanh(c), c
+    if cell == "gru":  # reset, update, new; the reset gate scales the recurrent part only
+        # The sigmoids read slices of one sum, as the LSTM's do: on a strided slice torch loops row by
+        # row, so a row rounds the same whatever the batch; a whole contiguous tensor runs as one vector
+        # loop whose scalar tail falls on different elements as rows join (seeded texts would change).
+        reset, update, _ = (gi + gh).chunk(3, dim=-1)
+        z = torch.sigmoid(update)
+        n = torch.tanh(gi.chunk(3, dim=-1)[2] + torch.sigmoid(reset) * gh.chunk(3, dim=-1)[2])
+        return ((1 - z) * n + z * layer_state[0],)
+    return (torch.tanh(gi + gh),)
+
+
+class SeededDraws:
+    """A seeded request's random numbers: one uniform in [0, 1) per row and character, from the request's
+    own generator. They are drawn BLOCK characters at a time (one call instead of BLOCK), in the same
+    order whether the request runs alone or in a batch, so its text depends on its seed alone."""
+
+    BLOCK = 64
+
+    def __init__(self, seed: int, rows: int, device: torch.device):
+        self.generator = torch.Generator(device=device).manual_seed(seed)
+        self.rows, self.device = rows, device
+        self._block: torch.Tensor | None = None
+        self._used = self.BLOCK
+
+    def next(self) -> torch.Tensor:
+        if self._used == self.BLOCK:
+            self._block = torch.rand(self.BLOCK, self.rows, generator=self.generator, device=self.device)
+            self._used = 0
+        self._used += 1
+        return self._block[self._used - 1]
 
 
 class Cancellation:
@@ -173,6 +218,9 @@ class Sampler:
         self.embedding_weight = model.embedding.weight
         self.head_weight, self.head_bias = model.head.weight, model.head.bias
         self.device = next(model.parameters()).device
+        # seeded_step's weights: transposed once, as batched products of (1 x in) by (in x out) take them.
+        self.row_layers = [(w_ih.t(), w_hh.t(), b_ih, b_hh) for w_ih, w_hh, b_ih, b_hh in self.layers]
+        self.head_weight_t = self.head_weight.t()
         self.steps = 0  # steps taken by `stream`/`generate`, all requests together (approximate across threads)
 
     def validate(self, request: SampleRequest) -> None:
@@ -201,9 +249,27 @@ class Sampler:
             x = h
         return F.linear(x, self.head_weight, self.head_bias)
 
+    def seeded_step(self, ids: torch.Tensor, state: list) -> torch.Tensor:
+        """`step` with every matrix product a batch of 1-row products: each row's bits are the same
+        whatever other rows share the call, which a seeded text needs (see the module's docstring)."""
+        rows = ids.shape[0]
+        x = F.embedding(ids, self.embedding_weight)[:, None]  # (rows, 1, in): one 1-row product per row
+        for layer, (w_ih_t, w_hh_t, b_ih, b_hh) in enumerate(self.row_layers):
+            gi = torch.baddbmm(b_ih, x, w_ih_t.expand(rows, -1, -1))[:, 0]
+            gh = torch.baddbmm(b_hh, state[layer][0][:, None], w_hh_t.expand(rows, -1, -1))[:, 0]
+            state[layer] = cell_update(self.cell, gi, gh, state[layer])
+            x = state[layer][0][:, None]
+        return torch.baddbmm(self.head_bias, x, self.head_weight_t.expand(rows, -1, -1))[:, 0]
+
     @staticmethod
-    def choose(logits: torch.Tensor, request: SampleRequest, generator: torch.Generator) -> torch.Tensor:
-        """The next character of each row, under the request's temperature, top-k and top-p."""
+    def choose(
+        logits: torch.Tensor,
+        request: SampleRequest,
+        generator: torch.Generator | None = None,
+        uniforms: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """The next character of each row, under the request's temperature, top-k and top-p: drawn with
+        `generator`, or (seeded rows) chosen by one uniform number per row from SeededDraws."""
         if request.temperature < GREEDY_BELOW_TEMPERATURE:
             return logits.argmax(dim=-1)
         logits = logits.float() / request.temperature
@@ -218,14 +284,16 @@ class Sampler:
             drop = (probs.cumsum(dim=-1) - probs) >= request.top_p
             drop[:, 0] = False
             logits = logits.masked_fill(drop.scatter(-1, order, drop), float("-inf"))
-        return torch.multinomial(logits.softmax(dim=-1), 1, generator=generator).squeeze(-1)
-
-    def next_characters(
-        self, logits: torch.Tensor, request: SampleRequest, generator: torch.Generator, scanners: list[StopScanner]
-    ) -> tuple[torch.Tensor, list[str]]:
-        """Choose each row's next character; return them and the text each row may now emit (none once stopped)."""
-        ids = self.choose(logits, request, generator)
-        return ids, self.pieces(scanners, ids.tolist())
+        probs = logits.softmax(dim=-1)
+        if uniforms is None:
+            return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+        # The first character whose running sum passes u x total. Each row's sum runs along its own row,
+        # so it does not depend on the batch; the point stays below the total, so a character with no
+        # probability (a flat stretch of the sum) is never the first to pass it.
+        cumulative = probs.cumsum(dim=-1)
+        total = cumulative[:, -1:]
+        point = torch.minimum(uniforms[:, None] * total, torch.nextafter(total, torch.zeros_like(total)))
+        return torch.searchsorted(cumulative, point, right=True).squeeze(-1)
 
     def pieces(self, scanners: list[StopScanner], chosen: list[int]) -> list[str]:
         """The text each row may emit after its chosen character (none once its scanner has stopped)."""
@@ -250,18 +318,24 @@ class Sampler:
         self, request: SampleRequest, scanners: list[StopScanner], cancel: Cancellation | None
     ) -> Iterator[list[str]]:
         self.validate(request)
-        seed = request.seed if request.seed is not None else int.from_bytes(os.urandom(4), "little")
-        generator = torch.Generator(device=self.device).manual_seed(seed)
+        # Seeded: the products and draws a batch of seeded requests uses too (BatchedSampler), so the
+        # text is the same alone or batched. Unseeded: the cheaper fused step and one multinomial draw.
+        if request.seed is not None:
+            step, draws, generator = self.seeded_step, SeededDraws(request.seed, request.num_samples, self.device), None
+        else:
+            step, draws = self.step, None
+            generator = torch.Generator(device=self.device).manual_seed(int.from_bytes(os.urandom(4), "little"))
         state, logits = self.prime(request.prompt, request.num_samples)
         for i in range(request.length):
             if cancel is not None and cancel.cancelled:
                 return
-            ids, pieces = self.next_characters(logits, request, generator, scanners)
+            ids = self.choose(logits, request, generator, draws.next() if draws is not None else None)
+            pieces = self.pieces(scanners, ids.tolist())
             if all(s.stopped for s in scanners):
                 yield pieces
                 return
             if i + 1 < request.length:  # the last character needs no step after it
-                logits = self.step(ids, state)
+                logits = step(ids, state)
                 self.steps += 1
             yield pieces
         yield [s.flush() for s in scanners]

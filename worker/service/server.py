@@ -58,7 +58,8 @@ class RequireSecret:
 
 
 class ServedModel:
-    """A loaded checkpoint with its two samplers: seeded requests alone, the rest batched together."""
+    """A loaded checkpoint with its samplers: unseeded requests batched together, seeded ones in a batch
+    of their own that gives each the text it gets alone (worker/engine/batching.py)."""
 
     def __init__(self, loaded):
         from worker.engine.batching import BatchedSampler
@@ -67,9 +68,19 @@ class ServedModel:
         self.loaded = loaded
         self.sampler = Sampler(loaded.model, loaded.vocab)
         self.batched = BatchedSampler(self.sampler)
+        self.seeded = BatchedSampler(self.sampler, seeded=True)
 
     def runner_for(self, request):
-        return self.sampler if request.seed is not None else self.batched
+        return self.seeded if request.seed is not None else self.batched
+
+    @property
+    def steps(self) -> int:
+        return self.batched.steps + self.seeded.steps
+
+    def close(self) -> None:
+        """Its batches' threads end once their running requests finish."""
+        self.batched.close()
+        self.seeded.close()
 
 
 class ModelCache:
@@ -103,7 +114,7 @@ class ModelCache:
         with self.lock:
             self.models[checkpoint_id] = served
             while len(self.models) > self.size:
-                self.models.popitem(last=False)[1].batched.close()  # its running requests still finish
+                self.models.popitem(last=False)[1].close()
         return served
 
     def path_of(self, checkpoint_id: str) -> tuple[Path, str | None]:
@@ -174,7 +185,7 @@ def create_server_app(settings: Settings) -> FastAPI:
 
     @app.get("/healthz")
     def healthz():
-        steps = sum(m.sampler.steps + m.batched.steps for m in list(cache.models.values()))
+        steps = sum(m.steps for m in list(cache.models.values()))
         return {
             "status": "ok",
             "models_loaded": len(cache.models),
@@ -274,8 +285,11 @@ class GenerationServer:
         port = self.sock.getsockname()[1]
         host = settings.worker_host if settings.worker_host not in ("0.0.0.0", "") else socket.gethostname()
         self.url = settings.worker_url or f"http://{host}:{port}"
+        # No proxy headers: only the API calls a worker, directly, so X-Forwarded-* would mean nothing
+        # here, and uvicorn's middleware for them runs on every request.
         config = uvicorn.Config(
-            create_server_app(settings), log_config=None, access_log=False, timeout_graceful_shutdown=5
+            create_server_app(settings), log_config=None, access_log=False, timeout_graceful_shutdown=5,
+            proxy_headers=False,
         )
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(
