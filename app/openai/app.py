@@ -23,8 +23,9 @@ def create_openai_app(parent: FastAPI) -> FastAPI:
         docs_url=None,  # FastAPI's page loads Swagger UI from a CDN; /v1/docs is the offline one /docs is
         redoc_url=None,
     )
-    sub.state.http = lambda: parent.state.http  # the main app's httpx client, made in its lifespan
-    sub.state.worker_affinity = parent.state.worker_affinity  # one memory of which worker has which checkpoint
+    # One set of generation state with the native routes: the same worker affinity, the same per-owner
+    # count of generations in flight, the same client (made in the main app's lifespan).
+    sub.state.generation = parent.state.generation
     errors.install(sub)
     sub.include_router(router)
 
