@@ -6,6 +6,7 @@ from fastapi import FastAPI
 from fastapi.responses import FileResponse
 
 from app.dashboard.routes import DOCS_HEADERS, STATIC
+from app.errors import install_error_handlers
 from app.openai import errors
 from app.openai.routes import router
 
@@ -26,7 +27,7 @@ def create_openai_app(parent: FastAPI) -> FastAPI:
     # One set of generation state with the native routes: the same worker affinity, the same per-owner
     # count of generations in flight, the same client (made in the main app's lifespan).
     sub.state.generation = parent.state.generation
-    errors.install(sub)
+    install_error_handlers(sub, errors.render)  # app/errors.py's, in OpenAI's shape
     sub.include_router(router)
 
     @sub.get("/docs", include_in_schema=False)
