@@ -27,6 +27,9 @@ def create_openai_app(parent: FastAPI) -> FastAPI:
     # One set of generation state with the native routes: the same worker affinity, the same per-owner
     # count of generations in flight, the same client (made in the main app's lifespan).
     sub.state.generation = parent.state.generation
+    # One set of dependency overrides too (the same dict): what replaces a dependency, e.g. the settings
+    # in a test, replaces it on both faces.
+    sub.dependency_overrides = parent.dependency_overrides
     install_error_handlers(sub, errors.render)  # app/errors.py's, in OpenAI's shape
     sub.include_router(router)
 
