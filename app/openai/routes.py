@@ -5,10 +5,11 @@ from __future__ import annotations
 import json
 from typing import Annotated, Literal
 
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Query
 from fastapi.responses import FileResponse
 
 from app.corpora import service as corpora
+from app.corpora.upload import IncomingUpload
 from app.deps import BearerKey, CurrentOwner, GenerationDep, SessionDep, SettingsDep
 from app.generation.limits import ReleasingEventSourceResponse
 from app.keys.streams import end_when_revoked
@@ -63,17 +64,9 @@ FILE_BODY = {
 
 @router.post("/files", response_model=FileObject, openapi_extra=FILE_BODY, tags=["files"],
              summary="Upload a file: a UTF-8 text corpus (multipart `file`, `purpose=fine-tune`)")
-async def upload_file(request: Request, session: SessionDep, owner: CurrentOwner, settings: SettingsDep):
-    corpus = await corpora.upload(
-        session,
-        owner=owner,
-        settings=settings,
-        stream=request.stream(),
-        content_type=request.headers.get("content-type", ""),
-        content_length=request.headers.get("content-length"),
-        name=None,
-    )
-    return files.file_object(corpus)
+async def upload_file(body: IncomingUpload, session: SessionDep, owner: CurrentOwner, settings: SettingsDep):
+    # The native upload, rules and all; the name is the form's file name (`purpose` is fine-tune's alone).
+    return files.file_object(await corpora.upload(session, owner=owner, settings=settings, body=body, name=None))
 
 
 @router.get("/files", response_model=FileList, tags=["files"], summary="List your files")
