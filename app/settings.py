@@ -53,8 +53,8 @@ class Settings(BaseSettings):
     max_concurrent_generations_per_owner: int = Field(
         8,
         ge=1,
-        description="/generate and /score calls (streams included) one owner may have in flight in one API "
-        "process; more answers 429",
+        description="/generate, /score and /v1/completions requests (streams included) one owner may have in "
+        "flight in one API process; more answers 429",
     )
     # Checked before a job queues (worker/engine/config.py estimate_training_bytes), so that a job too big
     # for the machine is refused with the numbers rather than killed by the OOM killer hours later.
