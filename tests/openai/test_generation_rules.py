@@ -5,6 +5,7 @@ Both are applied by one service function (app.generation.service.admit) that eve
 from __future__ import annotations
 
 import contextlib
+import json
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
@@ -124,3 +125,20 @@ def test_a_damaged_best_checkpoint_falls_back_on_v1_as_on_generate(svc):
         # The refusals and fallbacks left no slot behind: a full LIMIT of streams still opens.
         with svc.client() as one, svc.client() as two, v1_stream(one, job["id"]), v1_stream(two, job["id"]):
             pass
+
+
+def test_a_revoked_key_ends_its_open_v1_stream_as_it_ends_a_native_one(svc, job):
+    key, key_id = new_key(svc, "to-revoke")
+    with svc.client(key=key) as c:
+        # Its own job: models are the owner's.
+        corpus = svc.upload(c, small_corpus(), name="revoked")
+        own = svc.wait_job(c, svc.create_job(c, corpus["id"], training={"max_steps": 20})["id"])
+        assert own["status"] == "succeeded", own
+        with v1_stream(c, own["id"]) as lines:
+            assert svc.cli("keys", "revoke", key_id).returncode == 0
+            # The stream goes on a moment (the key is re-checked every few seconds), then ends with
+            # OpenAI's error object, which the client raises.
+            rest = [line for line in lines if line.startswith("data:")]
+    ending = json.loads(rest[-1].removeprefix("data:"))
+    assert ending["error"]["code"] == "invalid_api_key" and "revoked" in ending["error"]["message"], rest[-1]
+    assert "[DONE]" not in rest[-1]
