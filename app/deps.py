@@ -9,6 +9,7 @@ from fastapi import Depends, HTTPException, Request
 from sqlalchemy.orm import Session
 
 from app.db import get_sessionmaker, read_session
+from app.generation.state import Generation
 from app.keys.service import owner_for_key
 from app.settings import Settings, get_settings
 
@@ -49,8 +50,13 @@ async def bearer_key_dependency(request: Request) -> str:
     return bearer_key(request)  # async: reading a header needs no trip to the thread pool
 
 
+def get_generation(request: Request) -> Generation:
+    return request.app.state.generation  # the main app's, which /v1 shares (app/openai/app.py)
+
+
 SessionDep = Annotated[Session, Depends(get_session)]
 CurrentOwner = Annotated[str, Depends(get_owner)]
 # For routes that look the owner up together with their own reads, in one session (see generation).
 BearerKey = Annotated[str, Depends(bearer_key_dependency)]
 SettingsDep = Annotated[Settings, Depends(get_settings)]
+GenerationDep = Annotated[Generation, Depends(get_generation)]

@@ -1,15 +1,27 @@
-"""Every error answers JSON `{"detail": ...}`; a 500 only for a real bug, logged with its trace."""
+"""One classification of every error, rendered in each face's shape; a 500 only for a real bug, logged.
+
+`classify()` turns whatever a request raised (ApiError from a service, FastAPI's validation error, an
+unknown URL, a busy database, a bug) into a Problem: status, one-line message, headers, and the field it
+is about. `install_error_handlers(app, render)` installs the handlers once per app with that app's
+renderer: the native routes answer `{"detail": ...}` (render_native, below), /v1 answers OpenAI's
+`{"error": {...}}` (app/openai/errors.py). So a rule about errors (paths scrubbed, input echoed short and
+JSON-safe, Retry-After on a busy database, the security headers on a 500) is written once, here.
+"""
 
 from __future__ import annotations
 
+import difflib
 import json
 import logging
 import math
 import re
+import typing
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel
 from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
@@ -17,7 +29,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 from starlette.routing import Match
 
-from app.ops.disk import disk_full_answer, is_disk_full
+from app.ops.disk import FULL_DETAIL, RETRY_AFTER_SECONDS, is_disk_full
 from app.ops.middleware import SECURITY_HEADERS
 from app.settings import get_settings
 
@@ -25,11 +37,14 @@ log = logging.getLogger("charrnn.api")
 
 
 class ApiError(Exception):
-    """An expected failure: a status code and a message that says what to change."""
+    """An expected failure: a status code and a message that says what to change; `param` (the request
+    field it is about) and `code` (a stable word for programs) when known: /v1 shows them."""
 
-    def __init__(self, status_code: int, detail: str, headers: dict[str, str] | None = None):
+    def __init__(self, status_code: int, detail: str, headers: dict[str, str] | None = None, *,
+                 param: str | None = None, code: str | None = None):
         super().__init__(detail)
         self.status_code, self.detail, self.headers = status_code, detail, headers
+        self.param, self.code = param, code
 
 
 class ErrorOut(BaseModel):
@@ -117,89 +132,208 @@ def scrub_paths(detail):
     return _data_dir_pattern[1].sub(lambda m: (m.group(1) or "/").rsplit("/", 1)[-1] or "the data directory", detail)
 
 
+def _where(error: dict) -> str:
+    return ".".join(str(p) for p in error.get("loc", ()) if p not in ("body", "query", "path", "header"))
+
+
 def _describe(error: dict) -> str:
-    loc = [str(p) for p in error.get("loc", ()) if p not in ("body", "query", "path", "header")]
-    where = ".".join(loc) or "the request body"
-    return f"{where}: {error.get('msg', 'invalid')}"
+    return f"{_where(error) or 'the request body'}: {error.get('msg', 'invalid')}"
 
 
-def install_error_handlers(app: FastAPI) -> None:
-    @app.exception_handler(ApiError)
-    async def _api_error(_request: Request, exc: ApiError):
-        return JSONResponse({"detail": scrub_paths(exc.detail)}, status_code=exc.status_code, headers=exc.headers)
+@dataclass
+class Problem:
+    """What went wrong, whichever face answers it."""
 
-    @app.exception_handler(StarletteHTTPException)
-    async def _http_error(request: Request, exc: StarletteHTTPException):
-        headers = dict(exc.headers or {})
-        if exc.status_code == 405:
-            # Starlette lists only the methods of the one route it matched; a path served by several
-            # routes (GET and DELETE /corpora/{id}) must list them all.
-            methods = set()
-            for route in request.app.router.routes:
-                match, _ = route.matches(request.scope)
-                if match != Match.NONE and getattr(route, "methods", None):
-                    methods |= route.methods
-            headers["Allow"] = ", ".join(sorted(methods))
-        return JSONResponse({"detail": scrub_paths(exc.detail)}, status_code=exc.status_code, headers=headers)
+    status: int
+    message: str  # one line a person reads, naming the field and the fix
+    headers: dict[str, str] = field(default_factory=dict)
+    param: str | None = None  # the request field it is about
+    code: str | None = None  # a stable word for programs, where one is defined
+    errors: list[dict] | None = None  # a validation error's field list (native 422s show it as `detail`)
 
-    @app.exception_handler(RequestValidationError)
-    async def _validation_error(_request: Request, exc: RequestValidationError):
-        # `message` is the one line a person reads; `detail` keeps FastAPI's structured list for programs.
-        # Everything echoed is made JSON-safe and short: the input may hold NaN, Infinity, lone surrogates
-        # or megabytes, and the answer to a bad request must never be a 500 or a copy of the request.
-        errors = []
-        for error in exc.errors()[:20]:
-            out = {
-                "type": clip_text(str(error.get("type", ""))),
-                "loc": [p if isinstance(p, int) else clip_text(str(p)) for p in error.get("loc", ())][:10],
-                "msg": clip_text(str(error.get("msg", "invalid"))),
-            }
-            if "input" in error:
-                out["input"] = _echo(error["input"])
-            if error.get("ctx"):
-                out["ctx"] = {clip_text(str(k)): clip_text(str(v)) for k, v in error["ctx"].items()}
-            errors.append(out)
-        message = "; ".join(_describe(e) for e in errors[:5])
-        return JSONResponse({"detail": errors, "message": message}, status_code=422)
 
-    @app.exception_handler(ClientDisconnect)
-    async def _client_gone(request: Request, _exc: ClientDisconnect):
+Render = Callable[[Request, Problem], Response]
+
+
+def _model_in(annotation) -> type[BaseModel] | None:
+    """The pydantic model an annotation holds (`Spec`, `Spec | None`, `list[Spec]`, `Annotated[Spec, ...]`)."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in typing.get_args(annotation):
+        found = _model_in(arg)
+        if found is not None:
+            return found
+    return None
+
+
+def fields_at(model: type[BaseModel] | None, loc: tuple | list) -> list[str]:
+    """The field names (as sent: aliases) that `model` accepts at `loc`, the parent of a field."""
+    for part in loc:
+        if model is None:
+            return []
+        if isinstance(part, int):
+            continue  # an item of a list: the list's model
+        fields = {**model.model_fields, **{f.alias: f for f in model.model_fields.values() if f.alias}}
+        model = _model_in(fields[part].annotation) if part in fields else None
+    if model is None:
+        return []
+    return sorted({f.alias or name for name, f in model.model_fields.items()})
+
+
+def unknown_field(model: type[BaseModel] | None, loc: tuple | list) -> str:
+    """pydantic's "Extra inputs are not permitted" made actionable: the field, and the closest known one."""
+    name = str(loc[-1]) if loc else ""
+    known = fields_at(model, tuple(loc[:-1]))
+    close = difflib.get_close_matches(name, known, n=1, cutoff=0.6)
+    if close:
+        return f"unknown field `{clip_text(name)}`; did you mean `{close[0]}`?"
+    if known:
+        return f"unknown field `{clip_text(name)}`; the fields here are {', '.join(f'`{k}`' for k in known)}"
+    return f"unknown field `{clip_text(name)}`; leave it out"
+
+
+def _body_model(request: Request) -> type[BaseModel] | None:
+    """The pydantic model of the matched route's JSON body, if it has one."""
+    body_field = getattr(request.scope.get("route"), "body_field", None)
+    return _model_in(getattr(getattr(body_field, "field_info", None), "annotation", None))
+
+
+def _is_json(content_type: str) -> bool:
+    media = content_type.split(";")[0].strip().lower()
+    return media == "application/json" or media.endswith("+json")
+
+
+def _body_not_json(request: Request, errors: list[dict]) -> Problem | None:
+    """A JSON route's body sent with another Content-Type (curl -d sends x-www-form-urlencoded) is not read
+    as JSON, and pydantic's answer ("a valid dictionary") does not say why: say what to send."""
+    content_type = request.headers.get("content-type", "")
+    whole_body = any(tuple(e.get("loc", ())) == ("body",) for e in errors)
+    if not whole_body or not content_type or _is_json(content_type):
+        return None
+    media = clip_text(content_type.split(";")[0].strip())
+    return Problem(
+        415,
+        f"the body was sent as `Content-Type: {media}`, so it was not read as JSON; send it with "
+        "`Content-Type: application/json` (curl: `--json '{...}'`, or `-H 'Content-Type: application/json'`)",
+        code="unsupported_media_type",
+    )
+
+
+def _validation(request: Request, exc: RequestValidationError) -> Problem:
+    # `message` is the one line a person reads; `errors` keeps FastAPI's structured list for programs.
+    # Everything echoed is made JSON-safe and short: the input may hold NaN, Infinity, lone surrogates
+    # or megabytes, and the answer to a bad request must never be a 500 or a copy of the request.
+    raw = exc.errors()
+    not_json = _body_not_json(request, raw)
+    if not_json is not None:
+        return not_json
+    errors = []
+    for error in raw[:20]:
+        out = {
+            "type": clip_text(str(error.get("type", ""))),
+            "loc": [p if isinstance(p, int) else clip_text(str(p)) for p in error.get("loc", ())][:10],
+            "msg": clip_text(str(error.get("msg", "invalid"))),
+        }
+        if error.get("type") == "extra_forbidden":
+            out["msg"] = unknown_field(_body_model(request), [p for p in error.get("loc", ()) if p != "body"])
+        if "input" in error:
+            out["input"] = _echo(error["input"])
+        if error.get("ctx"):
+            out["ctx"] = {clip_text(str(k)): clip_text(str(v)) for k, v in error["ctx"].items()}
+        errors.append(out)
+    message = "; ".join(_describe(e) for e in errors[:5])
+    param = (_where(errors[0]) or None) if errors else None
+    return Problem(422, message, param=param, errors=errors)
+
+
+def _routes(routes: list) -> Iterator:
+    """Every route, those of included routers too (FastAPI wraps each included router in one route; ours
+    are included without a prefix, their routes carry their own)."""
+    for route in routes:
+        inner = getattr(route, "original_router", None)
+        if inner is not None:
+            yield from _routes(inner.routes)
+        else:
+            yield route
+
+
+def _http(request: Request, exc: StarletteHTTPException) -> Problem:
+    headers = dict(exc.headers or {})
+    message = scrub_paths(exc.detail if isinstance(exc.detail, str) else str(exc.detail))
+    docs = request.scope.get("root_path", "") + "/docs"  # this face's: /docs, or /v1/docs under /v1
+    if exc.status_code == 404 and message == "Not Found":
+        message = f"unknown URL {request.method} {clip_text(request.url.path)}: see {docs} for the routes"
+    elif exc.status_code == 405:
+        # Starlette lists only the methods of the one route it matched; a path served by several
+        # routes (GET and DELETE /corpora/{id}) must list them all.
+        methods = set(filter(None, (m.strip() for m in headers.get("Allow", "").split(","))))
+        for route in _routes(request.app.router.routes):
+            match, _ = route.matches(request.scope)
+            if match != Match.NONE and getattr(route, "methods", None):
+                methods |= route.methods
+        headers["Allow"] = ", ".join(sorted(methods))
+        message = f"{request.method} is not allowed on {clip_text(request.url.path)}; it takes {headers['Allow']}"
+    return Problem(exc.status_code, message, headers)
+
+
+def classify(request: Request, exc: Exception) -> Problem:
+    """The one reading of every error, whichever face renders it."""
+    if isinstance(exc, ApiError):
+        return Problem(exc.status_code, scrub_paths(exc.detail), dict(exc.headers or {}), exc.param, exc.code)
+    if isinstance(exc, StarletteHTTPException):
+        return _http(request, exc)
+    if isinstance(exc, RequestValidationError):
+        return _validation(request, exc)
+    if isinstance(exc, ClientDisconnect):
         # Not an error of ours: the client closed the connection before its body was in (an upload
         # cancelled halfway). One line, no traceback; whatever it had sent is already removed.
         log.info("client disconnected before its request body was complete: %s %s", request.method, request.url.path)
-        return JSONResponse({"detail": "the client disconnected before the request body was complete"}, 400)
-
-    @app.exception_handler(UnicodeEncodeError)
-    async def _unencodable(_request: Request, exc: UnicodeEncodeError):
+        return Problem(400, "the client disconnected before the request body was complete")
+    if isinstance(exc, UnicodeEncodeError):
         # JSON allows "\ud800" (a lone surrogate), but it is not text: it cannot be stored or sent on.
         bad = exc.object[exc.start : exc.end] if isinstance(exc.object, str) else ""
-        return JSONResponse(
-            {
-                "detail": f"the request holds characters that are not valid Unicode text "
-                f"({bad.encode('utf-8', 'backslashreplace').decode()}: a lone surrogate); send real characters"
-            },
-            status_code=422,
+        return Problem(
+            422,
+            f"the request holds characters that are not valid Unicode text "
+            f"({bad.encode('utf-8', 'backslashreplace').decode()}: a lone surrogate); send real characters",
         )
-
-    async def _database_unavailable(request: Request, exc: Exception):
-        if is_disk_full(exc):  # not busy but full: no retry helps until someone deletes something (app/ops/disk.py)
-            return disk_full_answer()
+    if isinstance(exc, DATABASE_UNAVAILABLE) and is_disk_full(exc):
+        # Not busy but full: no retry helps until someone deletes something (app/ops/disk.py).
+        log.warning("the disk is full: %s %s answered 507", request.method, request.url.path)
+        return Problem(507, FULL_DETAIL, {"Retry-After": RETRY_AFTER_SECONDS}, code="insufficient_storage")
+    if isinstance(exc, DATABASE_UNAVAILABLE):
         # A locked SQLite file (another process holds the write lock past the busy timeout) or a
         # PostgreSQL that is restarting: nothing is wrong with the request, so say when to come back.
         first_line = (str(exc).splitlines() or [""])[0]
         log.warning("database unavailable on %s %s: %s", request.method, request.url.path, first_line)
-        return JSONResponse(
-            {"detail": "the database is busy or unreachable; retry in a few seconds"},
-            status_code=503,
-            headers={"Retry-After": DB_RETRY_AFTER_SECONDS},
+        return Problem(
+            503,
+            "the database is busy or unreachable; retry in a few seconds",
+            {"Retry-After": DB_RETRY_AFTER_SECONDS},
+            code="service_unavailable",
         )
+    log.exception("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
+    # Starlette answers this one outside every middleware, so the security headers come along here.
+    headers = {name.decode(): value.decode() for name, value in SECURITY_HEADERS}
+    return Problem(500, "internal error; it has been logged", headers, code="internal_error")
 
-    for exc_class in (OperationalError, InterfaceError, PoolTimeoutError):
-        app.add_exception_handler(exc_class, _database_unavailable)
 
-    @app.exception_handler(Exception)
-    async def _unexpected(request: Request, exc: Exception):
-        log.exception("unhandled error on %s %s", request.method, request.url.path)
-        # Starlette answers this one outside every middleware, so the security headers come along here.
-        headers = {name.decode(): value.decode() for name, value in SECURITY_HEADERS}
-        return JSONResponse({"detail": "internal error; it has been logged"}, status_code=500, headers=headers)
+DATABASE_UNAVAILABLE = (OperationalError, InterfaceError, PoolTimeoutError)
+HANDLED = (ApiError, StarletteHTTPException, RequestValidationError, ClientDisconnect, UnicodeEncodeError,
+           *DATABASE_UNAVAILABLE, Exception)
+
+
+def render_native(_request: Request, problem: Problem) -> JSONResponse:
+    if problem.errors is not None:
+        return JSONResponse({"detail": problem.errors, "message": problem.message}, problem.status, problem.headers)
+    return JSONResponse({"detail": problem.message}, problem.status, problem.headers or None)
+
+
+def install_error_handlers(app: FastAPI, render: Render = render_native) -> None:
+    """Answer every error `app` raises by classify() and `render` (the app's face)."""
+
+    async def handle(request: Request, exc: Exception) -> Response:
+        return render(request, classify(request, exc))
+
+    for exc_class in HANDLED:
+        app.add_exception_handler(exc_class, handle)

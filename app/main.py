@@ -15,9 +15,8 @@ from app.corpora import service as corpora_service
 from app.corpora.routes import router as corpora_router
 from app.dashboard import routes as dashboard
 from app.errors import install_error_handlers
-from app.generation.limits import OwnerSlots
 from app.generation.routes import router as generation_router
-from app.generation.service import Affinity
+from app.generation.state import Generation
 from app.jobs.reaper import reap_forever
 from app.jobs.routes import router as jobs_router
 from app.openai.app import create_openai_app
@@ -52,7 +51,7 @@ async def lifespan(app: FastAPI):
     except Exception:  # a start must not fail over leftovers (e.g. the database is not up yet): next start
         log.warning("could not sweep leftover files in corpora/; will try at the next start", exc_info=True)
     # The client for calls to workers' generation servers: each carries the deployment's worker secret.
-    app.state.http = httpx.AsyncClient(
+    app.state.generation.client = httpx.AsyncClient(
         timeout=httpx.Timeout(settings.generate_timeout_seconds, connect=5.0),
         headers={secret.HEADER: secret.worker_secret(settings)},
         # Keep the connections a burst of concurrent generations opens: past httpx's default of 20 kept
@@ -62,7 +61,7 @@ async def lifespan(app: FastAPI):
     reaper = asyncio.create_task(reap_forever(settings))
     yield
     reaper.cancel()
-    await app.state.http.aclose()
+    await app.state.generation.client.aclose()
 
 
 def declare_bearer_auth(schema: dict) -> None:
@@ -94,10 +93,9 @@ def create_app() -> FastAPI:
         dependencies=[Depends(refuse_nul_in_url)],
     )
     install_error_handlers(app)
-    # Which worker served each checkpoint last: state of this app, not of the module, so two apps in one
-    # process (tests) do not share it.
-    app.state.worker_affinity = Affinity()
-    app.state.generation_slots = OwnerSlots()  # per-owner generations in flight in this process
+    # Which worker served each checkpoint last and each owner's generations in flight: state of this app,
+    # not of the module, so two apps in one process (tests) do not share it; /v1 shares it.
+    app.state.generation = Generation()
     for router in (ops_router, corpora_router, jobs_router, checkpoints_router, generation_router):
         app.include_router(router)
     dashboard.install(app)

@@ -57,8 +57,8 @@ class Settings(BaseSettings):
     max_concurrent_generations_per_owner: int = Field(
         8,
         ge=1,
-        description="/generate and /score calls (streams included) one owner may have in flight in one API "
-        "process; more answers 429",
+        description="/generate, /score and /v1/completions requests (streams included) one owner may have in "
+        "flight in one API process; more answers 429",
     )
     # Room held back in <data_dir>/.disk-reserve: on a full disk, a DELETE gets it so that space can be freed.
     disk_reserve_bytes: int = Field(

@@ -2,10 +2,11 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Query, Request, Response
+from fastapi import APIRouter, Depends, Query, Response
 
 from app.corpora import repository, service
 from app.corpora.schemas import CorpusOut
+from app.corpora.upload import IncomingUpload
 from app.deps import CurrentOwner, SessionDep, SettingsDep
 from app.errors import responses
 from app.pagination import Page, PageParams, page_params
@@ -45,21 +46,13 @@ UPLOAD_BODY = {
     summary="Upload a corpus (multipart field `file`, or a raw text/plain body)",
 )
 async def upload_corpus(
-    request: Request,
+    body: IncomingUpload,
     session: SessionDep,
     owner: CurrentOwner,
     settings: SettingsDep,
     name: Annotated[str | None, Query(max_length=200, description="a name to show; default: the file name")] = None,
 ):
-    return await service.upload(
-        session,
-        owner=owner,
-        settings=settings,
-        stream=request.stream(),
-        content_type=request.headers.get("content-type", ""),
-        content_length=request.headers.get("content-length"),
-        name=name,
-    )
+    return await service.upload(session, owner=owner, settings=settings, body=body, name=name)
 
 
 @router.get("", response_model=Page[CorpusOut], summary="List your corpora, newest first")

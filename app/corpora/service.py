@@ -14,7 +14,6 @@ import os
 import re
 import secrets
 import time
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 from sqlalchemy import delete as sql_delete
@@ -28,6 +27,7 @@ from app.corpora.upload import (
     TOMBSTONE_GLOB,
     TOMBSTONE_MIN_AGE_SECONDS,
     CorpusSink,
+    Incoming,
     receive_multipart,
     receive_raw,
     sweep_stale_temp_files,
@@ -46,16 +46,11 @@ QUOTA_RETRY_AFTER = "60"
 CONTENT_NAME = re.compile(r"[0-9a-f]{64}\.txt")
 
 
-async def upload(
-    session: Session,
-    *,
-    owner: str,
-    settings: Settings,
-    stream: AsyncIterator[bytes],
-    content_type: str,
-    content_length: str | None,
-    name: str | None,
-) -> Corpus:
+async def upload(session: Session, *, owner: str, settings: Settings, body: Incoming, name: str | None) -> Corpus:
+    """Store an upload (raw text/plain or a multipart form's `file`) as the owner's corpus, under every
+    rule: Content-Type, size, UTF-8, distinct characters, the owner's stored-bytes quota, a full disk.
+    The one upload path: POST /corpora and POST /v1/files both call it."""
+    stream, content_type, content_length = body.stream, body.content_type, body.content_length
     media = content_type.split(";")[0].strip().lower()
     if media not in ("text/plain", "multipart/form-data"):
         raise ApiError(

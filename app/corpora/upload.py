@@ -15,8 +15,11 @@ import hashlib
 import os
 import secrets
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Annotated
 
+from fastapi import Depends, Request
 from python_multipart import MultipartParser
 from python_multipart.multipart import parse_options_header
 from starlette.requests import ClientDisconnect
@@ -34,6 +37,23 @@ TOMBSTONE_GLOB = ".deleted-*"
 TOMBSTONE_MIN_AGE_SECONDS = 60.0
 # Out of space, or over a disk quota: either way the upload cannot be stored.
 DISK_FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
+
+
+@dataclass
+class Incoming:
+    """An upload's body as it arrives, before a byte of it is read: what every upload route hands the
+    service (app/corpora/service.py upload()), taken from the request by the `IncomingUpload` dependency."""
+
+    stream: AsyncIterator[bytes]
+    content_type: str
+    content_length: str | None
+
+
+def incoming(request: Request) -> Incoming:
+    return Incoming(request.stream(), request.headers.get("content-type", ""), request.headers.get("content-length"))
+
+
+IncomingUpload = Annotated[Incoming, Depends(incoming)]
 
 
 class TooLarge(Exception):

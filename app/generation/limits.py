@@ -1,4 +1,8 @@
-"""Concurrent generations per owner, counted in this API process around the call to the worker.
+"""Concurrent generations per owner, counted in this API process around the calls to the worker.
+
+One count for every face: /generate, /score and /v1/completions take their slot through
+app.generation.service.admit(), one slot per request (a /v1 request's prompts and logprobs calls run
+under it, as a /generate's samples do).
 
 Without it one key's flood of /generate filled every worker's queue and everyone else waited behind it.
 The count is per API process (each process holds its own): with N API processes an owner may have up to

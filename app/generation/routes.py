@@ -1,9 +1,8 @@
 from __future__ import annotations
 
-from fastapi import APIRouter, Request
-from starlette.concurrency import run_in_threadpool
+from fastapi import APIRouter
 
-from app.deps import BearerKey, SettingsDep
+from app.deps import BearerKey, GenerationDep, SettingsDep
 from app.errors import responses
 from app.generation import service
 from app.generation.limits import ReleasingEventSourceResponse
@@ -12,7 +11,6 @@ from app.keys.streams import end_when_revoked
 
 router = APIRouter(tags=["generation"], responses=responses(400, 401, 404, 409, 410, 429, 502, 503))
 
-FALLBACKS = 2  # damaged checkpoints a generation from a job id passes over before it gives up
 ERRORS = {422: {"description": "a field out of range, or prompt characters the model never saw"}}
 
 
@@ -31,34 +29,26 @@ ERRORS = {422: {"description": "a field out of range, or prompt characters the m
         },
     },
 )
-async def generate(body: GenerateRequest, request: Request, key: BearerKey, settings: SettingsDep):
-    state = request.app.state
-    limit = settings.max_concurrent_generations_per_owner
-    state.generation_slots.precheck(key, limit)  # a flood past the limit costs no database lookup
+async def generate(body: GenerateRequest, key: BearerKey, settings: SettingsDep, generation: GenerationDep):
     params = body.sampling_params()
-    target = await run_in_threadpool(service.target, key, settings, body.model, state.worker_affinity)
-    slot = state.generation_slots.acquire(target.owner, limit, key)
-    try:
-        for attempt in range(FALLBACKS + 1):
-            try:
-                if not body.stream:
-                    return await service.generate(
-                        state.http, target, state.worker_affinity, model=body.model, params=params
-                    )
-                upstream = await service.open_stream(state.http, target, state.worker_affinity, params=params)
-                break
-            except service.CorruptCheckpoint:
-                # A job's best whose file is damaged: the worker has marked it, so resolving the job again
-                # gives its previous good checkpoint. A checkpoint id asked for by name has no fallback.
-                if body.model.startswith("ckpt_") or attempt == FALLBACKS:
-                    raise
-            target = await run_in_threadpool(service.target, key, settings, body.model, state.worker_affinity)
-        relay = service.relay(upstream, model=body.model, checkpoint_id=target.checkpoint_id, prompt=body.prompt)
-        # From here the slot is held until the stream ends, however it ends (the response releases it).
-        return ReleasingEventSourceResponse(end_when_revoked(relay, key), slot=slot)
-    finally:
-        if not body.stream:
-            slot.release()
+    if not body.stream:
+        done = await service.admit(
+            generation, settings, key=key, model=body.model,
+            work=lambda target: service.generate(
+                generation.client, target, generation.affinity, model=body.model, params=params
+            ),
+        )
+        with done.slot:
+            return done.value
+    opened = await service.admit(
+        generation, settings, key=key, model=body.model,
+        work=lambda target: service.open_stream(generation.client, target, generation.affinity, params=params),
+    )
+    relay = service.relay(
+        opened.value, model=body.model, checkpoint_id=opened.target.checkpoint_id, prompt=body.prompt
+    )
+    # The slot is held until the stream ends, however it ends (the response releases it).
+    return ReleasingEventSourceResponse(end_when_revoked(relay, key), slot=opened.slot)
 
 
 @router.post(
@@ -67,10 +57,12 @@ async def generate(body: GenerateRequest, request: Request, key: BearerKey, sett
     responses=ERRORS,
     summary="Mean cross-entropy of a text under the model, in nats per character",
 )
-async def score(body: ScoreRequest, request: Request, key: BearerKey, settings: SettingsDep):
-    state = request.app.state
-    limit = settings.max_concurrent_generations_per_owner
-    state.generation_slots.precheck(key, limit)
-    target = await run_in_threadpool(service.target, key, settings, body.model, state.worker_affinity)
-    with state.generation_slots.acquire(target.owner, limit, key):
-        return await service.score(state.http, target, state.worker_affinity, model=body.model, text=body.text)
+async def score(body: ScoreRequest, key: BearerKey, settings: SettingsDep, generation: GenerationDep):
+    done = await service.admit(
+        generation, settings, key=key, model=body.model,
+        work=lambda target: service.score(
+            generation.client, target, generation.affinity, model=body.model, text=body.text
+        ),
+    )
+    with done.slot:
+        return done.value

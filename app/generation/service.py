@@ -1,59 +1,43 @@
 """Generation and scoring run on a worker (the API has no torch): pick one, forward, relay.
 
 A worker that already has the checkpoint loaded is preferred (the API remembers where it sent each
-checkpoint last, in an Affinity on app.state); otherwise any live worker, the most recently heard from
-first. The bodies and stream lines are app/generation/wire.py's, shared with the worker.
+checkpoint last, in the app's Generation: app/generation/state.py); otherwise any live worker, the most
+recently heard from first. `admit()` applies the rules every face's generations run under. The bodies
+and stream lines are app/generation/wire.py's, shared with the worker.
 """
 
 from __future__ import annotations
 
 import json
 import time
-from collections import OrderedDict
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
+from typing import Generic, TypeVar
 
 import httpx
 from pydantic import BaseModel, ValidationError
 from sqlalchemy.orm import Session
+from starlette.concurrency import run_in_threadpool
 
 from app.checkpoints import repository as checkpoints
 from app.db import read_session
 from app.deps import owner_of_key
 from app.errors import ApiError, not_found
 from app.generation import wire
+from app.generation.limits import Slot
+from app.generation.state import Affinity, Generation
 from app.models import ACTIVE_STATUSES
 from app.ops.metrics import GENERATED_CHARS, GENERATION_SECONDS
 from app.settings import Settings
 from app.workers import repository as workers
 
 RETRY_AFTER = {"Retry-After": "5"}
+FALLBACKS = 2  # damaged checkpoints a generation from a job id passes over before it gives up
+T = TypeVar("T")
 
 
 class CorruptCheckpoint(ApiError):
     """The worker found the checkpoint's file damaged (409); a job's best can fall back past it."""
-
-
-class Affinity:
-    """Checkpoint id -> the worker url it was last served from (the most recent `size` checkpoints)."""
-
-    def __init__(self, size: int = 10_000):
-        self.size = size
-        self._urls: OrderedDict[str, str] = OrderedDict()
-
-    def order(self, urls: list[str], checkpoint_id: str) -> list[str]:
-        """`urls` with the worker that served this checkpoint last (if still live) first."""
-        preferred = self._urls.get(checkpoint_id)
-        if preferred in urls:
-            urls.remove(preferred)
-            urls.insert(0, preferred)
-        return urls
-
-    def remember(self, checkpoint_id: str, url: str) -> None:
-        self._urls[checkpoint_id] = url
-        self._urls.move_to_end(checkpoint_id)
-        while len(self._urls) > self.size:
-            self._urls.popitem(last=False)
 
 
 @dataclass
@@ -61,6 +45,16 @@ class Target:
     checkpoint_id: str
     urls: list[str]  # the live workers, the one to try first first
     owner: str = ""  # whose call it is: per-owner limits count it
+    from_job: bool = False  # named by a job id: a damaged best may fall back to the job's previous checkpoint
+
+
+@dataclass
+class Admitted(Generic[T]):
+    """A call that passed the rules: the checkpoint it ran on, what it returned, and the owner's slot."""
+
+    target: Target
+    value: T
+    slot: Slot
 
 
 def target(
@@ -81,7 +75,7 @@ def target(
             model = native_model(session, owner, model)
         checkpoint_id = resolve(session, owner=owner, model=model)
         urls = worker_urls(session, settings=settings)
-    return Target(checkpoint_id, affinity.order(urls, checkpoint_id), owner)
+    return Target(checkpoint_id, affinity.order(urls, checkpoint_id), owner, from_job=not model.startswith("ckpt_"))
 
 
 def resolve(session: Session, *, owner: str, model: str) -> str:
@@ -251,3 +245,48 @@ async def relay(response: httpx.Response, *, model: str, checkpoint_id: str, pro
                 yield {"event": "error", "data": json.dumps({"detail": message.error})}
     finally:
         await response.aclose()
+
+
+# -- the rules every face runs a generation under -----------------------------------------------------
+
+
+async def admit(
+    generation: Generation,
+    settings: Settings,
+    *,
+    key: str,
+    model: str,
+    work: Callable[[Target], Awaitable[T]],
+    native_model: Callable[[Session, str, str], str] | None = None,
+) -> Admitted[T]:
+    """Run `work(target)` under the rules that hold for /generate, /score and /v1/completions alike:
+
+    - the owner's generations in flight are limited (CHARRNN_MAX_CONCURRENT_GENERATIONS_PER_OWNER): one
+      slot per request, however many worker calls it makes (prompts, logprobs); a 429 past the limit;
+    - a job's best checkpoint whose file the worker finds damaged falls back to the job's previous good
+      checkpoint (the worker has marked it, so resolving the job again gives the next), up to FALLBACKS
+      times; a checkpoint named by its id has no fallback: its 409 is the answer.
+
+    The returned slot is held: release it when the answer is complete (`with admitted.slot:`), or hand it
+    to the response that streams (ReleasingEventSourceResponse). On an error it is released here."""
+    limit = settings.max_concurrent_generations_per_owner
+    generation.slots.precheck(key, limit)  # a flood past the limit costs no database lookup
+
+    async def resolve_target() -> Target:
+        return await run_in_threadpool(target, key, settings, model, generation.affinity, native_model)
+
+    found = await resolve_target()
+    slot = generation.slots.acquire(found.owner, limit, key)
+    try:
+        fallbacks = 0
+        while True:
+            try:
+                return Admitted(found, await work(found), slot)
+            except CorruptCheckpoint:
+                if not found.from_job or fallbacks == FALLBACKS:
+                    raise
+            fallbacks += 1
+            found = await resolve_target()
+    except BaseException:
+        slot.release()
+        raise

@@ -6,6 +6,7 @@ from fastapi import FastAPI
 from fastapi.responses import FileResponse
 
 from app.dashboard.routes import DOCS_HEADERS, STATIC
+from app.errors import install_error_handlers
 from app.openai import errors
 from app.openai.routes import router
 
@@ -23,9 +24,13 @@ def create_openai_app(parent: FastAPI) -> FastAPI:
         docs_url=None,  # FastAPI's page loads Swagger UI from a CDN; /v1/docs is the offline one /docs is
         redoc_url=None,
     )
-    sub.state.http = lambda: parent.state.http  # the main app's httpx client, made in its lifespan
-    sub.state.worker_affinity = parent.state.worker_affinity  # one memory of which worker has which checkpoint
-    errors.install(sub)
+    # One set of generation state with the native routes: the same worker affinity, the same per-owner
+    # count of generations in flight, the same client (made in the main app's lifespan).
+    sub.state.generation = parent.state.generation
+    # One set of dependency overrides too (the same dict): what replaces a dependency, e.g. the settings
+    # in a test, replaces it on both faces.
+    sub.dependency_overrides = parent.dependency_overrides
+    install_error_handlers(sub, errors.render)  # app/errors.py's, in OpenAI's shape
     sub.include_router(router)
 
     @sub.get("/docs", include_in_schema=False)

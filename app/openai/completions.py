@@ -7,6 +7,9 @@ stream, per-character log-probabilities), so a change to the generation contract
   parameters (SamplingParams: max_tokens -> length, n -> num_samples, top_p 0 -> greedy), one worker call
   per prompt; the model name resolves, with the key's owner and the live workers, in one `target()` lookup,
   and the worker gets the checkpoint id (wire.py's bodies; it finds the file itself).
+- The rules are /generate's, applied by the same function (app.generation.service.admit): the per-owner
+  limit on generations in flight (one slot per request: a request's prompts and logprobs calls run under
+  it, as a /generate's samples do) and the fallback past a job's damaged best checkpoint.
 - `logprobs`: the exact log-probability of each character under the model (temperature 1), from the
   worker's /logprobs (teacher-forced, like /score, over the text the sampler returned). The first
   character of an echoed prompt has none, as with OpenAI.
@@ -21,16 +24,17 @@ import asyncio
 import json
 import secrets
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
 from dataclasses import dataclass
 
 import httpx
 from pydantic import ValidationError
 from sqlalchemy.orm import Session
-from starlette.concurrency import run_in_threadpool
 
 from app.errors import ApiError
 from app.generation import service as generation
+from app.generation.limits import Slot
+from app.generation.state import Generation
 from app.openai import catalog
 from app.openai.errors import OpenAIError, error_body
 from app.openai.schemas import CompletionRequest
@@ -49,6 +53,7 @@ class Streams:
     target: generation.Target
     client: httpx.AsyncClient  # for the logprobs of each chunk
     affinity: generation.Affinity
+    slot: Slot  # the owner's generation slot, held until the stream ends (ReleasingEventSourceResponse)
 
 
 def _refuse_unsupported(body: CompletionRequest) -> None:
@@ -119,9 +124,17 @@ def native_model(session: Session, owner: str, name: str) -> str:
     return resolved.native
 
 
-async def _target(key: str, settings: Settings, name: str, affinity: generation.Affinity) -> generation.Target:
-    """The key's owner, the name's checkpoint and the live workers: one lookup, in a thread."""
-    return await run_in_threadpool(generation.target, key, settings, name, affinity, native_model)
+async def _all(calls: list[Awaitable]) -> list:
+    """Every call's result; on the first failure the others are cancelled, so no worker call outlives the
+    request's slot, and that failure is raised as it is (a damaged checkpoint falls back: admit())."""
+    tasks = [asyncio.ensure_future(call) for call in calls]
+    try:
+        return await asyncio.gather(*tasks)
+    except BaseException:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        raise
 
 
 async def _logprobs(client: httpx.AsyncClient, target: generation.Target, affinity: generation.Affinity,
@@ -151,16 +164,24 @@ def _envelope(body: CompletionRequest, completion_id: str, created: int, checkpo
     }
 
 
-async def complete(client: httpx.AsyncClient, settings: Settings, affinity: generation.Affinity, *, key: str,
-                   body: CompletionRequest) -> dict:
+async def complete(gen: Generation, settings: Settings, *, key: str, body: CompletionRequest) -> dict:
     _refuse_unsupported(body)
     prompts = _prompts(body)
     params = [native_params(body, p) for p in prompts]
-    target = await _target(key, settings, body.model, affinity)
-    checkpoint_id = target.checkpoint_id
-    outs = await asyncio.gather(
-        *(generation.generate(client, target, affinity, model=body.model, params=p) for p in params)
-    )
+
+    async def work(target: generation.Target) -> dict:
+        outs = await _all([
+            generation.generate(gen.client, target, gen.affinity, model=body.model, params=p) for p in params
+        ])
+        return await _completion(gen, target, body, prompts, outs)
+
+    done = await generation.admit(gen, settings, key=key, model=body.model, work=work, native_model=native_model)
+    with done.slot:
+        return done.value
+
+
+async def _completion(gen: Generation, target: generation.Target, body: CompletionRequest, prompts: list[str],
+                      outs: list[dict]) -> dict:
     choices, to_score = [], []
     for p_index, (prompt, out) in enumerate(zip(prompts, outs, strict=True)):
         for s_index, sample in enumerate(out["samples"]):
@@ -174,16 +195,16 @@ async def complete(client: httpx.AsyncClient, settings: Settings, affinity: gene
             if body.logprobs is not None:
                 to_score.append((choice, prompt, sample["text"]))
     if to_score:
-        found = await asyncio.gather(
-            *(_logprobs(client, target, affinity, prompt, text, bool(body.echo), body.logprobs)
-              for _, prompt, text in to_score)
-        )
+        found = await _all([
+            _logprobs(gen.client, target, gen.affinity, prompt, text, bool(body.echo), body.logprobs)
+            for _, prompt, text in to_score
+        ])
         for (choice, _, _), logprobs in zip(to_score, found, strict=True):
             choice["logprobs"] = logprobs
     prompt_chars = sum(len(p) for p in prompts)
     completion_chars = sum(o["usage"]["generated_chars"] for o in outs)
     return {
-        **_envelope(body, "cmpl-" + secrets.token_hex(12), int(time.time()), checkpoint_id),
+        **_envelope(body, "cmpl-" + secrets.token_hex(12), int(time.time()), target.checkpoint_id),
         "choices": choices,
         "usage": {
             "prompt_tokens": prompt_chars,
@@ -193,22 +214,26 @@ async def complete(client: httpx.AsyncClient, settings: Settings, affinity: gene
     }
 
 
-async def open_streams(client: httpx.AsyncClient, settings: Settings, affinity: generation.Affinity, *, key: str,
-                       body: CompletionRequest) -> Streams:
-    """Open one native stream per prompt before answering, so a bad prompt or model is a plain error."""
+async def open_streams(gen: Generation, settings: Settings, *, key: str, body: CompletionRequest) -> Streams:
+    """Open one native stream per prompt before answering, so a bad prompt or model is a plain error.
+    The owner's slot stays held in the Streams until the response that streams them releases it."""
     _refuse_unsupported(body)
     prompts = _prompts(body)
     params = [native_params(body, p) for p in prompts]
-    target = await _target(key, settings, body.model, affinity)
-    opened: list[httpx.Response] = []
-    try:
-        for p in params:
-            opened.append(await generation.open_stream(client, target, affinity, params=p))
-    except BaseException:
-        for upstream in opened:
-            await upstream.aclose()
-        raise
-    return Streams(prompts, opened, target, client, affinity)
+
+    async def work(target: generation.Target) -> list[httpx.Response]:
+        opened: list[httpx.Response] = []
+        try:
+            for p in params:
+                opened.append(await generation.open_stream(gen.client, target, gen.affinity, params=p))
+        except BaseException:
+            for upstream in opened:
+                await upstream.aclose()
+            raise
+        return opened
+
+    held = await generation.admit(gen, settings, key=key, model=body.model, work=work, native_model=native_model)
+    return Streams(prompts, held.value, held.target, gen.client, gen.affinity, held.slot)
 
 
 async def stream_chunks(body: CompletionRequest, streams: Streams) -> AsyncIterator[dict]:

@@ -23,6 +23,7 @@ from sqlalchemy.orm import Session
 
 from app.checkpoints import repository as checkpoints_repository
 from app.corpora import repository as corpora
+from app.errors import unknown_field
 from app.jobs import repository as jobs_repository
 from app.jobs import service as jobs
 from app.jobs.defaults import train_defaults
@@ -152,7 +153,8 @@ def native_request(session: Session, *, owner: str, settings: Settings, body: Jo
         where = where.replace("charrnn.training.max_epochs", "hyperparameters.n_epochs").replace(
             "charrnn.training.batch_size", "hyperparameters.batch_size").replace(
             "charrnn.training.learning_rate", "hyperparameters.learning_rate_multiplier")
-        raise OpenAIError(400, f"{where}: {first['msg']}", where) from None
+        message = unknown_field(NativeJobCreate, first["loc"]) if first["type"] == "extra_forbidden" else first["msg"]
+        raise OpenAIError(400, f"{where}: {message}", where) from None
     columns = {
         "validation_corpus_id": validation_file,
         "openai_model": body.model,

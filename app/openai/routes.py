@@ -5,12 +5,13 @@ from __future__ import annotations
 import json
 from typing import Annotated, Literal
 
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Query
 from fastapi.responses import FileResponse
-from sse_starlette.sse import EventSourceResponse
 
 from app.corpora import service as corpora
-from app.deps import BearerKey, CurrentOwner, SessionDep, SettingsDep
+from app.corpora.upload import IncomingUpload
+from app.deps import BearerKey, CurrentOwner, GenerationDep, SessionDep, SettingsDep
+from app.generation.limits import ReleasingEventSourceResponse
 from app.keys.streams import end_when_revoked
 from app.openai import catalog, completions, files, fine_tuning
 from app.openai.errors import OpenAIError, error_body
@@ -58,26 +59,14 @@ FILE_BODY = {
 }
 
 
-def _http(request: Request):
-    return request.app.state.http()  # the main app's client (app/openai/app.py)
-
-
 # -- files -------------------------------------------------------------------------------------------
 
 
 @router.post("/files", response_model=FileObject, openapi_extra=FILE_BODY, tags=["files"],
              summary="Upload a file: a UTF-8 text corpus (multipart `file`, `purpose=fine-tune`)")
-async def upload_file(request: Request, session: SessionDep, owner: CurrentOwner, settings: SettingsDep):
-    corpus = await corpora.upload(
-        session,
-        owner=owner,
-        settings=settings,
-        stream=request.stream(),
-        content_type=request.headers.get("content-type", ""),
-        content_length=request.headers.get("content-length"),
-        name=None,
-    )
-    return files.file_object(corpus)
+async def upload_file(body: IncomingUpload, session: SessionDep, owner: CurrentOwner, settings: SettingsDep):
+    # The native upload, rules and all; the name is the form's file name (`purpose` is fine-tune's alone).
+    return files.file_object(await corpora.upload(session, owner=owner, settings=settings, body=body, name=None))
 
 
 @router.get("/files", response_model=FileList, tags=["files"], summary="List your files")
@@ -168,13 +157,13 @@ def delete_model(model: str, session: SessionDep, owner: CurrentOwner):
 @router.post("/completions", tags=["completions"], summary="Complete prompts with a fine-tuned model",
              responses={200: {"content": {"text/event-stream": {"example": 'data: {"choices": [...]}\n\n'
                                                                            "data: [DONE]\n\n"}}}})
-async def create_completion(body: CompletionRequest, request: Request, key: BearerKey, settings: SettingsDep):
-    affinity = request.app.state.worker_affinity  # the main app's (app/openai/app.py)
+async def create_completion(body: CompletionRequest, key: BearerKey, settings: SettingsDep,
+                            generation: GenerationDep):
     if not body.stream:
-        return await completions.complete(_http(request), settings, affinity, key=key, body=body)
-    streams = await completions.open_streams(_http(request), settings, affinity, key=key, body=body)
+        return await completions.complete(generation, settings, key=key, body=body)
+    streams = await completions.open_streams(generation, settings, key=key, body=body)
     chunks = end_when_revoked(completions.stream_chunks(body, streams), key, revoked_event=REVOKED)
-    return EventSourceResponse(chunks, ping=15)
+    return ReleasingEventSourceResponse(chunks, slot=streams.slot, ping=15)
 
 
 @router.post("/chat/completions", tags=["completions"], summary="Not supported: these are completion models")

@@ -19,7 +19,6 @@ import time
 from pathlib import Path
 
 from starlette.concurrency import run_in_threadpool
-from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from app.settings import Settings, get_settings
@@ -56,11 +55,6 @@ def is_disk_full(exc: BaseException) -> bool:
             return True
         exc = getattr(exc, "orig", None) or exc.__cause__ or exc.__context__
     return False
-
-
-def disk_full_answer() -> JSONResponse:
-    log.warning("the disk is full: a write answered 507")
-    return JSONResponse({"detail": FULL_DETAIL}, status_code=507, headers={"Retry-After": RETRY_AFTER_SECONDS})
 
 
 def free_bytes(directory: Path) -> int:

@@ -21,8 +21,9 @@ def test_the_worker_affinity_is_app_state_not_module_state():
     from app.main import create_app
 
     one, two = create_app(), create_app()
-    assert isinstance(one.state.worker_affinity, service.Affinity)
-    assert one.state.worker_affinity is not two.state.worker_affinity
+    assert isinstance(one.state.generation.affinity, service.Affinity)
+    assert one.state.generation.affinity is not two.state.generation.affinity
+    assert one.state.generation.slots is not two.state.generation.slots
     assert not hasattr(service, "_affinity")
     affinity = service.Affinity(size=2)
     affinity.remember("ckpt_a", "http://w2")

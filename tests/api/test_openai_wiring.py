@@ -44,12 +44,12 @@ def test_v1_serves_its_docs_offline(client):
     assert "/completions" in spec["paths"] and "/fine_tuning/jobs" in spec["paths"]
 
 
-def test_v1_shares_the_apps_worker_affinity():
+def test_v1_shares_the_apps_worker_affinity_and_generation_slots():
     from app.main import create_app
 
     app = create_app()
     (v1,) = [r for r in app.routes if isinstance(r, Mount) and r.path == "/v1"]
-    assert v1.app.state.worker_affinity is app.state.worker_affinity
+    assert v1.app.state.generation is app.state.generation  # one affinity, one per-owner count, one client
 
 
 def test_completion_params_are_the_one_contracts():
