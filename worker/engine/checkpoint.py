@@ -205,7 +205,7 @@ class RunDirectory:
         return self.best
 
     def last_record(self) -> dict | None:
-        """last.json: {"step", "sha256", "size_bytes"} (only "step" in runs of older versions), or None."""
+        """last.json: {"step", "sha256", "size_bytes"}, or None before the first checkpoint."""
         if not self.last_file.is_file():
             return None
         return json.loads(self.last_file.read_text())
