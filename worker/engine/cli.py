@@ -8,18 +8,40 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated
 
 import typer
+from pydantic import ValidationError
 from rich.console import Console
+from rich.markup import escape
+
+from worker.engine.sampling_params import MAX_LENGTH, MAX_NUM_SAMPLES, MAX_TEMPERATURE
 
 stderr = Console(stderr=True)
 
 
 def _fail(message: str) -> None:
-    stderr.print(f"[bold red]error:[/] {message}")
+    stderr.print(f"[bold red]error:[/] {escape(message)}", highlight=False)
     raise typer.Exit(code=2)
+
+
+def describe_invalid(exc: ValidationError, name_for: Callable[[tuple], str], limit: int = 3) -> str:
+    """pydantic's errors as one line a person can act on: the option (or setting) as they typed it, the
+    value given and the bound, e.g. `--temperature: got -1.0; it must be greater than or equal to 0`."""
+    problems = []
+    for error in exc.errors(include_url=False)[:limit]:
+        reason = error["msg"].removeprefix("Value error, ").replace("Input should be", "it must be")
+        given = error.get("input")
+        shown = f"got {given!r}; " if isinstance(given, int | float | str) and len(repr(given)) <= 40 else ""
+        problems.append(f"{name_for(error['loc'])}: {shown}{reason}")
+    return "; ".join(problems)
+
+
+def option_name(loc: tuple) -> str:
+    """A request field's command-line option: ('training', 'max_seconds') -> --max-seconds."""
+    return "--" + str(loc[-1] if loc else "value").replace("_", "-")
 
 
 class ConsoleObserver:
@@ -143,6 +165,8 @@ def train(
             result = trainer.train()
         finally:
             observer.close()
+    except ValidationError as exc:
+        _fail(describe_invalid(exc, option_name))
     except (ValueError, TypeError) as exc:  # EngineError, a refused spec; TypeError: a bad run.json
         _fail(str(exc))
     print(result.model_dump_json())
@@ -151,26 +175,46 @@ def train(
 def generate(
     checkpoint: Annotated[Path, typer.Argument(help="a .safetensors checkpoint or a run directory")],
     prompt: Annotated[str, typer.Option(help="text to start from")] = "",
-    length: Annotated[int, typer.Option(help="characters to generate")] = 200,
-    temperature: Annotated[float, typer.Option(help="0 = always the most likely character")] = 1.0,
+    length: Annotated[
+        int, typer.Option(help="characters to generate: any number, written to stdout as they come")
+    ] = 200,
+    temperature: Annotated[
+        float, typer.Option(help=f"0 to {MAX_TEMPERATURE:g}; 0 = always the most likely character")
+    ] = 1.0,
     top_k: Annotated[int | None, typer.Option()] = None,
-    top_p: Annotated[float | None, typer.Option()] = None,
+    top_p: Annotated[float | None, typer.Option(help="above 0, at most 1")] = None,
     seed: Annotated[int | None, typer.Option()] = None,
-    num_samples: Annotated[int, typer.Option()] = 1,
+    num_samples: Annotated[int, typer.Option(help=f"1 to {MAX_NUM_SAMPLES}")] = 1,
     stop: Annotated[list[str] | None, typer.Option(help="stop at this string (repeatable)")] = None,
 ) -> None:
     """Sample from a checkpoint; prints only the generated text (after the prompt)."""
     from worker.engine.checkpoint import CheckpointError, load_model
     from worker.engine.sampler import Sampler, SampleRequest
 
+    if length < 0:
+        _fail(f"--length: got {length}; give 0 or more characters")
+    try:
+        # The service bounds a request's length; here the text streams to the user's own terminal, so
+        # any length is fine: the other fields are checked as the service checks them.
+        request = SampleRequest(prompt=prompt, length=min(length, MAX_LENGTH), temperature=temperature,
+                                top_k=top_k, top_p=top_p, seed=seed, num_samples=num_samples, stop=stop or [])
+        request = request.model_copy(update={"length": length})
+    except ValidationError as exc:
+        _fail(describe_invalid(exc, option_name))
     try:
         loaded = load_model(checkpoint)
-        request = SampleRequest(prompt=prompt, length=length, temperature=temperature, top_k=top_k,
-                                top_p=top_p, seed=seed, num_samples=num_samples, stop=stop or [])
-        samples = Sampler(loaded.model, loaded.vocab).generate(request)
+        sampler = Sampler(loaded.model, loaded.vocab)
+        if num_samples == 1:
+            for pieces in sampler.stream(request):
+                if pieces[0]:
+                    sys.stdout.write(pieces[0])
+                    sys.stdout.flush()
+            sys.stdout.write("\n")
+        else:
+            samples = sampler.generate(request)
+            sys.stdout.write("\n\n".join(s.text for s in samples) + "\n")
     except (CheckpointError, ValueError) as exc:
         _fail(str(exc))
-    sys.stdout.write("\n\n".join(s.text for s in samples) + "\n")
 
 
 def score(
