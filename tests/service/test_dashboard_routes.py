@@ -5,7 +5,7 @@ from __future__ import annotations
 import httpx
 
 from app.jobs.service import downsample
-from tests.conftest import TINY_TRAINING
+from tests.harness import TINY_TRAINING
 
 
 def test_downsample_keeps_first_and_last_at_an_even_stride():

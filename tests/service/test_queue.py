@@ -13,7 +13,7 @@ from sqlalchemy import text
 
 from app import db as app_db
 from app import settings as app_settings
-from tests.conftest import queue_dummy_jobs
+from tests.harness import queue_dummy_jobs
 
 
 def _reset_caches():

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import ROOT, Service, small_corpus
-from tests.service.test_recovery import children_of, wait_event
+from tests.conftest import small_corpus
+from tests.harness import ROOT, Service, children_of, wait_event
 
 pytestmark = pytest.mark.slow
 
