@@ -25,6 +25,16 @@ def small_corpus(n_bytes: int = 20_000) -> str:
     return SHAKESPEARE.read_bytes()[:n_bytes].decode("utf-8", "ignore")
 
 
+SERVICE_TESTS = ROOT / "tests" / "service"
+
+
+def pytest_collection_modifyitems(items):
+    # Every test under tests/service/ runs the service as real processes: `make check` leaves them out.
+    for item in items:
+        if SERVICE_TESTS in item.path.parents:
+            item.add_marker(pytest.mark.slow)
+
+
 @pytest.fixture
 def postgres_url():
     """A throwaway database on the local PostgreSQL server, dropped after the test."""

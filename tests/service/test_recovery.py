@@ -8,15 +8,17 @@ import contextlib
 import json
 import os
 import signal
-import sqlite3
 import time
 from pathlib import Path
 
 import httpx
 import pytest
+import sqlalchemy
 
 from tests.conftest import small_corpus
 from tests.harness import (
+    TINY_MODEL,
+    TINY_TRAINING,
     Serve,
     Service,
     children_of,
@@ -30,8 +32,8 @@ from tests.harness import (
 pytestmark = pytest.mark.slow
 
 
-
 TRAINING = {"max_steps": 1200, "checkpoint_every": 100, "eval_every": 100, "log_every": 50, "seed": 11}
+SERVE_TRAINING = {"max_steps": 600, "checkpoint_every": 100, "eval_every": 100, "log_every": 50, "seed": 11}
 
 
 @pytest.fixture(scope="module", params=["sqlite", "postgres"])
@@ -48,7 +50,23 @@ def svc(request, tmp_path_factory):
         s.stop()
 
 
+def delete_rows_of_step(svc: Service, job_id: str, step: int) -> None:
+    """What a kill -9 between a checkpoint's files and its row leaves: files on disk, no row, no metric point."""
+    url = svc.env.get("CHARRNN_DATABASE_URL") or f"sqlite:///{svc.data_dir / 'charrnn.db'}"
+    engine = sqlalchemy.create_engine(url)
+    with engine.begin() as db:
+        for table in ("checkpoints", "job_metrics"):
+            query = sqlalchemy.text(f"DELETE FROM {table} WHERE job_id = :job AND step = :step")
+            db.execute(query, {"job": job_id, "step": step})
+    engine.dispose()
+
+
 def test_kill_9_mid_job_resumes_exactly(svc):
+    """Killed right after its newest checkpoint's files were written and before their row: the next worker
+    takes the job over from that checkpoint, lists it as the best with its loss point, and ends exactly
+    where an uninterrupted twin does."""
+    from worker.engine.header import read_metadata
+
     client = svc.client()
     corpus = svc.upload(client, small_corpus(30_000), name="recovery")
     a = svc.start_worker()
@@ -68,11 +86,25 @@ def test_kill_9_mid_job_resumes_exactly(svc):
     ], "the training child died with its worker"
     assert client.get(f"/jobs/{job['id']}").json()["status"] == "running"  # until the lease runs out
 
-    svc.start_worker(wait=False)
+    run_dir = svc.data_dir / "runs" / job["id"]
+    step = json.loads((run_dir / "last.json").read_text())["step"]
+    metadata = read_metadata(run_dir / "checkpoints" / f"step-{step:08d}.safetensors")
+    assert metadata["is_best"] == "True", metadata  # early in a run every evaluation is a new best
+    delete_rows_of_step(svc, job["id"], step)
+
+    svc.start_worker(wait=False)  # (the dead one still counts as live until its heartbeat ages out)
     resumed = wait_event(client, job["id"], lambda e: e["message"].startswith("resumed from step"))
     recovery = time.monotonic() - killed_at
     print(f"kill -9 -> training resumed on another worker: {recovery:.1f}s (lease 2s); {resumed['message']}")
-    assert 100 <= resumed["data"]["resumed_from_step"] < TRAINING["max_steps"], "killed mid-job"
+    assert resumed["data"]["resumed_from_step"] == step, (resumed, step)
+    assert 100 <= step < TRAINING["max_steps"], "killed mid-job"
+    checkpoints = client.get(f"/jobs/{job['id']}/checkpoints", params={"limit": 100}).json()["data"]
+    adopted = [c for c in checkpoints if c["step"] == step]
+    assert adopted and adopted[0]["is_best"], checkpoints
+    assert adopted[0]["val_loss"] == float(metadata["val_loss"])
+    points = [m for m in client.get(f"/jobs/{job['id']}/metrics").json() if m["step"] == step]
+    assert points and points[0]["val_loss"] == float(metadata["val_loss"])
+    assert points[0]["train_loss"] == float(metadata["train_loss"])
 
     twin = svc.create_job(client, corpus["id"], training=TRAINING, name="twin")
     done = svc.wait_job(client, job["id"], timeout=120)
@@ -99,45 +131,6 @@ def test_kill_9_mid_job_resumes_exactly(svc):
     assert r.status_code == 200 and len(r.json()["text"]) == 20
 
 
-def database(svc: Service) -> sqlite3.Connection:
-    return sqlite3.connect(svc.data_dir / "charrnn.db", timeout=60, isolation_level=None)
-
-
-def test_kill_9_between_a_checkpoints_files_and_its_row_is_rebuilt_on_resume(svc):
-    """Item 8: the files of step N are on disk, its row, is_best and metric point are not (the worker was
-    killed in between). The next worker resumes from N and lists it as the best, with its loss point."""
-    from worker.engine.header import read_metadata
-
-    client = svc.client()
-    corpus = svc.upload(client, small_corpus(30_000), name="faults")
-    worker = svc.start_worker()
-    training = {"max_steps": 400, "eval_every": 20, "checkpoint_every": 20, "log_every": 20, "seed": 3}
-    job = svc.create_job(client, corpus["id"], training=training)
-    wait_event(client, job["id"], lambda e: e["type"] == "checkpoint" and e["data"]["step"] >= 40)
-    worker.send_signal(signal.SIGKILL)
-    worker.wait()
-
-    # The state a kill -9 right after the file write leaves: the newest checkpoint has files, no row.
-    run_dir = svc.data_dir / "runs" / job["id"]
-    step = json.loads((run_dir / "last.json").read_text())["step"]
-    metadata = read_metadata(run_dir / "checkpoints" / f"step-{step:08d}.safetensors")
-    assert metadata["is_best"] == "True", metadata  # early in a run every evaluation is a new best
-    with database(svc) as db:
-        db.execute("DELETE FROM checkpoints WHERE job_id = ? AND step = ?", (job["id"], step))
-        db.execute("DELETE FROM job_metrics WHERE job_id = ? AND step = ?", (job["id"], step))
-
-    svc.start_worker(wait=False)  # (the dead one still counts as live until its heartbeat ages out)
-    wait_event(client, job["id"], lambda e: e["message"] == f"resumed from step {step}")
-    checkpoints = client.get(f"/jobs/{job['id']}/checkpoints", params={"limit": 100}).json()["data"]
-    adopted = [c for c in checkpoints if c["step"] == step]
-    assert adopted and adopted[0]["is_best"], checkpoints
-    assert adopted[0]["val_loss"] == float(metadata["val_loss"])
-    points = [m for m in client.get(f"/jobs/{job['id']}/metrics").json() if m["step"] == step]
-    assert points and points[0]["val_loss"] == float(metadata["val_loss"])
-    assert points[0]["train_loss"] == float(metadata["train_loss"])
-    client.post(f"/jobs/{job['id']}/cancel")
-
-
 def test_with_no_worker_left_the_api_puts_a_dead_workers_job_back_in_the_queue(svc):
     for earlier in svc.workers:  # the only worker must be the one that dies
         earlier.send_signal(signal.SIGTERM)
@@ -155,38 +148,6 @@ def test_with_no_worker_left_the_api_puts_a_dead_workers_job_back_in_the_queue(s
     job = client.get(f"/jobs/{job['id']}").json()
     assert job["status"] == "queued" and job["attempts"] == 1
     client.post(f"/jobs/{job['id']}/cancel").raise_for_status()  # leave the queue empty for the next test
-
-
-def test_sigterm_checkpoints_and_requeues(svc):
-    client = svc.client()
-    for w in svc.workers:  # the previous test's worker: stop it, so the next job lands on ours
-        if w.poll() is None:
-            w.send_signal(signal.SIGTERM)
-            w.wait(30)
-    corpus = client.get("/corpora").json()["data"][0]
-    w = svc.start_worker()
-    job = svc.create_job(
-        client,
-        corpus["id"],
-        training={**TRAINING, "max_steps": 100_000, "checkpoint_every": 10_000},
-        name="sigterm",
-    )
-    wait_event(client, job["id"], lambda e: e["type"] == "metrics" and e["data"]["step"] >= 30)
-    w.send_signal(signal.SIGTERM)
-    assert w.wait(30) == 0
-    stopped = client.get(f"/jobs/{job['id']}").json()
-    assert stopped["status"] == "queued" and stopped["attempts"] == 0, stopped
-    checkpoints = client.get(f"/jobs/{job['id']}/checkpoints").json()["data"]
-    assert checkpoints and checkpoints[0]["step"] >= 30  # saved where it stopped
-    assert svc.live_workers() == 0
-    assert client.get("/readyz").status_code == 503
-    r = client.post("/generate", json={"model": job["id"], "length": 5})
-    assert r.status_code == 503 and "no worker" in r.json()["detail"]
-
-    svc.start_worker()
-    wait_event(client, job["id"], lambda e: e["message"] == f"resumed from step {checkpoints[0]['step']}")
-    cancelled = client.post(f"/jobs/{job['id']}/cancel").json()
-    assert cancelled["status"] == "cancelled"
 
 
 def kill_9(serve: Serve) -> None:
@@ -207,26 +168,42 @@ def kill_9(serve: Serve) -> None:
     wait_for(lambda: not group_alive(), 10, "every process of serve to die")
 
 
-def test_serve_killed_whole_resumes_its_job_exactly_on_restart(tmp_path):
+def test_serve_stopped_by_sigterm_then_killed_whole_resumes_its_job_exactly(tmp_path):
+    """`kill -TERM -<pgid>` (systemd, most supervisors) reaches the training child too: the child ignores it,
+    the worker checkpoints and requeues, and the stop does not count as an attempt. Then kill -9 to the
+    whole group (a power cut, an OOM-killed cgroup): the next `serve` takes the job back once its lease runs
+    out. The job ends exactly where an uninterrupted twin does."""
     serve = Serve(tmp_path / "data")
     serve.start()
+    client = serve.client()
     try:
-        client = serve.client()
-        corpus = client.post(
-            "/corpora", params={"name": "c"}, content=small_corpus(30_000).encode(),
-            headers={"Content-Type": "text/plain"},
-        ).json()
-        model = {"cell": "lstm", "hidden_size": 32, "num_layers": 1, "embedding_dim": 16}
-        body = {"corpus_id": corpus["id"], "model": model, "training": {**TRAINING, "seq_len": 16, "batch_size": 4}}
+        corpus = serve_upload(client)
+        body = {"corpus_id": corpus["id"], "model": TINY_MODEL, "training": {**TINY_TRAINING, **SERVE_TRAINING}}
         job = client.post("/jobs", json={**body, "name": "interrupted"}).json()
-        wait_event(client, job["id"], lambda e: e["type"] == "checkpoint" and e["data"]["step"] >= 100, timeout=90)
-        kill_9(serve)  # API, worker and training child at once: a power cut, an OOM-killed cgroup
+        seen = wait_event(client, job["id"], lambda e: e["type"] == "checkpoint", timeout=90)
 
-        serve.start()  # same data dir: the job's lease runs out, and the new worker takes it back
+        assert serve.signal_group(signal.SIGTERM) in (0, -signal.SIGTERM), serve.output()
+        serve.start()
         client = serve.client()  # (a new port)
-        resumed = wait_event(client, job["id"], lambda e: e["message"].startswith("resumed from step"), timeout=60)
+        events = client.get(f"/jobs/{job['id']}/events", params={"limit": 1000}).json()["data"]
+        statuses = [e["data"].get("status") for e in events if e["type"] == "status"]
+        assert "failed" not in statuses, events
+        back = [e for e in events if e["message"].startswith("back in the queue: worker shut down")]
+        assert len(back) == 1, events
+        stopped_at = int(back[0]["message"].rsplit(" ", 1)[1])
+        assert stopped_at >= seen["data"]["step"]  # checkpointed where it stopped
+        wait_event(client, job["id"], lambda e: e["message"] == f"resumed from step {stopped_at}")
+
+        wait_event(client, job["id"], lambda e: e["type"] == "checkpoint" and e["data"]["step"] > stopped_at)
+        kill_9(serve)
+        serve.start()  # same data dir: the job's lease runs out, and the new worker takes it back
+        client = serve.client()
+        resumed = wait_event(
+            client, job["id"], lambda e: e["message"].startswith("resumed from step")
+            and e["data"]["resumed_from_step"] > stopped_at, timeout=60,
+        )
         resumed_at = resumed["data"]["resumed_from_step"]
-        assert 100 <= resumed_at < TRAINING["max_steps"], resumed
+        assert resumed_at < SERVE_TRAINING["max_steps"], resumed
         twin = client.post("/jobs", json={**body, "name": "twin"}).json()
 
         def finished(job_id):
@@ -236,6 +213,7 @@ def test_serve_killed_whole_resumes_its_job_exactly_on_restart(tmp_path):
         done = wait_for(lambda: finished(job["id"]), 180, "the resumed job to finish")
         twin = wait_for(lambda: finished(twin["id"]), 180, "the twin to finish")
         assert done["status"] == twin["status"] == "succeeded", (done, twin, serve.output())
+        assert done["attempts"] == 2 and twin["attempts"] == 1  # the kill counts, the clean stop does not
         for key in ("step", "train_loss", "val_loss", "best_val_loss"):
             assert done["progress"][key] == twin["progress"][key], (key, done["progress"], twin["progress"])
         mine, theirs = curve(client, job["id"]), curve(client, twin["id"])
@@ -246,55 +224,12 @@ def test_serve_killed_whole_resumes_its_job_exactly_on_restart(tmp_path):
         serve.stop()
 
 
-def test_sigterm_to_serves_process_group_requeues_the_job_and_the_next_serve_finishes_it(tmp_path):
-    """Item 5: `kill -TERM -<pgid>` (systemd, most supervisors) reaches the training child too. The child
-    ignores it; the worker checkpoints and requeues; the next `serve` resumes and finishes the job.
-    Twice in a row, so the job is interrupted after a resume as well."""
-    serve = Serve(tmp_path / "data")
-
-    def sigterm_group() -> None:
-        assert serve.signal_group(signal.SIGTERM) in (0, -signal.SIGTERM), serve.output()
-
-    serve.start()
-    client = serve.client()
-    try:
-        r = client.post("/corpora", params={"name": "c"}, content=small_corpus(30_000).encode(),
-                        headers={"Content-Type": "text/plain"})
-        corpus_id = r.json()["id"]
-        training = {"seq_len": 16, "batch_size": 4, "max_steps": 1500, "checkpoint_every": 100, "eval_every": 100,
-                    "log_every": 50, "seed": 9}
-        model = {"cell": "lstm", "hidden_size": 32, "num_layers": 1, "embedding_dim": 16}
-        job_id = client.post("/jobs", json={"corpus_id": corpus_id, "model": model, "training": training}).json()["id"]
-        resumed_from = None
-        for round_ in range(2):
-            if resumed_from is not None:
-                resumed = f"resumed from step {resumed_from}"
-                wait_event(client, job_id, lambda e, resumed=resumed: e["message"] == resumed)
-            after = resumed_from or 0
-            seen = wait_event(
-                client, job_id, lambda e, after=after: e["type"] == "checkpoint" and e["data"]["step"] > after
-            )
-            sigterm_group()
-            serve.start()
-            client = serve.client()
-            events = client.get(f"/jobs/{job_id}/events", params={"limit": 1000}).json()["data"]
-            statuses = [e["data"].get("status") for e in events if e["type"] == "status"]
-            assert "failed" not in statuses, events
-            back = [e for e in events if e["message"].startswith("back in the queue: worker shut down")]
-            assert len(back) == round_ + 1, events
-            resumed_from = int(back[-1]["message"].rsplit(" ", 1)[1])
-            assert resumed_from >= seen["data"]["step"]
-        wait_event(client, job_id, lambda e: e["message"] == f"resumed from step {resumed_from}")
-        job = client.get(f"/jobs/{job_id}").json()
-        deadline = time.monotonic() + 180
-        while job["status"] not in ("succeeded", "failed", "cancelled"):
-            assert time.monotonic() < deadline, job
-            time.sleep(0.5)
-            job = client.get(f"/jobs/{job_id}").json()
-        assert job["status"] == "succeeded" and job["progress"]["step"] == training["max_steps"], job
-        assert job["attempts"] == 1  # the two clean stops did not count as attempts
-    finally:
-        serve.stop()
+def serve_upload(client) -> dict:
+    r = client.post(
+        "/corpora", params={"name": "c"}, content=small_corpus(30_000).encode(), headers={"Content-Type": "text/plain"}
+    )
+    assert r.status_code == 201, r.text
+    return r.json()
 
 
 def readiness(url: str) -> tuple[int, dict]:
