@@ -42,7 +42,7 @@ def count_rows(svc: Service, table: str, job_id: str, where: str = "") -> int:
 
 
 def test_log_every_1_writes_a_bounded_number_of_rows_a_second(svc):
-    """Item 14: before, every step of a log_every=1 job was a metrics row and an event (26k a minute)."""
+    """Metrics coalesce: at log_every=1 every step reports, but rows and events are written at a bounded rate."""
     from worker.service.supervisor import METRICS_BURST, METRICS_PER_SECOND
 
     client = svc.client()
@@ -67,10 +67,9 @@ BUSY_TIMEOUT_SECONDS = 4  # short, so the lock below outlasts it quickly (the de
 
 
 def test_worker_survives_a_database_that_refuses_writes(tmp_path):
-    """Item 7: another process holds the SQLite write lock longer than the busy timeout, so the worker's
-    writes fail with "database is locked". Before, that traceback killed the worker. Now it keeps
-    training, /readyz stops counting it once its last written heartbeat is a lease old, and it comes
-    back (and the job succeeds) when the lock is gone."""
+    """Another process holds the SQLite write lock longer than the busy timeout, so the worker's
+    writes fail with "database is locked". The worker keeps training, /readyz stops counting it once its
+    last written heartbeat is a lease old, and it comes back (and the job succeeds) when the lock is gone."""
     svc = Service(tmp_path, sqlite_busy_timeout_seconds=BUSY_TIMEOUT_SECONDS)
     svc.start_api()
     try:
@@ -127,7 +126,7 @@ def database_refuses_writes(svc: Service) -> None:
 
 
 def test_worker_survives_a_postgres_database_gone_read_only(tmp_path, postgres_url):
-    """Item 7 on PostgreSQL: the database turns read-only (as after a failover to a replica) and every
+    """The same on PostgreSQL: the database turns read-only (as after a failover to a replica) and every
     connection is cut. The worker's writes fail at once; it keeps training and waits, /readyz (a read)
     says it is not live once its last written heartbeat is a lease old, and all recovers after."""
     import psycopg

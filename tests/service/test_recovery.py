@@ -93,7 +93,7 @@ def test_kill_9_mid_job_resumes_exactly(svc):
     delete_rows_of_step(svc, job["id"], step)
 
     svc.start_worker(wait=False)  # (the dead one still counts as live until its heartbeat ages out)
-    resumed = wait_event(client, job["id"], lambda e: e["message"].startswith("resumed from step"))
+    resumed = wait_event(client, job["id"], lambda e: e["message"].startswith("resumed from step"), timeout=120)
     recovery = time.monotonic() - killed_at
     print(f"kill -9 -> training resumed on another worker: {recovery:.1f}s (lease 2s); {resumed['message']}")
     assert resumed["data"]["resumed_from_step"] == step, (resumed, step)

@@ -158,7 +158,7 @@ def test_last_event_id_is_parsed_strictly(tmp_path, kind):
 
 
 def test_a_disconnected_stream_stops_costing_steps(service, client, trained_job):
-    """Issue 13 item 10: when the reader of a stream goes away, the API closes its stream from the
+    """When the reader of a stream goes away, the API closes its stream from the
     worker, and the worker stops sampling (it counts its steps in /healthz)."""
     worker = service.worker_url()
 
