@@ -401,7 +401,7 @@ class Serve:
         """Send `sig` to the whole process group; wait until every process of it is gone. The exit code."""
         os.killpg(self.proc.pid, sig)
         code = self.proc.wait(timeout=timeout)
-        deadline = time.monotonic() + 10
+        deadline = time.monotonic() + 30  # a busy machine delays the last exits
         while True:  # nothing of the group is left behind, the worker and its training child included
             try:
                 os.killpg(self.proc.pid, 0)
