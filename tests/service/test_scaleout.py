@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from tests.conftest import Service, small_corpus
+from tests.conftest import small_corpus
+from tests.harness import Service
 
 pytestmark = pytest.mark.slow
 
