@@ -5,25 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.harness import (  # noqa: F401  (re-exported: tests import the harness's names from here)
-    KEY,
-    ROOT,
-    TINY_MODEL,
-    TINY_TRAINING,
-    Serve,
-    Service,
-    require_postgres,
-    throwaway_database,
-)
-from tests.harness import fail_on_server_error as _fail_on_server_error  # noqa: F401
-
-# The first 40 KB of tinyshakespeare (public domain), shipped with the tests: a clone needs nothing beside it.
-SHAKESPEARE = ROOT / "tests" / "data" / "tinyshakespeare-40k.txt"
-
-
-def small_corpus(n_bytes: int = 20_000) -> str:
-    return SHAKESPEARE.read_bytes()[:n_bytes].decode("utf-8", "ignore")
-
+from tests.harness import ROOT, Service, require_postgres, small_corpus, throwaway_database
 
 SERVICE_TESTS = ROOT / "tests" / "service"
 

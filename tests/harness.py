@@ -27,6 +27,14 @@ ROOT = Path(__file__).resolve().parents[1]
 KEY = "crn_test_owner_alice_key_0123456789"
 
 # Tiny but real: trains in a second or two on a laptop CPU.
+# The first 40 KB of tinyshakespeare (public domain), shipped with the tests: a clone needs nothing beside it.
+SHAKESPEARE = ROOT / "tests" / "data" / "tinyshakespeare-40k.txt"
+
+
+def small_corpus(n_bytes: int = 20_000) -> str:
+    return SHAKESPEARE.read_bytes()[:n_bytes].decode("utf-8", "ignore")
+
+
 TINY_MODEL = {"cell": "lstm", "hidden_size": 32, "num_layers": 1, "embedding_dim": 16}
 TINY_TRAINING = {
     "seq_len": 16,

@@ -13,7 +13,7 @@ import httpx
 import pytest
 from playwright.sync_api import Page, expect
 
-from tests.conftest import KEY, ROOT, small_corpus
+from tests.harness import KEY, ROOT, small_corpus
 
 pytestmark = pytest.mark.browser
 

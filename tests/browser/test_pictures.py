@@ -17,7 +17,7 @@ import pytest
 from playwright.sync_api import Page, expect
 
 from tests.browser.conftest import screenshot
-from tests.conftest import ROOT
+from tests.harness import ROOT
 
 pytestmark = pytest.mark.browser
 

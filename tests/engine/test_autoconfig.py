@@ -5,7 +5,7 @@ import json
 import pytest
 import torch
 
-from tests.conftest import SHAKESPEARE
+from tests.harness import SHAKESPEARE
 from worker.engine.autoconfig import HIDDEN_SIZES, MAX_DROPOUT, MAX_EPOCHS, choose_model
 from worker.engine.config import TrainConfig, estimate_training_bytes
 from worker.engine.trainer import Trainer, TrainingObserver

@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from tests.conftest import SHAKESPEARE
+from tests.harness import SHAKESPEARE
 
 
 def charrnn(*args: str, env: dict | None = None, cwd=None) -> subprocess.CompletedProcess:

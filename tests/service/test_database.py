@@ -13,12 +13,12 @@ from datetime import datetime
 import httpx
 import pytest
 
-from tests.conftest import small_corpus
 from tests.harness import (
     KEY,
     POSTGRES_ADMIN_DSN,
     Service,
     database_service,
+    small_corpus,
     wait_event,
     wait_for,
 )

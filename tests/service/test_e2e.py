@@ -8,8 +8,7 @@ import time
 import httpx
 import pytest
 
-from tests.conftest import small_corpus
-from tests.harness import TINY_TRAINING
+from tests.harness import TINY_TRAINING, small_corpus
 
 pytestmark = pytest.mark.slow
 

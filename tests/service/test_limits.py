@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import time
 
-from tests.conftest import small_corpus
 from tests.harness import (
     Service,
     new_key,
+    small_corpus,
 )
 from worker.engine.sampling_params import MAX_LENGTH
 

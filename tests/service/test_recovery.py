@@ -15,7 +15,6 @@ import httpx
 import pytest
 import sqlalchemy
 
-from tests.conftest import small_corpus
 from tests.harness import (
     TINY_MODEL,
     TINY_TRAINING,
@@ -24,6 +23,7 @@ from tests.harness import (
     children_of,
     curve,
     require_postgres,
+    small_corpus,
     throwaway_database,
     wait_event,
     wait_for,

@@ -8,11 +8,11 @@ import json
 import httpx
 import pytest
 
-from tests.conftest import small_corpus
 from tests.harness import (
     KEY,
     ROOT,
     database_service,
+    small_corpus,
 )
 
 SECURITY_HEADERS = {

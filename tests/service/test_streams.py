@@ -14,7 +14,6 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.conftest import small_corpus
 from tests.harness import (
     KEY,
     TINY_MODEL,
@@ -22,6 +21,7 @@ from tests.harness import (
     Service,
     database_service,
     new_key,
+    small_corpus,
     wait_for,
 )
 

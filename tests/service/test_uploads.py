@@ -15,12 +15,12 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import small_corpus
 from tests.harness import (
     KEY,
     Service,
     database_service,
     new_key,
+    small_corpus,
 )
 
 

@@ -15,8 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import small_corpus
-from tests.harness import ROOT, Service, children_of, wait_event
+from tests.harness import ROOT, Service, children_of, small_corpus, wait_event
 
 pytestmark = pytest.mark.slow
 
