@@ -101,3 +101,47 @@ def mean_cross_entropy(
         count += int((y != -100).sum())
     model.train(was_training)
     return total / max(count, 1), count
+
+
+@torch.inference_mode()
+def layer_states(model: CharRNN, x: torch.Tensor, layer: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Each step's hidden state h of `layer` (and an LSTM's cell state c), for one sequence x (T,) of ids,
+    from a zero state: (T, hidden) each, c None for rnn/gru. For inspection, not training.
+
+    The fused nn.LSTM/GRU/RNN returns only the last layer's per-step output and no per-step cell state,
+    so the layers below run fused one at a time (weights shared, not copied into training) and `layer`
+    itself is unrolled step by step when its cell state is wanted."""
+    config = model.config
+    if not 0 <= layer < config.num_layers:
+        raise ValueError(f"layer must be between 0 and {config.num_layers - 1} for this model, got {layer}")
+    rnn = model.rnn
+    out = model.embedding(x.unsqueeze(0))  # (1, T, E)
+    for index in range(layer + 1):
+        weights = [getattr(rnn, f"{name}_l{index}") for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")]
+        if index == layer and config.cell == "lstm":
+            return _unrolled_lstm(out[0], *weights)
+        out = _single_layer(rnn, out, weights)
+    return out[0], None
+
+
+def _single_layer(rnn: nn.RNNBase, inputs: torch.Tensor, weights: list[torch.Tensor]) -> torch.Tensor:
+    """One layer of `rnn` over (1, T, in), fused, with that layer's own weights (functional_call: no copy)."""
+    extra = {"nonlinearity": rnn.nonlinearity} if isinstance(rnn, nn.RNN) else {}
+    single = type(rnn)(inputs.shape[-1], rnn.hidden_size, num_layers=1, batch_first=True, **extra).to(inputs.device)
+    names = ("weight_ih_l0", "weight_hh_l0", "bias_ih_l0", "bias_hh_l0")
+    return torch.func.functional_call(single, dict(zip(names, weights, strict=True)), (inputs,))[0]
+
+
+def _unrolled_lstm(inputs: torch.Tensor, w_ih, w_hh, b_ih, b_hh) -> tuple[torch.Tensor, torch.Tensor]:
+    """An LSTM layer step by step over (T, in), keeping every step's h and c."""
+    pre_inputs = F.linear(inputs, w_ih, b_ih + b_hh)  # the input part of every step at once
+    h = torch.zeros(w_hh.shape[1], dtype=inputs.dtype, device=inputs.device)
+    c = torch.zeros_like(h)
+    hs, cs = [], []
+    for pre in pre_inputs:
+        i, f, g, o = (pre + F.linear(h, w_hh)).chunk(4)
+        c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
+        h = torch.sigmoid(o) * torch.tanh(c)
+        hs.append(h)
+        cs.append(c)
+    return torch.stack(hs), torch.stack(cs)
