@@ -18,6 +18,7 @@ from app.errors import install_error_handlers
 from app.generation.limits import OwnerSlots
 from app.generation.routes import router as generation_router
 from app.generation.service import Affinity
+from app.inspection.routes import router as inspection_router
 from app.jobs.reaper import reap_forever
 from app.jobs.routes import router as jobs_router
 from app.openai.app import create_openai_app
@@ -97,7 +98,7 @@ def create_app() -> FastAPI:
     # process (tests) do not share it.
     app.state.worker_affinity = Affinity()
     app.state.generation_slots = OwnerSlots()  # per-owner generations in flight in this process
-    for router in (ops_router, corpora_router, jobs_router, checkpoints_router, generation_router):
+    for router in (ops_router, corpora_router, jobs_router, checkpoints_router, generation_router, inspection_router):
         app.include_router(router)
     dashboard.install(app)
     # OpenAI-compatible, with OpenAI's error shape (app/openai); ObserveRequests below wraps it too, so /v1

@@ -111,3 +111,29 @@ def test_find_units_finds_a_planted_bracket_unit():
     assert best["correlation"] > 0.9
     assert found["inside_quotes"]["units"]  # the text has quotes: some unit is reported
     assert "note" in {f["feature"]: f for f in find_units(model, vocab, "abc abc")}["inside_quotes"]
+
+
+def test_cli_inspect_prints_a_table_and_json(tmp_path):
+    import json
+    import subprocess
+    import sys
+
+    from worker.engine.checkpoint import weights_bytes
+
+    model, vocab = tiny("lstm", layers=2, hidden=8)
+    checkpoint = tmp_path / "model.safetensors"
+    checkpoint.write_bytes(weights_bytes(model, vocab))
+    text = tmp_path / "text.txt"
+    text.write_text('say "b" (c)')
+    base = [sys.executable, "-m", "worker.cli", "inspect", str(checkpoint), str(text)]
+    as_json = subprocess.run([*base, "--json", "--top-k", "2", "--layer", "1", "--units", "3", "--units", "4",
+                              "--find-units"], capture_output=True, text=True, timeout=60)
+    assert as_json.returncode == 0, as_json.stderr
+    result = json.loads(as_json.stdout)
+    assert [c["char"] for c in result["characters"]] == list('say "b" (c)')
+    assert all(len(c["top"]) == 2 for c in result["characters"])
+    assert result["activations"]["units"] == [3, 4] and len(result["activations"]["c"]) == 11
+    assert {f["feature"] for f in result["found_units"]} >= {"inside_quotes", "inside_brackets"}
+    table = subprocess.run(base, capture_output=True, text=True, timeout=60)
+    assert table.returncode == 0, table.stderr
+    assert "surprise bits" in table.stdout and "'\"'" in table.stdout and "bits per character" in table.stdout

@@ -32,6 +32,7 @@ from app.checkpoints import repository as checkpoints
 from app.db import read_session, session_scope
 from app.generation import wire
 from app.generation.schemas import SampleOut
+from app.inspection.schemas import InspectResult
 from app.settings import Settings
 from app.workers import secret
 from worker.engine.sampler import Cancellation
@@ -234,6 +235,19 @@ def create_server_app(settings: Settings) -> FastAPI:
             raise HTTPException(422, str(exc)) from None
         result = wire.LogprobsResult(token_logprobs=chosen, top_logprobs=top)
         return Response(result.model_dump_json(), media_type="application/json")
+
+    @app.post(wire.INSPECT)
+    def inspect(body: wire.InspectBody):  # POST /inspect (app/inspection/)
+        from worker.engine.inspection import find_units, inspect_text
+
+        loaded = cache.get(body.checkpoint_id).loaded
+        try:
+            result = inspect_text(loaded.model, loaded.vocab, body.text, body.top_k, body.layer, body.units)
+            if body.find_units:
+                result["found_units"] = find_units(loaded.model, loaded.vocab, body.text)
+        except ValueError as exc:
+            raise HTTPException(422, str(exc)) from None
+        return Response(InspectResult.model_validate(result).model_dump_json(), media_type="application/json")
 
     return app
 
