@@ -7,8 +7,23 @@ import { $, el, setText } from "../dom.js";
 import { readEventStream } from "../events.js";
 import { fmtBytes, fmtDate, fmtInt, fmtLoss, fmtNumber, fmtSeconds } from "../format.js";
 import { architecture, FINAL } from "../jobs.js";
+import { bindBitsToggle, fmtLossIn, onUnitChange, unitName } from "../units.js";
 
-const chart = new LossChart($("loss-chart"));
+const chart = new LossChart($("loss-chart"), $("chart-hover"));
+let shown = { progress: {}, status: "" }; // what the stats show, to redraw them in the other unit
+
+$("chart-smoothing").addEventListener("input", () => {
+  const alpha = Number($("chart-smoothing").value);
+  setText("chart-smoothing-value", String(alpha));
+  chart.setSmoothing(alpha);
+});
+bindBitsToggle($("chart-bits"));
+onUnitChange(() => {
+  setText("chart-unit", unitName());
+  chart.update();
+  renderProgress(shown.progress, shown.status);
+});
+setText("chart-unit", unitName());
 
 function renderJob(job) {
   const title = job.name || job.id;
@@ -23,6 +38,7 @@ function renderJob(job) {
   setText("s-device", job.device || "–");
   renderProgress({ ...(job.progress || {}) }, job.status);
   $("job-play").href = `#/playground?model=${encodeURIComponent(job.id)}`;
+  if (job.reference_losses) chart.setReferences(job.reference_losses);
 }
 
 // The size a job leaves out is chosen by the worker as the job starts running, after the status turns
@@ -43,14 +59,15 @@ function renderStatus(status) {
 }
 
 function renderProgress(p, status) {
+  shown = { progress: p, status };
   const fraction = status === "succeeded" ? 1 : p.max_steps ? Math.min(1, (p.step || 0) / p.max_steps) : 0;
   $("job-progress").value = fraction;
   setText("job-progress-text", `${Math.round(fraction * 100)} %`);
   setText("s-step", `${fmtInt(p.step || 0)} / ${fmtInt(p.max_steps)}`);
   setText("s-eta", FINAL.has(status) ? "done" : fmtSeconds(p.eta_seconds));
-  setText("s-train", fmtLoss(p.train_loss));
-  setText("s-val", fmtLoss(p.val_loss));
-  setText("s-best", fmtLoss(p.best_val_loss));
+  setText("s-train", fmtLossIn(p.train_loss));
+  setText("s-val", fmtLossIn(p.val_loss));
+  setText("s-best", fmtLossIn(p.best_val_loss));
   if (p.learning_rate !== undefined) setText("s-lr", fmtNumber(p.learning_rate));
   if (p.chars_per_second !== undefined) setText("s-cps", fmtInt(p.chars_per_second));
 }
@@ -132,9 +149,29 @@ async function downloadCheckpoint(checkpoint, button) {
   }
 }
 
+// The loss curve as CSV: fetched with the key (a link cannot carry it), then saved from a Blob.
+async function downloadCsv(path, jobId) {
+  try {
+    const blob = await (await request(`${path}/metrics.csv`)).blob();
+    const url = URL.createObjectURL(blob);
+    const a = el("a", { href: url, download: `${jobId}-metrics.csv` });
+    document.body.append(a);
+    a.click();
+    a.remove();
+    setTimeout(() => URL.revokeObjectURL(url), 30000);
+  } catch (error) {
+    if (!(error instanceof ApiError && error.status === 401)) setText("job-error", `Download failed: ${error.message}`);
+  }
+}
+
 async function openJob({ params, signal }) {
   const jobId = params.id;
   const path = `/jobs/${encodeURIComponent(jobId)}`;
+  $("job-csv").href = path + "/metrics.csv";
+  $("job-csv").onclick = (event) => {
+    event.preventDefault();
+    downloadCsv(path, jobId);
+  };
   $("samples").replaceChildren();
   $("samples-empty").hidden = false;
   $("job-log").replaceChildren();
