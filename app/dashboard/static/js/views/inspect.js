@@ -11,6 +11,7 @@ import { clearFieldErrors, readNumber, showFieldError, showServerErrors } from "
 const TOP_K = 5;
 const SURPRISE_FULL_BITS = 8; // shaded fully red from here: a 1-in-256 character
 let result = null; // the last answer, and which unit it shades by
+const latest = { text: 0, units: 0 }; // the newest request of each kind
 
 const pct = (p) => `${(p * 100).toFixed(p >= 0.1 ? 1 : 2)} %`;
 const shown = (c) => (c === "\n" ? "↵" : c === " " ? "␣" : c === "\t" ? "⇥" : c);
@@ -41,21 +42,23 @@ async function run({ findUnits = false } = {}) {
   if (findUnits) body.find_units = true;
   else if (choice) Object.assign(body, { layer: choice.layer, units: [choice.unit] });
   setText("inspect-status", findUnits ? "Looking for units…" : "Reading…");
-  for (const id of ["inspect-go", "find-units"]) $(id).disabled = true;
+  // Requests may overlap (a control changed while another was on its way): only each kind's latest is shown.
+  const kind = findUnits ? "units" : "text";
+  const ticket = (latest[kind] += 1);
   try {
     const answer = await api("POST", "/inspect", body);
+    if (ticket !== latest[kind]) return;
     if (findUnits) showUnits(answer.found_units || []);
     else render(answer, choice);
     setText("inspect-status", findUnits ? "" : `${fmtNumber(answer.mean_surprise_bits)} bits per character on average.`);
   } catch (error) {
+    if (ticket !== latest[kind]) return;
     setText("inspect-status", "");
     if (!isSignedOut(error)) {
       showServerErrors(form, error, "inspect-error");
       if (error.status === 422 && /\blayer\b/.test(error.message)) showFieldError(form, "layer", error.message);
       else if (error.status === 422 && /\bunits?\b/.test(error.message)) showFieldError(form, "units", error.message);
     }
-  } finally {
-    for (const id of ["inspect-go", "find-units"]) $(id).disabled = false;
   }
 }
 
