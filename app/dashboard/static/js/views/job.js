@@ -39,6 +39,7 @@ function renderJob(job) {
   renderProgress({ ...(job.progress || {}) }, job.status);
   $("job-play").href = `#/playground?model=${encodeURIComponent(job.id)}`;
   if (job.reference_losses) chart.setReferences(job.reference_losses);
+  $("chart-ref-key").hidden = !job.reference_losses;
 }
 
 // The size a job leaves out is chosen by the worker as the job starts running, after the status turns
