@@ -132,3 +132,23 @@ def test_bits_per_character_and_smoothing_on_the_job_page(page):
     expect(page.get_by_role("link", name="Metrics CSV")).to_be_visible()
     page.locator("#view-job").get_by_role("checkbox", name="Bits per character").uncheck()
     expect(chart).to_have_attribute("aria-label", re.compile("nats per character"))
+
+
+def test_a_phone_fits_the_inspected_text_and_the_comparison(page):
+    try:
+        page.set_viewport_size({"width": 390, "height": 844})
+        page.goto("/#/inspect")
+        view = inspect_view(page)
+        view.get_by_label("Model", exact=True).select_option(state["jobs"][1]["id"])
+        view.get_by_label("Text", exact=True).fill(("First Citizen: " * 20 + "\n") * 3)
+        view.get_by_role("button", name="Inspect", exact=True).click()
+        expect(page.locator("#inspect-output .ch")).to_have_count(903)
+        assert page.evaluate("document.documentElement.scrollWidth") <= 390
+        page.locator("#nav").get_by_role("link", name="Jobs", exact=True).click()
+        for job in state["jobs"]:
+            page.get_by_label(f"Select {job['name']} to compare").check()
+        page.get_by_role("button", name="Compare").click()
+        expect(page.locator("#compare-chart")).to_have_attribute("data-series", "2")
+        assert page.evaluate("document.documentElement.scrollWidth") <= 390
+    finally:
+        page.set_viewport_size({"width": 1280, "height": 860})
