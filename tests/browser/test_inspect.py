@@ -100,13 +100,24 @@ def test_the_neuron_view_and_find_units(page):
     expect(page.locator("#inspect-output")).to_have_attribute("aria-label", re.compile(f"layer {layer} unit {unit}"))
 
 
+REFERENCES = {"unigram": 3.3, "bigram": 2.6}  # nats per character
+
+
+def with_reference_losses(route):
+    """The job as the training doctor will serve it, with its corpus's reference losses (nats/char)."""
+    response = route.fetch()
+    route.fulfill(response=response, json={**response.json(), "reference_losses": REFERENCES})
+
+
 def test_compare_two_runs(page):
+    page.route(re.compile(r"/jobs/job_[0-9a-z]+$"), with_reference_losses)
     page.locator("#nav").get_by_role("link", name="Jobs", exact=True).click()
     for job in state["jobs"]:
         page.get_by_label(f"Select {job['name']} to compare").check()
     page.get_by_role("button", name="Compare").click()
     chart = page.locator("#compare-chart")
     expect(chart).to_have_attribute("data-series", "2")
+    expect(chart).to_have_attribute("data-references", "2")  # one corpus: its reference lines
     expect(chart).to_have_attribute("aria-label", re.compile("lr-0.003 ends at"))
     row = page.locator('#compare-table tr[data-setting="training.learning_rate"]')
     expect(row).to_have_class(re.compile("differs"))
@@ -120,6 +131,8 @@ def test_bits_per_character_and_smoothing_on_the_job_page(page):
     page.goto(f"/#/jobs/{job['id']}")
     chart = page.get_by_role("img", name=re.compile("Loss chart"))
     page.wait_for_function("() => Number(document.querySelector('#loss-chart').dataset.points) > 0")
+    expect(chart).to_have_attribute("data-references", "2")
+    expect(page.locator("#chart-ref-key")).to_be_visible()
     nats = float(page.locator("#s-best").text_content())
     page.locator("#view-job").get_by_role("checkbox", name="Bits per character").check()
     expect(chart).to_have_attribute("aria-label", re.compile("bits per character"))
@@ -132,6 +145,7 @@ def test_bits_per_character_and_smoothing_on_the_job_page(page):
     expect(page.get_by_role("link", name="Metrics CSV")).to_be_visible()
     page.locator("#view-job").get_by_role("checkbox", name="Bits per character").uncheck()
     expect(chart).to_have_attribute("aria-label", re.compile("nats per character"))
+    page.unroute(re.compile(r"/jobs/job_[0-9a-z]+$"))
 
 
 def test_a_phone_fits_the_inspected_text_and_the_comparison(page):

@@ -264,7 +264,9 @@ export class LossChart {
     if (this.smoothing > 0) {
       series.unshift({ label: "train loss (raw)", color: colors.train, alpha: 0.25, width: 1, points: pts.map((p) => ({ step: p.step, value: toUnit(p.train) })) });
     }
-    this.chart.set(series, referenceLines(this.references));
+    const references = referenceLines(this.references);
+    this.canvas.dataset.references = String(references.length);
+    this.chart.set(series, references);
   }
 }
 
