@@ -13,7 +13,18 @@ export const fmtLossIn = (nats) => fmtLoss(toUnit(nats));
 
 export function setBits(on) {
   sessionStorage.setItem(KEY, on ? "1" : "0");
+  for (const node of document.querySelectorAll("[data-nats]")) node.textContent = fmtLossIn(natsOf(node));
   for (const listener of listeners) listener();
+}
+
+const natsOf = (node) => (node.dataset.nats === "" ? null : Number(node.dataset.nats));
+
+// Shows a loss (nats per character, as the API gives it) in `node`, in the chosen unit, and keeps it in step
+// when the choice changes.
+export function showLoss(node, nats) {
+  node.dataset.nats = nats === null || nats === undefined ? "" : String(nats);
+  node.textContent = fmtLossIn(natsOf(node));
+  return node;
 }
 
 // Calls `listener` on every change; a checkbox given is kept in step with the choice.

@@ -5,12 +5,11 @@ import { api, ApiError, listAll, request } from "../api.js";
 import { LossChart } from "../chart.js";
 import { $, el, setText } from "../dom.js";
 import { readEventStream } from "../events.js";
-import { fmtBytes, fmtDate, fmtInt, fmtLoss, fmtNumber, fmtSeconds } from "../format.js";
+import { fmtBytes, fmtDate, fmtInt, fmtNumber, fmtSeconds } from "../format.js";
 import { architecture, FINAL } from "../jobs.js";
-import { bindBitsToggle, fmtLossIn, onUnitChange, unitName } from "../units.js";
+import { bindBitsToggle, onUnitChange, showLoss, unitName } from "../units.js";
 
 const chart = new LossChart($("loss-chart"), $("chart-hover"));
-let shown = { progress: {}, status: "" }; // what the stats show, to redraw them in the other unit
 
 $("chart-smoothing").addEventListener("input", () => {
   const alpha = Number($("chart-smoothing").value);
@@ -21,7 +20,6 @@ bindBitsToggle($("chart-bits"));
 onUnitChange(() => {
   setText("chart-unit", unitName());
   chart.update();
-  renderProgress(shown.progress, shown.status);
 });
 setText("chart-unit", unitName());
 
@@ -60,15 +58,14 @@ function renderStatus(status) {
 }
 
 function renderProgress(p, status) {
-  shown = { progress: p, status };
   const fraction = status === "succeeded" ? 1 : p.max_steps ? Math.min(1, (p.step || 0) / p.max_steps) : 0;
   $("job-progress").value = fraction;
   setText("job-progress-text", `${Math.round(fraction * 100)} %`);
   setText("s-step", `${fmtInt(p.step || 0)} / ${fmtInt(p.max_steps)}`);
   setText("s-eta", FINAL.has(status) ? "done" : fmtSeconds(p.eta_seconds));
-  setText("s-train", fmtLossIn(p.train_loss));
-  setText("s-val", fmtLossIn(p.val_loss));
-  setText("s-best", fmtLossIn(p.best_val_loss));
+  showLoss($("s-train"), p.train_loss);
+  showLoss($("s-val"), p.val_loss);
+  showLoss($("s-best"), p.best_val_loss);
   if (p.learning_rate !== undefined) setText("s-lr", fmtNumber(p.learning_rate));
   if (p.chars_per_second !== undefined) setText("s-cps", fmtInt(p.chars_per_second));
 }
@@ -79,7 +76,7 @@ function addSample(data) {
   const article = el(
     "article",
     { class: "sample" },
-    el("h3", { text: `Step ${fmtInt(data.step)} · val loss ${fmtLoss(data.val_loss)}` }),
+    el("h3", {}, `Step ${fmtInt(data.step)} · val loss `, showLoss(el("span"), data.val_loss)),
     el("pre", { text: data.sample || "" }),
   );
   box.prepend(article); // newest first
@@ -120,7 +117,7 @@ async function loadCheckpoints(jobId, signal) {
         "tr",
         { "data-id": c.id },
         el("td", { "data-label": "Step", class: "num", text: step, title: c.is_best ? "best so far" : null }),
-        el("td", { "data-label": "Val loss", class: "num", text: fmtLoss(c.val_loss) }),
+        showLoss(el("td", { "data-label": "Val loss", class: "num" }), c.val_loss),
         el("td", { "data-label": "Size", class: "num", text: fmtBytes(c.size_bytes) }),
         el("td", { class: "actions" }, download, " ", play),
       ),

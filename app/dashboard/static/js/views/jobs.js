@@ -6,7 +6,7 @@ import { LineChart, nearest, PALETTE, referenceLines } from "../chart.js";
 import { $, el, setText } from "../dom.js";
 import { fmtDate, fmtInt, fmtLoss } from "../format.js";
 import { FINAL } from "../jobs.js";
-import { bindBitsToggle, fmtLossIn, onUnitChange, toUnit, unitName } from "../units.js";
+import { bindBitsToggle, fmtLossIn, onUnitChange, showLoss, toUnit, unitName } from "../units.js";
 
 const selected = new Set(); // job ids ticked, kept across refreshes
 let compared = null; // {jobs, curves} of the comparison on screen
@@ -31,8 +31,8 @@ function jobRow(job) {
     el("td", { "data-label": "Job" }, el("a", { href: `#/jobs/${encodeURIComponent(job.id)}`, text: title })),
     el("td", { "data-label": "Status" }, el("span", { class: `badge ${job.status}`, text: job.status })),
     el("td", { "data-label": "Progress" }, bar, el("div", { class: "hint", text: `step ${fmtInt(p.step || 0)} / ${fmtInt(p.max_steps)}` })),
-    el("td", { "data-label": "Train loss", class: "num", text: fmtLossIn(p.train_loss) }),
-    el("td", { "data-label": "Val loss", class: "num", text: fmtLossIn(p.val_loss) }),
+    showLoss(el("td", { "data-label": "Train loss", class: "num" }), p.train_loss),
+    showLoss(el("td", { "data-label": "Val loss", class: "num" }), p.val_loss),
     el("td", { "data-label": "Created", text: fmtDate(job.created_at) }),
   );
 }
