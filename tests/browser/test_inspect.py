@@ -16,6 +16,7 @@ pytestmark = pytest.mark.browser
 # Quotes and brackets for the features, and a character that would be markup if inserted as HTML.
 CORPUS = small_corpus(8_000) + '\nHe said "come <b>here</b> (now)" and [went].\n' * 40
 TEXT = 'He said "come <b>here</b>" (now).'
+SHORT = {"max_steps": 30, "eval_every": 10, "checkpoint_every": 10}  # a validation curve of three points
 state: dict = {}
 
 
@@ -25,7 +26,9 @@ def page(browser, service):
     with service.client(key) as c:
         corpus = service.upload(c, CORPUS, name="quotes")
         jobs = [
-            service.create_job(c, corpus["id"], model=TINY_MODEL, training={"learning_rate": lr}, name=f"lr-{lr}")
+            service.create_job(
+                c, corpus["id"], model=TINY_MODEL, training={**SHORT, "learning_rate": lr}, name=f"lr-{lr}"
+            )
             for lr in (0.003, 0.01)
         ]
         state["jobs"] = [service.wait_job(c, j["id"]) for j in jobs]

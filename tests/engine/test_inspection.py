@@ -114,10 +114,12 @@ def test_find_units_finds_a_planted_bracket_unit():
 
 
 def test_cli_inspect_prints_a_table_and_json(tmp_path):
+    """`charrnn inspect`, in process (typer's runner): JSON with every field asked for, or a table."""
     import json
-    import subprocess
-    import sys
 
+    from typer.testing import CliRunner
+
+    from worker.cli import cli
     from worker.engine.checkpoint import weights_bytes
 
     model, vocab = tiny("lstm", layers=2, hidden=8)
@@ -125,15 +127,18 @@ def test_cli_inspect_prints_a_table_and_json(tmp_path):
     checkpoint.write_bytes(weights_bytes(model, vocab))
     text = tmp_path / "text.txt"
     text.write_text('say "b" (c)')
-    base = [sys.executable, "-m", "worker.cli", "inspect", str(checkpoint), str(text)]
-    as_json = subprocess.run([*base, "--json", "--top-k", "2", "--layer", "1", "--units", "3", "--units", "4",
-                              "--find-units"], capture_output=True, text=True, timeout=60)
-    assert as_json.returncode == 0, as_json.stderr
+    base = ["inspect", str(checkpoint), str(text)]
+    runner = CliRunner()
+    as_json = runner.invoke(cli, [*base, "--json", "--top-k", "2", "--layer", "1", "--units", "3", "--units", "4",
+                                  "--find-units"])
+    assert as_json.exit_code == 0, as_json.output
     result = json.loads(as_json.stdout)
     assert [c["char"] for c in result["characters"]] == list('say "b" (c)')
     assert all(len(c["top"]) == 2 for c in result["characters"])
     assert result["activations"]["units"] == [3, 4] and len(result["activations"]["c"]) == 11
     assert {f["feature"] for f in result["found_units"]} >= {"inside_quotes", "inside_brackets"}
-    table = subprocess.run(base, capture_output=True, text=True, timeout=60)
-    assert table.returncode == 0, table.stderr
+    table = runner.invoke(cli, base)
+    assert table.exit_code == 0, table.output
     assert "surprise bits" in table.stdout and "'\"'" in table.stdout and "bits per character" in table.stdout
+    bad = runner.invoke(cli, [*base, "--layer", "5"])
+    assert bad.exit_code == 2 and "layer must be between 0 and 1" in bad.output
