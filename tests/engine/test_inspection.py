@@ -66,6 +66,24 @@ def test_the_last_layers_states_are_the_models_own(cell):
     assert torch.allclose(h, out[0], atol=1e-5)
 
 
+def test_an_lstms_cell_states_are_those_of_a_step_by_step_cell():
+    model, vocab = tiny("lstm", layers=2, hidden=8)
+    ids = vocab.encode(TEXT)
+    cell = torch.nn.LSTMCell(8, 8)
+    rnn = model.rnn
+    with torch.no_grad():
+        for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh"):
+            getattr(cell, name).copy_(getattr(rnn, f"{name}_l1"))
+        below, _ = layer_states(model, ids, 0)
+        h = c = torch.zeros(1, 8)
+        cs = []
+        for x in below:
+            h, c = cell(x.unsqueeze(0), (h, c))
+            cs.append(c[0])
+    _, states = layer_states(model, ids, 1)
+    assert torch.allclose(states, torch.stack(cs), atol=1e-5)
+
+
 def test_out_of_range_layer_and_units_are_refused_with_the_range():
     model, vocab = tiny("lstm", layers=2, hidden=8)
     with pytest.raises(ValueError, match="layer must be between 0 and 1"):

@@ -18,7 +18,7 @@ import math
 import torch
 
 from worker.engine.data import Vocab
-from worker.engine.model import CharRNN, layer_states
+from worker.engine.model import CharRNN, each_layer_states, layer_states
 
 DECIMALS = 3  # activations and correlations: enough to shade a character, small on the wire
 PROB_DECIMALS = 6
@@ -75,22 +75,25 @@ def inspect_text(
     probs = logprobs.exp()
     entropy_bits = -(probs * logprobs).sum(dim=-1) / LN2
     top_values, top_indices = probs.topk(min(top_k, len(vocab)), dim=-1) if top_k > 0 else (None, None)
-    characters = []
-    for i, char in enumerate(text):
-        row = {
+    # Whole columns to Python at once: indexing a tensor per character costs more than the model.
+    chosen_probs = probs.gather(-1, targets.unsqueeze(-1)).squeeze(-1).tolist()
+    surprise_bits = (-chosen / LN2).tolist()
+    columns = zip(text, chosen_probs, surprise_bits, ranks.tolist(), entropy_bits.tolist(), strict=True)
+    no_top = [([], [])] * len(text)
+    tops = zip(top_indices.tolist(), top_values.tolist(), strict=True) if top_values is not None else no_top
+    characters = [
+        {
             "char": char,
-            "prob": round(float(probs[i, targets[i]]), PROB_DECIMALS),
-            "surprise_bits": round(float(-chosen[i]) / LN2, DECIMALS),
-            "rank": int(ranks[i]),
-            "entropy_bits": round(float(entropy_bits[i]), DECIMALS),
-            "top": [],
+            "prob": round(prob, PROB_DECIMALS),
+            "surprise_bits": round(surprise, DECIMALS),
+            "rank": rank,
+            "entropy_bits": round(entropy, DECIMALS),
+            "top": [
+                {"char": vocab.chars[j], "prob": round(p, PROB_DECIMALS)} for j, p in zip(indices, values, strict=True)
+            ],
         }
-        if top_values is not None:
-            row["top"] = [
-                {"char": vocab.chars[j], "prob": round(p, PROB_DECIMALS)}
-                for j, p in zip(top_indices[i].tolist(), top_values[i].tolist(), strict=True)
-            ]
-        characters.append(row)
+        for (char, prob, surprise, rank, entropy), (indices, values) in zip(columns, tops, strict=True)
+    ]
     return {"characters": characters, "activations": activations}
 
 
@@ -156,8 +159,7 @@ def find_units(model: CharRNN, vocab: Vocab, text: str, top: int = 5) -> list[di
     model.eval()
     ids, start = _ids(model, vocab, text)
     columns, names = [], []
-    for layer in range(model.config.num_layers):
-        h, c = layer_states(model, ids, layer)
+    for layer, (h, c) in enumerate(each_layer_states(model, ids)):
         for state, values in (("h", h), ("c", c)):
             if values is not None:
                 columns.append(values[start:].float())

@@ -109,19 +109,26 @@ def layer_states(model: CharRNN, x: torch.Tensor, layer: int) -> tuple[torch.Ten
     from a zero state: (T, hidden) each, c None for rnn/gru. For inspection, not training.
 
     The fused nn.LSTM/GRU/RNN returns only the last layer's per-step output and no per-step cell state,
-    so the layers below run fused one at a time (weights shared, not copied into training) and `layer`
-    itself is unrolled step by step when its cell state is wanted."""
+    so the layers run fused one at a time (weights shared, not copied) and an LSTM's cell states are
+    recomputed from its h: every step's gates at once, then only the cheap elementwise recurrence."""
     config = model.config
     if not 0 <= layer < config.num_layers:
         raise ValueError(f"layer must be between 0 and {config.num_layers - 1} for this model, got {layer}")
-    rnn = model.rnn
+    return each_layer_states(model, x, layer)[layer]
+
+
+@torch.inference_mode()
+def each_layer_states(model: CharRNN, x: torch.Tensor, last: int | None = None) -> list[tuple]:
+    """layer_states of every layer up to `last` (default: all), each layer run once."""
+    rnn, cell = model.rnn, model.config.cell
+    last = model.config.num_layers - 1 if last is None else last
     out = model.embedding(x.unsqueeze(0))  # (1, T, E)
-    for index in range(layer + 1):
+    states = []
+    for index in range(last + 1):
         weights = [getattr(rnn, f"{name}_l{index}") for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")]
-        if index == layer and config.cell == "lstm":
-            return _unrolled_lstm(out[0], *weights)
-        out = _single_layer(rnn, out, weights)
-    return out[0], None
+        inputs, out = out, _single_layer(rnn, out, weights)
+        states.append((out[0], _lstm_cell_states(inputs[0], out[0], *weights) if cell == "lstm" else None))
+    return states
 
 
 def _single_layer(rnn: nn.RNNBase, inputs: torch.Tensor, weights: list[torch.Tensor]) -> torch.Tensor:
@@ -132,16 +139,14 @@ def _single_layer(rnn: nn.RNNBase, inputs: torch.Tensor, weights: list[torch.Ten
     return torch.func.functional_call(single, dict(zip(names, weights, strict=True)), (inputs,))[0]
 
 
-def _unrolled_lstm(inputs: torch.Tensor, w_ih, w_hh, b_ih, b_hh) -> tuple[torch.Tensor, torch.Tensor]:
-    """An LSTM layer step by step over (T, in), keeping every step's h and c."""
-    pre_inputs = F.linear(inputs, w_ih, b_ih + b_hh)  # the input part of every step at once
-    h = torch.zeros(w_hh.shape[1], dtype=inputs.dtype, device=inputs.device)
-    c = torch.zeros_like(h)
-    hs, cs = [], []
-    for pre in pre_inputs:
-        i, f, g, o = (pre + F.linear(h, w_hh)).chunk(4)
-        c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
-        h = torch.sigmoid(o) * torch.tanh(c)
-        hs.append(h)
+def _lstm_cell_states(inputs: torch.Tensor, h: torch.Tensor, w_ih, w_hh, b_ih, b_hh) -> torch.Tensor:
+    """An LSTM layer's cell state at every step, from its inputs (T, in) and its outputs h (T, H)."""
+    h_before = torch.cat([torch.zeros_like(h[:1]), h[:-1]])  # the state each step starts from
+    i, f, g, _ = (F.linear(inputs, w_ih, b_ih) + F.linear(h_before, w_hh, b_hh)).chunk(4, dim=1)
+    forget, added = torch.sigmoid(f), torch.sigmoid(i) * torch.tanh(g)
+    c = torch.zeros_like(h[0])
+    cs = []
+    for t in range(h.shape[0]):
+        c = torch.addcmul(added[t], forget[t], c)
         cs.append(c)
-    return torch.stack(hs), torch.stack(cs)
+    return torch.stack(cs)
