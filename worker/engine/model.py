@@ -1,7 +1,8 @@
 """The char-rnn model: embedding -> stacked RNN/LSTM/GRU -> linear projection to the vocabulary.
 
 The recurrent core is torch's own fused nn.RNN / nn.LSTM / nn.GRU, so cuDNN runs it on a GPU and
-oneDNN on a CPU; nothing here is hand-unrolled except the one-character sampling step (sampler.py).
+oneDNN on a CPU; nothing here is hand-unrolled except the one-character sampling step (sampler.py)
+and, for inspection only, an LSTM's elementwise cell-state recurrence (layer_states).
 """
 
 from __future__ import annotations
