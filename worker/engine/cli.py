@@ -234,7 +234,65 @@ def score(
     print(json.dumps({"loss": loss, "chars": chars}))
 
 
+def inspect(
+    checkpoint: Annotated[Path, typer.Argument(help="a .safetensors checkpoint or a run directory")],
+    file: Annotated[Path, typer.Argument(help="UTF-8 text to inspect")],
+    as_json: Annotated[bool, typer.Option("--json", help="print the whole answer as JSON")] = False,
+    top_k: Annotated[int, typer.Option(min=0, max=20, help="the likeliest characters listed per position")] = 3,
+    layer: Annotated[int | None, typer.Option(help="each character's activations of this layer (0: first)")] = None,
+    units: Annotated[list[int] | None, typer.Option("--units", help="only these units of --layer (repeatable)")] = None,
+    find: Annotated[bool, typer.Option("--find-units", help="rank the units that track text features")] = False,
+) -> None:
+    """Each character of FILE as the model saw it: probability, surprise (bits), rank, entropy, top-k."""
+    from worker.engine.checkpoint import CheckpointError, load_model
+    from worker.engine.data import read_text
+    from worker.engine.inspection import find_units, inspect_text
+
+    try:
+        loaded = load_model(checkpoint)
+        text = read_text(file)
+        result = inspect_text(loaded.model, loaded.vocab, text, top_k, layer, units or None)
+        if find:
+            result["found_units"] = find_units(loaded.model, loaded.vocab, text)
+    except (CheckpointError, ValueError) as exc:
+        _fail(str(exc))
+    if as_json:
+        print(json.dumps(result))
+        return
+    _print_inspection(result)
+
+
+def _print_inspection(result: dict) -> None:
+    from rich.table import Table
+    from rich.text import Text
+
+    activations = result["activations"]
+    table = Table("#", "char", "prob", "surprise bits", "rank", "entropy bits", "expected", box=None)
+    for state in ("h", "c"):
+        if activations and activations[state] is not None:
+            for unit in activations["units"]:
+                table.add_column(f"{state}{unit}")
+    for i, row in enumerate(result["characters"]):
+        expected = " ".join(f"{t['char']!r}:{t['prob']:.2f}" for t in row["top"])
+        values = []
+        for state in ("h", "c"):
+            if activations and activations[state] is not None:
+                values.extend(f"{v:.3f}" for v in activations[state][i])
+        cells = [str(i), repr(row["char"]), f"{row['prob']:.4f}", f"{row['surprise_bits']:.3f}",
+                 str(row["rank"]), f"{row['entropy_bits']:.3f}", expected, *values]
+        table.add_row(*(Text(cell) for cell in cells))  # Text: a "[" in the text is not rich markup
+    console = Console(width=200)
+    console.print(table)
+    rows = result["characters"]
+    console.print(f"mean surprise {sum(r['surprise_bits'] for r in rows) / max(len(rows), 1):.4f} bits per character")
+    for feature in result.get("found_units") or []:
+        units = feature["units"]
+        best = ", ".join(f"layer {u['layer']} {u['state']}{u['unit']} ({u['correlation']:+.2f})" for u in units)
+        console.print(f"{feature['description']}: {best or feature.get('note', '')}", markup=False)
+
+
 def register_engine_commands(app: typer.Typer) -> None:
     app.command()(train)
     app.command()(generate)
     app.command()(score)
+    app.command()(inspect)
