@@ -9,7 +9,7 @@ import re
 import pytest
 from playwright.sync_api import expect
 
-from tests.conftest import TINY_MODEL, small_corpus
+from tests.harness import TINY_MODEL, small_corpus
 
 pytestmark = pytest.mark.browser
 

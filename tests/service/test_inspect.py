@@ -13,8 +13,7 @@ from app.generation import service as generation
 from app.inspection import service as inspection
 from app.inspection.schemas import InspectRequest
 from app.workers import secret
-from tests.conftest import Service
-from tests.service.test_security import new_key
+from tests.harness import Service, new_key
 
 
 def test_inspect_answers_each_character(client, trained_job):
