@@ -8,7 +8,7 @@ The service (API and worker as real processes) trains a 2x256 LSTM briefly, then
            the same thread settings as the worker: Settings.generation_thread_count), no HTTP at all
 The load generator and the direct sampler each run in a process of their own (not the benchmark's),
 so neither shares an interpreter with the service or with the other. Reported: characters per second
-(all clients together), each request's latency (median, p99), the ratios many/sampler (issue 20's bar:
+(all clients together), each request's latency (median, p99), the ratios many/sampler (the bar:
 at least 0.8) and many/one, and the service's own cost on a 1-character request with one client
 (POST /generate against the worker's sampler called in-process).
 

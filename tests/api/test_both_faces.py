@@ -33,7 +33,7 @@ def v1_upload(client, content: bytes, content_type: str = "text/plain"):
     return client.post("/v1/files", files={"file": ("t.txt", content, content_type)}, data={"purpose": "fine-tune"})
 
 
-# -- item 10 of issue 21: a body that is not JSON, a misspelt field ----------------------------------------
+# -- a body that is not JSON, a misspelt field ----------------------------------------
 
 
 @pytest.mark.parametrize(

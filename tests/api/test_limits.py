@@ -1,4 +1,4 @@
-"""Issue 12, API side, in-process: the memory estimate before a job queues, per-owner limits on active jobs
+"""In-process: the memory estimate before a job queues, per-owner limits on active jobs
 and stored corpus bytes (429 + Retry-After), NUL refused in every string that reaches the database, and
 upload temp files removed on every way out."""
 

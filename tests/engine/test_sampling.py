@@ -151,7 +151,7 @@ def test_stop_scanner_matches_a_plain_search_and_holds_back_exactly_the_undecide
 
 
 def test_stop_scanning_costs_bounded_work_per_character():
-    """Issue 13 item 10: the longest stops the contract allows, in a text built to make a naive scan
+    """The longest stops the contract allows, in a text built to make a naive scan
     quadratic (every tail is a long prefix of every stop), cost at most two automaton moves per
     character and stop."""
     stops = ["a" * (MAX_STOP_CHARS - 1) + chr(ord("b") + i) for i in range(MAX_STOPS)]
@@ -182,7 +182,7 @@ def test_an_over_long_stop_list_is_refused_naming_the_field():
 
 @pytest.mark.parametrize("temperature", [1e-40, 5e-324, 1e-30, 1e-20])
 def test_tiny_temperatures_are_greedy(sampler, temperature):
-    """Issue 13 item 12: no inf/NaN from dividing by a temperature float32 cannot hold."""
+    """No inf/NaN from dividing by a temperature float32 cannot hold."""
     greedy = sampler.generate(SampleRequest(prompt="the ", length=40, temperature=0))
     assert sampler.generate(SampleRequest(prompt="the ", length=40, temperature=temperature, seed=1)) == greedy
 

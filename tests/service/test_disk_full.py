@@ -1,4 +1,4 @@
-"""A full disk (issue 21 item 9): writes answer 507 saying what to delete, deletes still go through (the
+"""A full disk: writes answer 507 saying what to delete, deletes still go through (the
 service gives back its reserve file for them), and once space is freed everything carries on.
 
 The data directory lives on its own small tmpfs, filled for real; the test needs root to mount it."""

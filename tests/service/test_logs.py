@@ -1,4 +1,4 @@
-"""Log lines (issue 21 item 12): readable at a terminal, JSON for everything else, and either on demand
+"""Log lines: readable at a terminal, JSON for everything else, and either on demand
 with CHARRNN_LOG_FORMAT. The terminal is a real pseudo-terminal: `charrnn api` cannot tell it from a person's."""
 
 from __future__ import annotations

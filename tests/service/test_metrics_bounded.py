@@ -1,4 +1,4 @@
-"""/metrics stays bounded whatever paths clients send (issue 21 item 6): every request is labelled by the
+"""/metrics stays bounded whatever paths clients send: every request is labelled by the
 template of the route it matched, and everything no route matched shares one label."""
 
 from __future__ import annotations
