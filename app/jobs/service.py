@@ -38,6 +38,8 @@ def to_out(job: Job) -> JobOut:
         model=job.model,
         training=job.training,
         progress=job.progress or {},
+        reference_losses=job.reference_losses,
+        diagnosis=job.diagnosis,
         device=job.device,
         attempts=job.attempts,
         error={"message": scrub_paths(job.error_message)} if job.error_message else None,

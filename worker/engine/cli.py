@@ -7,14 +7,17 @@ the engine is imported inside the command that runs it.
 from __future__ import annotations
 
 import json
+import math
 import sys
 from pathlib import Path
 from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 stderr = Console(stderr=True)
+LN2 = math.log(2)
 
 
 def _fail(message: str) -> None:
@@ -48,6 +51,14 @@ class ConsoleObserver:
             f"{info.train_chars:,} train / {info.val_chars:,} validation characters, "
             f"{info.device} {info.precision}{resumed}"
         )
+        refs = info.reference_losses
+        if refs:
+            stderr.print(
+                f"reference losses of the held-out text: unigram {refs['unigram']:.3f} nats/char "
+                f"({refs['unigram'] / LN2:.2f} bits; knows only character frequencies), bigram "
+                f"{refs['bigram']:.3f} ({refs['bigram'] / LN2:.2f} bits; knows only the previous character)",
+                highlight=False,
+            )
         self.progress.start()
         self.task = self.progress.add_task("train", total=None, status="")
 
@@ -66,6 +77,10 @@ class ConsoleObserver:
 
     def on_checkpoint(self, checkpoint) -> None:
         pass
+
+    def on_diagnosis(self, diagnosis) -> None:
+        # Escaped: the message is plain text, never rich markup.
+        self.progress.console.print(f"[bold]diagnosis:[/] {escape(diagnosis.message)}", highlight=False)
 
     def should_stop(self) -> str | None:
         return None

@@ -27,10 +27,12 @@ RECENT_STEPS = 20
 RISING_EVALUATIONS = 2
 RISE_NATS = 0.002
 ABOVE_BEST = 0.01
-# Still improving: over the last evaluations the validation loss fell at least this share of itself per
-# tenth of the budget.
-STEEP_FALL_PER_TENTH = 0.01
-SLOPE_EVALUATIONS = 3
+# Still improving: over the last SLOPE_EVALUATIONS evaluations the validation loss fell at least
+# STEEP_SHARE of its average pace over the whole run, and at least MIN_FALL_PER_TENTH nats per tenth of
+# the budget (a run that has levelled off falls at a small share of its average pace).
+STEEP_SHARE = 0.25
+MIN_FALL_PER_TENTH = 0.005
+SLOPE_EVALUATIONS = 4
 LN2 = math.log(2)
 
 
@@ -160,9 +162,13 @@ class Doctor:
 
     def _still_improving(self, step: int) -> Diagnosis | None:
         fall = self._fall_per_tenth()
-        val = self.evals[-1].val_loss if self.evals else None
-        if fall is None or val is None or fall < STEEP_FALL_PER_TENTH * val:
+        if fall is None:
             return None
+        first, last = self.evals[0], self.evals[-1]
+        average = (first.val_loss - last.val_loss) / max(last.progress - first.progress, 1e-9) / 10
+        if fall < MIN_FALL_PER_TENTH or fall < STEEP_SHARE * average:
+            return None
+        val = last.val_loss
         # Losses fall ever more slowly: assume a budget twice as long gains half of what the same fall
         # kept up for another whole budget would.
         estimate = max(0.0, val - fall * 10 / 2)

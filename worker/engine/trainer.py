@@ -523,7 +523,7 @@ class Trainer:
 def _references(text: str, val_text: str | None, val_fraction: float) -> dict | None:
     """The unigram and bigram reference losses of this run's split (nats per character), or None."""
     refs = of_texts(text, val_text) if val_text is not None else of_text(text, val_fraction)
-    return {"unigram": refs.unigram, "bigram": refs.bigram} if refs else None
+    return refs.to_dict() if refs else None
 
 
 def held_out_sample(data: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:

@@ -156,7 +156,9 @@ class Worker:
         """What the child needs, as plain data; or a message saying why the job cannot run."""
         data_dir = self.settings.data_dir
         with session_scope() as session:
-            corpus_path = session.scalar(select(Corpus.path).where(Corpus.id == job.corpus_id))
+            corpus_path, references = session.execute(
+                select(Corpus.path, Corpus.reference_losses).where(Corpus.id == job.corpus_id)
+            ).one_or_none() or (None, None)
             init_path = init_sha256 = val_path = None
             if job.validation_corpus_id:
                 val_path = session.scalar(select(Corpus.path).where(Corpus.id == job.validation_corpus_id))
@@ -181,6 +183,7 @@ class Worker:
             init_from_sha256=init_sha256,
             threads=self.settings.train_thread_count,
             memory_limit=self.settings.worker_memory_limit,
+            reference_losses=_references_for(job, references),
         )
 
     def run_job(self, job: Job) -> None:
@@ -220,3 +223,12 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
+
+
+def _references_for(job: Job, corpus_references: dict | None) -> dict | None:
+    """The corpus's stored reference losses where they were scored on this job's split; otherwise None,
+    and the training run computes those of its own split."""
+    if not corpus_references or job.validation_corpus_id:
+        return None
+    val_fraction = job.training.get("val_fraction")
+    return corpus_references if val_fraction is None or val_fraction == corpus_references.get("val_fraction") else None
