@@ -277,5 +277,6 @@ class JobDefaults(BaseModel):
         }
     )
     model: dict = Field(description="every field of `model` with the value a job that leaves it out gets")
-    training: dict = Field(description="every field of `training` likewise (null: no such limit)")
+    training: dict = Field(description="every field of `training` likewise (null: no such limit; for "
+                           "eval_every, evaluations spaced over the budget)")
     default_max_steps: int = Field(description="the steps a job trains for when it sets no max_steps/epochs/seconds")
