@@ -39,7 +39,9 @@ def test_references_at_upload_and_a_not_learning_job_diagnosed(service, client):
 
     events = client.get(f"/jobs/{job['id']}/events", params={"limit": 1000}).json()["data"]
     logs = [e for e in events if e["type"] == "log"]
-    reference_event = next(e for e in logs if "reference_losses" in e["data"])
+    reference_event = next(e for e in logs if e["message"].startswith("reference losses"))
+    stored = {k: v for k, v in job["reference_losses"].items() if not k.endswith("_bits")}
+    assert reference_event["data"]["reference_losses"] == stored
     assert f"{own.unigram:.3f}" in reference_event["message"]
     diagnosed = [e["data"]["diagnosis"] for e in logs if "diagnosis" in e["data"]]
     assert [d["kind"] for d in diagnosed] == ["not_learning", "not_learning"]  # a fifth in, and at the end

@@ -497,9 +497,9 @@ class Trainer:
         interrupted = stopped_by not in STOPPING_RULES
         ran = self.state.step > (self.resumed_from_step or 0)
         improved = self._evaluate_and_report() if ran and not interrupted else False
-        if ran and not interrupted:
-            self._diagnose(self.doctor.end(self.state.step))
         last = self._checkpoint(is_best=improved)
+        if ran and not interrupted:  # after the checkpoint: an evaluation and its checkpoint report together
+            self._diagnose(self.doctor.end(self.state.step))
         return RunResult(
             steps=self.state.step,
             epoch=self.state.epoch,
