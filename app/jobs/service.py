@@ -7,6 +7,7 @@ from sqlalchemy.orm import Session
 
 from app.checkpoints import repository as checkpoints
 from app.corpora import repository as corpora
+from app.corpora.references import references_for_split
 from app.db import utcnow
 from app.errors import ApiError, not_found, scrub_paths
 from app.ids import new_id
@@ -180,6 +181,11 @@ def create(
             progress={},
             attempts=0,
             created_at=utcnow(),
+            # Known now when the job splits the corpus as its upload did; else set when the job starts.
+            reference_losses=references_for_split(
+                corpus.reference_losses, val_fraction=training.get("val_fraction"),
+                separate_validation=bool((columns or {}).get("validation_corpus_id")),
+            ),
             **(columns or {}),
         )
         lifecycle.queued(session, job)

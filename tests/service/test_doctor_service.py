@@ -23,11 +23,17 @@ def test_references_at_upload_and_a_not_learning_job_diagnosed(service, client):
     assert refs["unigram_bits"] == pytest.approx(expected.unigram / math.log(2))
     assert client.get(f"/corpora/{corpus['id']}").json()["reference_losses"] == refs
 
+    # Split as the upload was: the job has the corpus's references from the start (for the chart).
+    same_split = service.create_job(client, corpus["id"], training={"max_steps": 10_000})
+    assert same_split["reference_losses"] == refs
+    assert client.post(f"/jobs/{same_split['id']}/cancel").status_code == 200
+
     # Its own split (val_fraction 0.2): the worker computes the references of that split at start.
     # eval_every left out: evaluations spaced over the budget.
     training = {"learning_rate": 1e-6, "val_fraction": 0.2, "eval_every": None, "max_steps": 20,
                 "sample_length": 5}
     job = service.create_job(client, corpus["id"], training=training)
+    assert job["reference_losses"] is None  # not known until the worker computes them
     job = service.wait_job(client, job["id"], timeout=300)
     assert job["status"] == "succeeded", job
     own = references.of_text(text, 0.2)

@@ -17,6 +17,7 @@ import time
 
 from sqlalchemy import select
 
+from app.corpora.references import references_for_split
 from app.db import session_scope
 from app.ids import new_id
 from app.jobs import lifecycle
@@ -183,7 +184,8 @@ class Worker:
             init_from_sha256=init_sha256,
             threads=self.settings.train_thread_count,
             memory_limit=self.settings.worker_memory_limit,
-            reference_losses=_references_for(job, references),
+            reference_losses=references_for_split(references, val_fraction=job.training.get("val_fraction"),
+                                                  separate_validation=bool(job.validation_corpus_id)),
         )
 
     def run_job(self, job: Job) -> None:
@@ -224,11 +226,3 @@ def main() -> None:
 if __name__ == "__main__":
     main()
 
-
-def _references_for(job: Job, corpus_references: dict | None) -> dict | None:
-    """The corpus's stored reference losses where they were scored on this job's split; otherwise None,
-    and the training run computes those of its own split."""
-    if not corpus_references or job.validation_corpus_id:
-        return None
-    val_fraction = job.training.get("val_fraction")
-    return corpus_references if val_fraction is None or val_fraction == corpus_references.get("val_fraction") else None
