@@ -73,7 +73,7 @@ def test_a_learning_rate_near_zero_is_not_learning(tmp_path, shakespeare):
     # Said once a fifth of the budget is done, and again at the end.
     assert (early.kind, early.step, final.kind, final.step) == ("not_learning", 8, "not_learning", 40)
     assert "learned only how often each character occurs" in early.message
-    assert f"{refs.unigram:.3f}" in early.message and "learning rate too low (now 1e-07" in early.message
+    assert f"{refs.unigram:.3f}" in early.message and "learning rate is too low (now 1e-07)" in early.message
     assert result.diagnosis == final and result.reference_losses == recorder.started.reference_losses
     # eval_every left out: the evaluations are spread over the budget, the last at its end.
     assert len(recorder.evals) == EVALUATIONS_PER_RUN

@@ -16,6 +16,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from worker.engine.config import TrainConfig
 from worker.engine.records import Diagnosis
 
 # The not-learning check runs once, when this share of the budget is done.
@@ -34,6 +35,9 @@ STEEP_SHARE = 0.25
 MIN_FALL_PER_TENTH = 0.005
 SLOPE_EVALUATIONS = 4
 LN2 = math.log(2)
+# Learning rates outside this range are the likely cause of a model that does not learn.
+DEFAULT_LEARNING_RATE = TrainConfig.learning_rate
+USUAL_LEARNING_RATES = (5e-4, 2e-2)
 
 
 @dataclass(frozen=True)
@@ -122,15 +126,22 @@ class Doctor:
         unigram, bigram, loss = self.references["unigram"], self.references["bigram"], sum(latest) / len(latest)
         if loss < unigram:
             return None
+        lr = self.learning_rate
+        if lr < USUAL_LEARNING_RATES[0]:
+            cause = f"the learning rate is too low (now {lr:g}): raise learning_rate to {DEFAULT_LEARNING_RATE:g}"
+        elif lr > USUAL_LEARNING_RATES[1]:
+            cause = (f"the learning rate is too high (now {lr:g}), so each step undoes the last: lower "
+                     f"learning_rate to {DEFAULT_LEARNING_RATE:g}")
+        else:
+            cause = (f"the budget is too short for this corpus and model (the learning rate, {lr:g}, is a usual "
+                     "one): train longer")
         return Diagnosis(kind="not_learning", message=(
             f"not learning: {when} (step {step}) the training loss is {_bits(loss)}, at or above the "
             f"{unigram:.3f} of a model that knows only how often each character occurs. The model has learned "
-            f"only how often each character occurs, or less: its samples are common letters and spaces. "
-            f"(Knowing just the previous character scores {bigram:.3f}.) Likely causes: a learning rate too low "
-            f"(now {self.learning_rate:g}; the default is 0.003) or too high, so every step is undone; a model "
-            f"too small or a budget too short for the corpus; a corpus with little structure (random or "
-            f"compressed data). Try learning_rate 0.003, a longer budget, or check the text is what you meant "
-            f"to upload."
+            f"only how often each character occurs, or less: its samples are common letters and spaces "
+            f"(knowing just the previous character scores {bigram:.3f}). Most likely {cause}. Other causes: a "
+            f"corpus with little structure to learn (random or compressed data: check the text is what you "
+            f"meant to upload), or a model too small for it (a larger hidden_size)."
         ), step=step)
 
     def _overfitting(self, step: int) -> Diagnosis:
