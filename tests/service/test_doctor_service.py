@@ -30,7 +30,7 @@ def test_references_at_upload_and_a_not_learning_job_diagnosed(service, client):
 
     # Its own split (val_fraction 0.2): the worker computes the references of that split at start.
     # eval_every left out: evaluations spaced over the budget.
-    training = {"learning_rate": 1e-6, "val_fraction": 0.2, "eval_every": None, "max_steps": 20,
+    training = {"learning_rate": 1e-6, "val_fraction": 0.2, "eval_every": None, "max_steps": 40,
                 "sample_length": 5}
     job = service.create_job(client, corpus["id"], training=training)
     assert job["reference_losses"] is None  # not known until the worker computes them
@@ -40,7 +40,7 @@ def test_references_at_upload_and_a_not_learning_job_diagnosed(service, client):
     assert job["reference_losses"]["val_fraction"] == 0.2
     assert job["reference_losses"]["bigram"] == pytest.approx(own.bigram)
     diagnosis = job["diagnosis"]
-    assert diagnosis["kind"] == "not_learning" and diagnosis["step"] == 20
+    assert diagnosis["kind"] == "not_learning" and diagnosis["step"] == 40
     assert "learned only how often each character occurs" in diagnosis["message"]
 
     events = client.get(f"/jobs/{job['id']}/events", params={"limit": 1000}).json()["data"]
@@ -53,4 +53,4 @@ def test_references_at_upload_and_a_not_learning_job_diagnosed(service, client):
     assert [d["kind"] for d in diagnosed] == ["not_learning", "not_learning"]  # a fifth in, and at the end
     assert diagnosed[-1] == diagnosis
     evaluations = [e for e in events if e["type"] == "sample"]
-    assert len(evaluations) >= 10  # a 20-step job has a validation curve, not one point
+    assert len(evaluations) >= 10  # a 40-step job has a validation curve, not one point

@@ -19,8 +19,10 @@ from dataclasses import dataclass
 from worker.engine.config import TrainConfig
 from worker.engine.records import Diagnosis
 
-# The not-learning check runs once, when this share of the budget is done.
+# The not-learning check runs once, when this share of the budget is done and at least this many steps
+# have trained (a time budget on a slow machine may spend a fifth on its first steps and speed probe).
 NOT_LEARNING_AT = 0.2
+NOT_LEARNING_MIN_STEPS = 20
 # Training losses averaged for "the training loss now" (one batch's loss is noisy).
 RECENT_STEPS = 20
 # Over-fitting: validation loss rose at this many consecutive evaluations, each by more than RISE_NATS,
@@ -67,10 +69,12 @@ class Doctor:
 
     def train_step(self, step: int, loss: float, progress: float) -> Diagnosis | None:
         self.recent = (self.recent + [loss])[-RECENT_STEPS:]
-        if self.checked_learning or progress < NOT_LEARNING_AT:
+        if self.checked_learning or progress < NOT_LEARNING_AT or step < NOT_LEARNING_MIN_STEPS:
             return None
         self.checked_learning = True
-        return self._not_learning(step, "after a fifth of the budget")
+        if progress >= 1:
+            return None  # the end's verdict says it
+        return self._not_learning(step, f"after {progress:.0%} of the budget")
 
     def evaluation(self, step: int, progress: float, val_loss: float | None) -> Diagnosis | None:
         if val_loss is None or not self.recent:
