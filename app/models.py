@@ -48,6 +48,9 @@ class Corpus(Base):
     vocab_size: Mapped[int] = mapped_column(Integer)
     path: Mapped[str] = mapped_column(Text)  # relative to the data dir
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    # What the simplest models score on the default split (worker/engine/references.py):
+    # {"unigram", "bigram", "val_fraction"}, nats per character; null when too little is held out.
+    reference_losses: Mapped[dict | None] = mapped_column(JSON, nullable=True)
 
 
 class Job(Base):
@@ -76,6 +79,10 @@ class Job(Base):
     openai_model: Mapped[str | None] = mapped_column(String(300), nullable=True)  # the `model` it was asked for
     suffix: Mapped[str | None] = mapped_column(String(64), nullable=True)
     model_deleted_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)  # DELETE /v1/models
+    # The training doctor (worker/engine/doctor.py): the reference losses of the job's split
+    # ({"unigram", "bigram"}, nats per character) and its latest diagnosis ({"kind", "message", "step"}).
+    reference_losses: Mapped[dict | None] = mapped_column(JSON, nullable=True)
+    diagnosis: Mapped[dict | None] = mapped_column(JSON, nullable=True)
 
     __table_args__ = (Index("ix_jobs_status_created", "status", "created_at"),)
 

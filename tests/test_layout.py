@@ -46,6 +46,9 @@ TORCH_FREE = {
     "worker.engine.records": {"__future__", "pydantic"},
     # the model fields a job may leave to the worker, and the rule it chooses them by
     "worker.engine.autoconfig": {"__future__", "math", "collections.abc", "dataclasses", "worker.engine.config"},
+    # the reference losses of a corpus's split: computed at upload (the API) and for a job's own split
+    "worker.engine.references": {"__future__", "math", "collections", "collections.abc", "dataclasses",
+                                 "itertools", "pathlib", "worker.engine.config"},
 }
 
 

@@ -22,6 +22,7 @@ from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
 from app.corpora import repository
+from app.corpora.references import references_of_upload
 from app.corpora.upload import (
     NAME_MAX,
     TOMBSTONE_GLOB,
@@ -80,6 +81,7 @@ async def upload(session: Session, *, owner: str, settings: Settings, body: Inco
                 raise ApiError(422, f"{field} {NUL_MESSAGE}")
         name = (name or form_name or "corpus").strip() or "corpus"
         sha256, path = sink.finish()
+        reference_losses = await run_in_threadpool(references_of_upload, sink.tmp_path, sink.num_chars)
         corpus = Corpus(
             id=new_id("corpus"),
             owner=owner,
@@ -90,6 +92,7 @@ async def upload(session: Session, *, owner: str, settings: Settings, body: Inco
             vocab_size=len(sink.chars),
             path=str(path.relative_to(settings.data_dir)),
             created_at=utcnow(),
+            reference_losses=reference_losses,
         )
         # Off the event loop: the insert may wait seconds for a database lock, and the API must keep answering.
         await run_in_threadpool(_store, session, sink, corpus, path, settings.max_corpus_bytes_per_owner)

@@ -17,7 +17,7 @@ from app.jobs.events import add_event, prune_metrics_events
 from app.jobs.lifecycle import mine
 from app.jobs.schemas import PROGRESS_KEYS
 from app.models import Job, JobMetric
-from worker.engine.records import CheckpointRecord, RunStarted, Snapshot
+from worker.engine.records import CheckpointRecord, Diagnosis, RunStarted, Snapshot
 
 
 def progress_from(snapshot: Snapshot) -> dict:
@@ -43,6 +43,8 @@ def started(
     # The model as it runs: the fields the job left out are now chosen (autoconfig.py).
     model = {k: v for k, v in info.model.items() if k != "vocab_size"}
     values = {"device": info.device, **({"model": model} if model else {})}
+    if info.reference_losses:
+        values["reference_losses"] = info.reference_losses
     if info.chosen_training:  # an epoch limit chosen with the size: the job's training says when it stops
         training = session.scalar(select(Job.training).where(Job.id == job_id)) or {}
         values["training"] = {**training, **info.chosen_training}
@@ -72,6 +74,19 @@ def started(
         ),
         data=info.model_dump(),
     )
+    if info.reference_losses:
+        refs = info.reference_losses
+        add_event(
+            session,
+            job_id=job_id,
+            type="log",
+            message=(
+                f"reference losses of this split: {refs['unigram']:.3f} nats per character for a model that "
+                f"knows only character frequencies (unigram), {refs['bigram']:.3f} for one that knows only the "
+                "previous character (bigram); a model that learns scores below both"
+            ),
+            data={"reference_losses": refs},
+        )
 
 
 def _add_point_of(session: Session, job_id: str, checkpoint: CheckpointRecord) -> None:
@@ -121,4 +136,16 @@ def record_evaluation(session: Session, *, job_id: str, snapshot: Snapshot, samp
         type="sample",
         message=f"step {snapshot.step}: val_loss {val if val is None else round(val, 4)}",
         data={**snapshot.model_dump(), "sample": sample},
+    )
+
+
+def record_diagnosis(session: Session, *, job_id: str, worker_id: str, diagnosis: Diagnosis) -> None:
+    """The training doctor's reading (worker/engine/doctor.py): the job's `diagnosis`, and a "log" event."""
+    session.execute(update(Job).where(*mine(job_id, worker_id)).values(diagnosis=diagnosis.model_dump()))
+    add_event(
+        session,
+        job_id=job_id,
+        type="log",
+        message=diagnosis.message,
+        data={"diagnosis": diagnosis.model_dump()},
     )

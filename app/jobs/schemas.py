@@ -9,6 +9,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from app.corpora.schemas import LOSS_UNITS, ReferenceLosses
 from app.errors import scrub_paths
 from app.jobs.defaults import model_defaults, train_defaults
 from app.models import JobStatus
@@ -57,7 +58,11 @@ class TrainingSpec(BaseModel):
     val_fraction: float | None = Field(
         None, ge=0, le=0.5, description=_d(_T, "val_fraction", "share of the text held out for validation")
     )
-    eval_every: int | None = Field(None, ge=1, le=100_000_000, description=_d(_T, "eval_every", "steps"))
+    eval_every: int | None = Field(
+        None, ge=1, le=100_000_000,
+        description="steps between evaluations (default: about 12 evaluations spaced evenly over the budget, "
+        "whether steps, epochs or seconds stop the job, each on a bounded sample of the validation split)",
+    )
     checkpoint_every: int | None = Field(None, ge=1, le=100_000_000, description=_d(_T, "checkpoint_every", "steps"))
     log_every: int | None = Field(None, ge=1, le=100_000, description=_d(_T, "log_every", "steps between metrics"))
     sample_length: int | None = Field(None, ge=0, le=10_000, description=_d(_T, "sample_length", "sample chars"))
@@ -115,6 +120,20 @@ class JobError(BaseModel):
     message: str
 
 
+class DiagnosisOut(BaseModel):
+    """The training doctor's latest reading of the run, in plain words with the numbers and what to change."""
+
+    kind: Literal["not_learning", "diverged", "overfitting", "still_improving", "healthy"] = Field(
+        description="not_learning: training loss still at or above the unigram reference after a fifth of the "
+        "budget; diverged: the loss became non-finite or exploded (the job stops, failed); overfitting: "
+        "validation loss rising over consecutive evaluations while training loss falls (the best checkpoint "
+        "is kept and served); still_improving: validation loss still falling steeply when the budget ran out; "
+        "healthy: none of these, with where the final loss stands against the references"
+    )
+    message: str = Field(description="what the doctor sees, with the numbers (nats per character), and what to change")
+    step: int = Field(description="the step it was given at")
+
+
 class JobOut(BaseModel):
     model_config = ConfigDict(
         json_schema_extra={
@@ -143,6 +162,9 @@ class JobOut(BaseModel):
                         "chars_per_second": 95000.0,
                         "eta_seconds": 61.0,
                     },
+                    "reference_losses": {"unigram": 3.347, "bigram": 2.482, "val_fraction": 0.1,
+                                         "unigram_bits": 4.829, "bigram_bits": 3.581},
+                    "diagnosis": None,
                     "device": "cpu",
                     "attempts": 1,
                     "error": None,
@@ -161,7 +183,16 @@ class JobOut(BaseModel):
     init_from: str | None
     model: dict
     training: dict
-    progress: Progress
+    progress: Progress = Field(description="live progress; its losses are nats per character (/ ln 2 for bits)")
+    reference_losses: ReferenceLosses | None = Field(
+        None, description="the unigram and bigram reference losses of the job's own split, set when it starts; "
+        "a validation loss below the bigram reference means the model learned more than pairs of characters. "
+        + LOSS_UNITS
+    )
+    diagnosis: DiagnosisOut | None = Field(
+        None, description="the training doctor's latest diagnosis (also each one as a `log` event): set during "
+        "the run when it sees a problem, and at the end"
+    )
     device: str | None
     attempts: int
     error: JobError | None
@@ -246,5 +277,6 @@ class JobDefaults(BaseModel):
         }
     )
     model: dict = Field(description="every field of `model` with the value a job that leaves it out gets")
-    training: dict = Field(description="every field of `training` likewise (null: no such limit)")
+    training: dict = Field(description="every field of `training` likewise (null: no such limit; for "
+                           "eval_every, evaluations spaced over the budget)")
     default_max_steps: int = Field(description="the steps a job trains for when it sets no max_steps/epochs/seconds")

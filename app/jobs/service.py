@@ -8,6 +8,7 @@ from sqlalchemy.orm import Session
 
 from app.checkpoints import repository as checkpoints
 from app.corpora import repository as corpora
+from app.corpora.references import references_for_split
 from app.db import read_session, utcnow
 from app.errors import ApiError, not_found, scrub_paths
 from app.ids import new_id
@@ -39,6 +40,8 @@ def to_out(job: Job) -> JobOut:
         model=job.model,
         training=job.training,
         progress=job.progress or {},
+        reference_losses=job.reference_losses,
+        diagnosis=job.diagnosis,
         device=job.device,
         attempts=job.attempts,
         error={"message": scrub_paths(job.error_message)} if job.error_message else None,
@@ -179,6 +182,11 @@ def create(
             progress={},
             attempts=0,
             created_at=utcnow(),
+            # Known now when the job splits the corpus as its upload did; else set when the job starts.
+            reference_losses=references_for_split(
+                corpus.reference_losses, val_fraction=training.get("val_fraction"),
+                separate_validation=bool((columns or {}).get("validation_corpus_id")),
+            ),
             **(columns or {}),
         )
         lifecycle.queued(session, job)

@@ -16,12 +16,13 @@ from worker.engine.checkpoint import TrainingState
 from worker.engine.records import (
     CheckpointRecord,
     CheckpointStats,
+    Diagnosis,
     JobSpec,
     RunResult,
     RunStarted,
     Snapshot,
 )
-from worker.service.reports import CheckpointSaved, Evaluated, Failed, Finished, Metrics, Started
+from worker.service.reports import CheckpointSaved, Diagnosed, Evaluated, Failed, Finished, Metrics, Started
 
 STARTED = RunStarted(num_parameters=10, vocab_size=3, device="cpu", precision="fp32", train_chars=90, val_chars=10,
                      batches_per_epoch=4, resumed_from_step=None, model={"cell": "gru"}, chosen=["hidden_size 32"],
@@ -34,16 +35,20 @@ RESULT = RunResult(steps=10, epoch=1, train_loss=1.2, val_loss=1.3, best_val_los
                    seconds=1.0, checkpoint="/runs/j/best.safetensors", last_checkpoint="/runs/j/c",
                    num_parameters=10, stopped_by="max_steps", device="cpu", precision="fp32")
 SPEC = JobSpec(corpus_path="/c.txt", run_dir="/runs/j", model={"cell": "lstm"}, training={"gpus": 2},
-               init_from="/w.safetensors", init_from_sha256="cd" * 32, threads=2, memory_limit=10**9)
+               init_from="/w.safetensors", init_from_sha256="cd" * 32, threads=2, memory_limit=10**9,
+               reference_losses={"unigram": 3.3, "bigram": 2.5, "val_fraction": 0.1})
+DIAGNOSIS = Diagnosis(kind="healthy", message="healthy: ...", step=10)
 
 
-@pytest.mark.parametrize("record", [STARTED, SNAPSHOT, CHECKPOINT, RESULT, SPEC], ids=lambda r: type(r).__name__)
+@pytest.mark.parametrize("record", [STARTED, SNAPSHOT, CHECKPOINT, RESULT, SPEC, DIAGNOSIS],
+                         ids=lambda r: type(r).__name__)
 def test_each_record_round_trips_through_json(record):
     assert type(record).model_validate_json(record.model_dump_json()) == record
 
 
 @pytest.mark.parametrize("report", [Started(STARTED), Metrics(SNAPSHOT), Evaluated(SNAPSHOT, "sample"),
-                                    CheckpointSaved(CHECKPOINT), Finished(RESULT), Failed("no")],
+                                    CheckpointSaved(CHECKPOINT), Diagnosed(DIAGNOSIS), Finished(RESULT),
+                                    Failed("no")],
                          ids=lambda r: type(r).__name__)
 def test_each_report_round_trips_through_the_queues_pickling(report):
     assert pickle.loads(pickle.dumps(report)) == report
@@ -139,6 +144,7 @@ def test_every_record_arrives_intact_through_the_child_and_the_supervisor(databa
         row = s.get(Job, job_id)
         assert row.status == "succeeded" and row.device == started.device
         assert row.progress["step"] == result.steps and row.progress["val_loss"] == result.val_loss
+        assert row.diagnosis == result.diagnosis.model_dump() and row.reference_losses == result.reference_losses
         events = s.scalars(select(JobEvent).where(JobEvent.job_id == job_id).order_by(JobEvent.id)).all()
         rows = {c.step: c for c in s.scalars(select(Checkpoint).where(Checkpoint.job_id == job_id))}
     # The events hold the records as they were sent.
@@ -146,6 +152,9 @@ def test_every_record_arrives_intact_through_the_child_and_the_supervisor(databa
     evented = [Snapshot.model_validate({k: v for k, v in e.data.items() if k != "sample"})
                for e in events if e.type in ("metrics", "sample")]
     assert evented == snapshots
+    diagnosed = [r.diagnosis for r in run.seen if isinstance(r, Diagnosed)]
+    assert diagnosed[-1] == result.diagnosis
+    assert [e.data["diagnosis"] for e in events if "diagnosis" in e.data] == [d.model_dump() for d in diagnosed]
     checkpoint_events = [e.data for e in events if e.type == "checkpoint"]
     assert checkpoint_events == [c.model_dump(exclude={"path", "sha256"}) for c in saved]
     # The rows hold the checkpoint records, their paths relative to the data directory; the files hold

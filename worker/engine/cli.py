@@ -7,6 +7,7 @@ the engine is imported inside the command that runs it.
 from __future__ import annotations
 
 import json
+import math
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -20,6 +21,7 @@ from rich.markup import escape
 from worker.engine.sampling_params import MAX_LENGTH, MAX_NUM_SAMPLES, MAX_TEMPERATURE
 
 stderr = Console(stderr=True)
+LN2 = math.log(2)
 
 
 def _fail(message: str) -> None:
@@ -70,6 +72,14 @@ class ConsoleObserver:
             f"{info.train_chars:,} train / {info.val_chars:,} validation characters, "
             f"{info.device} {info.precision}{resumed}"
         )
+        refs = info.reference_losses
+        if refs:
+            stderr.print(
+                f"reference losses of the held-out text: unigram {refs['unigram']:.3f} nats/char "
+                f"({refs['unigram'] / LN2:.2f} bits; knows only character frequencies), bigram "
+                f"{refs['bigram']:.3f} ({refs['bigram'] / LN2:.2f} bits; knows only the previous character)",
+                highlight=False,
+            )
         self.progress.start()
         self.task = self.progress.add_task("train", total=None, status="")
 
@@ -88,6 +98,10 @@ class ConsoleObserver:
 
     def on_checkpoint(self, checkpoint) -> None:
         pass
+
+    def on_diagnosis(self, diagnosis) -> None:
+        # Escaped: the message is plain text, never rich markup.
+        self.progress.console.print(f"[bold]diagnosis:[/] {escape(diagnosis.message)}", highlight=False)
 
     def should_stop(self) -> str | None:
         return None

@@ -58,7 +58,8 @@ class TrainConfig:
     max_epochs: float | None = None
     max_seconds: float | None = None
     val_fraction: float = 0.1
-    eval_every: int = 500
+    # None: about a dozen evaluations spaced over the budget, whatever stops it (trainer.EVALUATIONS_PER_RUN)
+    eval_every: int | None = None
     checkpoint_every: int = 500
     log_every: int = 10
     sample_length: int = 200  # characters of sample text shown at each evaluation

@@ -30,6 +30,9 @@ class JobSpec(Record):
     val_corpus_path: str | None = None  # a held-out text: the whole corpus is trained on
     threads: int | None = None  # torch threads for the run (split between data-parallel ranks)
     memory_limit: int | None = None  # model sizes left to the engine stay under it
+    # The corpus's stored reference losses when they were scored on this job's split; else the run
+    # computes its own (references.py).
+    reference_losses: dict | None = None
 
     @property
     def gpus(self) -> int:
@@ -50,6 +53,16 @@ class RunStarted(Record):
     model: dict  # the ModelConfig as it runs (fields the job left out are chosen now)
     chosen: list[str] = []  # autoconfig's reasons
     chosen_training: dict = {}  # training fields autoconfig chose (an epoch limit)
+    # What the simplest models score on the same split (references.py): {"unigram", "bigram"}, nats/char.
+    reference_losses: dict | None = None
+
+
+class Diagnosis(Record):
+    """The training doctor's reading of a run (doctor.py), in plain words with the numbers."""
+
+    kind: str  # not_learning | diverged | overfitting | still_improving | healthy
+    message: str
+    step: int
 
 
 class Snapshot(Record):
@@ -119,3 +132,5 @@ class RunResult(Record):
     device: str
     precision: str
     resumed_from_step: int | None = None
+    reference_losses: dict | None = None  # as in RunStarted
+    diagnosis: Diagnosis | None = None  # the doctor's verdict on the run

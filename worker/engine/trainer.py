@@ -6,7 +6,8 @@ The whole story, top to bottom:
      the hidden state is carried from window to window (detached) and reset at each new epoch;
   3. each step: forward under autocast (bf16 where the hardware has it), cross-entropy in fp32,
      backward, gradient-norm clipping, AdamW with a learning rate that is a pure function of progress;
-  4. every `eval_every` steps and at the end, the loss over the *whole* validation split and a sample;
+  4. every `eval_every` steps (or, left out, about EVALUATIONS_PER_RUN times spaced over the budget, on a
+     bounded sample of the validation split) and at the end, the validation loss and a sample;
   5. every `checkpoint_every` steps, at each new best validation loss and at the end, a checkpoint that
      holds everything the run needs to continue bitwise identically (checkpoint.py).
 """
@@ -42,16 +43,32 @@ from worker.engine.config import (
 from worker.engine.data import CorpusError, StreamBatcher, Vocab, split_train_val
 from worker.engine.device import resolve_device, resolve_precision
 from worker.engine.distributed import DistContext
+from worker.engine.doctor import Doctor
 from worker.engine.errors import DiskFullError, EngineError
-from worker.engine.model import CharRNN, autocast, detach_hidden, hidden_from_list, hidden_to_list
+from worker.engine.model import (
+    CharRNN,
+    autocast,
+    detach_hidden,
+    hidden_from_list,
+    hidden_to_list,
+    mean_cross_entropy,
+)
 from worker.engine.probe import SpeedProbe
-from worker.engine.records import CheckpointRecord, CheckpointStats, RunResult, RunStarted, Snapshot
+from worker.engine.records import CheckpointRecord, CheckpointStats, Diagnosis, RunResult, RunStarted, Snapshot
+from worker.engine.references import of_text, of_texts
 from worker.engine.sampler import Sampler, SampleRequest
 from worker.engine.sampling_params import MAX_LENGTH, MAX_SEED
 from worker.engine.scoring import score_ids
 
 # A run always has at least one of these (TrainConfig fills in max_steps when none is given).
 STOPPING_RULES = ("max_steps", "max_epochs", "max_seconds")
+# With eval_every left out, a run evaluates this many times, evenly over its budget (steps, epochs or
+# seconds), so a short run has a validation curve too; each such evaluation scores a fixed sample of
+# the validation split, EVAL_WINDOWS windows of EVAL_WINDOW_CHARS spread over it, so that it stays
+# cheap whatever the corpus (the same sample every time: the losses compare).
+EVALUATIONS_PER_RUN = 12
+EVAL_WINDOWS = 32
+EVAL_WINDOW_CHARS = 1024
 
 
 class TrainingDiverged(EngineError):
@@ -65,6 +82,7 @@ class TrainingObserver:
     def on_metrics(self, metrics: Snapshot) -> None: ...
     def on_eval(self, metrics: Snapshot, sample: str) -> None: ...
     def on_checkpoint(self, checkpoint: CheckpointRecord) -> None: ...
+    def on_diagnosis(self, diagnosis: Diagnosis) -> None: ...
 
     def should_stop(self) -> str | None:
         """A reason to stop now (cancelled, shutting down), or None to go on."""
@@ -91,7 +109,8 @@ def check_config(config: TrainConfig) -> None:
         (config.batch_size >= 1, "batch_size must be at least 1"),
         (config.learning_rate > 0, "learning_rate must be positive"),
         (0 <= config.val_fraction < 1, "val_fraction must be in [0, 1)"),
-        (config.eval_every >= 1 and config.checkpoint_every >= 1, "eval_every and checkpoint_every must be >= 1"),
+        ((config.eval_every is None or config.eval_every >= 1) and config.checkpoint_every >= 1,
+         "eval_every and checkpoint_every must be >= 1"),
         (config.max_steps is None or config.max_steps >= 1, "max_steps must be at least 1"),
         (config.gpus >= 1, "gpus must be at least 1"),
         (config.max_epochs is None or config.max_epochs > 0, "max_epochs must be positive"),
@@ -115,6 +134,7 @@ class Trainer:
         val_text: str | None = None,
         init_from_sha256: str | None = None,
         memory_limit: int | None = None,
+        reference_losses: dict | None = None,
     ):
         """Start a run in `run_dir`, or continue it from its latest checkpoint if it has one.
 
@@ -123,7 +143,8 @@ class Trainer:
         `init_from` starts from another run's weights (and their vocabulary and architecture);
         `init_from_sha256`, when known, is what that file must hash to (a corrupt one is refused).
         Model fields left out of `model_config` are chosen for the budget and the corpus (autoconfig.py),
-        never needing more than `memory_limit` bytes to train.
+        never needing more than `memory_limit` bytes to train. `reference_losses` ({"unigram", "bigram"}
+        of this split, when already known) spare the run computing them (references.py).
         """
         self.run = RunDirectory(run_dir)
         self.dist = DistContext.current()
@@ -169,6 +190,13 @@ class Trainer:
             problem = too_small_validation_split(len(data), self.config.val_fraction)
             if problem:
                 raise CorpusError(problem)
+        self.eval_data = self.val_data if self.config.eval_every else held_out_sample(self.val_data)
+        self.reference_losses = None
+        if self.dist.is_main:  # only rank 0 reports
+            self.reference_losses = reference_losses or _references(text, val_text, self.config.val_fraction)
+        self.doctor = Doctor(self.reference_losses, learning_rate=self.config.learning_rate,
+                             model=self.model.config.to_dict())
+        self.diagnosis: Diagnosis | None = None
 
         decay = [p for n, p in self.model.named_parameters() if p.dim() >= 2 and "embedding" not in n]
         no_decay = [p for n, p in self.model.named_parameters() if not (p.dim() >= 2 and "embedding" not in n)]
@@ -304,9 +332,25 @@ class Trainer:
     def evaluate(self) -> float | None:
         if len(self.val_data) < 2:
             return None
-        loss, _ = score_ids(self.model, self.val_data)
+        if isinstance(self.eval_data, tuple):  # a sample of windows, each scored from a fresh state
+            loss, _ = mean_cross_entropy(self.model, *self.eval_data)
+        else:
+            loss, _ = score_ids(self.model, self.eval_data)
         self.model.train()
         return loss
+
+    def _eval_due(self, progress_before: float) -> bool:
+        """Every eval_every steps; left out, each time progress crosses one of EVALUATIONS_PER_RUN even
+        marks of the budget (for steps and epochs a pure function of the step: resumes evaluate alike)."""
+        if self.config.eval_every:
+            return self.state.step % self.config.eval_every == 0
+        before = math.floor(progress_before * EVALUATIONS_PER_RUN)
+        return math.floor(self.progress() * EVALUATIONS_PER_RUN) > before
+
+    def _diagnose(self, diagnosis: Diagnosis | None) -> None:
+        if diagnosis is not None and self.dist.is_main:
+            self.diagnosis = diagnosis
+            self.observer.on_diagnosis(diagnosis)
 
     def sample(self) -> str:
         # Inside the contract's bounds (only `charrnn train` with a seed near 2**32 or a huge sample length
@@ -327,6 +371,7 @@ class Trainer:
             self.state.best_val_loss = val
         if self.dist.is_main:
             self.observer.on_eval(self._snapshot(), self.sample())
+            self._diagnose(self.doctor.evaluation(self.state.step, self.progress(), val))
         return improved
 
     def _checkpoint(self, is_best: bool) -> Path:
@@ -376,9 +421,11 @@ class Trainer:
         if not math.isfinite(loss) or not math.isfinite(grad_norm) or (
             self.state.step > self.config.warmup_steps and loss > ceiling
         ):
+            what = (f"loss {loss:.4g}, gradient norm {grad_norm:.4g} (a model that guesses uniformly scores "
+                    f"{math.log(len(self.vocab)):.2f})")
+            self._diagnose(self.doctor.diverged(self.state.step, f"at step {self.state.step} the {what}"))
             raise TrainingDiverged(
-                f"training diverged at step {self.state.step}: loss {loss:.4g}, gradient norm {grad_norm:.4g} "
-                f"(a model that guesses uniformly scores {math.log(len(self.vocab)):.2f}). "
+                f"training diverged at step {self.state.step}: {what}. "
                 f"Lower learning_rate (now {self.config.learning_rate:g}) or grad_clip "
                 f"(now {self.config.grad_clip:g}), or switch cell to lstm/gru if it is rnn."
             )
@@ -411,10 +458,12 @@ class Trainer:
                 model=self.model.config.to_dict(),
                 chosen=list(self.choice.reasons) if self.choice else [],
                 chosen_training=self.choice.training if self.choice else {},
+                reference_losses=self.reference_losses,
             )
         )
         stopped_by = self._agreed_stop_reason()
         while stopped_by is None:
+            progress_before = self.progress()
             t0 = time.perf_counter()
             x, y = (self.dist.shard(t).to(self.device, non_blocking=True)
                     for t in self.batcher.batch(self.state.epoch, self.state.batch_index))
@@ -426,6 +475,7 @@ class Trainer:
             if self.state.batch_index == self.batcher.batches_per_epoch:
                 self.state.epoch, self.state.batch_index = self.state.epoch + 1, 0
             self._check_divergence(loss, grad_norm)
+            self._diagnose(self.doctor.train_step(self.state.step, loss, self.progress()))
             self.state.train_loss = loss
             dt = time.perf_counter() - t0
             self.state.train_seconds += dt
@@ -435,7 +485,7 @@ class Trainer:
             if self.state.step % c.log_every == 0:
                 self.observer.on_metrics(self._snapshot())
             stopped_by = self._agreed_stop_reason()
-            at_eval = self.state.step % c.eval_every == 0 and stopped_by is None
+            at_eval = self._eval_due(progress_before) and stopped_by is None
             improved = self._evaluate_and_report() if at_eval else False
             if (self.state.step % c.checkpoint_every == 0 or improved) and stopped_by is None:
                 self._checkpoint(is_best=improved)
@@ -448,6 +498,8 @@ class Trainer:
         ran = self.state.step > (self.resumed_from_step or 0)
         improved = self._evaluate_and_report() if ran and not interrupted else False
         last = self._checkpoint(is_best=improved)
+        if ran and not interrupted:  # after the checkpoint: an evaluation and its checkpoint report together
+            self._diagnose(self.doctor.end(self.state.step))
         return RunResult(
             steps=self.state.step,
             epoch=self.state.epoch,
@@ -463,4 +515,23 @@ class Trainer:
             device=str(self.device),
             precision="bf16" if self.autocast_dtype else "fp32",
             resumed_from_step=self.resumed_from_step,
+            reference_losses=self.reference_losses,
+            diagnosis=self.diagnosis,
         )
+
+
+def _references(text: str, val_text: str | None, val_fraction: float) -> dict | None:
+    """The unigram and bigram reference losses of this run's split (nats per character), or None."""
+    refs = of_texts(text, val_text) if val_text is not None else of_text(text, val_fraction)
+    return refs.to_dict() if refs else None
+
+
+def held_out_sample(data: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+    """The validation ids, or when longer than EVAL_WINDOWS windows of EVAL_WINDOW_CHARS, those windows
+    spread evenly over them, as (inputs, targets) of shape (EVAL_WINDOWS, EVAL_WINDOW_CHARS)."""
+    span = EVAL_WINDOW_CHARS + 1
+    if len(data) <= EVAL_WINDOWS * span:
+        return data
+    starts = torch.linspace(0, len(data) - span, EVAL_WINDOWS).long()
+    windows = data[starts.unsqueeze(1) + torch.arange(span).unsqueeze(0)]
+    return windows[:, :-1].clone(), windows[:, 1:].clone()

@@ -32,6 +32,7 @@ def build_trainer(spec: JobSpec, observer: TrainingObserver | None = None) -> Tr
         corpus_path=spec.corpus_path,
         val_text=read_text(spec.val_corpus_path) if spec.val_corpus_path else None,
         memory_limit=spec.memory_limit,
+        reference_losses=spec.reference_losses,
     )
 
 

@@ -16,9 +16,9 @@ import sys
 import traceback
 from pathlib import Path
 
-from worker.engine.records import CheckpointRecord, JobSpec, RunResult, RunStarted, Snapshot
+from worker.engine.records import CheckpointRecord, Diagnosis, JobSpec, RunResult, RunStarted, Snapshot
 from worker.service.exits import STDERR_FILE
-from worker.service.reports import CheckpointSaved, Evaluated, Failed, Finished, Metrics, Started
+from worker.service.reports import CheckpointSaved, Diagnosed, Evaluated, Failed, Finished, Metrics, Started
 
 PR_SET_PDEATHSIG = 1
 
@@ -51,6 +51,9 @@ class QueueObserver:
 
     def on_checkpoint(self, checkpoint: CheckpointRecord) -> None:
         self.queue.put(CheckpointSaved(checkpoint))
+
+    def on_diagnosis(self, diagnosis: Diagnosis) -> None:
+        self.queue.put(Diagnosed(diagnosis))
 
     def should_stop(self) -> str | None:
         if os.getppid() != self.parent_pid:

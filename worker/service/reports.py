@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from worker.engine.records import CheckpointRecord, RunResult, RunStarted, Snapshot
+from worker.engine.records import CheckpointRecord, Diagnosis, RunResult, RunStarted, Snapshot
 
 
 @dataclass(frozen=True)
@@ -34,6 +34,11 @@ class CheckpointSaved:
 
 
 @dataclass(frozen=True)
+class Diagnosed:
+    diagnosis: Diagnosis
+
+
+@dataclass(frozen=True)
 class Finished:
     result: RunResult
 
@@ -47,5 +52,5 @@ class Failed:
     error: str
 
 
-Report = Started | Metrics | Evaluated | CheckpointSaved | Finished | Failed
+Report = Started | Metrics | Evaluated | CheckpointSaved | Diagnosed | Finished | Failed
 Outcome = Finished | Failed

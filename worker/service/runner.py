@@ -17,6 +17,7 @@ import time
 
 from sqlalchemy import select
 
+from app.corpora.references import references_for_split
 from app.db import session_scope
 from app.ids import new_id
 from app.jobs import lifecycle
@@ -156,7 +157,9 @@ class Worker:
         """What the child needs, as plain data; or a message saying why the job cannot run."""
         data_dir = self.settings.data_dir
         with session_scope() as session:
-            corpus_path = session.scalar(select(Corpus.path).where(Corpus.id == job.corpus_id))
+            corpus_path, references = session.execute(
+                select(Corpus.path, Corpus.reference_losses).where(Corpus.id == job.corpus_id)
+            ).one_or_none() or (None, None)
             init_path = init_sha256 = val_path = None
             if job.validation_corpus_id:
                 val_path = session.scalar(select(Corpus.path).where(Corpus.id == job.validation_corpus_id))
@@ -181,6 +184,8 @@ class Worker:
             init_from_sha256=init_sha256,
             threads=self.settings.train_thread_count,
             memory_limit=self.settings.worker_memory_limit,
+            reference_losses=references_for_split(references, val_fraction=job.training.get("val_fraction"),
+                                                  separate_validation=bool(job.validation_corpus_id)),
         )
 
     def run_job(self, job: Job) -> None:
@@ -220,3 +225,4 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
+

@@ -36,6 +36,7 @@ from worker.service.exits import STDERR_FILE, death_message, stderr_tail
 from worker.service.outage import DATABASE_ERRORS, Outage
 from worker.service.reports import (
     CheckpointSaved,
+    Diagnosed,
     Evaluated,
     Failed,
     Finished,
@@ -231,6 +232,9 @@ class JobRun:
             case CheckpointSaved():
                 checkpoint = report.checkpoint.model_copy(update={"path": self.relative(Path(report.checkpoint.path))})
                 checkpoints.record(session, job_id=job_id, owner=owner, checkpoint=checkpoint)
+            case Diagnosed():
+                run_records.record_diagnosis(session, job_id=job_id, worker_id=worker_id,
+                                             diagnosis=report.diagnosis)
 
     def relative(self, path: Path) -> str:
         return str(path.resolve().relative_to(self.settings.data_dir.resolve()))
