@@ -19,7 +19,7 @@ const FLOAT_FIELDS = new Set([
   "dropout", "learning_rate", "min_lr_ratio", "weight_decay", "grad_clip", "max_epochs", "max_seconds", "val_fraction",
 ]);
 // Left empty, these are chosen for the job's budget and corpus when it starts (GET /jobs/defaults gives null).
-const AUTO_FIELDS = new Set(["hidden_size", "dropout"]);
+const AUTO_FIELDS = new Set(["hidden_size", "dropout", "eval_every"]);
 
 const fieldId = (path) => `f-${path.replace(/\./g, "-")}`;
 
