@@ -9,6 +9,7 @@ leases and tiny jobs; a benchmark passes `test_defaults=False` and every setting
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import socket
@@ -321,6 +322,20 @@ def new_key(service: Service, owner: str) -> tuple[str, str]:
     assert made.returncode == 0, made.stderr
     key_id = next(word for word in made.stderr.split() if word.startswith("key_"))
     return made.stdout.strip().splitlines()[-1], key_id
+
+
+def read_sse(response: httpx.Response) -> list[tuple[str, dict]]:
+    """The (event, data) pairs of a Server-Sent Events response, read to its end."""
+    events, kind, data = [], None, []
+    for line in response.iter_lines():
+        if line.startswith("event:"):
+            kind = line.split(":", 1)[1].strip()
+        elif line.startswith("data:"):
+            data.append(line.split(":", 1)[1].strip())
+        elif line == "" and data:
+            events.append((kind, json.loads("\n".join(data))))
+            kind, data = None, []
+    return events
 
 
 def wait_event(client: httpx.Client, job_id: str, predicate, timeout: float = 60) -> dict:

@@ -11,7 +11,6 @@ import time
 from datetime import datetime
 
 import httpx
-import pytest
 
 from tests.harness import (
     KEY,
@@ -22,14 +21,6 @@ from tests.harness import (
     wait_event,
     wait_for,
 )
-
-
-@pytest.fixture
-def svc(tmp_path):
-    s = Service(tmp_path)
-    s.start_api()
-    yield s
-    s.stop()
 
 
 def database(svc: Service) -> sqlite3.Connection:

@@ -2,28 +2,13 @@
 
 from __future__ import annotations
 
-import json
 import time
 
-import httpx
 import pytest
 
-from tests.harness import TINY_TRAINING, small_corpus
+from tests.harness import TINY_TRAINING, read_sse, small_corpus
 
 pytestmark = pytest.mark.slow
-
-
-def read_sse(response: httpx.Response) -> list[tuple[str, dict]]:
-    events, kind, data = [], None, []
-    for line in response.iter_lines():
-        if line.startswith("event:"):
-            kind = line.split(":", 1)[1].strip()
-        elif line.startswith("data:"):
-            data.append(line.split(":", 1)[1].strip())
-        elif line == "" and data:
-            events.append((kind, json.loads("\n".join(data))))
-            kind, data = None, []
-    return events
 
 
 def test_train_follow_generate_score(service, client):

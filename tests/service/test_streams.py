@@ -4,7 +4,6 @@ reader that hangs up stops costing steps and leaves no threads, files or busy CP
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import signal
 import threading
@@ -24,19 +23,6 @@ from tests.harness import (
     small_corpus,
     wait_for,
 )
-
-
-def read_sse(response: httpx.Response) -> list[tuple[str, dict]]:
-    events, kind, data = [], None, []
-    for line in response.iter_lines():
-        if line.startswith("event:"):
-            kind = line.split(":", 1)[1].strip()
-        elif line.startswith("data:"):
-            data.append(line.split(":", 1)[1].strip())
-        elif line == "" and data:
-            events.append((kind, json.loads("\n".join(data))))
-            kind, data = None, []
-    return events
 
 
 def test_revoked_key_ends_open_event_stream(service):

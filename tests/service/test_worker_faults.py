@@ -22,14 +22,6 @@ pytestmark = pytest.mark.slow
 TRAINING = {"max_steps": 60, "eval_every": 20, "checkpoint_every": 20, "log_every": 10, "seed": 5}
 
 
-@pytest.fixture
-def svc(tmp_path):
-    s = Service(tmp_path)
-    s.start_api()
-    yield s
-    s.stop()
-
-
 def checkpoints_of(client, job_id: str) -> list[dict]:
     return sorted(
         client.get(f"/jobs/{job_id}/checkpoints", params={"limit": 100}).json()["data"], key=lambda c: c["step"]
