@@ -52,8 +52,10 @@ class Settings(BaseSettings):
         10, ge=1, description="queued + running jobs one owner may have; more answers 429"
     )
     max_corpus_bytes_per_owner: int = Field(
-        1024**3, ge=1, description="total bytes one owner may store, corpora and checkpoints together; an upload past it, "
-        "or a new job while at it, answers 429"
+        1024**3,
+        ge=1,
+        description="total bytes one owner may store, corpora and checkpoints together; an upload past it, "
+        "or a new job while at it, answers 429",
     )
     max_concurrent_generations_per_owner: int = Field(
         8,
