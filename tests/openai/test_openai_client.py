@@ -256,12 +256,14 @@ def test_continue_training_from_a_fine_tuned_model_with_a_validation_file(oai, s
     assert body["progress"]["val_loss"] is not None  # scored on the validation file
     assert oai.completions.create(model=job.fine_tuned_model, prompt="A", max_tokens=5).choices[0].text
 
-    # Deleting a fine-tuned model: gone from /v1/models and from completions; the job stays.
+    # Deleting a fine-tuned model deletes its job (DELETE /jobs/{id}'s service): gone from /v1/models, from
+    # completions and from the jobs.
     assert oai.models.delete(job.fine_tuned_model).deleted
     assert job.fine_tuned_model not in [m.id for m in oai.models.list()]
     with pytest.raises(openai.NotFoundError):
         oai.completions.create(model=job.fine_tuned_model, prompt="A", max_tokens=5)
-    assert oai.fine_tuning.jobs.retrieve(job.id).status == "succeeded"
+    with pytest.raises(openai.NotFoundError):
+        oai.fine_tuning.jobs.retrieve(job.id)
     with pytest.raises(openai.PermissionDeniedError):
         oai.models.delete("charrnn-lstm")
 
