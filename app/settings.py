@@ -66,6 +66,11 @@ class Settings(BaseSettings):
     generation_slot_lease_seconds: float = Field(
         30.0, gt=0, description="a generation slot of an API process that stopped renewing it is freed after this long"
     )
+    # Retention: each job keeps its best checkpoint and its last N (applied by the worker as the job runs);
+    # resume after a restart uses the last, so exact resume survives the pruning.
+    keep_checkpoints: int = Field(
+        3, ge=1, description="checkpoints each job keeps besides its best (the last N); older ones are deleted"
+    )
     # Room held back in <data_dir>/.disk-reserve: on a full disk, a DELETE gets it so that space can be freed.
     disk_reserve_bytes: int = Field(
         4 * 1024 * 1024,
