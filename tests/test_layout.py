@@ -42,6 +42,8 @@ TORCH_FREE = {
     "worker.engine.config": {"__future__", "dataclasses", "typing"},
     "worker.engine.sampling_params": {"__future__", "typing", "pydantic"},  # the one generation contract
     "worker.engine.header": {"__future__", "json", "struct", "pathlib"},  # checkpoint metadata, read by both
+    # the records that cross process boundaries: the worker builds them, the API stores them
+    "worker.engine.records": {"__future__", "pydantic"},
     # the model fields a job may leave to the worker, and the rule it chooses them by
     "worker.engine.autoconfig": {"__future__", "math", "collections.abc", "dataclasses", "worker.engine.config"},
 }
@@ -63,3 +65,87 @@ def test_the_layout_test_sees_a_violation(tmp_path):
     bad = tmp_path / "bad.py"
     bad.write_text("from app.db import session_scope\nimport worker.service.runner\n")
     assert imported_modules(bad) == {"app.db", "worker.service.runner"}
+
+
+# -- no import cycles -----------------------------------------------------------------------------------
+
+
+def module_name(path: Path, root: Path) -> str:
+    parts = list(path.relative_to(root).with_suffix("").parts)
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def import_graph(root: Path, packages: tuple[str, ...]) -> dict[str, set[str]]:
+    """Module -> the modules of `packages` it imports (anywhere in it: a function-level import counts,
+    and so does one under TYPE_CHECKING). `from a import b` names module a.b when that is a module."""
+    paths = {module_name(p, root): p for package in packages for p in sorted((root / package).rglob("*.py"))}
+    graph = {}
+    for name, path in paths.items():
+        edges = set()
+        package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+        for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+            if isinstance(node, ast.Import):
+                targets = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                base = node.module or ""
+                if node.level:
+                    anchor = package.split(".")[: len(package.split(".")) - node.level + 1]
+                    base = ".".join(anchor + ([base] if base else []))
+                targets = [f"{base}.{alias.name}" if f"{base}.{alias.name}" in paths else base for alias in node.names]
+            else:
+                continue
+            edges.update(t for t in targets if t in paths and t != name)
+        graph[name] = edges
+    return graph
+
+
+def find_cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """Every strongly connected component of more than one module (Tarjan), each as a sorted list."""
+    index, low, on_stack, stack, cycles = {}, {}, set(), [], []
+
+    def visit(node: str) -> None:
+        index[node] = low[node] = len(index)
+        stack.append(node)
+        on_stack.add(node)
+        for target in sorted(graph[node]):
+            if target not in index:
+                visit(target)
+                low[node] = min(low[node], low[target])
+            elif target in on_stack:
+                low[node] = min(low[node], index[target])
+        if low[node] == index[node]:
+            component = []
+            while True:
+                member = stack.pop()
+                on_stack.discard(member)
+                component.append(member)
+                if member == node:
+                    break
+            if len(component) > 1:
+                cycles.append(sorted(component))
+
+    for node in sorted(graph):
+        if node not in index:
+            visit(node)
+    return cycles
+
+
+def test_app_and_worker_have_no_import_cycles():
+    cycles = find_cycles(import_graph(ROOT, ("app", "worker")))
+    assert not cycles, f"import cycles (each module list imports itself, round the loop): {cycles}"
+
+
+def test_the_cycle_detector_finds_a_planted_cycle(tmp_path):
+    pkg = tmp_path / "pkg"
+    (pkg / "sub").mkdir(parents=True)
+    (pkg / "__init__.py").write_text("")
+    (pkg / "sub" / "__init__.py").write_text("")
+    (pkg / "a.py").write_text("from pkg.sub import b\n")
+    (pkg / "sub" / "b.py").write_text("def f():\n    from ..c import g\n")  # a function-level, relative import
+    (pkg / "c.py").write_text("import pkg.a\n")
+    (pkg / "d.py").write_text("from pkg import a\n")  # imports into the cycle, is not part of it
+    graph = import_graph(tmp_path, ("pkg",))
+    assert graph["pkg.sub.b"] == {"pkg.c"} and graph["pkg.d"] == {"pkg.a"}
+    assert find_cycles(graph) == [["pkg.a", "pkg.c", "pkg.sub.b"]]
+    (pkg / "c.py").write_text("")
+    assert find_cycles(import_graph(tmp_path, ("pkg",))) == []

@@ -1,6 +1,6 @@
 """Is a checkpoint's file still the one that was written? Its size and sha256 say (torch-free).
 
-The worker records both when it writes the file (app.jobs.lifecycle.CheckpointInfo); the download
+The worker records both when it writes the file (worker.engine.records.CheckpointRecord); the download
 route checks them here before sending a byte, and serves the digest so that clients can check too.
 """
 

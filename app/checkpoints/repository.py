@@ -1,12 +1,21 @@
-"""Checkpoint queries, filtered by owner."""
+"""Checkpoint rows: the owner's queries (filtered by owner), and the worker's writes (a checkpoint
+recorded when written, adopted from its file on resume, marked corrupt when its file no longer matches).
+
+The worker's writes take the caller's session and do not commit: a checkpoint's row, its is_best and
+its metrics commit in one transaction.
+"""
 
 from __future__ import annotations
 
 from sqlalchemy import Row, case, select, update
 from sqlalchemy.orm import Session
 
+from app.db import utcnow
+from app.ids import new_id
+from app.jobs.events import add_event
 from app.models import Checkpoint, Job
 from app.pagination import PageParams, paginate
+from worker.engine.records import CheckpointRecord
 
 
 def get(session: Session, *, owner: str, checkpoint_id: str) -> Checkpoint | None:
@@ -68,6 +77,41 @@ def file_record(session: Session, *, checkpoint_id: str) -> Row | None:
     (the API, holding the worker secret) have already checked that the checkpoint is their user's."""
     query = select(Checkpoint.path, Checkpoint.sha256, Checkpoint.size_bytes).where(Checkpoint.id == checkpoint_id)
     return session.execute(query).one_or_none()
+
+
+def _id_of_step(session: Session, job_id: str, step: int) -> str | None:
+    return session.scalar(select(Checkpoint.id).where(Checkpoint.job_id == job_id, Checkpoint.step == step))
+
+
+def record(session: Session, *, job_id: str, owner: str, checkpoint: CheckpointRecord) -> None:
+    """A checkpoint written (path relative to the data dir): its row, with is_best, and its event.
+    A resumed run re-saving a step the first attempt already recorded updates that row."""
+    values = {
+        **checkpoint.model_dump(exclude={"step"}),
+        "corrupt": False,  # a re-saved step is a fresh, good file
+    }
+    exists = _id_of_step(session, job_id, checkpoint.step)
+    if exists:
+        session.execute(update(Checkpoint).where(Checkpoint.id == exists).values(**values))
+    else:
+        session.add(Checkpoint(id=new_id("ckpt"), job_id=job_id, owner=owner, step=checkpoint.step,
+                               created_at=utcnow(), **values))
+    add_event(
+        session,
+        job_id=job_id,
+        type="checkpoint",
+        message=f"checkpoint at step {checkpoint.step}" + (" (new best)" if checkpoint.is_best else ""),
+        data=checkpoint.model_dump(exclude={"path", "sha256"}),
+    )
+
+
+def adopt(session: Session, *, job_id: str, owner: str, checkpoint: CheckpointRecord) -> bool:
+    """Record a checkpoint found on disk that has no row (its worker died before writing it); True if
+    it was missing."""
+    if _id_of_step(session, job_id, checkpoint.step):
+        return False
+    record(session, job_id=job_id, owner=owner, checkpoint=checkpoint)
+    return True
 
 
 def mark_corrupt(session: Session, *, checkpoint_id: str) -> None:

@@ -88,9 +88,9 @@ def test_the_trainer_chooses_says_why_and_records_it(tmp_path, text):
     trainer = Trainer(text, tmp_path / "run", {"num_layers": 1, "embedding_dim": 8}, run_config(), observer=observer)
     trainer.train()
     assert trainer.model.config.hidden_size == HIDDEN_SIZES[0]  # 3 steps feed no bigger model
-    assert any(r.startswith("hidden_size") for r in observer.info["chosen"])
+    assert any(r.startswith("hidden_size") for r in observer.info.chosen)
     run = json.loads((tmp_path / "run" / "run.json").read_text())
-    assert run["model"]["hidden_size"] == HIDDEN_SIZES[0] and run["chosen"] == observer.info["chosen"]
+    assert run["model"]["hidden_size"] == HIDDEN_SIZES[0] and run["chosen"] == observer.info.chosen
 
 
 def test_a_chosen_epoch_limit_stops_the_run_and_survives_a_resume(tmp_path):
@@ -120,7 +120,7 @@ def test_the_speed_probe_counts_against_the_budget_and_leaves_the_weights_alone(
     model = {"num_layers": 1, "embedding_dim": 8, "hidden_size": 16}
     probed = Trainer(text, tmp_path / "a", model, run_config(max_seconds=30, max_steps=None))  # dropout left out
     plain = Trainer(text, tmp_path / "b", {**model, "dropout": 0.0}, run_config())
-    assert probed.choice is not None and probed.elapsed > 0
-    assert plain.choice is None and plain.elapsed == 0
+    assert probed.choice is not None and probed.state.elapsed > 0
+    assert plain.choice is None and plain.state.elapsed == 0
     for a, b in zip(probed.model.parameters(), plain.model.parameters(), strict=True):
         assert torch.equal(a, b)

@@ -25,7 +25,7 @@ def test_two_gloo_ranks_match_one_process_with_the_same_global_batch(tmp_path):
     single = Trainer(text_path.read_text(), tmp_path / "single", MODEL, TrainConfig.from_dict(training)).train()
 
     spec = tmp_path / "spec.json"
-    spec.write_text(json.dumps({"text_path": str(text_path), "run_dir": str(tmp_path / "ddp"),
+    spec.write_text(json.dumps({"corpus_path": str(text_path), "run_dir": str(tmp_path / "ddp"),
                                 "model": MODEL, "training": training}))
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
 
@@ -33,7 +33,7 @@ def test_two_gloo_ranks_match_one_process_with_the_same_global_batch(tmp_path):
         shutil.rmtree(tmp_path / "ddp", ignore_errors=True)
         return subprocess.run(
             [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-             "-m", "worker.engine.distributed", str(spec)],
+             "-m", "worker.engine.training_run", str(spec)],
             capture_output=True, text=True, env=env, timeout=240,
         )
 

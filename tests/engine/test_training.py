@@ -37,10 +37,10 @@ class StopAt(TrainingObserver):
         self.stop_step, self.step, self.evals = step, 0, []
 
     def on_metrics(self, metrics):
-        self.step = metrics["step"]
+        self.step = metrics.step
 
     def on_eval(self, metrics, sample):
-        self.evals.append((metrics["step"], metrics["val_loss"]))
+        self.evals.append((metrics.step, metrics.val_loss))
 
     def should_stop(self):
         return "interrupted" if self.step >= self.stop_step else None
@@ -95,7 +95,7 @@ def test_checkpoint_round_trip_onto_cpu(tmp_path, text):
     assert next(loaded.model.parameters()).device.type == "cpu"
     # the training state is plain data: it loads with weights_only=True
     step, _, state = RunDirectory(tmp_path / "run").latest()
-    assert step == 10 and state["step"] == 10
+    assert step == 10 and state.step == 10
 
 
 def test_checkpoint_write_killed_half_way_leaves_previous_checkpoint(tmp_path, text):
@@ -122,7 +122,7 @@ def test_checkpoint_write_killed_half_way_leaves_previous_checkpoint(tmp_path, t
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
     assert proc.returncode == -9, proc.stderr
     step, weights, state = RunDirectory(run).latest()
-    assert step == 10 and state["step"] == 10
+    assert step == 10 and state.step == 10
     load_model(weights)  # still loadable
     # and the run resumes from it and completes
     resumed = Trainer(text, run, TINY_MODEL, tiny_config(max_steps=30))

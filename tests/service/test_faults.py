@@ -41,6 +41,7 @@ def test_kill_9_between_a_checkpoints_files_and_its_row_is_rebuilt_on_resume(svc
     """Item 8: the files of step N are on disk, its row, is_best and metric point are not (the worker was
     killed in between). The next worker resumes from N and lists it as the best, with its loss point."""
     from worker.engine.header import read_metadata
+    from worker.engine.records import CheckpointStats
 
     client = svc.client()
     corpus = svc.upload(client, small_corpus(30_000), name="faults")
@@ -54,8 +55,8 @@ def test_kill_9_between_a_checkpoints_files_and_its_row_is_rebuilt_on_resume(svc
     # The state a kill -9 right after the file write leaves: the newest checkpoint has files, no row.
     run_dir = svc.data_dir / "runs" / job["id"]
     step = json.loads((run_dir / "last.json").read_text())["step"]
-    metadata = read_metadata(run_dir / "checkpoints" / f"step-{step:08d}.safetensors")
-    assert metadata["is_best"] == "True", metadata  # early in a run every evaluation is a new best
+    stats = CheckpointStats.from_file_metadata(read_metadata(run_dir / "checkpoints" / f"step-{step:08d}.safetensors"))
+    assert stats.is_best, stats  # early in a run every evaluation is a new best
     with database(svc) as db:
         db.execute("DELETE FROM checkpoints WHERE job_id = ? AND step = ?", (job["id"], step))
         db.execute("DELETE FROM job_metrics WHERE job_id = ? AND step = ?", (job["id"], step))
@@ -65,10 +66,10 @@ def test_kill_9_between_a_checkpoints_files_and_its_row_is_rebuilt_on_resume(svc
     checkpoints = client.get(f"/jobs/{job['id']}/checkpoints", params={"limit": 100}).json()["data"]
     adopted = [c for c in checkpoints if c["step"] == step]
     assert adopted and adopted[0]["is_best"], checkpoints
-    assert adopted[0]["val_loss"] == float(metadata["val_loss"])
+    assert adopted[0]["val_loss"] == stats.val_loss
     points = [m for m in client.get(f"/jobs/{job['id']}/metrics").json() if m["step"] == step]
-    assert points and points[0]["val_loss"] == float(metadata["val_loss"])
-    assert points[0]["train_loss"] == float(metadata["train_loss"])
+    assert points and points[0]["val_loss"] == stats.val_loss
+    assert points[0]["train_loss"] == stats.train_loss
     client.post(f"/jobs/{job['id']}/cancel")
 
 

@@ -159,18 +159,19 @@ def test_metrics_events_stay_bounded_per_job_and_other_events_are_kept(database)
     from sqlalchemy import func, select
 
     from app.db import session_scope
-    from app.jobs import lifecycle
+    from app.jobs import events, run_records
     from app.models import JobEvent, JobMetric
+    from worker.engine.records import Snapshot
 
     job_a, job_b = queue_dummy_jobs(2)
     with session_scope() as s:
-        lifecycle.add_event(s, job_id=job_a, type="status", message="queued", data={"status": "queued"})
+        events.add_event(s, job_id=job_a, type="status", message="queued", data={"status": "queued"})
         for step in range(1, 31):
-            lifecycle.record_metrics(s, job_id=job_a, snapshot={"step": step, "train_loss": 1.0 / step})
+            run_records.record_metrics(s, job_id=job_a, snapshot=Snapshot(step=step, train_loss=1.0 / step))
             if step % 10 == 0:
-                lifecycle.record_evaluation(s, job_id=job_a, snapshot={"step": step, "val_loss": 2.0}, sample="x")
-        lifecycle.record_metrics(s, job_id=job_b, snapshot={"step": 1, "train_loss": 1.0})
-        lifecycle.prune_metrics_events(s, job_id=job_a, keep=5)
+                run_records.record_evaluation(s, job_id=job_a, snapshot=Snapshot(step=step, val_loss=2.0), sample="x")
+        run_records.record_metrics(s, job_id=job_b, snapshot=Snapshot(step=1, train_loss=1.0))
+        events.prune_metrics_events(s, job_id=job_a, keep=5)
 
     def count(job_id, type_):
         with session_scope() as s:
@@ -189,27 +190,24 @@ def test_a_checkpoint_found_on_disk_is_listed_with_its_is_best_and_its_metric_po
     recorded, with is_best and the loss point from the checkpoint itself (not is_best=False, no point)."""
     from sqlalchemy import select
 
+    from app.checkpoints import repository as checkpoints
     from app.db import session_scope
-    from app.jobs import lifecycle
+    from app.jobs import lifecycle, run_records
     from app.models import Checkpoint, JobMetric
+    from worker.engine.records import CheckpointRecord, RunStarted, Snapshot
 
     (job_id,) = queue_dummy_jobs(1)
     with session_scope() as s:
         lifecycle.claim(s, worker_id="wrk_a", lease_seconds=60)
-        old = lifecycle.CheckpointInfo(step=20, path="runs/x/20", size_bytes=1, val_loss=2.5, is_best=True)
-        lifecycle.record_checkpoint(s, job_id=job_id, owner="o", checkpoint=old)
-        lifecycle.record_evaluation(s, job_id=job_id, snapshot={"step": 20, "val_loss": 2.5}, sample="")
-    lost = lifecycle.CheckpointInfo(step=40, path="runs/x/40", size_bytes=1, train_loss=2.1, val_loss=2.2, is_best=True)
+        old = CheckpointRecord(step=20, path="runs/x/20", size_bytes=1, sha256="0" * 64, val_loss=2.5, is_best=True)
+        checkpoints.record(s, job_id=job_id, owner="o", checkpoint=old)
+        run_records.record_evaluation(s, job_id=job_id, snapshot=Snapshot(step=20, val_loss=2.5), sample="")
+    lost = CheckpointRecord(step=40, path="runs/x/40", size_bytes=1, sha256="0" * 64, train_loss=2.1, val_loss=2.2,
+                            is_best=True)
+    info = RunStarted(resumed_from_step=40, num_parameters=1, vocab_size=2, device="cpu", precision="fp32",
+                      train_chars=1, val_chars=0, batches_per_epoch=1, model={})
     with session_scope() as s:  # the next worker resumes from step 40, whose row was never written
-        lifecycle.started(
-            s,
-            job_id=job_id,
-            owner="o",
-            worker_id="wrk_a",
-            info={"resumed_from_step": 40, "num_parameters": 1, "device": "cpu", "precision": "fp32",
-                  "train_chars": 1},
-            on_disk=[old, lost],
-        )
+        run_records.started(s, job_id=job_id, owner="o", worker_id="wrk_a", info=info, on_disk=[old, lost])
     with session_scope() as s:
         rows = {c.step: c for c in s.scalars(select(Checkpoint).where(Checkpoint.job_id == job_id))}
         assert sorted(rows) == [20, 40] and rows[40].is_best and rows[40].val_loss == 2.2

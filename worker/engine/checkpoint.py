@@ -23,7 +23,7 @@ import io
 import json
 import os
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 import torch
@@ -71,6 +71,7 @@ def atomic_write(path: Path, data: bytes) -> None:
 
 
 def weights_bytes(model: CharRNN, vocab: Vocab, extra: dict[str, str] | None = None) -> bytes:
+    """The safetensors file: the weights, and as metadata the config, the vocabulary and `extra`."""
     metadata = {
         "format": FORMAT,
         "config": json.dumps(model.config.to_dict()),
@@ -123,14 +124,33 @@ def load_model(
     return LoadedModel(model.to(device).eval(), vocab, metadata)
 
 
-def save_state(path: Path, state: dict) -> None:
-    buffer = io.BytesIO()
-    torch.save(state, buffer)
-    atomic_write(path, buffer.getvalue())
+@dataclass
+class TrainingState:
+    """Everything beside the weights that a run needs to continue bitwise identically, saved and
+    loaded as one object (the trainer keeps its counters in it while it runs)."""
 
+    corpus_sha256: str  # a run resumes only on the text it was trained on
+    step: int = 0
+    epoch: int = 0
+    batch_index: int = 0  # the data position within the epoch
+    elapsed: float = 0.0  # seconds spent in this run so far, across resumes (autoconfig's probe included)
+    train_seconds: float = 0.0  # of which in training steps (for chars/s)
+    best_val_loss: float | None = None
+    last_val_loss: float | None = None
+    train_loss: float | None = None
+    hidden: list[torch.Tensor] = field(default_factory=list)  # all B rows, so any world size can resume
+    optimizer: dict = field(default_factory=dict)
+    torch_rng: torch.Tensor | None = None
+    cuda_rng: list[torch.Tensor] = field(default_factory=list)
 
-def load_state(path: Path) -> dict:
-    return torch.load(path, map_location="cpu", weights_only=True)
+    def save(self, path: Path) -> None:
+        buffer = io.BytesIO()
+        torch.save({f.name: getattr(self, f.name) for f in fields(self)}, buffer)
+        atomic_write(path, buffer.getvalue())
+
+    @classmethod
+    def load(cls, path: Path) -> TrainingState:
+        return cls(**torch.load(path, map_location="cpu", weights_only=True))
 
 
 class RunDirectory:
@@ -166,11 +186,11 @@ class RunDirectory:
             raise CheckpointError(f"{self.root} is not a charrnn run directory (no run.json)")
         return json.loads(self.run_file.read_text())
 
-    def save(self, step: int, weights: bytes, state: dict) -> Path:
+    def save(self, step: int, weights: bytes, state: TrainingState) -> Path:
         """Write a step checkpoint, then make it the latest; drop older training states."""
         weights_path, state_path = self.step_paths(step)
         atomic_write(weights_path, weights)
-        save_state(state_path, state)
+        state.save(state_path)
         # The commit point, written last: it names the step and what its weights must hash to.
         last = {"step": step, "sha256": sha256_hex(weights), "size_bytes": len(weights)}
         atomic_write(self.last_file, json.dumps(last).encode())
@@ -185,16 +205,16 @@ class RunDirectory:
         return self.best
 
     def last_record(self) -> dict | None:
-        """last.json: {"step", "sha256", "size_bytes"} (only "step" in runs of older versions), or None."""
+        """last.json: {"step", "sha256", "size_bytes"}, or None before the first checkpoint."""
         if not self.last_file.is_file():
             return None
         return json.loads(self.last_file.read_text())
 
-    def latest(self) -> tuple[int, Path, dict] | None:
+    def latest(self) -> tuple[int, Path, TrainingState] | None:
         """(step, weights path, training state) of the latest complete checkpoint, or None."""
         record = self.last_record()
         if record is None:
             return None
         step = record["step"]
         weights_path, state_path = self.step_paths(step)
-        return step, weights_path, load_state(state_path)
+        return step, weights_path, TrainingState.load(state_path)

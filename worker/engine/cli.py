@@ -38,33 +38,33 @@ class ConsoleObserver:
         )
         self.task = None
 
-    def on_start(self, info: dict) -> None:
-        resumed = f", resumed from step {info['resumed_from_step']}" if info["resumed_from_step"] else ""
-        for reason in info.get("chosen", []):
+    def on_start(self, info) -> None:
+        resumed = f", resumed from step {info.resumed_from_step}" if info.resumed_from_step else ""
+        for reason in info.chosen:
             stderr.print(f"chose {reason}")
         stderr.print(
-            f"{info['model']['cell']} {info['model']['num_layers']}x{info['model']['hidden_size']}: "
-            f"{info['num_parameters']:,} parameters, vocabulary {info['vocab_size']}, "
-            f"{info['train_chars']:,} train / {info['val_chars']:,} validation characters, "
-            f"{info['device']} {info['precision']}{resumed}"
+            f"{info.model['cell']} {info.model['num_layers']}x{info.model['hidden_size']}: "
+            f"{info.num_parameters:,} parameters, vocabulary {info.vocab_size}, "
+            f"{info.train_chars:,} train / {info.val_chars:,} validation characters, "
+            f"{info.device} {info.precision}{resumed}"
         )
         self.progress.start()
         self.task = self.progress.add_task("train", total=None, status="")
 
-    def _update(self, m: dict) -> None:
-        val = f" val {m['val_loss']:.4f}" if m["val_loss"] is not None else ""
-        status = f"loss {m['train_loss']:.4f}{val} lr {m['learning_rate']:.2e} {m['chars_per_second']:,.0f} chars/s"
-        self.progress.update(self.task, completed=m["step"], total=m["max_steps"], status=status)
+    def _update(self, m) -> None:
+        val = f" val {m.val_loss:.4f}" if m.val_loss is not None else ""
+        status = f"loss {m.train_loss:.4f}{val} lr {m.learning_rate:.2e} {m.chars_per_second:,.0f} chars/s"
+        self.progress.update(self.task, completed=m.step, total=m.max_steps, status=status)
 
-    def on_metrics(self, metrics: dict) -> None:
+    def on_metrics(self, metrics) -> None:
         self._update(metrics)
 
-    def on_eval(self, metrics: dict, sample: str) -> None:
+    def on_eval(self, metrics, sample: str) -> None:
         self._update(metrics)
-        val = f" val {metrics['val_loss']:.4f}" if metrics["val_loss"] is not None else ""
-        self.progress.console.print(f"[dim]step {metrics['step']}{val} sample:[/] {sample[:160]!r}")
+        val = f" val {metrics.val_loss:.4f}" if metrics.val_loss is not None else ""
+        self.progress.console.print(f"[dim]step {metrics.step}{val} sample:[/] {sample[:160]!r}")
 
-    def on_checkpoint(self, info: dict) -> None:
+    def on_checkpoint(self, checkpoint) -> None:
         pass
 
     def should_stop(self) -> str | None:
@@ -103,8 +103,8 @@ def train(
 ) -> None:
     """Train a model on FILE; progress on stderr, a JSON summary as the last line on stdout."""
     from worker.engine.checkpoint import RunDirectory
-    from worker.engine.data import read_text
-    from worker.engine.trainer import TrainConfig, Trainer
+    from worker.engine.records import JobSpec
+    from worker.engine.training_run import build_trainer
 
     model_fields = {"cell": cell, "hidden_size": hidden_size, "num_layers": num_layers,
                     "embedding_dim": embedding_dim, "dropout": dropout}
@@ -113,35 +113,39 @@ def train(
                     "min_lr_ratio": min_lr_ratio, "max_steps": max_steps, "max_epochs": max_epochs,
                     "max_seconds": max_seconds, "val_fraction": val_fraction, "eval_every": eval_every,
                     "checkpoint_every": checkpoint_every, "seed": seed, "device": device, "precision": precision}
+    given_training = {k: v for k, v in train_fields.items() if v is not None}
     try:
         if resume:
             run = RunDirectory(resume).read_run()
             if not run.get("corpus_path"):
                 _fail(f"{resume}/run.json does not say which file it trained on; pass FILE and --out instead")
-            file, out = Path(run["corpus_path"]), resume
-            model_config = run["model"]
-            model_config.pop("vocab_size", None)
             # A resumed run keeps its settings; flags given now override (e.g. a longer --max-steps).
-            overrides = {k: v for k, v in train_fields.items() if v is not None}
-            config = TrainConfig.from_dict({**run["training"], **overrides})
-            init = run.get("init_from")
+            spec = JobSpec(
+                corpus_path=run["corpus_path"],
+                run_dir=str(resume),
+                model={k: v for k, v in run["model"].items() if k != "vocab_size"},
+                training={**run["training"], **given_training},
+                init_from=run.get("init_from"),
+            )
         else:
             if file is None or out is None:
                 _fail("give a FILE and --out DIR, or --resume DIR")
-            model_config = {k: v for k, v in model_fields.items() if v is not None}
-            config = TrainConfig(**{k: v for k, v in train_fields.items() if v is not None})
-            init = init_from
-        text = read_text(file)
+            spec = JobSpec(
+                corpus_path=str(Path(file).resolve()),
+                run_dir=str(out),
+                model={k: v for k, v in model_fields.items() if v is not None},
+                training=given_training,
+                init_from=str(init_from) if init_from else None,
+            )
         observer = ConsoleObserver()
-        trainer = Trainer(text, out, model_config, config, init_from=init, observer=observer,
-                          corpus_path=str(Path(file).resolve()))
+        trainer = build_trainer(spec, observer)
         try:
             result = trainer.train()
         finally:
             observer.close()
-    except (ValueError, TypeError) as exc:  # EngineError is a ValueError; TypeError: a bad run.json
+    except (ValueError, TypeError) as exc:  # EngineError, a refused spec; TypeError: a bad run.json
         _fail(str(exc))
-    print(json.dumps(result.to_dict()))
+    print(result.model_dump_json())
 
 
 def generate(

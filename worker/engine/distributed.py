@@ -5,21 +5,14 @@ batch) and DistributedDataParallel averages the gradients, so W ranks with B/W r
 step as one process with B rows. Checkpoints hold the hidden state of all B rows, gathered to rank 0,
 so a run can resume with any number of ranks. Only rank 0 reports progress and writes files.
 
-Launch (what a worker does for a job that asks for N GPUs):
-
-    torchrun --standalone --nproc_per_node N -m worker.engine.distributed SPEC.json
-
-SPEC.json: {"text_path", "run_dir", "model": {...}, "training": {...}, "init_from"}; rank 0 prints
-the run's JSON summary as its last line on stdout.
+The ranks are started by torchrun (`python -m worker.engine.training_run SPEC.json`), or by the
+training child through `launch()`; either way each builds its Trainer with training_run.build_trainer.
 """
 
 from __future__ import annotations
 
-import json
 import os
-import sys
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 import torch.distributed as dist
@@ -96,6 +89,10 @@ def setup_process_group(training: dict) -> dict:
     return training
 
 
+def is_main_rank() -> bool:
+    return dist.get_rank() == 0
+
+
 def leave_process_group(finished: bool) -> None:
     """Leave together: a rank that tears down gloo while another still talks to it can abort
     ("terminate called without an active exception"), so finished ranks wait for each other first."""
@@ -119,26 +116,3 @@ def launch(nprocs: int, entrypoint, *args):
         start_method="spawn",
     )
     return elastic_launch(config, entrypoint)(*args)[0]
-
-
-def main(argv: list[str] | None = None) -> None:
-    from worker.engine.trainer import TrainConfig, Trainer
-
-    spec_path = (argv or sys.argv[1:])[0]
-    spec = json.loads(Path(spec_path).read_text())
-    spec["training"] = setup_process_group(spec["training"])
-    finished = False
-    try:
-        text = Path(spec["text_path"]).read_text(encoding="utf-8")
-        trainer = Trainer(text, spec["run_dir"], spec.get("model"), TrainConfig.from_dict(spec["training"]),
-                          init_from=spec.get("init_from"), corpus_path=spec["text_path"])
-        result = trainer.train()
-        finished = True
-        if dist.get_rank() == 0:
-            print(json.dumps(result.to_dict()))
-    finally:
-        leave_process_group(finished)
-
-
-if __name__ == "__main__":
-    main()

@@ -17,14 +17,21 @@ import errno
 import hashlib
 import math
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import replace
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
 from worker.engine.autoconfig import Choice, choose_model, needs_speed
-from worker.engine.checkpoint import CheckpointError, RunDirectory, load_model, sha256_hex, weights_bytes
+from worker.engine.checkpoint import (
+    CheckpointError,
+    RunDirectory,
+    TrainingState,
+    load_model,
+    sha256_hex,
+    weights_bytes,
+)
 from worker.engine.config import (
     ModelConfig,
     TrainConfig,
@@ -38,6 +45,7 @@ from worker.engine.distributed import DistContext
 from worker.engine.errors import DiskFullError, EngineError
 from worker.engine.model import CharRNN, autocast, detach_hidden, hidden_from_list, hidden_to_list
 from worker.engine.probe import SpeedProbe
+from worker.engine.records import CheckpointRecord, CheckpointStats, RunResult, RunStarted, Snapshot
 from worker.engine.sampler import Sampler, SampleRequest
 from worker.engine.sampling_params import MAX_LENGTH, MAX_SEED
 from worker.engine.scoring import score_ids
@@ -53,35 +61,14 @@ class TrainingDiverged(EngineError):
 class TrainingObserver:
     """Hooks the trainer calls; the CLI prints them, the service's worker stores them as events."""
 
-    def on_start(self, info: dict) -> None: ...
-    def on_metrics(self, metrics: dict) -> None: ...
-    def on_eval(self, metrics: dict, sample: str) -> None: ...
-    def on_checkpoint(self, info: dict) -> None: ...
+    def on_start(self, info: RunStarted) -> None: ...
+    def on_metrics(self, metrics: Snapshot) -> None: ...
+    def on_eval(self, metrics: Snapshot, sample: str) -> None: ...
+    def on_checkpoint(self, checkpoint: CheckpointRecord) -> None: ...
 
     def should_stop(self) -> str | None:
         """A reason to stop now (cancelled, shutting down), or None to go on."""
         return None
-
-
-@dataclass
-class TrainResult:
-    steps: int
-    epoch: int
-    train_loss: float | None
-    val_loss: float | None
-    best_val_loss: float | None
-    chars_per_second: float
-    seconds: float
-    checkpoint: str  # the best checkpoint's path
-    last_checkpoint: str
-    num_parameters: int
-    stopped_by: str  # max_steps | max_epochs | max_seconds | or the observer's reason
-    device: str
-    precision: str
-    resumed_from_step: int | None = None
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 def lr_at(config: TrainConfig, step: int, progress: float) -> float:
@@ -193,19 +180,11 @@ class Trainer:
             fused=True if self.device.type == "cuda" else None,
         )
 
-        # Training state: everything below is saved in each checkpoint.
-        self.step = 0
-        self.epoch = 0
-        self.batch_index = 0
-        self.elapsed = probe_seconds  # seconds spent in this run so far, across resumes (the probe's included)
-        self.train_seconds = 0.0  # of which in training steps (for chars/s)
-        self.best_val_loss: float | None = None
-        self.last_val_loss: float | None = None
-        self.train_loss: float | None = None
+        # The counters and losses, saved in each checkpoint with the optimizer, hidden and RNG states.
+        self.state = TrainingState(corpus_sha256=sha256_text(text), elapsed=probe_seconds)
         self.hidden = None
         self.resumed_from_step: int | None = None
 
-        self.corpus_sha256 = sha256_text(text)
         latest = self.run.latest()
         if latest:
             self._restore(*latest)
@@ -213,7 +192,7 @@ class Trainer:
             self.run.write_run(
                 {
                     "corpus_path": corpus_path,
-                    "corpus_sha256": self.corpus_sha256,
+                    "corpus_sha256": self.state.corpus_sha256,
                     "model": self.model.config.to_dict(),
                     "chosen": list(self.choice.reasons) if self.choice else [],
                     "chosen_training": self.choice.training if self.choice else {},
@@ -252,45 +231,35 @@ class Trainer:
 
     # -- state -----------------------------------------------------------------------------------
 
-    def _state(self) -> dict:
-        return {
-            "step": self.step,
-            "epoch": self.epoch,
-            "batch_index": self.batch_index,
-            "elapsed": self.elapsed,
-            "train_seconds": self.train_seconds,
-            "best_val_loss": self.best_val_loss,
-            "last_val_loss": self.last_val_loss,
-            "train_loss": self.train_loss,
+    def _captured_state(self) -> TrainingState:
+        """The state with this moment's optimizer, hidden and RNG states (a collective under DDP)."""
+        return replace(
+            self.state,
             # all B rows, whatever the number of ranks, so that any world size can resume it
-            "hidden": self.dist.gather_rows(hidden_to_list(self.hidden)) if self.hidden is not None else [],
-            "optimizer": self.optimizer.state_dict(),
-            "torch_rng": torch.get_rng_state(),
-            "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-            "corpus_sha256": self.corpus_sha256,
-        }
+            hidden=self.dist.gather_rows(hidden_to_list(self.hidden)) if self.hidden is not None else [],
+            optimizer=self.optimizer.state_dict(),
+            torch_rng=torch.get_rng_state(),
+            cuda_rng=torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        )
 
-    def _restore(self, step: int, weights_path: Path, state: dict) -> None:
-        if state["corpus_sha256"] != self.corpus_sha256:
+    def _restore(self, step: int, weights_path: Path, state: TrainingState) -> None:
+        if state.corpus_sha256 != self.state.corpus_sha256:
             raise CheckpointError(
-                f"{self.run.root} was trained on a different text (sha256 {state['corpus_sha256'][:12]}…); "
+                f"{self.run.root} was trained on a different text (sha256 {state.corpus_sha256[:12]}…); "
                 "resume it with the same corpus, or start a new run directory"
             )
-        # The digest last.json recorded (absent in runs of older versions): a damaged file is refused.
-        expected = (self.run.last_record() or {}).get("sha256")
+        expected = self.run.last_record()["sha256"]  # a file damaged since it was written is refused
         loaded = load_model(weights_path, device=self.device, expected_sha256=expected)
         self.model.load_state_dict(loaded.model.state_dict())
         self.model.train()
-        self.optimizer.load_state_dict(state["optimizer"])
-        for key in ("step", "epoch", "batch_index", "elapsed", "train_seconds"):
-            setattr(self, key, state[key])
-        self.best_val_loss, self.last_val_loss = state["best_val_loss"], state["last_val_loss"]
-        self.train_loss = state["train_loss"]
-        hidden = self.dist.shard_rows(state["hidden"]) if state["hidden"] else None
+        self.optimizer.load_state_dict(state.optimizer)
+        hidden = self.dist.shard_rows(state.hidden) if state.hidden else None
         self.hidden = hidden_from_list(hidden, self.model.config.cell, self.device) if hidden else None
-        torch.set_rng_state(state["torch_rng"])
-        if state["cuda_rng"] and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(state["cuda_rng"])
+        torch.set_rng_state(state.torch_rng)
+        if state.cuda_rng and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state.cuda_rng)
+        # The live state keeps only the counters: the tensors above are captured afresh at each save.
+        self.state = replace(state, hidden=[], optimizer={}, torch_rng=None, cuda_rng=[])
         self.resumed_from_step = step
 
     # -- progress --------------------------------------------------------------------------------
@@ -300,36 +269,35 @@ class Trainer:
         c, bpe = self.config, self.batcher.batches_per_epoch
         fractions = []
         if c.max_steps:
-            fractions.append(self.step / c.max_steps)
+            fractions.append(self.state.step / c.max_steps)
         if c.max_epochs:
-            fractions.append((self.epoch * bpe + self.batch_index) / (c.max_epochs * bpe))
+            fractions.append((self.state.epoch * bpe + self.state.batch_index) / (c.max_epochs * bpe))
         if c.max_seconds:
-            fractions.append(self.elapsed / c.max_seconds)
+            fractions.append(self.state.elapsed / c.max_seconds)
         return max(fractions) if fractions else 0.0
 
     def max_steps_estimate(self) -> int | None:
         p = self.progress()
-        return max(self.step, round(self.step / p)) if p > 0 else self.config.max_steps
+        return max(self.state.step, round(self.state.step / p)) if p > 0 else self.config.max_steps
 
-    def _snapshot(self) -> dict:
+    def _snapshot(self) -> Snapshot:
         p = self.progress()
-        cps = self.chars_per_second()
-        return {
-            "step": self.step,
-            "max_steps": self.max_steps_estimate(),
-            "epoch": self.epoch,
-            "train_loss": self.train_loss,
-            "val_loss": self.last_val_loss,
-            "best_val_loss": self.best_val_loss,
-            "learning_rate": self.optimizer.param_groups[0]["lr"],
-            "chars_per_second": cps,
-            "elapsed_seconds": self.elapsed,
-            "eta_seconds": self.elapsed * (1 - p) / p if 0 < p < 1 else 0.0,
-        }
+        return Snapshot(
+            step=self.state.step,
+            max_steps=self.max_steps_estimate(),
+            epoch=self.state.epoch,
+            train_loss=self.state.train_loss,
+            val_loss=self.state.last_val_loss,
+            best_val_loss=self.state.best_val_loss,
+            learning_rate=self.optimizer.param_groups[0]["lr"],
+            chars_per_second=self.chars_per_second(),
+            elapsed_seconds=self.state.elapsed,
+            eta_seconds=self.state.elapsed * (1 - p) / p if 0 < p < 1 else 0.0,
+        )
 
     def chars_per_second(self) -> float:
-        trained = self.step * self.config.batch_size * self.config.seq_len
-        return trained / self.train_seconds if self.train_seconds > 0 else 0.0
+        trained = self.state.step * self.config.batch_size * self.config.seq_len
+        return trained / self.state.train_seconds if self.state.train_seconds > 0 else 0.0
 
     # -- the loop --------------------------------------------------------------------------------
 
@@ -343,7 +311,7 @@ class Trainer:
     def sample(self) -> str:
         # Inside the contract's bounds (only `charrnn train` with a seed near 2**32 or a huge sample length
         # would be outside).
-        seed = (self.config.seed + self.step) % (MAX_SEED + 1)
+        seed = (self.config.seed + self.state.step) % (MAX_SEED + 1)
         length = min(self.config.sample_length, MAX_LENGTH)
         request = SampleRequest(length=length, temperature=0.8, seed=seed)
         text = Sampler(self.model, self.vocab).generate(request)[0].text
@@ -353,32 +321,26 @@ class Trainer:
     def _evaluate_and_report(self) -> bool:
         """Evaluate; return True if this is a new best validation loss."""
         val = self.evaluate()
-        self.last_val_loss = val
-        improved = val is not None and (self.best_val_loss is None or val < self.best_val_loss)
+        self.state.last_val_loss = val
+        improved = val is not None and (self.state.best_val_loss is None or val < self.state.best_val_loss)
         if improved:
-            self.best_val_loss = val
+            self.state.best_val_loss = val
         if self.dist.is_main:
             self.observer.on_eval(self._snapshot(), self.sample())
         return improved
 
     def _checkpoint(self, is_best: bool) -> Path:
-        state = self._state()  # a collective under DDP: every rank takes part
+        state = self._captured_state()  # a collective under DDP: every rank takes part
         if not self.dist.is_main:
-            return self.run.step_paths(self.step)[0]
-        # What the service's record of this checkpoint holds, in the file itself: a worker killed before
-        # it wrote the record rebuilds it from here on resume.
-        metadata = {
-            "step": str(self.step),
-            "val_loss": str(self.last_val_loss),
-            "train_loss": str(self.train_loss),
-            "is_best": str(bool(is_best)),
-        }
-        weights = weights_bytes(self.model, self.vocab, metadata)
+            return self.run.step_paths(self.state.step)[0]
+        stats = CheckpointStats(step=self.state.step, train_loss=self.state.train_loss,
+                                val_loss=self.state.last_val_loss, is_best=is_best)
+        weights = weights_bytes(self.model, self.vocab, stats.file_metadata())
         previous = (self.run.last_record() or {}).get("step")
         try:
-            path = self.run.save(self.step, weights, state)
+            path = self.run.save(self.state.step, weights, state)
             # Without a validation score yet (or at all), the latest weights are the best we know.
-            if is_best or self.best_val_loss is None:
+            if is_best or self.state.best_val_loss is None:
                 self.run.save_best(weights)
         except OSError as exc:
             if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
@@ -387,24 +349,16 @@ class Trainer:
             # nothing half-written counts. Say so, rather than "training crashed: OSError".
             kept = f"the checkpoint of step {previous} is kept" if previous is not None else "no checkpoint is kept"
             raise DiskFullError(
-                f"disk full: no space left on the device to write the checkpoint of step {self.step}; "
+                f"disk full: no space left on the device to write the checkpoint of step {self.state.step}; "
                 f"{kept}. Free space in the data directory and start the job again"
             ) from None
         self.observer.on_checkpoint(
-            {
-                "step": self.step,
-                "path": str(path),
-                "train_loss": self.train_loss,
-                "val_loss": self.last_val_loss,
-                "is_best": is_best,
-                "size_bytes": len(weights),
-                "sha256": sha256_hex(weights),
-            }
+            CheckpointRecord.of_file(stats, path=str(path), size_bytes=len(weights), sha256=sha256_hex(weights))
         )
         return path
 
     def _train_step(self, x: torch.Tensor, y: torch.Tensor) -> tuple[float, float]:
-        if self.batch_index == 0:
+        if self.state.batch_index == 0:
             self.hidden = None  # a new epoch starts new streams: nothing to carry
         with autocast(self.device.type, self.autocast_dtype):
             logits, hidden = self.net(x, self.hidden)
@@ -420,10 +374,10 @@ class Trainer:
         # A freshly initialised model scores about ln(V); far above that after warmup is a blow-up.
         ceiling = 2 * math.log(len(self.vocab)) + 1
         if not math.isfinite(loss) or not math.isfinite(grad_norm) or (
-            self.step > self.config.warmup_steps and loss > ceiling
+            self.state.step > self.config.warmup_steps and loss > ceiling
         ):
             raise TrainingDiverged(
-                f"training diverged at step {self.step}: loss {loss:.4g}, gradient norm {grad_norm:.4g} "
+                f"training diverged at step {self.state.step}: loss {loss:.4g}, gradient norm {grad_norm:.4g} "
                 f"(a model that guesses uniformly scores {math.log(len(self.vocab)):.2f}). "
                 f"Lower learning_rate (now {self.config.learning_rate:g}) or grad_clip "
                 f"(now {self.config.grad_clip:g}), or switch cell to lstm/gru if it is rnn."
@@ -431,77 +385,77 @@ class Trainer:
 
     def _stop_reason(self) -> str | None:
         c = self.config
-        if c.max_steps and self.step >= c.max_steps:
+        if c.max_steps and self.state.step >= c.max_steps:
             return "max_steps"
-        if c.max_epochs and self.epoch + self.batch_index / self.batcher.batches_per_epoch >= c.max_epochs:
+        if c.max_epochs and self.state.epoch + self.state.batch_index / self.batcher.batches_per_epoch >= c.max_epochs:
             return "max_epochs"
-        if c.max_seconds and self.elapsed >= c.max_seconds:
+        if c.max_seconds and self.state.elapsed >= c.max_seconds:
             return "max_seconds"
         return self.observer.should_stop()
 
     def _agreed_stop_reason(self) -> str | None:
         return self.dist.from_main(self._stop_reason())
 
-    def train(self) -> TrainResult:
+    def train(self) -> RunResult:
         c = self.config
         self.observer.on_start(
-            {
-                "num_parameters": self.model.num_parameters,
-                "vocab_size": len(self.vocab),
-                "device": str(self.device),
-                "precision": "bf16" if self.autocast_dtype else "fp32",
-                "train_chars": len(self.train_data),
-                "val_chars": len(self.val_data),
-                "batches_per_epoch": self.batcher.batches_per_epoch,
-                "resumed_from_step": self.resumed_from_step,
-                "model": self.model.config.to_dict(),
-                "chosen": list(self.choice.reasons) if self.choice else [],
-                "chosen_training": self.choice.training if self.choice else {},
-            }
+            RunStarted(
+                num_parameters=self.model.num_parameters,
+                vocab_size=len(self.vocab),
+                device=str(self.device),
+                precision="bf16" if self.autocast_dtype else "fp32",
+                train_chars=len(self.train_data),
+                val_chars=len(self.val_data),
+                batches_per_epoch=self.batcher.batches_per_epoch,
+                resumed_from_step=self.resumed_from_step,
+                model=self.model.config.to_dict(),
+                chosen=list(self.choice.reasons) if self.choice else [],
+                chosen_training=self.choice.training if self.choice else {},
+            )
         )
         stopped_by = self._agreed_stop_reason()
         while stopped_by is None:
             t0 = time.perf_counter()
             x, y = (self.dist.shard(t).to(self.device, non_blocking=True)
-                    for t in self.batcher.batch(self.epoch, self.batch_index))
+                    for t in self.batcher.batch(self.state.epoch, self.state.batch_index))
             for group in self.optimizer.param_groups:
-                group["lr"] = lr_at(c, self.step, self.progress())
+                group["lr"] = lr_at(c, self.state.step, self.progress())
             loss, grad_norm = self._train_step(x, y)
-            self.step += 1
-            self.batch_index += 1
-            if self.batch_index == self.batcher.batches_per_epoch:
-                self.epoch, self.batch_index = self.epoch + 1, 0
+            self.state.step += 1
+            self.state.batch_index += 1
+            if self.state.batch_index == self.batcher.batches_per_epoch:
+                self.state.epoch, self.state.batch_index = self.state.epoch + 1, 0
             self._check_divergence(loss, grad_norm)
-            self.train_loss = loss
+            self.state.train_loss = loss
             dt = time.perf_counter() - t0
-            self.train_seconds += dt
-            self.elapsed += dt
+            self.state.train_seconds += dt
+            self.state.elapsed += dt
 
             t1 = time.perf_counter()
-            if self.step % c.log_every == 0:
+            if self.state.step % c.log_every == 0:
                 self.observer.on_metrics(self._snapshot())
             stopped_by = self._agreed_stop_reason()
-            at_eval = self.step % c.eval_every == 0 and stopped_by is None
+            at_eval = self.state.step % c.eval_every == 0 and stopped_by is None
             improved = self._evaluate_and_report() if at_eval else False
-            if (self.step % c.checkpoint_every == 0 or improved) and stopped_by is None:
+            if (self.state.step % c.checkpoint_every == 0 or improved) and stopped_by is None:
                 self._checkpoint(is_best=improved)
-            self.elapsed += time.perf_counter() - t1
+            self.state.elapsed += time.perf_counter() - t1
             stopped_by = stopped_by or self._agreed_stop_reason()
 
         # Interrupted (cancel, shutdown, lost lease): save where we are and nothing else, so that a
         # resumed run makes exactly the evaluations and checkpoints an uninterrupted one would.
         interrupted = stopped_by not in STOPPING_RULES
-        ran = self.step > (self.resumed_from_step or 0)
+        ran = self.state.step > (self.resumed_from_step or 0)
         improved = self._evaluate_and_report() if ran and not interrupted else False
         last = self._checkpoint(is_best=improved)
-        return TrainResult(
-            steps=self.step,
-            epoch=self.epoch,
-            train_loss=self.train_loss,
-            val_loss=self.last_val_loss,
-            best_val_loss=self.best_val_loss,
+        return RunResult(
+            steps=self.state.step,
+            epoch=self.state.epoch,
+            train_loss=self.state.train_loss,
+            val_loss=self.state.last_val_loss,
+            best_val_loss=self.state.best_val_loss,
             chars_per_second=self.chars_per_second(),
-            seconds=self.elapsed,
+            seconds=self.state.elapsed,
             checkpoint=str(self.run.best),
             last_checkpoint=str(last),
             num_parameters=self.model.num_parameters,

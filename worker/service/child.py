@@ -16,6 +16,7 @@ import sys
 import traceback
 from pathlib import Path
 
+from worker.engine.records import CheckpointRecord, JobSpec, RunResult, RunStarted, Snapshot
 from worker.service.exits import STDERR_FILE
 from worker.service.reports import CheckpointSaved, Evaluated, Failed, Finished, Metrics, Started
 
@@ -39,27 +40,17 @@ class QueueObserver:
     def __init__(self, queue, stop_event, parent_pid: int):
         self.queue, self.stop_event, self.parent_pid = queue, stop_event, parent_pid
 
-    def on_start(self, info: dict) -> None:
+    def on_start(self, info: RunStarted) -> None:
         self.queue.put(Started(info))
 
-    def on_metrics(self, metrics: dict) -> None:
+    def on_metrics(self, metrics: Snapshot) -> None:
         self.queue.put(Metrics(metrics))
 
-    def on_eval(self, metrics: dict, sample: str) -> None:
+    def on_eval(self, metrics: Snapshot, sample: str) -> None:
         self.queue.put(Evaluated(metrics, sample))
 
-    def on_checkpoint(self, info: dict) -> None:
-        self.queue.put(
-            CheckpointSaved(
-                step=info["step"],
-                path=info["path"],
-                size_bytes=info["size_bytes"],
-                sha256=info.get("sha256"),
-                train_loss=info.get("train_loss"),
-                val_loss=info.get("val_loss"),
-                is_best=bool(info.get("is_best")),
-            )
-        )
+    def on_checkpoint(self, checkpoint: CheckpointRecord) -> None:
+        self.queue.put(CheckpointSaved(checkpoint))
 
     def should_stop(self) -> str | None:
         if os.getppid() != self.parent_pid:
@@ -67,34 +58,22 @@ class QueueObserver:
         return "shutdown" if self.stop_event.is_set() else None
 
 
-def _train(spec: dict, observer) -> dict:
-    from worker.engine.data import read_text
-    from worker.engine.trainer import TrainConfig, Trainer
+def _train(spec: JobSpec, observer) -> RunResult:
+    from worker.engine.training_run import build_trainer
 
-    trainer = Trainer(
-        read_text(spec["corpus_path"]),
-        spec["run_dir"],
-        model_config=spec["model"],
-        train_config=TrainConfig.from_dict(spec["training"]),
-        init_from=spec.get("init_from"),
-        init_from_sha256=spec.get("init_from_sha256"),
-        observer=observer,
-        corpus_path=spec["corpus_path"],
-        val_text=read_text(spec["val_corpus_path"]) if spec.get("val_corpus_path") else None,
-        memory_limit=spec.get("memory_limit"),
-    )
-    return trainer.train().to_dict()
+    return build_trainer(spec, observer).train()
 
 
-def _train_rank(spec: dict, queue, stop_event, parent_pid: int) -> dict:
-    """One rank of a data-parallel job; rank 0 reports through the queue, the others only train."""
+def _train_rank(spec: JobSpec, queue, stop_event, parent_pid: int) -> RunResult | str:
+    """One rank of a data-parallel job; rank 0 reports through the queue, the others only train.
+    Returns the result, or the error message of a run the trainer refused."""
     import torch
 
     from worker.engine.distributed import leave_process_group, setup_process_group
 
     die_with_parent(parent_pid)
-    torch.set_num_threads(max(1, spec["threads"] // spec["training"]["gpus"]))
-    spec = {**spec, "training": setup_process_group(spec["training"])}
+    torch.set_num_threads(max(1, (spec.threads or torch.get_num_threads()) // spec.gpus))
+    spec = spec.model_copy(update={"training": setup_process_group(spec.training)})
     finished = False
     try:
         result = _train(spec, QueueObserver(queue, stop_event, parent_pid))
@@ -102,7 +81,7 @@ def _train_rank(spec: dict, queue, stop_event, parent_pid: int) -> dict:
         return result
     except ValueError as exc:  # an EngineError, or a setting the trainer refused
         finished = True  # every rank agrees on these (same data, same averaged loss)
-        return {"error": str(exc)}
+        return str(exc)
     finally:
         leave_process_group(finished)
 
@@ -131,22 +110,22 @@ def data_parallel_capacity(device: str) -> tuple[int, str]:
     return os.cpu_count() or 1, "CPU cores"
 
 
-def train_job(spec: dict, queue, stop_event, parent_pid: int) -> None:
+def train_job(spec: JobSpec, queue, stop_event, parent_pid: int) -> None:
     # Ctrl-C, and a supervisor's SIGTERM, reach the whole process group (`kill -TERM -PGID`, systemd):
     # the worker decides when training stops (it checkpoints and requeues), not the signal.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     die_with_parent(parent_pid)
-    capture_stderr(spec["run_dir"])
+    capture_stderr(spec.run_dir)
     try:
         import torch
 
-        gpus = spec["training"].get("gpus", 1)
+        gpus = spec.gpus
         if gpus > 1:
             from worker.engine.distributed import launch
 
             # Checked before any process starts: 16 gloo ranks on a 2-core worker would take the machine.
-            available, unit = data_parallel_capacity(spec["training"].get("device", "auto"))
+            available, unit = data_parallel_capacity(spec.training.get("device", "auto"))
             if gpus > available:
                 raise ValueError(
                     f"training.gpus={gpus}, but this worker has {available} {unit}; "
@@ -154,9 +133,10 @@ def train_job(spec: dict, queue, stop_event, parent_pid: int) -> None:
                 )
             result = launch(gpus, _train_rank, spec, queue, stop_event, os.getpid())
         else:
-            torch.set_num_threads(spec["threads"])
+            if spec.threads:
+                torch.set_num_threads(spec.threads)
             result = _train(spec, QueueObserver(queue, stop_event, parent_pid))
-        queue.put(Failed(result["error"]) if "error" in result else Finished(result))
+        queue.put(Failed(result) if isinstance(result, str) else Finished(result))
     except ValueError as exc:  # an EngineError, or a setting the trainer refused
         queue.put(Failed(str(exc)))
     except Exception as exc:  # a bug: keep the trace in the worker's log, tell the user something useful

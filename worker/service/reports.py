@@ -1,52 +1,45 @@
-"""What the training child tells its supervisor: one small dataclass per kind of report.
+"""What the training child tells its supervisor: one small dataclass per kind of report, each carrying
+the engine's record (worker/engine/records.py).
 
 The child (child.py) puts these on a multiprocessing queue (they pickle by name, so both sides import
-this module); the supervisor (supervisor.py) relays each to its function in app.jobs.lifecycle.
+this module); the supervisor (supervisor.py) relays each to the database (app.jobs.run_records).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+from worker.engine.records import CheckpointRecord, RunResult, RunStarted, Snapshot
+
 
 @dataclass(frozen=True)
 class Started:
-    info: dict  # the trainer's on_start info: device, precision, sizes, resumed_from_step
-
-    @property
-    def resumed_from_step(self) -> int | None:
-        return self.info.get("resumed_from_step")
+    info: RunStarted
 
 
 @dataclass(frozen=True)
 class Metrics:
-    snapshot: dict  # the trainer's snapshot: step, losses, learning rate, speed, eta
+    snapshot: Snapshot
 
 
 @dataclass(frozen=True)
 class Evaluated:
-    snapshot: dict
+    snapshot: Snapshot
     sample: str
 
 
 @dataclass(frozen=True)
 class CheckpointSaved:
-    step: int
-    path: str  # absolute
-    size_bytes: int
-    train_loss: float | None
-    val_loss: float | None
-    is_best: bool
-    sha256: str | None = None  # of the weights file's bytes, as written
+    checkpoint: CheckpointRecord  # its path absolute
 
 
 @dataclass(frozen=True)
 class Finished:
-    result: dict  # the engine's TrainResult as a dict
+    result: RunResult
 
     @property
     def shut_down(self) -> bool:
-        return self.result["stopped_by"] == "shutdown"
+        return self.result.stopped_by == "shutdown"
 
 
 @dataclass(frozen=True)

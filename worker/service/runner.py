@@ -24,6 +24,7 @@ from app.jobs.reaper import reap_once
 from app.models import Checkpoint, Corpus, Job
 from app.settings import Settings, get_settings
 from app.workers import repository as workers
+from worker.engine.records import JobSpec
 from worker.service.outage import DATABASE_ERRORS, Outage
 from worker.service.server import GenerationServer, configure_generation_process
 from worker.service.supervisor import JobRun
@@ -129,6 +130,11 @@ class Worker:
         except DATABASE_ERRORS as exc:
             self.outage.failed(exc)
 
+    def keep_alive(self) -> None:
+        """What a running job's supervisor calls after each write: heartbeat, and reap now and then."""
+        self.heartbeat()
+        self.reap(force=False)
+
     def claim(self) -> Job | None:
         if self.outage.ongoing:
             return None
@@ -146,7 +152,7 @@ class Worker:
 
     # -- one job -----------------------------------------------------------------------------------
 
-    def spec_for(self, job: Job) -> dict | str:
+    def spec_for(self, job: Job) -> JobSpec | str:
         """What the child needs, as plain data; or a message saying why the job cannot run."""
         data_dir = self.settings.data_dir
         with session_scope() as session:
@@ -165,20 +171,17 @@ class Worker:
             return f"validation corpus {job.validation_corpus_id} is gone; upload it again and start a new job"
         if job.init_from and (init_path is None or not (data_dir / init_path).is_file()):
             return f"checkpoint {job.init_from} (init_from) is gone"
-        return {
-            "corpus_path": str((data_dir / corpus_path).resolve()),
-            "run_dir": str((self.settings.runs_dir / job.id).resolve()),
-            "model": {k: v for k, v in job.model.items() if v is not None},
-            "training": {
-                **{k: v for k, v in job.training.items() if v is not None},
-                "device": self.settings.device,
-            },
-            "init_from": str((data_dir / init_path).resolve()) if init_path else None,
-            "val_corpus_path": str((data_dir / val_path).resolve()) if val_path else None,
-            "init_from_sha256": init_sha256,  # the child refuses a file that no longer matches it
-            "threads": self.settings.train_thread_count,
-            "memory_limit": self.settings.worker_memory_limit,  # model sizes left to the engine stay under it
-        }
+        return JobSpec(
+            corpus_path=str((data_dir / corpus_path).resolve()),
+            run_dir=str((self.settings.runs_dir / job.id).resolve()),
+            model={k: v for k, v in job.model.items() if v is not None},
+            training={**{k: v for k, v in job.training.items() if v is not None}, "device": self.settings.device},
+            init_from=str((data_dir / init_path).resolve()) if init_path else None,
+            val_corpus_path=str((data_dir / val_path).resolve()) if val_path else None,
+            init_from_sha256=init_sha256,
+            threads=self.settings.train_thread_count,
+            memory_limit=self.settings.worker_memory_limit,
+        )
 
     def run_job(self, job: Job) -> None:
         self.current_job = job.id
@@ -190,7 +193,14 @@ class Worker:
                 with session_scope() as session:
                     lifecycle.failed(session, job_id=job.id, worker_id=self.id, error=spec)
                 return
-            JobRun(self, job, spec).supervise()
+            JobRun(
+                job,
+                spec,
+                settings=self.settings,
+                worker_id=self.id,
+                stopping=lambda: self.stopping,
+                keep_alive=self.keep_alive,
+            ).supervise()
         except DATABASE_ERRORS as exc:  # before training started: the lease runs out and the job is requeued
             self.outage.failed(exc)
         finally:

@@ -4,7 +4,7 @@
     ------------------                            -------------------------
     JobRun.supervise()         ------spawn--->    Trainer(...).train()
     every ~0.5 s: renew lease + relay   <-queue-- Started / Metrics / Evaluated / CheckpointSaved
-      reports to app.jobs.lifecycle               (reports.py), then Finished or Failed
+      reports to app.jobs.run_records             (reports.py), then Finished or Failed
     lease lost or job cancelled: SIGKILL child
     worker stopping: set stop event ------------> should_stop() -> "shutdown": checkpoint, return
       then requeue the job                        (the next worker resumes from that checkpoint)
@@ -21,15 +21,17 @@ import multiprocessing
 import os
 import queue as queue_module
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
 
+from app.checkpoints import repository as checkpoints
 from app.checkpoints.integrity import file_sha256
 from app.db import session_scope
-from app.jobs import lifecycle
-from app.jobs.lifecycle import CheckpointInfo
+from app.jobs import lifecycle, run_records
 from app.models import Job
+from app.settings import Settings
 from worker.engine.header import read_metadata
+from worker.engine.records import CheckpointRecord, CheckpointStats, JobSpec
 from worker.service.exits import STDERR_FILE, death_message, stderr_tail
 from worker.service.outage import DATABASE_ERRORS, Outage
 from worker.service.reports import (
@@ -43,9 +45,6 @@ from worker.service.reports import (
     Started,
 )
 
-if TYPE_CHECKING:
-    from worker.service.runner import Worker
-
 log = logging.getLogger("charrnn.worker")
 
 FLUSH_SECONDS = 0.5  # how often progress is written and the lease renewed (and a cancel noticed)
@@ -55,7 +54,7 @@ MAX_PENDING_METRICS = 1000  # while the database is away, only the latest points
 # An evaluation that may be followed by its checkpoint waits this long for it, so that a checkpoint's
 # row, its is_best and its loss point commit in one transaction (the trainer reports the evaluation,
 # writes the files, then reports the checkpoint). A resume rebuilds them from the files if the worker
-# dies in between anyway (lifecycle.started).
+# dies in between anyway (run_records.started).
 HOLD_EVALUATION_SECONDS = 2.0
 GIVE_UP_FINISHING_SECONDS = 15.0  # a stopping worker gives up writing the outcome; the reaper requeues
 
@@ -86,9 +85,20 @@ def coalesce(pending: list[Report], budget: MetricsBudget) -> list[Report]:
 class JobRun:
     """Supervises one training child: relays its reports into the database under the lease."""
 
-    def __init__(self, worker: Worker, job: Job, spec: dict):
-        self.worker, self.job, self.spec = worker, job, spec
-        self.settings = worker.settings
+    def __init__(
+        self,
+        job: Job,
+        spec: JobSpec,
+        *,
+        settings: Settings,
+        worker_id: str,
+        stopping: Callable[[], bool],
+        keep_alive: Callable[[], None],
+    ):
+        """`stopping`: whether the worker is shutting down; `keep_alive`: called after each write (the
+        worker's heartbeat and reaping go on while it supervises)."""
+        self.job, self.spec, self.settings, self.worker_id = job, spec, settings, worker_id
+        self.stopping, self.keep_alive = stopping, keep_alive
         self.pending: list[Report] = []
         self.progress: dict = dict(job.progress or {})
         self.outcome: Outcome | None = None
@@ -107,12 +117,12 @@ class JobRun:
             name=f"train-{self.job.id}",
             # A daemon dies with a worker that exits; but a daemon may not start processes of its own,
             # and a data-parallel job starts its ranks. PR_SET_PDEATHSIG covers that case (child.py).
-            daemon=self.spec["training"].get("gpus", 1) <= 1,
+            daemon=self.spec.gpus <= 1,
         )
         self.child.start()
         last_flush = 0.0
         while True:
-            if self.worker.stopping and not self.stop_sent:
+            if self.stopping() and not self.stop_sent:
                 self.stop_event.set()
                 self.stop_sent = True
             self.drain(timeout=0.1)
@@ -134,8 +144,7 @@ class JobRun:
                 if not ours:
                     self.kill("the job is no longer ours (cancelled, or the lease was lost)")
                     return
-                self.worker.heartbeat()
-                self.worker.reap(force=False)
+                self.keep_alive()
                 if self.outcome or child_done:
                     break
             elif child_done or self.outcome:
@@ -179,13 +188,13 @@ class JobRun:
             self.pending.append(pending.pop())
         for report in pending:
             if isinstance(report, Metrics | Evaluated):
-                self.progress = lifecycle.progress_from(report.snapshot)
+                self.progress = run_records.progress_from(report.snapshot)
         try:
             with session_scope() as session:
                 if not lifecycle.renew(
                     session,
                     job_id=self.job.id,
-                    worker_id=self.worker.id,
+                    worker_id=self.worker_id,
                     lease_seconds=self.settings.job_lease_seconds,
                     progress=self.progress,
                 ):
@@ -208,57 +217,39 @@ class JobRun:
         )
 
     def relay(self, session, report: Report) -> None:
-        job_id, owner, worker_id = self.job.id, self.job.owner, self.worker.id
+        job_id, owner, worker_id = self.job.id, self.job.owner, self.worker_id
         match report:
             case Started():
-                on_disk = self.checkpoints_on_disk() if report.resumed_from_step is not None else []
-                lifecycle.started(
+                on_disk = self.checkpoints_on_disk() if report.info.resumed_from_step is not None else []
+                run_records.started(
                     session, job_id=job_id, owner=owner, worker_id=worker_id, info=report.info, on_disk=on_disk
                 )
             case Metrics():
-                lifecycle.record_metrics(session, job_id=job_id, snapshot=report.snapshot)
+                run_records.record_metrics(session, job_id=job_id, snapshot=report.snapshot)
             case Evaluated():
-                lifecycle.record_evaluation(session, job_id=job_id, snapshot=report.snapshot, sample=report.sample)
+                run_records.record_evaluation(session, job_id=job_id, snapshot=report.snapshot, sample=report.sample)
             case CheckpointSaved():
-                checkpoint = CheckpointInfo(
-                    step=report.step,
-                    path=self.relative(Path(report.path)),
-                    size_bytes=report.size_bytes,
-                    sha256=report.sha256,
-                    train_loss=report.train_loss,
-                    val_loss=report.val_loss,
-                    is_best=report.is_best,
-                )
-                lifecycle.record_checkpoint(session, job_id=job_id, owner=owner, checkpoint=checkpoint)
+                checkpoint = report.checkpoint.model_copy(update={"path": self.relative(Path(report.checkpoint.path))})
+                checkpoints.record(session, job_id=job_id, owner=owner, checkpoint=checkpoint)
 
     def relative(self, path: Path) -> str:
         return str(path.resolve().relative_to(self.settings.data_dir.resolve()))
 
-    def checkpoints_on_disk(self) -> list[CheckpointInfo]:
+    def checkpoints_on_disk(self) -> list[CheckpointRecord]:
         """The run directory's step checkpoints, described by their own metadata (see Trainer._checkpoint)."""
         from worker.engine.checkpoint import RunDirectory  # torch: only the worker process loads it, on resume
 
         found = []
-        for step, weights in RunDirectory(self.spec["run_dir"]).step_weights().items():
+        for weights in RunDirectory(self.spec.run_dir).step_weights().values():
             try:
-                metadata = read_metadata(weights)
-                size = weights.stat().st_size
+                stats = CheckpointStats.from_file_metadata(read_metadata(weights))
                 # Its writer died before reporting it; the file is complete (last.json named it, or a
                 # later step), so its digest now is the one it was written with.
-                digest = file_sha256(weights)
+                found.append(CheckpointRecord.of_file(
+                    stats, path=self.relative(weights), size_bytes=weights.stat().st_size, sha256=file_sha256(weights)
+                ))
             except (OSError, ValueError):
                 continue  # unreadable: nothing to list
-            found.append(
-                CheckpointInfo(
-                    step=step,
-                    path=self.relative(weights),
-                    size_bytes=size,
-                    sha256=digest,
-                    train_loss=_number(metadata.get("train_loss")),
-                    val_loss=_number(metadata.get("val_loss")),
-                    is_best=metadata.get("is_best") == "True",  # absent in checkpoints of older versions
-                )
-            )
         return found
 
     def finish(self, outcome: Outcome | None) -> None:
@@ -273,7 +264,7 @@ class JobRun:
                 break
             except DATABASE_ERRORS as exc:
                 delay = self.outage.failed(exc)
-                if self.worker.stopping and time.monotonic() - started > GIVE_UP_FINISHING_SECONDS:
+                if self.stopping() and time.monotonic() - started > GIVE_UP_FINISHING_SECONDS:
                     log.error("job %s: could not write its outcome; the reaper will requeue it", self.job.id)
                     return
                 time.sleep(delay)
@@ -281,7 +272,7 @@ class JobRun:
         log.info("job %s finished: %s", self.job.id, kind, extra={"fields": {"job_id": self.job.id}})
 
     def stderr_lines(self) -> list[str]:
-        return stderr_tail(Path(self.spec["run_dir"]) / STDERR_FILE)
+        return stderr_tail(Path(self.spec.run_dir) / STDERR_FILE)
 
     def death_message(self) -> str:
         """Why the child ended without an outcome, from its exit code and the end of its stderr file."""
@@ -291,10 +282,10 @@ class JobRun:
         return death_message(self.child.exitcode, lines)
 
     def _write_outcome(self, session, outcome: Outcome | None) -> None:
-        job_id, worker_id = self.job.id, self.worker.id
+        job_id, worker_id = self.job.id, self.worker_id
         match outcome:
             case Finished() if outcome.shut_down:
-                reason = f"worker shut down; checkpoint saved at step {outcome.result['steps']}"
+                reason = f"worker shut down; checkpoint saved at step {outcome.result.steps}"
                 lifecycle.requeue(session, job_id=job_id, worker_id=worker_id, reason=reason)
             case Finished():
                 lifecycle.succeeded(
@@ -307,13 +298,6 @@ class JobRun:
             case None:
                 error = self.death_message()
                 lifecycle.failed(session, job_id=job_id, worker_id=worker_id, error=error)
-
-
-def _number(text: str | None) -> float | None:
-    try:
-        return float(text) if text not in (None, "None") else None
-    except ValueError:
-        return None
 
 
 def _child_entry(spec, messages, stop_event, parent_pid):

@@ -1,0 +1,124 @@
+"""What a running job reports, written to the database: its start, metric points, evaluations.
+
+The records come from the engine (worker/engine/records.py) through the worker's supervisor. Every
+write is one of the worker's, under its lease: the supervisor first renews the lease in the same
+transaction (lifecycle.renew), so a worker that lost the job writes nothing. The functions take the
+caller's session and do not commit.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import delete, select, update
+from sqlalchemy.orm import Session
+
+from app.checkpoints import repository as checkpoints
+from app.db import utcnow
+from app.jobs.events import add_event, prune_metrics_events
+from app.jobs.lifecycle import mine
+from app.jobs.schemas import PROGRESS_KEYS
+from app.models import Job, JobMetric
+from worker.engine.records import CheckpointRecord, RunStarted, Snapshot
+
+
+def progress_from(snapshot: Snapshot) -> dict:
+    """The job's `progress` (the Progress schema's fields) from a trainer snapshot."""
+    return snapshot.model_dump(include=set(PROGRESS_KEYS))
+
+
+def started(
+    session: Session,
+    *,
+    job_id: str,
+    owner: str,
+    worker_id: str,
+    info: RunStarted,
+    on_disk: list[CheckpointRecord] = (),
+) -> None:
+    """Training started (or resumed): record the device, and on resume put the record in line with the files.
+
+    A resumed run redoes the steps after its checkpoint, so their first-time metrics go. A worker
+    killed right after writing a checkpoint's files never wrote its row and metrics: `on_disk` (the
+    run directory's checkpoints up to the resumed step) rebuilds what is missing from the files.
+    """
+    # The model as it runs: the fields the job left out are now chosen (autoconfig.py).
+    model = {k: v for k, v in info.model.items() if k != "vocab_size"}
+    values = {"device": info.device, **({"model": model} if model else {})}
+    if info.chosen_training:  # an epoch limit chosen with the size: the job's training says when it stops
+        training = session.scalar(select(Job.training).where(Job.id == job_id)) or {}
+        values["training"] = {**training, **info.chosen_training}
+    session.execute(update(Job).where(*mine(job_id, worker_id)).values(**values))
+    resumed = info.resumed_from_step
+    if resumed is not None:
+        session.execute(delete(JobMetric).where(JobMetric.job_id == job_id, JobMetric.step > resumed))
+        for checkpoint in on_disk:
+            if checkpoint.step <= resumed and checkpoints.adopt(session, job_id=job_id, owner=owner,
+                                                                checkpoint=checkpoint):
+                _add_point_of(session, job_id, checkpoint)
+        add_event(
+            session,
+            job_id=job_id,
+            type="log",
+            message=f"resumed from step {resumed}",
+            data={"resumed_from_step": resumed},
+        )
+    add_event(
+        session,
+        job_id=job_id,
+        type="log",
+        message=(
+            f"training {info.num_parameters:,} parameters on {info.device} "
+            f"({info.precision}), {info.train_chars:,} training characters"
+            + "".join(f"; chose {reason}" for reason in info.chosen)
+        ),
+        data=info.model_dump(),
+    )
+
+
+def _add_point_of(session: Session, job_id: str, checkpoint: CheckpointRecord) -> None:
+    """The metric point an adopted checkpoint was saved at, where its step has none."""
+    has_metric = session.scalar(
+        select(JobMetric.id).where(JobMetric.job_id == job_id, JobMetric.step == checkpoint.step).limit(1)
+    )
+    if not has_metric and (checkpoint.train_loss is not None or checkpoint.val_loss is not None):
+        point = Snapshot(step=checkpoint.step, train_loss=checkpoint.train_loss, val_loss=checkpoint.val_loss)
+        _add_metric_row(session, job_id, point)
+
+
+def _add_metric_row(session: Session, job_id: str, snapshot: Snapshot) -> None:
+    session.add(
+        JobMetric(
+            job_id=job_id,
+            step=snapshot.step,
+            train_loss=snapshot.train_loss,
+            val_loss=snapshot.val_loss,
+            learning_rate=snapshot.learning_rate,
+            chars_per_second=snapshot.chars_per_second,
+            time=utcnow(),
+        )
+    )
+
+
+def record_metrics(session: Session, *, job_id: str, snapshot: Snapshot) -> None:
+    """A training-loss point: a metrics row and a "metrics" event (older ones pruned past the bound)."""
+    _add_metric_row(session, job_id, snapshot)
+    add_event(
+        session,
+        job_id=job_id,
+        type="metrics",
+        message=f"step {snapshot.step}: train_loss {snapshot.train_loss:.4f}",
+        data=snapshot.model_dump(),
+    )
+    prune_metrics_events(session, job_id=job_id)
+
+
+def record_evaluation(session: Session, *, job_id: str, snapshot: Snapshot, sample: str) -> None:
+    """An evaluation: a metrics row with the validation loss, and a "sample" event with the sample text."""
+    _add_metric_row(session, job_id, snapshot)
+    val = snapshot.val_loss
+    add_event(
+        session,
+        job_id=job_id,
+        type="sample",
+        message=f"step {snapshot.step}: val_loss {val if val is None else round(val, 4)}",
+        data={**snapshot.model_dump(), "sample": sample},
+    )
