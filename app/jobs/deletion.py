@@ -32,7 +32,18 @@ def delete_job(session: Session, *, owner: str, settings: Settings, job_id: str)
                 409,
                 f"job {job_id} is {job.status}; cancel it first (POST /jobs/{job_id}/cancel), then delete it",
             )
-        paths = list(session.scalars(select(Checkpoint.path).where(Checkpoint.job_id == job_id)))
+        checkpoints = session.execute(select(Checkpoint.id, Checkpoint.path).where(Checkpoint.job_id == job_id)).all()
+        starting = select(Job.id).where(
+            Job.init_from.in_([c.id for c in checkpoints]), Job.owner == owner, Job.status.in_(ACTIVE_STATUSES)
+        )
+        users = list(session.scalars(starting))
+        if users:
+            raise ApiError(
+                409,
+                f"queued or running job(s) {', '.join(users[:5])} start from a checkpoint of job {job_id}; cancel "
+                "them or wait for them to finish, then delete it",
+            )
+        paths = [c.path for c in checkpoints]
         # Explicit rather than left to ON DELETE CASCADE, which SQLite applies only with its foreign_keys pragma.
         for table in (Checkpoint, JobMetric, JobEvent):
             session.execute(delete(table).where(table.job_id == job_id))

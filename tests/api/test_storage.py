@@ -98,6 +98,22 @@ def test_deleting_an_ended_job_removes_its_rows_checkpoints_and_run_folder(api):
         assert c.delete(f"/jobs/{job_id}").status_code == 404
 
 
+def test_a_job_whose_checkpoint_a_queued_job_starts_from_is_kept(api):
+    with new_owner_client(api, "job-parent") as c:
+        parent = make_job(api, c)
+        c.post(f"/jobs/{parent}/cancel")
+        ids = write_checkpoints(api, parent, [10])
+        with session_scope() as session:
+            job = session.get(Job, parent)
+            child = Job(id=new_id("job"), owner=job.owner, corpus_id=job.corpus_id, init_from=ids[10],
+                        status="queued", model={}, training={}, progress={}, attempts=0, created_at=utcnow())
+            session.add(child)
+        r = c.delete(f"/jobs/{parent}")
+        assert r.status_code == 409 and child.id in r.json()["detail"], r.text
+        assert c.post(f"/jobs/{child.id}/cancel").status_code == 200
+        assert c.delete(f"/jobs/{parent}").status_code == 204
+
+
 def test_another_owner_cannot_delete_a_job(api):
     with new_owner_client(api, "job-owner") as c, new_owner_client(api, "job-stranger") as other:
         job_id = make_job(api, c)
