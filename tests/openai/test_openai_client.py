@@ -270,7 +270,8 @@ def test_continue_training_from_a_fine_tuned_model_with_a_validation_file(oai, s
 
 def test_list_jobs_pages_through_every_job(oai):
     everything = oai.fine_tuning.jobs.list(limit=100)
-    assert len(everything.data) >= 3 and not everything.has_more
+    # The tuned and the cancelled job (the continued one went with its model's delete, earlier in the module).
+    assert len(everything.data) >= 2 and not everything.has_more
     first = oai.fine_tuning.jobs.list(limit=1)
     assert len(first.data) == 1 and first.has_more
     paged = [j.id for j in oai.fine_tuning.jobs.list(limit=1)]
