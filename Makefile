@@ -1,4 +1,4 @@
-# The two commands a newcomer needs: `make serve` and `make test`.
+# The two commands a newcomer needs: `make serve` and `make test`; `make check` is the edit-test loop.
 # Both build .venv on first use (python3.11 + pip), so a fresh machine needs nothing else.
 PY ?= python3.11
 VENV := .venv
@@ -17,8 +17,16 @@ install: $(STAMP)
 serve: $(STAMP)
 	$(VENV)/bin/charrnn serve
 
-test: $(STAMP)
+lint: $(STAMP)
 	$(VENV)/bin/ruff check app worker tests benchmarks
-	$(VENV)/bin/python -m pytest
 
-.PHONY: install serve test
+# The whole suite, two tests at a time (most of them wait on real server and worker processes), and the
+# 20 slowest tests printed at the end.
+test: lint
+	$(VENV)/bin/python -m pytest -n 2 --durations=20
+
+# Lint and the tests that run in-process (no server or worker processes): under two minutes.
+check: lint
+	$(VENV)/bin/python -m pytest -n 2 -m "not slow and not browser" --durations=10
+
+.PHONY: install serve lint test check

@@ -7,7 +7,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -16,6 +16,13 @@ class Settings(BaseSettings):
 
     data_dir: Path = Field(Path("./data"), description="SQLite file, corpora and training runs live here")
     database_url: str | None = Field(None, description="any SQLAlchemy URL; default: SQLite in data_dir")
+
+    @field_validator("data_dir")
+    @classmethod
+    def _data_dir_is_a_folder(cls, path: Path) -> Path:
+        if path.exists() and not path.is_dir():
+            raise ValueError("a file, not a folder: point it at a folder (one is made if missing)")
+        return path
     bootstrap_key: str | None = Field(None, description="an API key the server makes sure exists")
     max_corpus_bytes: int = Field(200 * 1024 * 1024, ge=1, description="largest accepted upload")
     # The output layer (and the embedding) grow with the vocabulary: a corpus of a million distinct code

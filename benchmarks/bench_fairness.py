@@ -16,8 +16,6 @@ import argparse
 import json
 import multiprocessing
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 from collections import Counter
@@ -25,7 +23,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
-from _support import KEY, ROOT, Service, add_corpus_argument
+from _support import KEY, Service, add_corpus_argument, client_for
 
 MODEL = {"cell": "lstm", "hidden_size": 128, "num_layers": 1, "embedding_dim": 32}
 TRAINING = {"seq_len": 32, "batch_size": 16, "max_steps": 60, "eval_every": 30, "checkpoint_every": 30, "seed": 1}
@@ -33,14 +31,14 @@ REQUEST = {"prompt": "ROMEO:", "length": 200, "temperature": 0.8}
 
 
 def new_key(svc: Service, owner: str) -> str:
-    made = subprocess.run([sys.executable, "-m", "worker.cli", "keys", "create", owner], env=svc.env, cwd=ROOT,
-                          capture_output=True, text=True, check=True)
+    made = svc.cli("keys", "create", owner)
+    made.check_returncode()
     return made.stdout.strip().splitlines()[-1]
 
 
 def client(svc: Service, key: str) -> httpx.Client:
     limits = httpx.Limits(max_connections=200, max_keepalive_connections=200)
-    return httpx.Client(base_url=svc.url, headers={"Authorization": f"Bearer {key}"}, timeout=120, limits=limits)
+    return client_for(svc.url, key, timeout=120, limits=limits)
 
 
 def train(svc: Service, key: str, text: str) -> str:
@@ -98,7 +96,8 @@ def main() -> None:
     text = args.corpus.read_bytes()[:200_000].decode("utf-8", "ignore")
 
     with tempfile.TemporaryDirectory() as tmp:
-        svc = Service(Path(tmp), device="cpu", job_lease_seconds=5, max_concurrent_generations_per_owner=args.limit)
+        svc = Service(Path(tmp), test_defaults=False, device="cpu", job_lease_seconds=5,
+                      max_concurrent_generations_per_owner=args.limit)
         svc.start_api()
         svc.start_worker()
         try:

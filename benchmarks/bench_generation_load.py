@@ -143,7 +143,8 @@ def main() -> None:
     others = ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn"))
     with tempfile.TemporaryDirectory() as tmp:
         # One key sends everything, so its concurrent-generation limit must admit every client.
-        svc = Service(Path(tmp), device="cpu", max_concurrent_generations_per_owner=max(8, args.clients))
+        svc = Service(Path(tmp), test_defaults=False, device="cpu",
+                      max_concurrent_generations_per_owner=max(8, args.clients))
         svc.start_api()
         svc.start_worker()
         try:

@@ -58,9 +58,9 @@ def main() -> None:
     text = args.corpus.read_bytes()[:20_000].decode("utf-8", "ignore")  # each job trains on its first 20 kB
 
     with throwaway_database() as database_url, tempfile.TemporaryDirectory() as tmp:
-        # One thread each (three workers share the machine's cores) and a 10 s lease.
-        svc = Service(Path(tmp), database_url=database_url, job_lease_seconds=10, device="cpu", train_threads=1,
-                      generation_threads=1, max_active_jobs_per_owner=max(10, args.jobs))  # one owner queues all
+        # One thread each (three workers share the machine's cores), a 10 s lease, and one owner queues all.
+        svc = Service(Path(tmp), test_defaults=False, database_url=database_url, job_lease_seconds=10, device="cpu",
+                      train_threads=1, generation_threads=1, max_active_jobs_per_owner=max(10, args.jobs))
         svc.start_api()
         for _ in range(args.workers):
             svc.start_worker()

@@ -120,7 +120,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         # The service's thread defaults: training takes all cores, generation a quarter.
         (Path(tmp) / "svc").mkdir()
-        svc = Service(Path(tmp) / "svc", device="cpu", job_lease_seconds=3,
+        svc = Service(Path(tmp) / "svc", test_defaults=False, device="cpu", job_lease_seconds=3,
                       max_concurrent_generations_per_owner=max(8, args.clients))  # one owner sends all
         svc.start_api()
         svc.start_worker()

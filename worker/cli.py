@@ -10,14 +10,19 @@ import importlib.util
 import sys
 
 import typer
+from pydantic import ValidationError
 
 from app.cli import Host, Port, ensure_key, register_api_commands, run_api, upgrade_database
-from worker.engine.cli import register_engine_commands
+from worker.engine.cli import describe_invalid, register_engine_commands
 
 cli = typer.Typer(
     help="charrnn: train character-level RNN language models and generate text from them.",
     no_args_is_help=True,
     add_completion=False,
+    # Errors a person can fix are a line or two naming the option or setting, not a framed panel or a
+    # traceback of our own code.
+    rich_markup_mode=None,
+    pretty_exceptions_enable=False,
 )
 register_api_commands(cli)
 register_engine_commands(cli)
@@ -69,5 +74,19 @@ def serve(host: Host = "127.0.0.1", port: Port = 8000):
         run_api(host, port)  # returns on Ctrl-C / SIGTERM
 
 
+def setting_name(loc: tuple) -> str:
+    return "CHARRNN_" + str(loc[-1] if loc else "").upper()
+
+
+def main() -> None:
+    """`charrnn`: a setting that cannot be used (CHARRNN_*) ends the command with one line saying which
+    and why, wherever it is first read."""
+    try:
+        cli()
+    except ValidationError as exc:
+        print(f"charrnn: {describe_invalid(exc, setting_name)}", file=sys.stderr)
+        sys.exit(2)
+
+
 if __name__ == "__main__":
-    cli()
+    main()

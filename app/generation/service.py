@@ -137,7 +137,7 @@ def _raise_for_worker(response: httpx.Response, body: bytes) -> None:
     raise ApiError(502, f"the worker failed to run the model (HTTP {response.status_code}): {detail or 'no detail'}")
 
 
-async def _send(
+async def send(
     client: httpx.AsyncClient, target: Target, affinity: Affinity, endpoint: str, body: BaseModel, *, stream: bool
 ) -> httpx.Response:
     """POST `body` to the first worker that can be reached; a worker's refusal is the answer (it would be
@@ -182,7 +182,7 @@ def response_body(model: str, checkpoint_id: str, prompt: str, samples: list[dic
     }
 
 
-def _parse(model: type[BaseModel], content: bytes | str):
+def parse(model: type[BaseModel], content: bytes | str):
     try:
         return model.model_validate_json(content)
     except ValidationError:
@@ -193,8 +193,8 @@ async def generate(
     client: httpx.AsyncClient, target: Target, affinity: Affinity, *, model: str, params: dict
 ) -> dict:
     t0 = time.perf_counter()
-    response = await _send(client, target, affinity, wire.GENERATE, generate_body(target, params), stream=False)
-    result = _parse(wire.GenerateResult, response.content)
+    response = await send(client, target, affinity, wire.GENERATE, generate_body(target, params), stream=False)
+    result = parse(wire.GenerateResult, response.content)
     GENERATION_SECONDS.observe(time.perf_counter() - t0)
     samples = [s.model_dump() for s in result.samples]
     return response_body(model, target.checkpoint_id, params["prompt"], samples)
@@ -203,13 +203,13 @@ async def generate(
 async def open_stream(client: httpx.AsyncClient, target: Target, affinity: Affinity, *, params: dict):
     """Open the worker's NDJSON stream; errors (bad prompt, no worker) surface here, before any SSE."""
     body = generate_body(target, params)
-    return await _send(client, target, affinity, wire.GENERATE_STREAM, body, stream=True)
+    return await send(client, target, affinity, wire.GENERATE_STREAM, body, stream=True)
 
 
 async def score(client: httpx.AsyncClient, target: Target, affinity: Affinity, *, model: str, text: str) -> dict:
     body = wire.ScoreBody.model_construct(checkpoint_id=target.checkpoint_id, text=text)
-    response = await _send(client, target, affinity, wire.SCORE, body, stream=False)
-    result = _parse(wire.ScoreResult, response.content)
+    response = await send(client, target, affinity, wire.SCORE, body, stream=False)
+    result = parse(wire.ScoreResult, response.content)
     return {"loss": result.loss, "chars": result.chars, "model": model, "checkpoint_id": target.checkpoint_id}
 
 
@@ -221,8 +221,8 @@ async def logprobs(
         body = wire.LogprobsBody(checkpoint_id=target.checkpoint_id, context=context, text=text, top=top)
     except ValidationError as exc:
         raise ApiError(422, f"logprobs: {exc.errors()[0]['msg']}") from None
-    response = await _send(client, target, affinity, wire.LOGPROBS, body, stream=False)
-    return _parse(wire.LogprobsResult, response.content)
+    response = await send(client, target, affinity, wire.LOGPROBS, body, stream=False)
+    return parse(wire.LogprobsResult, response.content)
 
 
 async def relay(response: httpx.Response, *, model: str, checkpoint_id: str, prompt: str) -> AsyncIterator[dict]:

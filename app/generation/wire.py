@@ -13,12 +13,14 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, model_validator
 
 from app.generation.schemas import MAX_SCORE_CHARS, SampleOut
+from app.inspection.schemas import InspectOptions
 from worker.engine.sampling_params import MAX_LENGTH, MAX_PROMPT_CHARS, SamplingParams
 
 GENERATE = "/generate"
 GENERATE_STREAM = "/generate/stream"
 SCORE = "/score"
 LOGPROBS = "/logprobs"
+INSPECT = "/inspect"
 
 # /logprobs reads a prompt and what was generated after it (or, echoing, the prompt itself): at most a
 # longest prompt and a longest generation together, read in one forward pass.
@@ -43,6 +45,12 @@ class ScoreBody(BaseModel):
     model_config = ConfigDict(extra="forbid")
     checkpoint_id: CheckpointId
     text: str = Field(..., min_length=2, max_length=MAX_SCORE_CHARS)
+
+
+class InspectBody(InspectOptions):
+    """POST /inspect: a text read character by character (app/inspection/schemas.py has the fields)."""
+
+    checkpoint_id: CheckpointId
 
 
 class LogprobsBody(BaseModel):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 from sqlalchemy import BigInteger, literal, select
 from sqlalchemy.orm import Session
 
@@ -42,3 +44,15 @@ def metrics(session: Session, *, owner: str, job_id: str) -> list[JobMetric]:
         .order_by(JobMetric.step, JobMetric.id)
     )
     return list(session.scalars(query))
+
+
+def iter_metrics(session: Session, *, owner: str, job_id: str, batch: int = 1000) -> Iterator[JobMetric]:
+    """The curve in step order, read `batch` rows at a time (a long run's CSV is streamed, not held)."""
+    query = (
+        select(JobMetric)
+        .join(Job, Job.id == JobMetric.job_id)
+        .where(JobMetric.job_id == job_id, Job.owner == owner)
+        .order_by(JobMetric.step, JobMetric.id)
+        .execution_options(yield_per=batch)
+    )
+    yield from session.scalars(query)

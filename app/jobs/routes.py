@@ -6,6 +6,7 @@ import time
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Header, Query, Request, Response
+from fastapi.responses import StreamingResponse
 from sse_starlette.sse import EventSourceResponse
 from starlette.concurrency import run_in_threadpool
 
@@ -184,3 +185,17 @@ def job_metrics(
     service.get(session, owner=owner, job_id=job_id)
     rows = service.downsample(repository.metrics(session, owner=owner, job_id=job_id), max_points)
     return [MetricOut.model_validate(m) for m in rows]
+
+
+@router.get(
+    "/{job_id}/metrics.csv",
+    response_class=StreamingResponse,
+    responses={200: {"content": {"text/csv": {"example": "step,train_loss,val_loss,learning_rate,chars_per_second,"
+                                                         "elapsed\r\n10,3.2,,0.003,51234.5,1.2\r\n"}}}},
+    summary="The loss curve as CSV (losses in nats per character, elapsed in seconds since the job started)",
+)
+def job_metrics_csv(job_id: str, session: SessionDep, owner: CurrentOwner):
+    job = service.get(session, owner=owner, job_id=job_id)  # 404 before the body starts
+    lines = service.metrics_csv(owner, job_id, job.started_at)
+    headers = {"Content-Disposition": f'attachment; filename="{job_id}-metrics.csv"'}
+    return StreamingResponse(lines, media_type="text/csv; charset=utf-8", headers=headers)

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
@@ -8,7 +9,7 @@ from sqlalchemy.orm import Session
 from app.checkpoints import repository as checkpoints
 from app.corpora import repository as corpora
 from app.corpora import service as corpora_service
-from app.db import utcnow
+from app.db import read_session, utcnow
 from app.errors import ApiError, not_found, scrub_paths
 from app.ids import new_id
 from app.jobs import lifecycle, repository
@@ -206,3 +207,20 @@ def cancel(session: Session, *, owner: str, job_id: str) -> Job:
             job = get(session, owner=owner, job_id=job_id)
             raise ApiError(409, f"job {job_id} has already finished ({job.status}); there is nothing to cancel")
     return get(session, owner=owner, job_id=job_id)
+
+
+METRICS_CSV_COLUMNS = ("step", "train_loss", "val_loss", "learning_rate", "chars_per_second", "elapsed")
+
+
+def metrics_csv(owner: str, job_id: str, started_at) -> Iterator[str]:
+    """The loss curve as CSV lines, read from the database as they are sent (its own session: the
+    request's is closed before a streamed body is read). `elapsed`: seconds since the job started
+    (since its first metric when the start time is unknown); losses in nats per character."""
+    yield ",".join(METRICS_CSV_COLUMNS) + "\r\n"
+    with read_session() as session:
+        start = started_at
+        for m in repository.iter_metrics(session, owner=owner, job_id=job_id):
+            start = start or m.time
+            elapsed = round((m.time - start).total_seconds(), 3) if m.time and start else ""
+            values = (m.step, m.train_loss, m.val_loss, m.learning_rate, m.chars_per_second, elapsed)
+            yield ",".join("" if v is None else repr(v) if isinstance(v, float) else str(v) for v in values) + "\r\n"

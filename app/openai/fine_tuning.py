@@ -37,6 +37,14 @@ from app.settings import Settings
 from worker.engine.header import read_metadata
 
 EVENT_PREFIX = "ftevent-"
+# A finished job's result file, as OpenAI lists one: its loss curve, the CSV of GET /jobs/{id}/metrics.csv,
+# read at /v1/files/{id}/content. Derived from the job id, so it needs no row of its own.
+METRICS_FILE_PREFIX = "file-metrics-"
+
+
+def metrics_file_job(file_id: str) -> str | None:
+    """The job whose metrics a result file id names, or None for any other file id."""
+    return file_id.removeprefix(METRICS_FILE_PREFIX) if file_id.startswith(METRICS_FILE_PREFIX) else None
 
 
 def _ts(value: datetime | None) -> int | None:
@@ -199,7 +207,7 @@ def job_object(job: Job) -> dict:
         "hyperparameters": hyperparameters,
         "model": job.openai_model or catalog.base_of(job),
         "organization_id": job.owner,
-        "result_files": [],
+        "result_files": [METRICS_FILE_PREFIX + job.id] if job.status in FINAL_STATUSES else [],
         "seed": training.get("seed", 0),
         "status": job.status,  # ours are OpenAI's, bar validating_files: files are checked before the job queues
         "trained_tokens": trained_tokens,

@@ -6,12 +6,13 @@ import json
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Query
-from fastapi.responses import FileResponse
+from fastapi.responses import FileResponse, StreamingResponse
 
 from app.corpora import service as corpora
 from app.corpora.upload import IncomingUpload
 from app.deps import BearerKey, CurrentOwner, GenerationDep, SessionDep, SettingsDep
 from app.generation.limits import ReleasingEventSourceResponse
+from app.jobs import service as jobs
 from app.keys.streams import end_when_revoked
 from app.openai import catalog, completions, files, fine_tuning
 from app.openai.errors import OpenAIError, error_body
@@ -91,6 +92,10 @@ def delete_file(file_id: str, session: SessionDep, owner: CurrentOwner, settings
 
 @router.get("/files/{file_id}/content", response_class=FileResponse, tags=["files"], summary="The file's text")
 def file_content(file_id: str, session: SessionDep, owner: CurrentOwner, settings: SettingsDep):
+    job_id = fine_tuning.metrics_file_job(file_id)
+    if job_id is not None:  # a job's result file: its loss curve as CSV
+        job = jobs.get(session, owner=owner, job_id=job_id)
+        return StreamingResponse(jobs.metrics_csv(owner, job_id, job.started_at), media_type="text/csv; charset=utf-8")
     path = files.content_path(session, owner=owner, settings=settings, file_id=file_id)
     return FileResponse(path, media_type="text/plain; charset=utf-8")
 

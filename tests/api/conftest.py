@@ -22,7 +22,7 @@ from fastapi import FastAPI
 from starlette.exceptions import StarletteDeprecationWarning
 from typer.testing import CliRunner
 
-from tests.conftest import KEY, _fail_on_server_error, small_corpus
+from tests.harness import KEY, fail_on_server_error, small_corpus
 
 with warnings.catch_warnings():
     # Starlette asks for its httpx fork (httpx2) over httpx; the client behaves the same with either.
@@ -66,7 +66,7 @@ class InProcessApi:
         app's lifespan. A 500 or 502 fails the test as it does against the real server."""
         headers = {"Authorization": f"Bearer {key}"} if key else {}
         client = TestClient(self.app, headers=headers)
-        client.event_hooks = {"response": [_fail_on_server_error]}
+        client.event_hooks = {"response": [fail_on_server_error]}
         return client
 
     def cli(self, *args: str) -> CliResult:

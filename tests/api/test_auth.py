@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import re
 
-from tests.conftest import small_corpus
+from tests.harness import small_corpus
 
 
 def test_auth_required_and_isolation(api):

@@ -15,7 +15,7 @@ import pytest
 from app.db import read_session
 from app.keys.service import owner_for_key
 from tests.api.test_limits import HUGE, HUGE_TRAINING, limited, new_owner_client  # noqa: F401 (a fixture)
-from tests.conftest import KEY, small_corpus
+from tests.harness import KEY, small_corpus
 
 FORM = {"Content-Type": "application/x-www-form-urlencoded"}  # what `curl -d` sends
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from tests.conftest import TINY_MODEL, TINY_TRAINING, small_corpus
+from tests.harness import TINY_MODEL, TINY_TRAINING, small_corpus
 
 
 def test_job_validation(api, client, corpus):

@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 
 from app.settings import Settings, get_settings
-from tests.conftest import small_corpus
+from tests.harness import small_corpus
 from worker.engine.config import estimate_training_bytes, num_parameters, too_much_memory
 
 HUGE = {"cell": "lstm", "hidden_size": 4096, "num_layers": 8}

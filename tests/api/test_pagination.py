@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from tests.conftest import small_corpus
+from tests.harness import small_corpus
 
 
 def test_pagination(api, client):

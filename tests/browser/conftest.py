@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import ROOT, Service
+from tests.harness import ROOT, Service
 
 CHROMIUM = Path(os.environ.get("CHARRNN_TEST_CHROMIUM", "/usr/bin/chromium"))
 ARGS = [

@@ -13,7 +13,7 @@ import httpx
 import pytest
 from playwright.sync_api import Page, expect
 
-from tests.conftest import KEY, ROOT, small_corpus
+from tests.harness import KEY, ROOT, small_corpus
 
 pytestmark = pytest.mark.browser
 
@@ -305,7 +305,7 @@ def test_cancel_a_second_job(page):
     expect(page.get_by_role("progressbar", name="Progress of scripted-tiny")).to_have_attribute("value", "1")
 
 
-VIEWS = ("#/corpora", "#/new", "#/jobs", "#/jobs/{job}", "#/playground")
+VIEWS = ("#/corpora", "#/new", "#/jobs", "#/jobs/{job}", "#/playground", "#/inspect")
 
 
 def assert_fits(page: Page, width: int) -> None:

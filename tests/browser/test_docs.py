@@ -8,7 +8,7 @@ import pytest
 from playwright.sync_api import expect
 
 from tests.browser.conftest import screenshot
-from tests.conftest import KEY
+from tests.harness import KEY
 
 pytestmark = pytest.mark.browser
 

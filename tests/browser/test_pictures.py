@@ -17,7 +17,7 @@ import pytest
 from playwright.sync_api import Page, expect
 
 from tests.browser.conftest import screenshot
-from tests.conftest import ROOT
+from tests.harness import ROOT
 
 pytestmark = pytest.mark.browser
 
@@ -138,3 +138,30 @@ def test_playground(page):
     page.get_by_role("button", name="Score").click()
     expect(page.locator("#score-result")).to_contain_text("nats per character")
     screenshot(page, "playground")
+
+
+def test_inspect(page):
+    """The inspect view of the trained model: a held-out passage (the end of the corpus is the validation
+    split), shaded by the unit "Find units" ranks best; which unit and how strongly is written beside the
+    picture (inspect-unit.txt), for the README."""
+    nav(page, "Inspect")
+    view = page.get_by_role("region", name="Inspect")
+    view.get_by_label("Model", exact=True).select_option(state["job_id"])
+    text = SAMPLE.read_text(encoding="utf-8")
+    passage = text[-700:]
+    passage = passage[passage.index("\n\n") + 2 :]  # from the start of a speech
+    view.get_by_label("Text", exact=True).fill(passage)
+    view.get_by_role("button", name="Find units").click()
+    buttons = view.locator("#units-found button")
+    expect(buttons.first).to_be_visible(timeout=60_000)
+    labels = [b.get_attribute("aria-label") for b in buttons.all()]
+    # The strongest unit of all features ("Show layer L unit U (s), correlation C with FEATURE").
+    best = max(labels, key=lambda label: abs(float(re.search(r"correlation (-?[\d.]+)", label).group(1))))
+    view.get_by_role("button", name=best, exact=True).click()
+    unit = re.search(r"layer (\d+) unit (\d+)", best)
+    expect(view.locator("#inspect-output")).to_have_attribute(
+        "aria-label", re.compile(f"layer {unit.group(1)} unit {unit.group(2)}")
+    )
+    view.locator("#inspect-output .ch").nth(40).hover()
+    expect(view.locator("#inspect-detail")).to_contain_text("expected:")
+    (screenshot(page, "inspect", height=1100).parent / "inspect-unit.txt").write_text(best + "\n")

@@ -5,7 +5,7 @@ import json
 import pytest
 import torch
 
-from tests.conftest import SHAKESPEARE
+from tests.harness import SHAKESPEARE
 from worker.engine.autoconfig import HIDDEN_SIZES, MAX_DROPOUT, MAX_EPOCHS, choose_model
 from worker.engine.config import TrainConfig, estimate_training_bytes
 from worker.engine.trainer import Trainer, TrainingObserver
@@ -94,9 +94,10 @@ def test_the_trainer_chooses_says_why_and_records_it(tmp_path, text):
 
 
 def test_a_chosen_epoch_limit_stops_the_run_and_survives_a_resume(tmp_path):
-    text = SHAKESPEARE.read_text()[:2_000]  # 1,800 training characters: 3 steps of 8 x 16 read them once
+    # 1,800 training characters: under 2 steps of 32 x 32 read them once, so 40 epochs are about 70 steps.
+    text = SHAKESPEARE.read_text()[:2_000]
     small = {"num_layers": 1, "embedding_dim": 8}
-    config = run_config(max_steps=1000, checkpoint_every=50, eval_every=50)
+    config = run_config(max_steps=1000, checkpoint_every=50, eval_every=50, batch_size=32, seq_len=32)
     first = Trainer(text, tmp_path / "run", small, config)
     assert first.config.max_epochs == MAX_EPOCHS and first.choice.training == {"max_epochs": MAX_EPOCHS}
     result = first.train()

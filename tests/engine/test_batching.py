@@ -6,7 +6,7 @@ import time
 import pytest
 import torch
 
-from tests.conftest import SHAKESPEARE
+from tests.harness import SHAKESPEARE
 from worker.engine.batching import BatchedSampler, LowPrecisionStep
 from worker.engine.data import Vocab
 from worker.engine.model import CharRNN, ModelConfig

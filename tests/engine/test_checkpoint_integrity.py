@@ -4,8 +4,8 @@ import json
 
 import pytest
 
-from tests.conftest import SHAKESPEARE
 from tests.engine.test_training import TINY_MODEL, tiny_config
+from tests.harness import SHAKESPEARE
 from worker.engine.checkpoint import CorruptCheckpointError, RunDirectory, load_model, sha256_hex
 from worker.engine.trainer import Trainer
 

@@ -9,7 +9,7 @@ import sys
 import pytest
 from safetensors.torch import load_file
 
-from tests.conftest import SHAKESPEARE
+from tests.harness import SHAKESPEARE
 from worker.engine.trainer import TrainConfig, Trainer
 
 MODEL = {"cell": "lstm", "hidden_size": 32, "num_layers": 2, "embedding_dim": 16, "dropout": 0.0}

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from tests.conftest import ROOT, SHAKESPEARE
+from tests.harness import ROOT, SHAKESPEARE
 
 
 @pytest.mark.slow

@@ -4,7 +4,7 @@
 import pytest
 import torch
 
-from tests.conftest import SHAKESPEARE
+from tests.harness import SHAKESPEARE
 from worker.engine.data import CorpusError, Vocab
 from worker.engine.model import CharRNN, ModelConfig
 from worker.engine.sampler import Cancellation, Sample, Sampler, SampleRequest, StopScanner

@@ -11,7 +11,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from tests.conftest import SHAKESPEARE
+from tests.harness import SHAKESPEARE
 from worker.engine.checkpoint import CheckpointError, RunDirectory, load_model
 from worker.engine.trainer import TrainConfig, Trainer, TrainingDiverged, TrainingObserver
 

@@ -10,8 +10,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from tests.conftest import Service, small_corpus, wait_for
-from tests.service.test_security import new_key
+from tests.harness import Service, new_key, small_corpus, wait_for
 
 pytestmark = pytest.mark.slow
 

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from tests.conftest import SHAKESPEARE
+from tests.harness import SHAKESPEARE
 from worker.engine.data import CorpusError, Vocab
 from worker.engine.model import CharRNN, ModelConfig
 from worker.engine.sampler import Sampler, SampleRequest

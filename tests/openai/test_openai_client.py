@@ -13,7 +13,7 @@ import openai
 import pytest
 from openai import OpenAI
 
-from tests.conftest import KEY, TINY_MODEL, TINY_TRAINING, Service, small_corpus
+from tests.harness import KEY, TINY_MODEL, TINY_TRAINING, Service, small_corpus
 
 pytestmark = pytest.mark.slow
 

@@ -8,7 +8,7 @@ import tomllib
 import httpx
 
 from app.jobs.service import downsample
-from tests.conftest import ROOT, TINY_TRAINING
+from tests.harness import ROOT, TINY_TRAINING
 
 STATIC = ROOT / "app" / "dashboard" / "static"
 

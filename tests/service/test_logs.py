@@ -14,7 +14,7 @@ import time
 import httpx
 import pytest
 
-from tests.conftest import ROOT, free_port, wait_for
+from tests.harness import ROOT, free_port, wait_for
 
 
 def run_api(tmp_path, log_format: str | None, terminal: bool) -> list[str]:

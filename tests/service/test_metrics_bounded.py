@@ -10,7 +10,7 @@ import uuid
 import httpx
 import pytest
 
-from tests.conftest import KEY, Service
+from tests.harness import KEY, Service
 
 # Each shape of path a scanner or a buggy client sends: nothing, a route with a made-up id, a mounted app.
 SHAPES = [

@@ -13,7 +13,7 @@ from sqlalchemy import text
 
 from app import db as app_db
 from app import settings as app_settings
-from tests.conftest import queue_dummy_jobs
+from tests.harness import queue_dummy_jobs
 
 
 def _reset_caches():
@@ -155,7 +155,7 @@ def test_shutdown_requeue_does_not_count_as_an_attempt(database):
 
 
 def test_metrics_events_stay_bounded_per_job_and_other_events_are_kept(database):
-    """Issue 13 item 14: a flood of metrics keeps only the latest metrics events; never status events."""
+    """A flood of metrics keeps only the latest metrics events; never status events."""
     from sqlalchemy import func, select
 
     from app.db import session_scope
@@ -186,7 +186,7 @@ def test_metrics_events_stay_bounded_per_job_and_other_events_are_kept(database)
 
 
 def test_a_checkpoint_found_on_disk_is_listed_with_its_is_best_and_its_metric_point(database):
-    """Issue 13 item 8, at the database level: a resume adopts the files its predecessor wrote but never
+    """At the database level: a resume adopts the files its predecessor wrote but never
     recorded, with is_best and the loss point from the checkpoint itself (not is_best=False, no point)."""
     from sqlalchemy import select
 

@@ -11,7 +11,7 @@ from sqlalchemy import select, update
 
 from app import db as app_db
 from app import settings as app_settings
-from tests.conftest import TINY_MODEL, TINY_TRAINING, queue_dummy_jobs, small_corpus
+from tests.harness import TINY_MODEL, TINY_TRAINING, queue_dummy_jobs, small_corpus
 from worker.engine.checkpoint import TrainingState
 from worker.engine.records import (
     CheckpointRecord,

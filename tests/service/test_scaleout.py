@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.conftest import Service, small_corpus
+from tests.harness import Service, small_corpus
 
 pytestmark = pytest.mark.slow
 

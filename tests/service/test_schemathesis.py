@@ -8,7 +8,7 @@ from hypothesis import HealthCheck, settings
 from schemathesis.specs.openapi.checks import negative_data_rejection, positive_data_acceptance
 
 from app.main import create_app
-from tests.conftest import KEY
+from tests.harness import KEY
 
 schema = schemathesis.openapi.from_dict(create_app().openapi())
 

@@ -15,7 +15,7 @@ import os
 
 import httpx
 
-from tests.conftest import KEY, Service, small_corpus, wait_for
+from tests.harness import KEY, Service, small_corpus, wait_for
 
 ROUNDS = 20
 FOLLOWERS = 30

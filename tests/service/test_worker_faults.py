@@ -1,5 +1,5 @@
-"""Worker faults from issue 12, for real: corrupt checkpoint files (item 3), a training child that dies
-(item 4), a worker started without its dependencies (item 4), and a disk that fills up mid-job."""
+"""Worker faults, for real: corrupt checkpoint files, a training child that dies, a worker started without
+its dependencies, a disk that fills up mid-job, and more data-parallel processes than the worker has."""
 
 from __future__ import annotations
 
@@ -15,8 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import ROOT, Service, small_corpus
-from tests.service.test_recovery import children_of, wait_event
+from tests.harness import ROOT, Service, children_of, small_corpus, wait_event
 
 pytestmark = pytest.mark.slow
 
@@ -233,7 +232,7 @@ def test_disk_full_at_a_checkpoint_keeps_the_previous_one_and_fails_saying_so(tm
 
 @pytest.mark.skipif((os.cpu_count() or 1) >= 64, reason="this machine could run 64 CPU ranks")
 def test_more_data_parallel_processes_than_the_worker_has_fails_before_starting_any(svc):
-    """Issue 13, item 11: `gpus: 64` on a CPU worker used to start 64 gloo processes and take the machine."""
+    """`gpus: 64` on a CPU worker is refused before any gloo process starts: 64 of them would take the machine."""
     svc.start_worker()
     with svc.client() as client:
         corpus = svc.upload(client, small_corpus(), name="ranks")

@@ -1,5 +1,5 @@
 """The worker's generation server answers only the API: a shared secret, checkpoint ids it resolves
-itself (never a path), and the same bounds as the API (issue 13, item 1)."""
+itself (never a path), and the same bounds as the API."""
 
 from __future__ import annotations
 

@@ -8,18 +8,40 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated
 
 import typer
+from pydantic import ValidationError
 from rich.console import Console
+from rich.markup import escape
+
+from worker.engine.sampling_params import MAX_LENGTH, MAX_NUM_SAMPLES, MAX_TEMPERATURE
 
 stderr = Console(stderr=True)
 
 
 def _fail(message: str) -> None:
-    stderr.print(f"[bold red]error:[/] {message}")
+    stderr.print(f"[bold red]error:[/] {escape(message)}", highlight=False)
     raise typer.Exit(code=2)
+
+
+def describe_invalid(exc: ValidationError, name_for: Callable[[tuple], str], limit: int = 3) -> str:
+    """pydantic's errors as one line a person can act on: the option (or setting) as they typed it, the
+    value given and the bound, e.g. `--temperature: got -1.0; it must be greater than or equal to 0`."""
+    problems = []
+    for error in exc.errors(include_url=False)[:limit]:
+        reason = error["msg"].removeprefix("Value error, ").replace("Input should be", "it must be")
+        given = error.get("input")
+        shown = f"got {given!r}; " if isinstance(given, int | float | str) and len(repr(given)) <= 40 else ""
+        problems.append(f"{name_for(error['loc'])}: {shown}{reason}")
+    return "; ".join(problems)
+
+
+def option_name(loc: tuple) -> str:
+    """A request field's command-line option: ('training', 'max_seconds') -> --max-seconds."""
+    return "--" + str(loc[-1] if loc else "value").replace("_", "-")
 
 
 class ConsoleObserver:
@@ -143,6 +165,8 @@ def train(
             result = trainer.train()
         finally:
             observer.close()
+    except ValidationError as exc:
+        _fail(describe_invalid(exc, option_name))
     except (ValueError, TypeError) as exc:  # EngineError, a refused spec; TypeError: a bad run.json
         _fail(str(exc))
     print(result.model_dump_json())
@@ -151,26 +175,46 @@ def train(
 def generate(
     checkpoint: Annotated[Path, typer.Argument(help="a .safetensors checkpoint or a run directory")],
     prompt: Annotated[str, typer.Option(help="text to start from")] = "",
-    length: Annotated[int, typer.Option(help="characters to generate")] = 200,
-    temperature: Annotated[float, typer.Option(help="0 = always the most likely character")] = 1.0,
+    length: Annotated[
+        int, typer.Option(help="characters to generate: any number, written to stdout as they come")
+    ] = 200,
+    temperature: Annotated[
+        float, typer.Option(help=f"0 to {MAX_TEMPERATURE:g}; 0 = always the most likely character")
+    ] = 1.0,
     top_k: Annotated[int | None, typer.Option()] = None,
-    top_p: Annotated[float | None, typer.Option()] = None,
+    top_p: Annotated[float | None, typer.Option(help="above 0, at most 1")] = None,
     seed: Annotated[int | None, typer.Option()] = None,
-    num_samples: Annotated[int, typer.Option()] = 1,
+    num_samples: Annotated[int, typer.Option(help=f"1 to {MAX_NUM_SAMPLES}")] = 1,
     stop: Annotated[list[str] | None, typer.Option(help="stop at this string (repeatable)")] = None,
 ) -> None:
     """Sample from a checkpoint; prints only the generated text (after the prompt)."""
     from worker.engine.checkpoint import CheckpointError, load_model
     from worker.engine.sampler import Sampler, SampleRequest
 
+    if length < 0:
+        _fail(f"--length: got {length}; give 0 or more characters")
+    try:
+        # The service bounds a request's length; here the text streams to the user's own terminal, so
+        # any length is fine: the other fields are checked as the service checks them.
+        request = SampleRequest(prompt=prompt, length=min(length, MAX_LENGTH), temperature=temperature,
+                                top_k=top_k, top_p=top_p, seed=seed, num_samples=num_samples, stop=stop or [])
+        request = request.model_copy(update={"length": length})
+    except ValidationError as exc:
+        _fail(describe_invalid(exc, option_name))
     try:
         loaded = load_model(checkpoint)
-        request = SampleRequest(prompt=prompt, length=length, temperature=temperature, top_k=top_k,
-                                top_p=top_p, seed=seed, num_samples=num_samples, stop=stop or [])
-        samples = Sampler(loaded.model, loaded.vocab).generate(request)
+        sampler = Sampler(loaded.model, loaded.vocab)
+        if num_samples == 1:
+            for pieces in sampler.stream(request):
+                if pieces[0]:
+                    sys.stdout.write(pieces[0])
+                    sys.stdout.flush()
+            sys.stdout.write("\n")
+        else:
+            samples = sampler.generate(request)
+            sys.stdout.write("\n\n".join(s.text for s in samples) + "\n")
     except (CheckpointError, ValueError) as exc:
         _fail(str(exc))
-    sys.stdout.write("\n\n".join(s.text for s in samples) + "\n")
 
 
 def score(
@@ -190,7 +234,65 @@ def score(
     print(json.dumps({"loss": loss, "chars": chars}))
 
 
+def inspect(
+    checkpoint: Annotated[Path, typer.Argument(help="a .safetensors checkpoint or a run directory")],
+    file: Annotated[Path, typer.Argument(help="UTF-8 text to inspect")],
+    as_json: Annotated[bool, typer.Option("--json", help="print the whole answer as JSON")] = False,
+    top_k: Annotated[int, typer.Option(min=0, max=20, help="the likeliest characters listed per position")] = 3,
+    layer: Annotated[int | None, typer.Option(help="each character's activations of this layer (0: first)")] = None,
+    units: Annotated[list[int] | None, typer.Option("--units", help="only these units of --layer (repeatable)")] = None,
+    find: Annotated[bool, typer.Option("--find-units", help="rank the units that track text features")] = False,
+) -> None:
+    """Each character of FILE as the model saw it: probability, surprise (bits), rank, entropy, top-k."""
+    from worker.engine.checkpoint import CheckpointError, load_model
+    from worker.engine.data import read_text
+    from worker.engine.inspection import find_units, inspect_text
+
+    try:
+        loaded = load_model(checkpoint)
+        text = read_text(file)
+        result = inspect_text(loaded.model, loaded.vocab, text, top_k, layer, units or None)
+        if find:
+            result["found_units"] = find_units(loaded.model, loaded.vocab, text)
+    except (CheckpointError, ValueError) as exc:
+        _fail(str(exc))
+    if as_json:
+        print(json.dumps(result))
+        return
+    _print_inspection(result)
+
+
+def _print_inspection(result: dict) -> None:
+    from rich.table import Table
+    from rich.text import Text
+
+    activations = result["activations"]
+    table = Table("#", "char", "prob", "surprise bits", "rank", "entropy bits", "expected", box=None)
+    for state in ("h", "c"):
+        if activations and activations[state] is not None:
+            for unit in activations["units"]:
+                table.add_column(f"{state}{unit}")
+    for i, row in enumerate(result["characters"]):
+        expected = " ".join(f"{t['char']!r}:{t['prob']:.2f}" for t in row["top"])
+        values = []
+        for state in ("h", "c"):
+            if activations and activations[state] is not None:
+                values.extend(f"{v:.3f}" for v in activations[state][i])
+        cells = [str(i), repr(row["char"]), f"{row['prob']:.4f}", f"{row['surprise_bits']:.3f}",
+                 str(row["rank"]), f"{row['entropy_bits']:.3f}", expected, *values]
+        table.add_row(*(Text(cell) for cell in cells))  # Text: a "[" in the text is not rich markup
+    console = Console(width=200)
+    console.print(table)
+    rows = result["characters"]
+    console.print(f"mean surprise {sum(r['surprise_bits'] for r in rows) / max(len(rows), 1):.4f} bits per character")
+    for feature in result.get("found_units") or []:
+        units = feature["units"]
+        best = ", ".join(f"layer {u['layer']} {u['state']}{u['unit']} ({u['correlation']:+.2f})" for u in units)
+        console.print(f"{feature['description']}: {best or feature.get('note', '')}", markup=False)
+
+
 def register_engine_commands(app: typer.Typer) -> None:
     app.command()(train)
     app.command()(generate)
     app.command()(score)
+    app.command()(inspect)

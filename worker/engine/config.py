@@ -26,6 +26,15 @@ class ModelConfig:
     embedding_dim: int = 64  # small: a character carries little information, the state carries the rest
     dropout: float = 0.0
 
+    def __post_init__(self) -> None:
+        # The API bounds these more tightly (app/jobs/schemas.py); here the command line gets a message
+        # naming the setting instead of torch's, whose words are its own.
+        for name in ("hidden_size", "num_layers", "embedding_dim"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name}: got {getattr(self, name)}; it must be at least 1")
+        if not 0 <= self.dropout < 1:
+            raise ValueError(f"dropout: got {self.dropout}; it must be at least 0 and below 1 (0.1 to 0.5 is usual)")
+
     def to_dict(self) -> dict:
         return asdict(self)
 

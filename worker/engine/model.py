@@ -1,7 +1,8 @@
 """The char-rnn model: embedding -> stacked RNN/LSTM/GRU -> linear projection to the vocabulary.
 
 The recurrent core is torch's own fused nn.RNN / nn.LSTM / nn.GRU, so cuDNN runs it on a GPU and
-oneDNN on a CPU; nothing here is hand-unrolled except the one-character sampling step (sampler.py).
+oneDNN on a CPU; nothing here is hand-unrolled except the one-character sampling step (sampler.py)
+and, for inspection only, an LSTM's elementwise cell-state recurrence (layer_states).
 """
 
 from __future__ import annotations
@@ -101,3 +102,52 @@ def mean_cross_entropy(
         count += int((y != -100).sum())
     model.train(was_training)
     return total / max(count, 1), count
+
+
+@torch.inference_mode()
+def layer_states(model: CharRNN, x: torch.Tensor, layer: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Each step's hidden state h of `layer` (and an LSTM's cell state c), for one sequence x (T,) of ids,
+    from a zero state: (T, hidden) each, c None for rnn/gru. For inspection, not training.
+
+    The fused nn.LSTM/GRU/RNN returns only the last layer's per-step output and no per-step cell state,
+    so the layers run fused one at a time (weights shared, not copied) and an LSTM's cell states are
+    recomputed from its h: every step's gates at once, then only the cheap elementwise recurrence."""
+    config = model.config
+    if not 0 <= layer < config.num_layers:
+        raise ValueError(f"layer must be between 0 and {config.num_layers - 1} for this model, got {layer}")
+    return each_layer_states(model, x, layer)[layer]
+
+
+@torch.inference_mode()
+def each_layer_states(model: CharRNN, x: torch.Tensor, last: int | None = None) -> list[tuple]:
+    """layer_states of every layer up to `last` (default: all), each layer run once."""
+    rnn, cell = model.rnn, model.config.cell
+    last = model.config.num_layers - 1 if last is None else last
+    out = model.embedding(x.unsqueeze(0))  # (1, T, E)
+    states = []
+    for index in range(last + 1):
+        weights = [getattr(rnn, f"{name}_l{index}") for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")]
+        inputs, out = out, _single_layer(rnn, out, weights)
+        states.append((out[0], _lstm_cell_states(inputs[0], out[0], *weights) if cell == "lstm" else None))
+    return states
+
+
+def _single_layer(rnn: nn.RNNBase, inputs: torch.Tensor, weights: list[torch.Tensor]) -> torch.Tensor:
+    """One layer of `rnn` over (1, T, in), fused, with that layer's own weights (functional_call: no copy)."""
+    extra = {"nonlinearity": rnn.nonlinearity} if isinstance(rnn, nn.RNN) else {}
+    single = type(rnn)(inputs.shape[-1], rnn.hidden_size, num_layers=1, batch_first=True, **extra).to(inputs.device)
+    names = ("weight_ih_l0", "weight_hh_l0", "bias_ih_l0", "bias_hh_l0")
+    return torch.func.functional_call(single, dict(zip(names, weights, strict=True)), (inputs,))[0]
+
+
+def _lstm_cell_states(inputs: torch.Tensor, h: torch.Tensor, w_ih, w_hh, b_ih, b_hh) -> torch.Tensor:
+    """An LSTM layer's cell state at every step, from its inputs (T, in) and its outputs h (T, H)."""
+    h_before = torch.cat([torch.zeros_like(h[:1]), h[:-1]])  # the state each step starts from
+    i, f, g, _ = (F.linear(inputs, w_ih, b_ih) + F.linear(h_before, w_hh, b_hh)).chunk(4, dim=1)
+    forget, added = torch.sigmoid(f), torch.sigmoid(i) * torch.tanh(g)
+    c = torch.zeros_like(h[0])
+    cs = []
+    for t in range(h.shape[0]):
+        c = torch.addcmul(added[t], forget[t], c)
+        cs.append(c)
+    return torch.stack(cs)

@@ -14,6 +14,7 @@ its timeout passes.
 from __future__ import annotations
 
 import asyncio
+import json
 import socket
 import sys
 import threading
@@ -245,6 +246,20 @@ def create_server_app(settings: Settings) -> FastAPI:
             raise HTTPException(422, str(exc)) from None
         result = wire.LogprobsResult(token_logprobs=chosen, top_logprobs=top)
         return Response(result.model_dump_json(), media_type="application/json")
+
+    @app.post(wire.INSPECT)
+    def inspect(body: wire.InspectBody):  # POST /inspect (app/inspection/)
+        from worker.engine.inspection import find_units, inspect_text
+
+        loaded = cache.get(body.checkpoint_id).loaded
+        try:
+            result = inspect_text(loaded.model, loaded.vocab, body.text, body.top_k, body.layer, body.units)
+            if body.find_units:
+                result["found_units"] = find_units(loaded.model, loaded.vocab, body.text)
+        except ValueError as exc:
+            raise HTTPException(422, str(exc)) from None
+        # Plain json: the API validates the answer as InspectResult, and a 10,000-character answer is large.
+        return Response(json.dumps(result), media_type="application/json")
 
     return app
 

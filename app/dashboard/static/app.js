@@ -8,11 +8,12 @@
 import { addView, route } from "./js/router.js";
 import "./js/views/signin.js";
 import corpora from "./js/views/corpora.js";
+import inspect from "./js/views/inspect.js";
 import job from "./js/views/job.js";
 import jobs from "./js/views/jobs.js";
 import newJob from "./js/views/new-job.js";
 import playground from "./js/views/playground.js";
 
-for (const view of [corpora, newJob, jobs, job, playground]) addView(view);
+for (const view of [corpora, newJob, jobs, job, playground, inspect]) addView(view);
 window.addEventListener("hashchange", route);
 route();

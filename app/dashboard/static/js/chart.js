@@ -1,50 +1,59 @@
-// The loss chart: a hand-written canvas drawing of two lines, steps on x, loss on y. Points beyond about two
-// per pixel are skipped at draw time (the stored curve comes already thinned by the API's ?max_points=).
+// Loss charts, hand-drawn on a canvas: steps on x, loss on y, in the unit the user chose (units.js).
+//
+// LineChart draws any set of lines, plus labelled horizontal reference lines, and says on hover what is under
+// the pointer (in a text element beside it). LossChart is one job's curve: the noisy per-step training loss
+// raw (faint) and smoothed (an exponential moving average, its strength a visible control), the validation
+// loss at each evaluation, and the corpus's reference losses when the job carries them. Points beyond about
+// two per pixel are skipped at draw time (the stored curve comes already thinned by the API's ?max_points=).
 
 import { fmtInt, fmtLoss, fmtNumber } from "./format.js";
+import { toUnit, unitName } from "./units.js";
 
-export class LossChart {
-  constructor(canvas) {
+export const PALETTE = ["#0969da", "#cf222e", "#1a7f37", "#8250df", "#bc4c00", "#0550ae", "#bf3989", "#4d2d00"];
+
+export class LineChart {
+  // describe(step) -> the hover text for the point nearest `step`; tooltip: where it goes (textContent).
+  constructor(canvas, { tooltip = null, describe = null } = {}) {
     this.canvas = canvas;
-    this.points = []; // {step, train, val}
+    this.tooltip = tooltip;
+    this.describe = describe;
+    this.series = []; // {label, color, points: [{step, value}], dots, width, alpha}
+    this.references = []; // {label, value}
+    this.hoverStep = null;
     this.pending = false;
     new ResizeObserver(() => this.draw()).observe(canvas);
+    canvas.addEventListener("mousemove", (event) => this.hover(event));
+    canvas.addEventListener("mouseleave", () => {
+      this.hoverStep = null;
+      if (this.tooltip) this.tooltip.textContent = "";
+      this.schedule();
+    });
   }
 
-  reset() {
-    this.points = [];
-    this.update();
+  set(series, references = []) {
+    this.series = series;
+    this.references = references.filter((r) => r.value !== null && r.value !== undefined && isFinite(r.value));
+    this.schedule();
   }
 
-  add(step, train, val) {
-    if (step === null || step === undefined) return;
-    const last = this.points[this.points.length - 1];
-    if (last && step < last.step) return; // already have it (the stored curve overlaps the live events)
-    if (last && step === last.step) {
-      if (train !== null && train !== undefined) last.train = train;
-      if (val !== null && val !== undefined) last.val = val;
-    } else {
-      this.points.push({ step, train: train ?? null, val: val ?? null });
-    }
-    this.update();
-  }
-
-  update() {
-    const last = this.points[this.points.length - 1];
-    this.canvas.dataset.points = String(this.points.length);
-    this.canvas.setAttribute(
-      "aria-label",
-      last
-        ? `Loss chart: train and validation loss by step, ${this.points.length} points; at step ${last.step} ` +
-            `train loss ${fmtLoss(last.train)}, validation loss ${fmtLoss(last.val)}`
-        : "Loss chart: train and validation loss by step (no points yet)",
-    );
+  schedule() {
     if (this.pending) return;
     this.pending = true;
     requestAnimationFrame(() => {
       this.pending = false;
       this.draw();
     });
+  }
+
+  hover(event) {
+    if (!this.frame) return;
+    const rect = this.canvas.getBoundingClientRect();
+    const { xMin, xMax, pad, plotW } = this.frame;
+    const fraction = (event.clientX - rect.left - pad.left) / plotW;
+    if (fraction < 0 || fraction > 1) return;
+    this.hoverStep = xMin + fraction * (xMax - xMin);
+    if (this.tooltip && this.describe) this.tooltip.textContent = this.describe(this.hoverStep);
+    this.schedule();
   }
 
   draw() {
@@ -58,29 +67,20 @@ export class LossChart {
     const ctx = canvas.getContext("2d");
     ctx.setTransform(ratio, 0, 0, ratio, 0, 0);
     ctx.clearRect(0, 0, width, height);
-    const style = getComputedStyle(document.documentElement);
-    const colors = { train: style.getPropertyValue("--train").trim(), val: style.getPropertyValue("--val").trim() };
     const pad = { left: 48, right: 12, top: 10, bottom: 28 };
     const plotW = width - pad.left - pad.right;
     const plotH = height - pad.top - pad.bottom;
     ctx.font = "12px system-ui, sans-serif";
     ctx.fillStyle = "#59636e";
-    const pts = this.points;
-    if (!pts.length) {
+    const all = this.series.flatMap((s) => s.points).filter((p) => p.value !== null && isFinite(p.value));
+    if (!all.length) {
+      this.frame = null;
       ctx.fillText("Waiting for the first metrics…", pad.left, pad.top + plotH / 2);
       return;
     }
-    let yMin = Infinity;
-    let yMax = -Infinity;
-    for (const p of pts) {
-      for (const v of [p.train, p.val]) {
-        if (v !== null && isFinite(v)) {
-          yMin = Math.min(yMin, v);
-          yMax = Math.max(yMax, v);
-        }
-      }
-    }
-    if (!isFinite(yMin)) return;
+    const values = [...all.map((p) => p.value), ...this.references.map((r) => r.value)];
+    let yMin = Math.min(...values);
+    let yMax = Math.max(...values);
     if (yMax - yMin < 1e-6) {
       yMin -= 0.5;
       yMax += 0.5;
@@ -88,8 +88,10 @@ export class LossChart {
     const margin = (yMax - yMin) * 0.05;
     yMin = Math.max(0, yMin - margin);
     yMax += margin;
-    const xMin = pts[0].step;
-    const xMax = Math.max(pts[pts.length - 1].step, xMin + 1);
+    const steps = all.map((p) => p.step);
+    const xMin = Math.min(...steps);
+    const xMax = Math.max(Math.max(...steps), xMin + 1);
+    this.frame = { xMin, xMax, pad, plotW };
     const x = (step) => pad.left + ((step - xMin) / (xMax - xMin)) * plotW;
     const y = (v) => pad.top + (1 - (v - yMin) / (yMax - yMin)) * plotH;
 
@@ -107,37 +109,164 @@ export class LossChart {
     }
     ctx.textAlign = "center";
     ctx.textBaseline = "top";
-    for (const s of ticks(xMin, xMax, Math.max(2, Math.floor(plotW / 90)))) {
-      ctx.fillText(fmtInt(s), x(s), pad.top + plotH + 8);
-    }
+    for (const s of ticks(xMin, xMax, Math.max(2, Math.floor(plotW / 90)))) ctx.fillText(fmtInt(s), x(s), pad.top + plotH + 8);
     ctx.strokeStyle = "#d0d7de";
     ctx.strokeRect(pad.left, pad.top, plotW, plotH);
 
-    // Train loss: every point (thinned to about two per pixel). Validation loss: each metrics row repeats
-    // the last evaluation's value, so the line joins the points where it changes, i.e. the evaluations.
-    const stride = Math.max(1, Math.floor(pts.length / (plotW * 2)));
-    const train = pts.filter((p, i) => (i % stride === 0 || i === pts.length - 1) && p.train !== null && isFinite(p.train));
-    const val = pts.filter((p, i) => p.val !== null && isFinite(p.val) && (i === 0 || p.val !== pts[i - 1].val));
-    const evalThin = Math.max(1, Math.floor(val.length / (plotW / 3)));
-    const series = [
-      ["train", train, false],
-      ["val", val.filter((p, i) => i % evalThin === 0 || i === val.length - 1), true],
-    ];
-    for (const [key, list, dots] of series) {
-      ctx.strokeStyle = colors[key];
-      ctx.fillStyle = colors[key];
-      ctx.lineWidth = 2;
+    // Reference losses: dashed, labelled at their right end.
+    ctx.setLineDash([6, 4]);
+    ctx.strokeStyle = "#6e7781";
+    ctx.textAlign = "right";
+    ctx.textBaseline = "bottom";
+    for (const ref of this.references) {
       ctx.beginPath();
-      list.forEach((p, i) => (i ? ctx.lineTo(x(p.step), y(p[key])) : ctx.moveTo(x(p.step), y(p[key]))));
+      ctx.moveTo(pad.left, y(ref.value));
+      ctx.lineTo(pad.left + plotW, y(ref.value));
       ctx.stroke();
-      if (dots && list.length <= plotW / 6) {
+      ctx.fillText(`${ref.label} ${fmtLoss(ref.value)}`, pad.left + plotW - 4, y(ref.value) - 2);
+    }
+    ctx.setLineDash([]);
+
+    for (const s of this.series) {
+      const stride = Math.max(1, Math.floor(s.points.length / (plotW * 2)));
+      const list = s.points.filter((p, i) => (i % stride === 0 || i === s.points.length - 1) && p.value !== null && isFinite(p.value));
+      ctx.globalAlpha = s.alpha ?? 1;
+      ctx.strokeStyle = s.color;
+      ctx.fillStyle = s.color;
+      ctx.lineWidth = s.width ?? 2;
+      ctx.beginPath();
+      list.forEach((p, i) => (i ? ctx.lineTo(x(p.step), y(p.value)) : ctx.moveTo(x(p.step), y(p.value))));
+      ctx.stroke();
+      if (s.dots && list.length <= plotW / 6) {
         for (const p of list) {
           ctx.beginPath();
-          ctx.arc(x(p.step), y(p[key]), 3, 0, 2 * Math.PI);
+          ctx.arc(x(p.step), y(p.value), 3, 0, 2 * Math.PI);
           ctx.fill();
         }
       }
+      ctx.globalAlpha = 1;
     }
+    if (this.hoverStep !== null) {
+      ctx.strokeStyle = "#59636e";
+      ctx.lineWidth = 1;
+      ctx.beginPath();
+      ctx.moveTo(x(this.hoverStep), pad.top);
+      ctx.lineTo(x(this.hoverStep), pad.top + plotH);
+      ctx.stroke();
+    }
+  }
+}
+
+// The point of `points` nearest `step` (points in step order).
+export function nearest(points, step) {
+  let best = null;
+  for (const p of points) if (best === null || Math.abs(p.step - step) < Math.abs(best.step - step)) best = p;
+  return best;
+}
+
+// An exponential moving average, debiased at the start (TensorBoard's): `alpha` 0 is the raw curve.
+export function smooth(values, alpha) {
+  const out = [];
+  let average = 0;
+  let weight = 0;
+  for (const v of values) {
+    if (v === null || !isFinite(v)) {
+      out.push(null);
+      continue;
+    }
+    average = alpha * average + (1 - alpha) * v;
+    weight = alpha * weight + (1 - alpha);
+    out.push(average / weight);
+  }
+  return out;
+}
+
+// The corpus's reference losses (nats per character, as the job's `reference_losses` carries them) as lines.
+export function referenceLines(references) {
+  if (!references) return [];
+  const names = { unigram: "unigram (character frequencies)", bigram: "bigram (previous character)" };
+  return Object.entries(references)
+    .filter(([, v]) => typeof v === "number")
+    .map(([k, v]) => ({ label: names[k] || k, value: toUnit(v) }));
+}
+
+export class LossChart {
+  constructor(canvas, tooltip) {
+    this.canvas = canvas;
+    this.points = []; // {step, train, val} in nats, as the API reports them
+    this.smoothing = 0.6;
+    this.references = null;
+    this.chart = new LineChart(canvas, { tooltip, describe: (step) => this.describe(step) });
+  }
+
+  reset() {
+    this.points = [];
+    this.references = null;
+    this.update();
+  }
+
+  setSmoothing(alpha) {
+    this.smoothing = alpha;
+    this.update();
+  }
+
+  setReferences(references) {
+    this.references = references || null;
+    this.update();
+  }
+
+  add(step, train, val) {
+    if (step === null || step === undefined) return;
+    const last = this.points[this.points.length - 1];
+    if (last && step < last.step) return; // already have it (the stored curve overlaps the live events)
+    if (last && step === last.step) {
+      if (train !== null && train !== undefined) last.train = train;
+      if (val !== null && val !== undefined) last.val = val;
+    } else {
+      this.points.push({ step, train: train ?? null, val: val ?? null });
+    }
+    this.update();
+  }
+
+  describe(step) {
+    const p = nearest(this.points, step);
+    if (!p) return "";
+    const i = this.points.indexOf(p);
+    const smoothed = smooth(this.points.slice(0, i + 1).map((q) => q.train), this.smoothing)[i];
+    return (
+      `step ${fmtInt(p.step)}: train loss ${fmtLoss(toUnit(p.train))} (raw), ${fmtLoss(toUnit(smoothed))} smoothed; ` +
+      `validation loss ${fmtLoss(toUnit(p.val))} (${unitName()})`
+    );
+  }
+
+  update() {
+    const pts = this.points;
+    const last = pts[pts.length - 1];
+    this.canvas.dataset.points = String(pts.length);
+    this.canvas.dataset.unit = unitName();
+    this.canvas.setAttribute(
+      "aria-label",
+      last
+        ? `Loss chart: train and validation loss by step, ${pts.length} points, in ${unitName()}; at step ${last.step} ` +
+            `train loss ${fmtLoss(toUnit(last.train))}, validation loss ${fmtLoss(toUnit(last.val))}`
+        : "Loss chart: train and validation loss by step (no points yet)",
+    );
+    // Validation loss: each metrics row repeats the last evaluation's value, so the line joins the points where
+    // it changes, i.e. the evaluations.
+    const val = pts.filter((p, i) => p.val !== null && isFinite(p.val) && (i === 0 || p.val !== pts[i - 1].val));
+    const smoothed = smooth(pts.map((p) => p.train), this.smoothing);
+    const style = getComputedStyle(document.documentElement);
+    const colors = { train: style.getPropertyValue("--train").trim(), val: style.getPropertyValue("--val").trim() };
+    const series = [
+      { label: "validation loss", color: colors.val, dots: true, points: val.map((p) => ({ step: p.step, value: toUnit(p.val) })) },
+      { label: "train loss", color: colors.train, points: pts.map((p, i) => ({ step: p.step, value: toUnit(smoothed[i]) })) },
+    ];
+    if (this.smoothing > 0) {
+      series.unshift({ label: "train loss (raw)", color: colors.train, alpha: 0.25, width: 1, points: pts.map((p) => ({ step: p.step, value: toUnit(p.train) })) });
+    }
+    const references = referenceLines(this.references);
+    this.canvas.dataset.references = String(references.length);
+    this.chart.set(series, references);
   }
 }
 
@@ -151,4 +280,3 @@ function ticks(lo, hi, count) {
   for (let v = Math.ceil(lo / step) * step; v <= hi + 1e-9; v += step) out.push(Number(v.toPrecision(12)));
   return out;
 }
-

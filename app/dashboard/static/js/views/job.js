@@ -5,10 +5,23 @@ import { api, ApiError, listAll, request } from "../api.js";
 import { LossChart } from "../chart.js";
 import { $, el, setText } from "../dom.js";
 import { readEventStream } from "../events.js";
-import { fmtBytes, fmtDate, fmtInt, fmtLoss, fmtNumber, fmtSeconds } from "../format.js";
+import { fmtBytes, fmtDate, fmtInt, fmtNumber, fmtSeconds } from "../format.js";
 import { architecture, FINAL } from "../jobs.js";
+import { bindBitsToggle, onUnitChange, showLoss, unitName } from "../units.js";
 
-const chart = new LossChart($("loss-chart"));
+const chart = new LossChart($("loss-chart"), $("chart-hover"));
+
+$("chart-smoothing").addEventListener("input", () => {
+  const alpha = Number($("chart-smoothing").value);
+  setText("chart-smoothing-value", String(alpha));
+  chart.setSmoothing(alpha);
+});
+bindBitsToggle($("chart-bits"));
+onUnitChange(() => {
+  setText("chart-unit", unitName());
+  chart.update();
+});
+setText("chart-unit", unitName());
 
 function renderJob(job) {
   const title = job.name || job.id;
@@ -23,6 +36,8 @@ function renderJob(job) {
   setText("s-device", job.device || "–");
   renderProgress({ ...(job.progress || {}) }, job.status);
   $("job-play").href = `#/playground?model=${encodeURIComponent(job.id)}`;
+  if (job.reference_losses) chart.setReferences(job.reference_losses);
+  $("chart-ref-key").hidden = !job.reference_losses;
 }
 
 // The size a job leaves out is chosen by the worker as the job starts running, after the status turns
@@ -48,9 +63,9 @@ function renderProgress(p, status) {
   setText("job-progress-text", `${Math.round(fraction * 100)} %`);
   setText("s-step", `${fmtInt(p.step || 0)} / ${fmtInt(p.max_steps)}`);
   setText("s-eta", FINAL.has(status) ? "done" : fmtSeconds(p.eta_seconds));
-  setText("s-train", fmtLoss(p.train_loss));
-  setText("s-val", fmtLoss(p.val_loss));
-  setText("s-best", fmtLoss(p.best_val_loss));
+  showLoss($("s-train"), p.train_loss);
+  showLoss($("s-val"), p.val_loss);
+  showLoss($("s-best"), p.best_val_loss);
   if (p.learning_rate !== undefined) setText("s-lr", fmtNumber(p.learning_rate));
   if (p.chars_per_second !== undefined) setText("s-cps", fmtInt(p.chars_per_second));
 }
@@ -61,7 +76,7 @@ function addSample(data) {
   const article = el(
     "article",
     { class: "sample" },
-    el("h3", { text: `Step ${fmtInt(data.step)} · val loss ${fmtLoss(data.val_loss)}` }),
+    el("h3", {}, `Step ${fmtInt(data.step)} · val loss `, showLoss(el("span"), data.val_loss)),
     el("pre", { text: data.sample || "" }),
   );
   box.prepend(article); // newest first
@@ -102,7 +117,7 @@ async function loadCheckpoints(jobId, signal) {
         "tr",
         { "data-id": c.id },
         el("td", { "data-label": "Step", class: "num", text: step, title: c.is_best ? "best so far" : null }),
-        el("td", { "data-label": "Val loss", class: "num", text: fmtLoss(c.val_loss) }),
+        showLoss(el("td", { "data-label": "Val loss", class: "num" }), c.val_loss),
         el("td", { "data-label": "Size", class: "num", text: fmtBytes(c.size_bytes) }),
         el("td", { class: "actions" }, download, " ", play),
       ),
@@ -132,9 +147,29 @@ async function downloadCheckpoint(checkpoint, button) {
   }
 }
 
+// The loss curve as CSV: fetched with the key (a link cannot carry it), then saved from a Blob.
+async function downloadCsv(path, jobId) {
+  try {
+    const blob = await (await request(`${path}/metrics.csv`)).blob();
+    const url = URL.createObjectURL(blob);
+    const a = el("a", { href: url, download: `${jobId}-metrics.csv` });
+    document.body.append(a);
+    a.click();
+    a.remove();
+    setTimeout(() => URL.revokeObjectURL(url), 30000);
+  } catch (error) {
+    if (!(error instanceof ApiError && error.status === 401)) setText("job-error", `Download failed: ${error.message}`);
+  }
+}
+
 async function openJob({ params, signal }) {
   const jobId = params.id;
   const path = `/jobs/${encodeURIComponent(jobId)}`;
+  $("job-csv").href = path + "/metrics.csv";
+  $("job-csv").onclick = (event) => {
+    event.preventDefault();
+    downloadCsv(path, jobId);
+  };
   $("samples").replaceChildren();
   $("samples-empty").hidden = false;
   $("job-log").replaceChildren();

@@ -1,0 +1,70 @@
+"""The command line on the user's own machine: every error is a line or two naming the option or
+setting, the bound and the fix, and `generate` writes as many characters as asked."""
+
+import subprocess
+import sys
+
+import pytest
+
+from tests.harness import SHAKESPEARE
+
+
+def charrnn(*args: str, env: dict | None = None, cwd=None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "worker.cli", *args], capture_output=True, text=True,
+                          env=env, cwd=cwd, timeout=120)
+
+
+def assert_short_error(proc: subprocess.CompletedProcess, *names: str) -> None:
+    assert proc.returncode == 2, proc.stderr
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    error_lines = [line for line in lines if "error" in line.lower() or line.startswith("charrnn:")]
+    assert len(error_lines) <= 2, proc.stderr
+    for name in names:
+        assert name in proc.stderr
+    for noise in ("Traceback", "pydantic.dev", "╭", "validation error for"):
+        assert noise not in proc.stderr
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("cli")
+    corpus = folder / "corpus.txt"
+    corpus.write_text(SHAKESPEARE.read_text()[:20_000])
+    proc = charrnn("train", str(corpus), "--out", str(folder / "run"), "--hidden-size", "16", "--num-layers", "1",
+                   "--seq-len", "16", "--batch-size", "4", "--max-steps", "4", "--eval-every", "4", "--device", "cpu")
+    assert proc.returncode == 0, proc.stderr
+    return folder / "run"
+
+
+@pytest.mark.parametrize(("args", "names"), [
+    (["--temperature", "-1"], ["--temperature", "greater than or equal to 0", "-1"]),
+    (["--top-p", "2"], ["--top-p", "less than or equal to 1"]),
+    (["--num-samples", "99"], ["--num-samples", "16"]),
+    (["--length", "-3"], ["--length", "0 or more"]),
+])
+def test_generate_names_the_option_and_its_bound(checkpoint, args, names):
+    assert_short_error(charrnn("generate", str(checkpoint), *args), *names)
+
+
+def test_generate_writes_as_many_characters_as_asked(checkpoint):
+    proc = charrnn("generate", str(checkpoint), "--length", "12000", "--seed", "3")
+    assert proc.returncode == 0, proc.stderr
+    assert len(proc.stdout) == 12_000 + 1  # the text and a final newline
+    again = charrnn("generate", str(checkpoint), "--length", "300", "--seed", "3")
+    assert proc.stdout.startswith(again.stdout.rstrip("\n"))  # streamed pieces are the same text
+
+
+def test_train_names_the_bad_option(tmp_path):
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text(SHAKESPEARE.read_text()[:20_000])
+    proc = charrnn("train", str(corpus), "--out", str(tmp_path / "run"), "--dropout", "3")
+    assert_short_error(proc, "dropout", "below 1")
+
+
+def test_a_data_dir_that_is_a_file_is_one_line(tmp_path):
+    not_a_folder = tmp_path / "data"
+    not_a_folder.write_text("")
+    env = {"PATH": "/usr/bin:/bin", "CHARRNN_DATA_DIR": str(not_a_folder), "PYTHONPATH": sys.path[0]}
+    for command in (["serve", "--port", "1"], ["db", "upgrade"], ["keys", "list"]):
+        proc = charrnn(*command, env={**env}, cwd=tmp_path)
+        assert_short_error(proc, "CHARRNN_DATA_DIR", "not a folder")
