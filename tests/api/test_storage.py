@@ -11,7 +11,7 @@ from app.db import session_scope, utcnow
 from app.ids import new_id
 from app.models import Checkpoint, Job, JobEvent, JobMetric
 from app.settings import Settings, get_settings
-from tests.conftest import small_corpus
+from tests.harness import small_corpus
 
 TINY = {"model": {"hidden_size": 16, "num_layers": 1}, "training": {"max_steps": 5}}
 

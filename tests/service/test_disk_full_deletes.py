@@ -11,7 +11,7 @@ import uuid
 
 import pytest
 
-from tests.conftest import Service, small_corpus, wait_for
+from tests.harness import Service, small_corpus, wait_for
 
 DISK = "8m"
 RESERVE_BYTES = 1024 * 1024

@@ -21,7 +21,7 @@ import pytest
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from tests.conftest import KEY, Service, small_corpus, wait_for
+from tests.harness import KEY, Service, small_corpus, wait_for
 
 LIMIT = 3
 REQUESTS_PER_API = 4

@@ -9,9 +9,7 @@ import time
 
 import pytest
 
-from tests.conftest import Service, small_corpus
-
-pytestmark = pytest.mark.slow
+from tests.harness import Service, small_corpus
 
 KEEP = 2
 TRAINING = {"max_steps": 1200, "checkpoint_every": 50, "eval_every": 50, "log_every": 50, "seed": 5}
