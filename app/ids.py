@@ -5,7 +5,7 @@ from __future__ import annotations
 import secrets
 import time
 
-PREFIXES = ("corpus", "job", "ckpt", "key", "evt", "wrk")
+PREFIXES = ("corpus", "job", "ckpt", "key", "evt", "wrk", "gen", "api")
 
 
 def new_id(prefix: str) -> str:

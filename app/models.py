@@ -141,3 +141,15 @@ class Worker(Base):
     started_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     heartbeat_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     stopped_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+
+
+class GenerationSlot(Base):
+    """One generation in flight (app/generation/limits.py): the per-owner limit counts these rows, so it holds
+    across every API process on the database. The process that holds a slot renews `expires_at` while the
+    request runs; a slot whose process died expires and stops counting."""
+
+    __tablename__ = "generation_slots"
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    owner: Mapped[str] = mapped_column(String(100), index=True)
+    holder: Mapped[str] = mapped_column(String(40), index=True)  # the API process (its OwnerSlots) holding it
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime)

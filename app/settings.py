@@ -59,13 +59,24 @@ class Settings(BaseSettings):
         10, ge=1, description="queued + running jobs one owner may have; more answers 429"
     )
     max_corpus_bytes_per_owner: int = Field(
-        1024**3, ge=1, description="total bytes of the corpora one owner may store; an upload past it answers 429"
+        1024**3,
+        ge=1,
+        description="total bytes one owner may store, corpora and checkpoints together; an upload past it, "
+        "or a new job while at it, answers 429",
     )
     max_concurrent_generations_per_owner: int = Field(
         8,
         ge=1,
         description="/generate, /score and /v1/completions requests (streams included) one owner may have in "
-        "flight in one API process; more answers 429",
+        "flight, counted across every API process on the database; more answers 429",
+    )
+    generation_slot_lease_seconds: float = Field(
+        30.0, gt=0, description="a generation slot of an API process that stopped renewing it is freed after this long"
+    )
+    # Retention: each job keeps its best checkpoint and its last N (applied by the worker as the job runs);
+    # resume after a restart uses the last, so exact resume survives the pruning.
+    keep_checkpoints: int = Field(
+        3, ge=1, description="checkpoints each job keeps besides its best (the last N); older ones are deleted"
     )
     # Room held back in <data_dir>/.disk-reserve: on a full disk, a DELETE gets it so that space can be freed.
     disk_reserve_bytes: int = Field(

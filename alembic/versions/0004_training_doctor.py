@@ -4,7 +4,7 @@
 default split, computed at upload; `jobs.reference_losses` those of the job's own split, and
 `jobs.diagnosis` the training doctor's latest reading of the run.
 
-Revision ID: 0004_training_doctor
+Revision ID: 0004
 Revises: 0003
 Create Date: 2026-12-01 23:40:00
 """
@@ -13,7 +13,7 @@ import sqlalchemy as sa
 
 from alembic import op
 
-revision = "0004_training_doctor"
+revision = "0004"
 down_revision = "0003"
 branch_labels = None
 depends_on = None

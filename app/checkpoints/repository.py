@@ -7,7 +7,7 @@ its metrics commit in one transaction.
 
 from __future__ import annotations
 
-from sqlalchemy import Row, select, update
+from sqlalchemy import Row, case, select, update
 from sqlalchemy.orm import Session
 
 from app.db import utcnow
@@ -25,6 +25,16 @@ def get(session: Session, *, owner: str, checkpoint_id: str) -> Checkpoint | Non
 def for_job(session: Session, *, owner: str, job_id: str, params: PageParams):
     query = select(Checkpoint).where(Checkpoint.job_id == job_id, Checkpoint.owner == owner)
     return paginate(session, query, Checkpoint.id, params)
+
+
+# The best first: the latest checkpoint that was a new best; when those are gone (deleted), the lowest
+# validation loss among the rest; without a validation split, the latest.
+BEST_FIRST = (
+    Checkpoint.is_best.desc(),
+    case((Checkpoint.is_best, Checkpoint.step), else_=0).desc(),
+    Checkpoint.val_loss.asc().nulls_last(),
+    Checkpoint.step.desc(),
+)
 
 
 # Generation looks a checkpoint up on every request, so these two select only the columns it needs:
@@ -45,10 +55,21 @@ def best_of_job(session: Session, *, owner: str, job_id: str) -> Row | None:
                Checkpoint.path.label("checkpoint_path"))
         .outerjoin(Checkpoint, (Checkpoint.job_id == Job.id) & Checkpoint.corrupt.is_(False))
         .where(Job.id == job_id, Job.owner == owner)
-        .order_by(Checkpoint.is_best.desc(), Checkpoint.step.desc())
+        .order_by(*BEST_FIRST)
         .limit(1)
     )
     return session.execute(query).one_or_none()
+
+
+def best_id(session: Session, *, job_id: str) -> str | None:
+    """The job's best checkpoint (as best_of_job picks it), any owner's: what retention always keeps."""
+    query = (
+        select(Checkpoint.id)
+        .where(Checkpoint.job_id == job_id, Checkpoint.corrupt.is_(False))
+        .order_by(*BEST_FIRST)
+        .limit(1)
+    )
+    return session.scalar(query)
 
 
 def file_record(session: Session, *, checkpoint_id: str) -> Row | None:

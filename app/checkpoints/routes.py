@@ -2,10 +2,10 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter, Depends, Response
 from fastapi.responses import FileResponse
 
-from app.checkpoints import integrity, repository
+from app.checkpoints import integrity, repository, service
 from app.checkpoints.schemas import CheckpointOut
 from app.deps import CurrentOwner, SessionDep, SettingsDep
 from app.errors import ApiError, not_found, responses
@@ -31,6 +31,18 @@ def get_checkpoint(checkpoint_id: str, session: SessionDep, owner: CurrentOwner)
     if checkpoint is None:
         raise not_found("checkpoint", checkpoint_id)
     return checkpoint
+
+
+@router.delete(
+    "/checkpoints/{checkpoint_id}",
+    status_code=204,
+    response_class=Response,
+    responses=responses(409),
+    summary="Delete a checkpoint and its file (409 for a queued or running job's last, or a running job's init_from)",
+)
+def delete_checkpoint(checkpoint_id: str, session: SessionDep, owner: CurrentOwner, settings: SettingsDep):
+    service.delete_checkpoint(session, owner=owner, settings=settings, checkpoint_id=checkpoint_id)
+    return Response(status_code=204)
 
 
 @router.get(

@@ -36,7 +36,8 @@ from app.corpora.upload import (
 from app.db import session_scope, utcnow
 from app.errors import ApiError, not_found
 from app.ids import new_id
-from app.models import Corpus
+from app.models import Checkpoint, Corpus
+from app.owner_lock import lock_owner
 from app.settings import Settings
 from app.strings import NUL_MESSAGE
 
@@ -109,24 +110,51 @@ def lock_content(session: Session, sha256: str) -> None:
         session.connection()  # SQLite: BEGIN IMMEDIATE takes the database's one write lock
 
 
-def check_owner_quota(session: Session, *, owner: str, adding: int, limit: int) -> None:
-    stored = session.scalar(select(func.coalesce(func.sum(Corpus.size_bytes), 0)).where(Corpus.owner == owner))
-    if stored + adding > limit:
-        raise ApiError(
-            429,
-            f"this upload ({adding:,} bytes) would take your stored corpora to {stored + adding:,} bytes, over the "
-            f"limit of {limit:,} bytes per owner (CHARRNN_MAX_CORPUS_BYTES_PER_OWNER); delete corpora you no "
-            "longer need (DELETE /corpora/{id}), or ask the operator to raise the limit",
-            headers={"Retry-After": QUOTA_RETRY_AFTER},
-        )
+def stored_bytes(session: Session, *, owner: str) -> tuple[int, int]:
+    """(corpus bytes, checkpoint bytes) the owner stores: what CHARRNN_MAX_CORPUS_BYTES_PER_OWNER holds."""
+    corpus_bytes = session.scalar(select(func.coalesce(func.sum(Corpus.size_bytes), 0)).where(Corpus.owner == owner))
+    checkpoint_bytes = session.scalar(
+        select(func.coalesce(func.sum(Checkpoint.size_bytes), 0)).where(Checkpoint.owner == owner)
+    )
+    return int(corpus_bytes), int(checkpoint_bytes)
+
+
+def over_quota(what: str, corpus_bytes: int, checkpoint_bytes: int, adding: int, limit: int) -> ApiError:
+    stored = corpus_bytes + checkpoint_bytes
+    split = f"{corpus_bytes:,} in corpora, {checkpoint_bytes:,} in checkpoints"
+    if adding:
+        said = f"{what} would take what you store to {stored + adding:,} bytes ({split}, {adding:,} more), over"
+    else:
+        said = f"{what} needs room, and you already store {stored:,} bytes ({split}), at or over"
+    return ApiError(
+        429,
+        f"{said} the limit of {limit:,} bytes per owner (CHARRNN_MAX_CORPUS_BYTES_PER_OWNER); delete what you "
+        "no longer need: corpora (DELETE /corpora/{id}), ended jobs with their checkpoints (DELETE /jobs/{id}) "
+        "or single checkpoints (DELETE /checkpoints/{id}), or ask the operator to raise the limit",
+        headers={"Retry-After": QUOTA_RETRY_AFTER},
+    )
+
+
+def check_owner_quota(session: Session, *, owner: str, adding: int, limit: int, what: str = "this upload") -> None:
+    """Corpora and checkpoints count alike. Call inside the write transaction that stores the bytes: the
+    owner's lock makes the count and the write one step for every API process."""
+    lock_owner(session, owner=owner, limit="bytes")
+    corpus_bytes, checkpoint_bytes = stored_bytes(session, owner=owner)
+    # A job adds no bytes when it queues (its checkpoints come later, pruned to a few by retention): it is
+    # refused once the owner is already at the limit, so that space is freed before more is written.
+    full = corpus_bytes + checkpoint_bytes + adding > limit if adding else corpus_bytes + checkpoint_bytes >= limit
+    if full:
+        raise over_quota(what, corpus_bytes, checkpoint_bytes, adding, limit)
 
 
 def _store(session: Session, sink: CorpusSink, corpus: Corpus, path: Path, owner_limit: int) -> None:
     try:
         with session.begin():
             lock_content(session, corpus.sha256)
-            # Counted inside the write transaction: on SQLite two uploads of one owner cannot both pass it.
-            check_owner_quota(session, owner=corpus.owner, adding=corpus.size_bytes, limit=owner_limit)
+            check_owner_quota(
+                session, owner=corpus.owner, adding=corpus.size_bytes, limit=owner_limit,
+                what=f"this upload ({corpus.size_bytes:,} bytes)",
+            )
             # Placed under the lock, so a delete of the same content either finished before (and the
             # file is re-created here) or starts after this row is committed (and sees it).
             sink.place(path)

@@ -67,8 +67,10 @@ class DiskFull(Exception):
 def disk_full() -> ApiError:
     return ApiError(
         507,
-        "the server's disk is full: the upload could not be stored and nothing of it was kept. "
-        "Retry later, or ask the operator to free space in the data directory",
+        "the server's disk is full: the upload could not be stored and nothing of it was kept. Free space by "
+        "deleting what you no longer need: corpora (DELETE /corpora/{id}), ended jobs with their checkpoints "
+        "(DELETE /jobs/{id}) or single checkpoints (DELETE /checkpoints/{id}); deletes work even now. Then "
+        "retry, or ask the operator to free space in the data directory",
         headers={"Retry-After": "60"},
     )
 

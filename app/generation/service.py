@@ -261,8 +261,9 @@ async def admit(
 ) -> Admitted[T]:
     """Run `work(target)` under the rules that hold for /generate, /score and /v1/completions alike:
 
-    - the owner's generations in flight are limited (CHARRNN_MAX_CONCURRENT_GENERATIONS_PER_OWNER): one
-      slot per request, however many worker calls it makes (prompts, logprobs); a 429 past the limit;
+    - the owner's generations in flight are limited (CHARRNN_MAX_CONCURRENT_GENERATIONS_PER_OWNER), across
+      every API process on the database: one slot per request, however many worker calls it makes
+      (prompts, logprobs); a 429 past the limit;
     - a job's best checkpoint whose file the worker finds damaged falls back to the job's previous good
       checkpoint (the worker has marked it, so resolving the job again gives the next), up to FALLBACKS
       times; a checkpoint named by its id has no fallback: its 409 is the answer.
@@ -276,7 +277,7 @@ async def admit(
         return await run_in_threadpool(target, key, settings, model, generation.affinity, native_model)
 
     found = await resolve_target()
-    slot = generation.slots.acquire(found.owner, limit, key)
+    slot = await generation.slots.take(found.owner, limit, settings.generation_slot_lease_seconds, key)
     try:
         fallbacks = 0
         while True:

@@ -39,5 +39,5 @@ class Generation:
     `client` is made in the app's lifespan (it needs the running event loop) and closed there."""
 
     affinity: Affinity = field(default_factory=Affinity)  # which worker served each checkpoint last
-    slots: OwnerSlots = field(default_factory=OwnerSlots)  # per-owner generations in flight in this process
+    slots: OwnerSlots = field(default_factory=OwnerSlots)  # per-owner generations in flight, in every API process
     client: httpx.AsyncClient | None = None

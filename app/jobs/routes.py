@@ -5,7 +5,7 @@ import json
 import time
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Header, Query, Request
+from fastapi import APIRouter, Depends, Header, Query, Request, Response
 from fastapi.responses import StreamingResponse
 from sse_starlette.sse import EventSourceResponse
 from starlette.concurrency import run_in_threadpool
@@ -13,7 +13,7 @@ from starlette.concurrency import run_in_threadpool
 from app.db import read_session
 from app.deps import BearerKey, CurrentOwner, SessionDep, SettingsDep
 from app.errors import not_found, responses
-from app.jobs import repository, service
+from app.jobs import deletion, repository, service
 from app.jobs.events import parse_last_event_id
 from app.jobs.schemas import EventOut, EventPage, JobCreate, JobDefaults, JobOut, MetricOut, ModelSpec, TrainingSpec
 from app.keys.service import owner_for_key
@@ -77,6 +77,18 @@ def get_job(job_id: str, session: SessionDep, owner: CurrentOwner):
 )
 def cancel_job(job_id: str, session: SessionDep, owner: CurrentOwner):
     return service.to_out(service.cancel(session, owner=owner, job_id=job_id))
+
+
+@router.delete(
+    "/{job_id}",
+    status_code=204,
+    response_class=Response,
+    responses=responses(409),
+    summary="Delete an ended job: its checkpoints, metrics, events and run folder (409 while queued or running)",
+)
+def delete_job(job_id: str, session: SessionDep, owner: CurrentOwner, settings: SettingsDep):
+    deletion.delete_job(session, owner=owner, settings=settings, job_id=job_id)
+    return Response(status_code=204)
 
 
 def _read_events(owner: str, job_id: str, after: int, limit: int, key: str | None = None):

@@ -3,11 +3,12 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 
-from sqlalchemy import func, select, text
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from app.checkpoints import repository as checkpoints
 from app.corpora import repository as corpora
+from app.corpora import service as corpora_service
 from app.corpora.references import references_for_split
 from app.db import read_session, utcnow
 from app.errors import ApiError, not_found, scrub_paths
@@ -16,6 +17,7 @@ from app.jobs import lifecycle, repository
 from app.jobs.defaults import model_defaults
 from app.jobs.schemas import JobCreate, JobOut, ModelSpec, TrainingSpec
 from app.models import ACTIVE_STATUSES, Job
+from app.owner_lock import lock_owner
 from app.settings import Settings
 from worker.engine.autoconfig import HIDDEN_SIZES
 from worker.engine.config import (
@@ -122,9 +124,8 @@ ACTIVE_JOBS_RETRY_AFTER = "30"
 
 def check_active_jobs(session: Session, *, owner: str, settings: Settings) -> None:
     """At most max_active_jobs_per_owner queued + running jobs: one key must not fill the queue for all."""
-    if session.get_bind().dialect.name == "postgresql":
-        # Concurrent creates of one owner count one after the other (SQLite's write lock does this there).
-        session.execute(text("SELECT pg_advisory_xact_lock(hashtext(:owner))"), {"owner": "jobs:" + owner})
+    # Concurrent creates of one owner, in any API process, count one after the other.
+    lock_owner(session, owner=owner, limit="jobs")
     active = session.scalar(
         select(func.count()).select_from(Job).where(Job.owner == owner, Job.status.in_(ACTIVE_STATUSES))
     )
@@ -136,6 +137,13 @@ def check_active_jobs(session: Session, *, owner: str, settings: Settings) -> No
             f"= {limit}); wait for some to finish, or cancel some (POST /jobs/{{id}}/cancel), then retry",
             headers={"Retry-After": ACTIVE_JOBS_RETRY_AFTER},
         )
+
+
+def check_stored_bytes(session: Session, *, owner: str, settings: Settings) -> None:
+    """A job writes checkpoints, which count in the owner's stored bytes: refused while already at the limit."""
+    corpora_service.check_owner_quota(
+        session, owner=owner, adding=0, limit=settings.max_corpus_bytes_per_owner, what="a new job's checkpoints"
+    )
 
 
 def create(
@@ -171,6 +179,7 @@ def create(
         check_memory(corpus.vocab_size, model, training, settings)
         check_training(corpus.num_chars, training)
         check_active_jobs(session, owner=owner, settings=settings)
+        check_stored_bytes(session, owner=owner, settings=settings)
         job = Job(
             id=new_id("job"),
             owner=owner,

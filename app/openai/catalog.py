@@ -12,10 +12,12 @@ from dataclasses import dataclass
 from sqlalchemy.orm import Session
 
 from app.checkpoints import repository as checkpoints
+from app.jobs import deletion
 from app.jobs import repository as jobs
 from app.models import Job, JobStatus
 from app.openai import repository
 from app.openai.errors import OpenAIError
+from app.settings import Settings
 
 # The base models: each is an architecture to train from scratch; `charrnn` takes the engine's defaults.
 PRESETS: dict[str, dict] = {
@@ -128,13 +130,15 @@ def retrieve(session: Session, *, owner: str, name: str) -> dict:
     return model_object(name, int((job.finished_at or job.created_at).timestamp()), owner)
 
 
-def delete(session: Session, *, owner: str, name: str) -> dict:
+def delete(session: Session, *, owner: str, settings: Settings, name: str) -> dict:
+    """Delete a fine-tuned model: its job, checkpoints and run folder, as DELETE /jobs/{id} does (the one
+    service function for both faces)."""
     with session.begin():
         if name in PRESETS:
             raise OpenAIError(403, f"{name!r} is a base model; only fine-tuned models (ft:…) can be deleted",
                               "model", "model_not_deletable")
         if not name.startswith("ft:") or CKPT_MARK in name:
             raise not_found(name, "; delete a fine-tuned model by its name (ft:…)")
-        resolved = resolve(session, owner=owner, name=name)
-        repository.delete_model(session, owner=owner, job_id=resolved.job.id)
+        job_id = resolve(session, owner=owner, name=name).job.id
+    deletion.delete_job(session, owner=owner, settings=settings, job_id=job_id)
     return {"id": name, "object": "model", "deleted": True}

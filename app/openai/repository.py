@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-from sqlalchemy import select, update
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from app.db import utcnow
 from app.models import ACTIVE_STATUSES, Checkpoint, Corpus, Job, JobEvent, JobStatus
 from app.pagination import PageParams, paginate
 
@@ -38,12 +37,3 @@ def fine_tuned_jobs(session: Session, *, owner: str) -> list[Job]:
     """The owner's fine-tuned models: succeeded jobs whose model was not deleted, newest first."""
     query = select(Job).where(Job.owner == owner, Job.status == JobStatus.SUCCEEDED, Job.model_deleted_at.is_(None))
     return list(session.scalars(query.order_by(Job.id.desc())))
-
-
-def delete_model(session: Session, *, owner: str, job_id: str) -> bool:
-    result = session.execute(
-        update(Job)
-        .where(Job.id == job_id, Job.owner == owner, Job.model_deleted_at.is_(None))
-        .values(model_deleted_at=utcnow())
-    )
-    return result.rowcount == 1

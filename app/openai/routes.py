@@ -151,9 +151,9 @@ def get_model(model: str, session: SessionDep, owner: CurrentOwner):
 
 
 @router.delete("/models/{model:path}", response_model=ModelDeleted, tags=["models"],
-               summary="Delete a fine-tuned model (its job and checkpoints stay)")
-def delete_model(model: str, session: SessionDep, owner: CurrentOwner):
-    return catalog.delete(session, owner=owner, name=model)
+               summary="Delete a fine-tuned model with its job, checkpoints and run folder")
+def delete_model(model: str, session: SessionDep, owner: CurrentOwner, settings: SettingsDep):
+    return catalog.delete(session, owner=owner, settings=settings, name=model)
 
 
 # -- completions -------------------------------------------------------------------------------------

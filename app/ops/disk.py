@@ -35,8 +35,9 @@ RETRY_AFTER_SECONDS = "60"
 PARTIAL_MIN_AGE_SECONDS = 60.0
 FULL_DETAIL = (
     "the server's disk is full (the filesystem of its data directory): nothing was stored. Free space by "
-    "deleting what you no longer need: corpora (DELETE /corpora/{id}), ended jobs and their checkpoints; "
-    "deletes work even now. Or ask the operator to free space in the data directory"
+    "deleting what you no longer need: corpora (DELETE /corpora/{id}), ended jobs with their checkpoints "
+    "(DELETE /jobs/{id}) or single checkpoints (DELETE /checkpoints/{id}); deletes work even now. Or ask the "
+    "operator to free space in the data directory"
 )
 
 

@@ -38,8 +38,9 @@ SERVE_TRAINING = {"max_steps": 600, "checkpoint_every": 100, "eval_every": 100, 
 
 @pytest.fixture(scope="module", params=["sqlite", "postgres"])
 def svc(request, tmp_path_factory):
-    """The recovery story on both databases: SQLite (embedded) and PostgreSQL (scaled out)."""
-    settings = {}
+    """The recovery story on both databases: SQLite (embedded) and PostgreSQL (scaled out). Every checkpoint
+    is kept (no retention), so that the one a job resumed from can be found afterwards."""
+    settings = {"keep_checkpoints": 1000}
     with contextlib.ExitStack() as stack:
         if request.param == "postgres":
             require_postgres()

@@ -25,6 +25,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from app.checkpoints import repository as checkpoints
+from app.checkpoints import service as checkpoint_service
 from app.checkpoints.integrity import file_sha256
 from app.db import session_scope
 from app.jobs import lifecycle, run_records
@@ -107,6 +108,7 @@ class JobRun:
         self.budget = MetricsBudget()
         self.last_report_at = 0.0
         self.outage = Outage(f"job {job.id}")
+        self.doomed_files: list[str] = []  # checkpoint files retention removes once their rows' delete commits
 
     def supervise(self) -> None:
         ctx = multiprocessing.get_context("spawn")
@@ -204,7 +206,10 @@ class JobRun:
                     self.relay(session, report)
         except BaseException:
             self.pending = pending + self.pending
+            self.doomed_files = []  # their rows' delete rolled back: the files stay with them
             raise
+        checkpoint_service.remove_files(self.settings.data_dir, self.doomed_files)
+        self.doomed_files = []
         return True
 
     def _may_have_a_checkpoint_coming(self, pending: list[Report]) -> bool:
@@ -232,6 +237,11 @@ class JobRun:
             case CheckpointSaved():
                 checkpoint = report.checkpoint.model_copy(update={"path": self.relative(Path(report.checkpoint.path))})
                 checkpoints.record(session, job_id=job_id, owner=owner, checkpoint=checkpoint)
+                # Retention, as the job runs: its best and its last CHARRNN_KEEP_CHECKPOINTS stay (resume
+                # uses the last); the older rows go in this transaction, their files once it commits.
+                self.doomed_files += checkpoint_service.prune(
+                    session, job_id=job_id, keep=self.settings.keep_checkpoints
+                )
             case Diagnosed():
                 run_records.record_diagnosis(session, job_id=job_id, worker_id=worker_id,
                                              diagnosis=report.diagnosis)
