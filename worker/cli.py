@@ -7,6 +7,7 @@ and imports torch only inside the command that runs it, so `charrnn api` works w
 from __future__ import annotations
 
 import importlib.util
+import signal
 import sys
 
 import typer
@@ -65,6 +66,12 @@ def serve(host: Host = "127.0.0.1", port: Port = 8000):
 
     upgrade_database()
     ensure_key()
+    # uvicorn answers SIGTERM/SIGINT by shutting the API down, then raises the signal again under the
+    # handlers it found: with the defaults, serve would die there, before stopping its worker, whose
+    # training would carry on unsupervised. These handlers let the worker stop first (it checkpoints and
+    # requeues its job), and serve exit 0 after a requested stop.
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: None)
     with EmbeddedWorker():
         run_api(host, port)  # returns on Ctrl-C / SIGTERM
 
