@@ -16,7 +16,7 @@ from app.db import utcnow
 from app.jobs.events import add_event, prune_metrics_events
 from app.jobs.lifecycle import mine
 from app.jobs.schemas import PROGRESS_KEYS
-from app.models import Job, JobMetric
+from app.models import Job, JobEvent, JobMetric
 from worker.engine.records import CheckpointRecord, RunStarted, Snapshot
 
 
@@ -50,10 +50,8 @@ def started(
         values["training"] = {**training, **info.chosen_training}
     session.execute(update(Job).where(*mine(job_id, worker_id)).values(**values))
     resumed = info.resumed_from_step
-    if resumed is None:  # from scratch (an attempt that died before its first checkpoint): every point again
-        session.execute(delete(JobMetric).where(JobMetric.job_id == job_id))
-    else:
-        session.execute(delete(JobMetric).where(JobMetric.job_id == job_id, JobMetric.step > resumed))
+    _forget_points_after(session, job_id, -1 if resumed is None else resumed)
+    if resumed is not None:
         _restore_points(session, job_id, [entry for entry in journal if entry[0].step <= resumed])
         for checkpoint in on_disk:
             if checkpoint.step <= resumed and checkpoints.adopt(session, job_id=job_id, owner=owner,
@@ -77,6 +75,18 @@ def started(
         ),
         data=info.model_dump(),
     )
+
+
+def _forget_points_after(session: Session, job_id: str, step: int) -> None:
+    """The lost attempt's points after `step` (and their metrics and sample events) go: the run reports
+    them again. From scratch (an attempt that died before its first checkpoint) `step` is -1: all go."""
+    session.execute(delete(JobMetric).where(JobMetric.job_id == job_id, JobMetric.step > step))
+    events = session.execute(
+        select(JobEvent.id, JobEvent.data).where(JobEvent.job_id == job_id, JobEvent.type.in_(("metrics", "sample")))
+    )
+    stale = [event_id for event_id, data in events if (data or {}).get("step", -1) > step]
+    if stale:
+        session.execute(delete(JobEvent).where(JobEvent.id.in_(stale)))
 
 
 def _restore_points(session: Session, job_id: str, journal: list[tuple[Snapshot, str | None]]) -> None:
