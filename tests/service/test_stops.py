@@ -22,8 +22,8 @@ from tests.conftest import Serve, small_corpus, wait_for
 
 pytestmark = pytest.mark.slow
 
-TRAINING = {"max_steps": 360, "checkpoint_every": 40, "eval_every": 40, "log_every": 10, "seed": 3}
-STOP_AT_STEP = 120
+TRAINING = {"max_steps": 150, "checkpoint_every": 20, "eval_every": 20, "log_every": 5, "seed": 3}
+STOP_AT_STEP = 50
 STOPS = ["sigterm-pid", "sigint-pid", "sigterm-group", "sigint-group", "kill9-pid", "kill9-group", "worker"]
 
 
@@ -116,7 +116,9 @@ def stop(serve: Serve, how: str) -> None:
     """Stop the service (or its worker) as `how` says; return once nothing of a stopped serve runs."""
     pid = serve.proc.pid
     if how == "worker":
-        os.kill(embedded_worker_pid(serve), signal.SIGKILL)
+        worker = embedded_worker_pid(serve)
+        os.kill(worker, signal.SIGKILL)
+        wait_for(lambda: embedded_worker_pid(serve) != worker, 30, "serve to start a new worker")
         return
     sig = {"sigterm": signal.SIGTERM, "sigint": signal.SIGINT, "kill9": signal.SIGKILL}[how.split("-")[0]]
     if how.endswith("-group"):
