@@ -67,13 +67,14 @@ def serve(host: Host = "127.0.0.1", port: Port = 8000):
     upgrade_database()
     ensure_key()
     # uvicorn answers SIGTERM/SIGINT by shutting the API down, then raises the signal again under the
-    # handlers it found: with the defaults, serve would die there, before stopping its worker, whose
-    # training would carry on unsupervised. These handlers let the worker stop first (it checkpoints and
-    # requeues its job), and serve exit 0 after a requested stop.
+    # handlers it found: with the defaults, serve would die there, before its worker had stopped, whose
+    # training would carry on unsupervised. With these, serve waits for its worker (which checkpoints and
+    # requeues its job) and exits 0 after a requested stop.
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: None)
-    with EmbeddedWorker():
-        run_api(host, port)  # returns on Ctrl-C / SIGTERM
+    with EmbeddedWorker() as embedded_worker:
+        # The worker starts stopping at once, while the API drains its connections.
+        run_api(host, port, on_stop_signal=embedded_worker.request_stop)  # returns on Ctrl-C / SIGTERM
 
 
 if __name__ == "__main__":

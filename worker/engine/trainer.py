@@ -184,6 +184,7 @@ class Trainer:
         self.state = TrainingState(corpus_sha256=sha256_text(text), elapsed=probe_seconds)
         self.hidden = None
         self.resumed_from_step: int | None = None
+        self.checkpointed_step: int | None = None  # the step of this run's latest checkpoint
 
         latest = self.run.latest()
         if latest:
@@ -260,7 +261,7 @@ class Trainer:
             torch.cuda.set_rng_state_all(state.cuda_rng)
         # The live state keeps only the counters: the tensors above are captured afresh at each save.
         self.state = replace(state, hidden=[], optimizer={}, torch_rng=None, cuda_rng=[])
-        self.resumed_from_step = step
+        self.resumed_from_step = self.checkpointed_step = step
 
     # -- progress --------------------------------------------------------------------------------
 
@@ -331,6 +332,7 @@ class Trainer:
 
     def _checkpoint(self, is_best: bool) -> Path:
         state = self._captured_state()  # a collective under DDP: every rank takes part
+        self.checkpointed_step = self.state.step
         if not self.dist.is_main:
             return self.run.step_paths(self.state.step)[0]
         stats = CheckpointStats(step=self.state.step, train_loss=self.state.train_loss,
@@ -447,7 +449,11 @@ class Trainer:
         interrupted = stopped_by not in STOPPING_RULES
         ran = self.state.step > (self.resumed_from_step or 0)
         improved = self._evaluate_and_report() if ran and not interrupted else False
-        last = self._checkpoint(is_best=improved)
+        if interrupted and self.checkpointed_step == self.state.step:
+            # Stopped right after this step's checkpoint: saving it again would only lose its is_best.
+            last = self.run.step_paths(self.state.step)[0]
+        else:
+            last = self._checkpoint(is_best=improved)
         return RunResult(
             steps=self.state.step,
             epoch=self.state.epoch,

@@ -52,6 +52,13 @@ class EmbeddedWorker:
         self.watcher.start()
         return self
 
+    def request_stop(self) -> None:
+        """Ask the worker to stop now (it checkpoints its job and hands it back); safe in a signal handler."""
+        self.stopping.set()
+        child = self.child
+        if child is not None and child.poll() is None:
+            child.send_signal(signal.SIGTERM)
+
     def __exit__(self, *exc) -> None:
         self.stopping.set()
         with self.lock:
