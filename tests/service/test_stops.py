@@ -168,5 +168,6 @@ def test_a_stopped_service_finishes_the_job_as_its_unbroken_twin(serve, corpus_i
     assert mine["last_status"] == twin["last_status"]
     # The checkpoint saved where a requested stop landed is the only one the twin has not.
     extra = [c for c in mine["checkpoints"] if c not in twin["checkpoints"]]
-    assert [c for c in mine["checkpoints"] if c not in extra] == twin["checkpoints"]
+    assert [c for c in mine["checkpoints"] if c not in extra] == twin["checkpoints"], (mine["checkpoints"],
+                                                                                      twin["checkpoints"])
     assert all(c[0] == resumed_at for c in extra), (extra, resumed_at)
