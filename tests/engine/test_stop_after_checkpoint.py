@@ -1,0 +1,35 @@
+"""A run stopped (shutdown, cancel) right after a checkpoint keeps that checkpoint as it was written: it is
+not saved again as an interruption checkpoint, which would lose its is_best and its evaluation."""
+
+from __future__ import annotations
+
+from tests.conftest import SHAKESPEARE
+from worker.engine.header import read_metadata
+from worker.engine.records import CheckpointStats
+from worker.engine.trainer import TrainConfig, Trainer, TrainingObserver
+
+TINY_MODEL = {"cell": "lstm", "hidden_size": 16, "num_layers": 1, "embedding_dim": 8}
+
+
+class StopAfterCheckpoint(TrainingObserver):
+    def __init__(self, step: int):
+        self.stop_step, self.saved = step, []
+
+    def on_checkpoint(self, checkpoint):
+        self.saved.append((checkpoint.step, checkpoint.is_best))
+
+    def should_stop(self):
+        return "shutdown" if any(step == self.stop_step for step, _ in self.saved) else None
+
+
+def test_a_run_stopped_right_after_a_checkpoint_does_not_save_that_step_again(tmp_path):
+    config = TrainConfig(seq_len=16, batch_size=4, max_steps=40, eval_every=10, checkpoint_every=10, log_every=5,
+                         sample_length=10, seed=7, device="cpu", precision="fp32")
+    observer = StopAfterCheckpoint(20)
+    trainer = Trainer(SHAKESPEARE.read_text()[:20_000], tmp_path / "run", TINY_MODEL, config, observer=observer)
+    result = trainer.train()
+
+    assert result.stopped_by == "shutdown" and result.steps == 20
+    assert observer.saved == [(10, True), (20, True)]  # step 20 once, as the new best it was
+    stats = CheckpointStats.from_file_metadata(read_metadata(trainer.run.step_paths(20)[0]))
+    assert stats.is_best and stats.val_loss == result.val_loss
