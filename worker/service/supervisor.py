@@ -5,8 +5,8 @@
     JobRun.supervise()         ------spawn--->    Trainer(...).train()
     every ~0.5 s: renew lease + relay   <-queue-- Started / Metrics / Evaluated / CheckpointSaved
       reports to app.jobs.run_records             (reports.py), then Finished or Failed
-    LeaseKeeper thread: renews the lease                 (until the outcome is written, whatever
-      every lease/3 s                                       the child is doing or however slow it exits)
+    LeaseKeeper thread: renews the lease every lease/3 s until the outcome is written
+      (however long a final evaluation, a checkpoint or the child's exit takes)
     lease lost or job cancelled: SIGKILL child
     child killed (exit by a signal): requeue while attempts are left (CHARRNN_MAX_ATTEMPTS), else fail
     worker stopping: set stop event ------------> should_stop() -> "shutdown": checkpoint, return
