@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import os
 import signal
-import time
 from pathlib import Path
 
 import httpx
@@ -135,27 +134,22 @@ def stop(serve: Serve, how: str) -> None:
 
 @pytest.mark.parametrize("how", STOPS)
 def test_a_stopped_service_finishes_the_job_as_its_unbroken_twin(serve, corpus_id, twin, how):
-    t0 = time.monotonic()
     if serve.proc.poll() is not None:
         serve.start()
     with serve.client() as client:
         job_id = new_job(client, corpus_id, how)
         wait_for(lambda: client.get(f"/jobs/{job_id}").json()["progress"].get("step", 0) >= STOP_AT_STEP, 60,
                  f"job {job_id} to reach step {STOP_AT_STEP}")
-    print(f"{time.monotonic() - t0:.1f}s: stopping")
     stop(serve, how)
-    print(f"{time.monotonic() - t0:.1f}s: stopped")
     if how != "worker":
         serve.start()  # returns when /readyz answers 200
     else:
         wait_for(lambda: httpx.get(serve.url + "/readyz", timeout=5).status_code == 200, 60, "the worker back")
     with serve.client() as client:
         # Ready means ready: the restarted worker is registered and its generation server answers.
-        print(f"{time.monotonic() - t0:.1f}s: ready")
         r = client.post("/generate", json={"model": job_id, "length": 10, "seed": 1})
         assert r.status_code == 200, r.text
         wait_ended(client, job_id)
-        print(f"{time.monotonic() - t0:.1f}s: ended")
         mine = record(client, job_id)
 
     assert mine["status"] == "succeeded", mine
