@@ -449,8 +449,9 @@ class Trainer:
         interrupted = stopped_by not in STOPPING_RULES
         ran = self.state.step > (self.resumed_from_step or 0)
         improved = self._evaluate_and_report() if ran and not interrupted else False
-        if interrupted and self.checkpointed_step == self.state.step:
-            # Stopped right after this step's checkpoint: saving it again would only lose its is_best.
+        if self.checkpointed_step == self.state.step:
+            # Stopped right after this step's checkpoint (or resumed from the last step's): saving it
+            # again would only lose its is_best.
             last = self.run.step_paths(self.state.step)[0]
         else:
             last = self._checkpoint(is_best=improved)
