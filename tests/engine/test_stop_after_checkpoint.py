@@ -33,3 +33,19 @@ def test_a_run_stopped_right_after_a_checkpoint_does_not_save_that_step_again(tm
     assert observer.saved == [(10, True), (20, True)]  # step 20 once, as the new best it was
     stats = CheckpointStats.from_file_metadata(read_metadata(trainer.run.step_paths(20)[0]))
     assert stats.is_best and stats.val_loss == result.val_loss
+
+
+def test_a_run_resumed_from_its_last_step_ends_without_saving_it_again(tmp_path):
+    """A worker killed between the last checkpoint and writing the outcome: the next one resumes at the end."""
+    config = TrainConfig(seq_len=16, batch_size=4, max_steps=20, eval_every=10, checkpoint_every=10, log_every=5,
+                         sample_length=10, seed=7, device="cpu", precision="fp32")
+    text = SHAKESPEARE.read_text()[:20_000]
+    whole = Trainer(text, tmp_path / "run", TINY_MODEL, config).train()
+    observer = StopAfterCheckpoint(-1)
+    again = Trainer(text, tmp_path / "run", TINY_MODEL, config, observer=observer)
+    assert again.resumed_from_step == 20
+    result = again.train()
+
+    assert observer.saved == [] and result.steps == 20 and result.val_loss == whole.val_loss
+    stats = CheckpointStats.from_file_metadata(read_metadata(again.run.step_paths(20)[0]))
+    assert stats.is_best

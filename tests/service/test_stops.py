@@ -22,7 +22,7 @@ from tests.conftest import Serve, small_corpus, wait_for
 
 pytestmark = pytest.mark.slow
 
-TRAINING = {"max_steps": 200, "checkpoint_every": 20, "eval_every": 20, "log_every": 5, "seed": 3}
+TRAINING = {"max_steps": 200, "checkpoint_every": 20, "eval_every": 20, "log_every": 10, "seed": 3}
 STOP_AT_STEP = 50
 STOPS = ["sigterm-pid", "sigint-pid", "sigterm-group", "sigint-group", "kill9-pid", "kill9-group", "worker"]
 
