@@ -49,3 +49,23 @@ def test_a_run_resumed_from_its_last_step_ends_without_saving_it_again(tmp_path)
     assert observer.saved == [] and result.steps == 20 and result.val_loss == whole.val_loss
     stats = CheckpointStats.from_file_metadata(read_metadata(again.run.step_paths(20)[0]))
     assert stats.is_best
+
+
+class StopAtStep(StopAfterCheckpoint):
+    """Asks to stop as soon as a step's training-loss point is reported: before its evaluation."""
+
+    def on_metrics(self, metrics):
+        self.reached = metrics.step
+
+    def should_stop(self):
+        return "shutdown" if getattr(self, "reached", 0) >= self.stop_step else None
+
+
+def test_a_run_stopped_at_an_evaluation_step_evaluates_and_saves_it_first(tmp_path):
+    """The run that resumes starts after this step: its evaluation and checkpoint must not be skipped."""
+    config = TrainConfig(seq_len=16, batch_size=4, max_steps=40, eval_every=10, checkpoint_every=10, log_every=5,
+                         sample_length=10, seed=7, device="cpu", precision="fp32")
+    observer = StopAtStep(20)
+    result = Trainer(SHAKESPEARE.read_text()[:20_000], tmp_path / "run", TINY_MODEL, config, observer=observer).train()
+    assert result.stopped_by == "shutdown" and result.steps == 20
+    assert observer.saved == [(10, True), (20, True)]

@@ -437,9 +437,12 @@ class Trainer:
             if self.state.step % c.log_every == 0:
                 self.observer.on_metrics(self._snapshot())
             stopped_by = self._agreed_stop_reason()
-            at_eval = self.state.step % c.eval_every == 0 and stopped_by is None
+            # The run's last step is evaluated and saved after the loop. A run interrupted here still makes
+            # this step's evaluation and checkpoint: the run that resumes from it starts after them.
+            last_step = stopped_by in STOPPING_RULES
+            at_eval = self.state.step % c.eval_every == 0 and not last_step
             improved = self._evaluate_and_report() if at_eval else False
-            if (self.state.step % c.checkpoint_every == 0 or improved) and stopped_by is None:
+            if (self.state.step % c.checkpoint_every == 0 or improved) and not last_step:
                 self._checkpoint(is_best=improved)
             self.state.elapsed += time.perf_counter() - t1
             stopped_by = stopped_by or self._agreed_stop_reason()
