@@ -6,6 +6,8 @@ Engine commands import torch only when they run, so `charrnn api` works where to
 from __future__ import annotations
 
 import os
+import sys
+from collections.abc import Callable
 from typing import Annotated
 
 import typer
@@ -43,7 +45,9 @@ def ensure_key() -> None:
         typer.echo(created)
 
 
-def run_api(host: str, port: int) -> None:
+def run_api(host: str, port: int, on_stop_signal: Callable[[], None] | None = None) -> None:
+    """Serve the API until SIGTERM/SIGINT; `on_stop_signal` is called as soon as one arrives (before the
+    API drains its connections: `charrnn serve` stops its worker meanwhile)."""
     import uvicorn
 
     from app.logs import setup_logging
@@ -51,9 +55,21 @@ def run_api(host: str, port: int) -> None:
 
     setup_logging(get_settings().log_level)
     # server_header=False: no `Server: uvicorn` telling a prober what to look up.
-    uvicorn.run(
+    config = uvicorn.Config(
         "app.main:app", host=host, port=port, log_config=None, timeout_graceful_shutdown=5, server_header=False
     )
+    server = uvicorn.Server(config)
+    if on_stop_signal is not None:
+        handle_exit = server.handle_exit
+
+        def stop(sig, frame):
+            on_stop_signal()
+            handle_exit(sig, frame)
+
+        server.handle_exit = stop
+    server.run()
+    if not server.started:
+        sys.exit(3)  # what uvicorn.run exits with when the app does not start
 
 
 @db_cli.command("upgrade")

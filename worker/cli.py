@@ -7,6 +7,7 @@ and imports torch only inside the command that runs it, so `charrnn api` works w
 from __future__ import annotations
 
 import importlib.util
+import signal
 import sys
 
 import typer
@@ -70,8 +71,15 @@ def serve(host: Host = "127.0.0.1", port: Port = 8000):
 
     upgrade_database()
     ensure_key()
-    with EmbeddedWorker():
-        run_api(host, port)  # returns on Ctrl-C / SIGTERM
+    # uvicorn answers SIGTERM/SIGINT by shutting the API down, then raises the signal again under the
+    # handlers it found: with the defaults, serve would die there, before its worker had stopped, whose
+    # training would carry on unsupervised. With these, serve waits for its worker (which checkpoints and
+    # requeues its job) and exits 0 after a requested stop.
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: None)
+    with EmbeddedWorker() as embedded_worker:
+        # The worker starts stopping at once, while the API drains its connections.
+        run_api(host, port, on_stop_signal=embedded_worker.request_stop)  # returns on Ctrl-C / SIGTERM
 
 
 def setting_name(loc: tuple) -> str:

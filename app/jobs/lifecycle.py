@@ -200,6 +200,25 @@ def requeue(
     )
 
 
+def retry_or_fail(
+    session: Session, *, job_id: str, worker_id: str, attempts: int, max_attempts: int, why: str
+) -> JobStatus | None:
+    """A training process that died without an outcome (a kill, often transient: an operator, another
+    process's memory spike): back to the queue, where it resumes from its last checkpoint and the attempt
+    counts; failed with `why` and the attempts it took once max_attempts are spent. None: not ours."""
+    if attempts >= max_attempts:
+        error = f"{why}; gave up after {attempts} attempts (CHARRNN_MAX_ATTEMPTS={max_attempts})"
+        return JobStatus.FAILED if failed(session, job_id=job_id, worker_id=worker_id, error=error) else None
+    requeued = _transition(
+        session, job_id=job_id, guard=mine(job_id, worker_id), status=JobStatus.QUEUED,
+        values={"worker_id": None, "lease_expires_at": None},
+        message=f"back in the queue: {why} (attempt {attempts} of {max_attempts} used); "
+        "it resumes from its last checkpoint",
+        attempt=attempts,
+    )
+    return JobStatus.QUEUED if requeued else None
+
+
 def reap_expired(session: Session, *, max_attempts: int) -> list[tuple[str, JobStatus]]:
     """Jobs whose worker went silent: back to the queue, or failed after max_attempts tries."""
     now = utcnow()

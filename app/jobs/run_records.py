@@ -8,7 +8,7 @@ caller's session and do not commit.
 
 from __future__ import annotations
 
-from sqlalchemy import delete, select, update
+from sqlalchemy import delete, func, select, update
 from sqlalchemy.orm import Session
 
 from app.checkpoints import repository as checkpoints
@@ -16,7 +16,7 @@ from app.db import utcnow
 from app.jobs.events import add_event, prune_metrics_events
 from app.jobs.lifecycle import mine
 from app.jobs.schemas import PROGRESS_KEYS
-from app.models import Job, JobMetric
+from app.models import Job, JobEvent, JobMetric
 from worker.engine.records import CheckpointRecord, Diagnosis, RunStarted, Snapshot
 
 
@@ -33,12 +33,14 @@ def started(
     worker_id: str,
     info: RunStarted,
     on_disk: list[CheckpointRecord] = (),
+    journal: list[tuple[Snapshot, str | None]] = (),
 ) -> None:
     """Training started (or resumed): record the device, and on resume put the record in line with the files.
 
     A resumed run redoes the steps after its checkpoint, so their first-time metrics go. A worker
-    killed right after writing a checkpoint's files never wrote its row and metrics: `on_disk` (the
-    run directory's checkpoints up to the resumed step) rebuilds what is missing from the files.
+    killed right after writing a checkpoint's files never wrote its row and metrics: `journal` (the
+    run's reported points and evaluations up to the resumed step, worker/service/journal.py) restores
+    the points, `on_disk` (the run directory's checkpoints up to the resumed step) the rows.
     """
     # The model as it runs: the fields the job left out are now chosen (autoconfig.py).
     model = {k: v for k, v in info.model.items() if k != "vocab_size"}
@@ -50,8 +52,9 @@ def started(
         values["training"] = {**training, **info.chosen_training}
     session.execute(update(Job).where(*mine(job_id, worker_id)).values(**values))
     resumed = info.resumed_from_step
+    _forget_points_after(session, job_id, -1 if resumed is None else resumed)
     if resumed is not None:
-        session.execute(delete(JobMetric).where(JobMetric.job_id == job_id, JobMetric.step > resumed))
+        _restore_points(session, job_id, [entry for entry in journal if entry[0].step <= resumed])
         for checkpoint in on_disk:
             if checkpoint.step <= resumed and checkpoints.adopt(session, job_id=job_id, owner=owner,
                                                                 checkpoint=checkpoint):
@@ -87,6 +90,40 @@ def started(
             ),
             data={"reference_losses": refs},
         )
+
+
+def _forget_points_after(session: Session, job_id: str, step: int) -> None:
+    """The lost attempt's points after `step` (and their metrics and sample events) go: the run reports
+    them again. From scratch (an attempt that died before its first checkpoint) `step` is -1: all go."""
+    session.execute(delete(JobMetric).where(JobMetric.job_id == job_id, JobMetric.step > step))
+    events = session.execute(
+        select(JobEvent.id, JobEvent.data).where(JobEvent.job_id == job_id, JobEvent.type.in_(("metrics", "sample")))
+    )
+    stale = [event_id for event_id, data in events if (data or {}).get("step", -1) > step]
+    if stale:
+        session.execute(delete(JobEvent).where(JobEvent.id.in_(stale)))
+
+
+def _restore_points(session: Session, job_id: str, journal: list[tuple[Snapshot, str | None]]) -> None:
+    """Write the journal's points the database lacks: those after its latest row's step, and at that step
+    the ones after the rows it has (the supervisor writes reports in the order they came). Earlier gaps
+    are points the metrics budget left out on purpose."""
+    last = session.scalar(select(func.max(JobMetric.step)).where(JobMetric.job_id == job_id))
+    have = 0
+    if last is not None:
+        have = session.scalar(
+            select(func.count()).select_from(JobMetric).where(JobMetric.job_id == job_id, JobMetric.step == last)
+        )
+    for snapshot, sample in journal:
+        if last is not None and snapshot.step < last:
+            continue
+        if last is not None and snapshot.step == last and have > 0:
+            have -= 1
+            continue
+        if sample is None:
+            record_metrics(session, job_id=job_id, snapshot=snapshot)
+        else:
+            record_evaluation(session, job_id=job_id, snapshot=snapshot, sample=sample)
 
 
 def _add_point_of(session: Session, job_id: str, checkpoint: CheckpointRecord) -> None:

@@ -6,6 +6,7 @@ from collections.abc import Iterator
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
+from app.checkpoints import integrity
 from app.checkpoints import repository as checkpoints
 from app.corpora import repository as corpora
 from app.corpora import service as corpora_service
@@ -146,6 +147,19 @@ def check_stored_bytes(session: Session, *, owner: str, settings: Settings) -> N
     )
 
 
+def check_init_from_intact(checkpoint, settings: Settings) -> None:
+    """A damaged `init_from` file is refused now (409 naming it), not by the worker after the job was queued:
+    its size and sha256 must be those recorded when it was written."""
+    try:
+        _, problem = integrity.mismatch(
+            settings.data_dir / checkpoint.path, sha256=checkpoint.sha256, size_bytes=checkpoint.size_bytes
+        )
+    except OSError:
+        raise ApiError(410, f"the file of checkpoint {checkpoint.id} is unreadable or gone") from None
+    if problem:
+        raise ApiError(409, integrity.corrupt_message(checkpoint.id, problem))
+
+
 def create(
     session: Session, *, owner: str, settings: Settings, body: JobCreate, columns: dict | None = None
 ) -> Job:
@@ -160,6 +174,7 @@ def create(
             checkpoint = checkpoints.get(session, owner=owner, checkpoint_id=body.init_from)
             if checkpoint is None:
                 raise not_found("checkpoint", body.init_from)
+            check_init_from_intact(checkpoint, settings)
             try:
                 config = json.loads(read_metadata(settings.data_dir / checkpoint.path)["config"])
             except (OSError, KeyError, ValueError):

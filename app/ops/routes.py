@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import socket
+
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse, PlainTextResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -40,7 +42,10 @@ def _readiness() -> tuple[bool, dict]:
     # Under `charrnn serve` its own worker is the only one: while it restarts, nothing can run a job,
     # even if the dead worker's last heartbeat is still within the lease.
     info["embedded_worker"] = worker
-    return bool(alive) and worker["status"] == "running", info
+    # Ready once the running worker has registered itself: a dead worker's heartbeat may still be fresh
+    # (its URL refuses), and a /generate routed there would be answered 503.
+    registered = any(w.pid == worker["pid"] and w.hostname == socket.gethostname() for w in alive)
+    return registered and worker["status"] == "running", info
 
 
 @router.get(

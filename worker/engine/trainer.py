@@ -212,6 +212,7 @@ class Trainer:
         self.state = TrainingState(corpus_sha256=sha256_text(text), elapsed=probe_seconds)
         self.hidden = None
         self.resumed_from_step: int | None = None
+        self.checkpointed_step: int | None = None  # the step of this run's latest checkpoint
 
         latest = self.run.latest()
         if latest:
@@ -288,7 +289,7 @@ class Trainer:
             torch.cuda.set_rng_state_all(state.cuda_rng)
         # The live state keeps only the counters: the tensors above are captured afresh at each save.
         self.state = replace(state, hidden=[], optimizer={}, torch_rng=None, cuda_rng=[])
-        self.resumed_from_step = step
+        self.resumed_from_step = self.checkpointed_step = step
 
     # -- progress --------------------------------------------------------------------------------
 
@@ -376,6 +377,7 @@ class Trainer:
 
     def _checkpoint(self, is_best: bool) -> Path:
         state = self._captured_state()  # a collective under DDP: every rank takes part
+        self.checkpointed_step = self.state.step
         if not self.dist.is_main:
             return self.run.step_paths(self.state.step)[0]
         stats = CheckpointStats(step=self.state.step, train_loss=self.state.train_loss,
@@ -485,9 +487,12 @@ class Trainer:
             if self.state.step % c.log_every == 0:
                 self.observer.on_metrics(self._snapshot())
             stopped_by = self._agreed_stop_reason()
-            at_eval = self._eval_due(progress_before) and stopped_by is None
+            # The run's last step is evaluated and saved after the loop. A run interrupted here still makes
+            # this step's evaluation and checkpoint: the run that resumes from it starts after them.
+            last_step = stopped_by in STOPPING_RULES
+            at_eval = self._eval_due(progress_before) and not last_step
             improved = self._evaluate_and_report() if at_eval else False
-            if (self.state.step % c.checkpoint_every == 0 or improved) and stopped_by is None:
+            if (self.state.step % c.checkpoint_every == 0 or improved) and not last_step:
                 self._checkpoint(is_best=improved)
             self.state.elapsed += time.perf_counter() - t1
             stopped_by = stopped_by or self._agreed_stop_reason()
@@ -497,7 +502,12 @@ class Trainer:
         interrupted = stopped_by not in STOPPING_RULES
         ran = self.state.step > (self.resumed_from_step or 0)
         improved = self._evaluate_and_report() if ran and not interrupted else False
-        last = self._checkpoint(is_best=improved)
+        if self.checkpointed_step == self.state.step:
+            # Stopped right after this step's checkpoint (or resumed from the last step's): saving it
+            # again would only lose its is_best.
+            last = self.run.step_paths(self.state.step)[0]
+        else:
+            last = self._checkpoint(is_best=improved)
         if ran and not interrupted:  # after the checkpoint: an evaluation and its checkpoint report together
             self._diagnose(self.doctor.end(self.state.step))
         return RunResult(

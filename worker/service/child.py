@@ -18,6 +18,7 @@ from pathlib import Path
 
 from worker.engine.records import CheckpointRecord, Diagnosis, JobSpec, RunResult, RunStarted, Snapshot
 from worker.service.exits import STDERR_FILE
+from worker.service.journal import Journal
 from worker.service.reports import CheckpointSaved, Diagnosed, Evaluated, Failed, Finished, Metrics, Started
 
 PR_SET_PDEATHSIG = 1
@@ -37,19 +38,24 @@ def die_with_parent(parent_pid: int) -> None:
 class QueueObserver:
     """Forwards the trainer's hooks to the worker; stops when asked or when the worker is gone."""
 
-    def __init__(self, queue, stop_event, parent_pid: int):
+    def __init__(self, queue, stop_event, parent_pid: int, run_dir: str):
         self.queue, self.stop_event, self.parent_pid = queue, stop_event, parent_pid
+        self.journal = Journal(run_dir)
 
     def on_start(self, info: RunStarted) -> None:
+        self.journal.resumed(info.resumed_from_step)
         self.queue.put(Started(info))
 
     def on_metrics(self, metrics: Snapshot) -> None:
+        self.journal.append(metrics)
         self.queue.put(Metrics(metrics))
 
     def on_eval(self, metrics: Snapshot, sample: str) -> None:
+        self.journal.append(metrics, sample)
         self.queue.put(Evaluated(metrics, sample))
 
     def on_checkpoint(self, checkpoint: CheckpointRecord) -> None:
+        self.journal.checkpointed(checkpoint.step)
         self.queue.put(CheckpointSaved(checkpoint))
 
     def on_diagnosis(self, diagnosis: Diagnosis) -> None:
@@ -79,7 +85,7 @@ def _train_rank(spec: JobSpec, queue, stop_event, parent_pid: int) -> RunResult 
     spec = spec.model_copy(update={"training": setup_process_group(spec.training)})
     finished = False
     try:
-        result = _train(spec, QueueObserver(queue, stop_event, parent_pid))
+        result = _train(spec, QueueObserver(queue, stop_event, parent_pid, spec.run_dir))
         finished = True
         return result
     except ValueError as exc:  # an EngineError, or a setting the trainer refused
@@ -138,7 +144,7 @@ def train_job(spec: JobSpec, queue, stop_event, parent_pid: int) -> None:
         else:
             if spec.threads:
                 torch.set_num_threads(spec.threads)
-            result = _train(spec, QueueObserver(queue, stop_event, parent_pid))
+            result = _train(spec, QueueObserver(queue, stop_event, parent_pid, spec.run_dir))
         queue.put(Failed(result) if isinstance(result, str) else Finished(result))
     except ValueError as exc:  # an EngineError, or a setting the trainer refused
         queue.put(Failed(str(exc)))

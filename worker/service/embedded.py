@@ -7,6 +7,8 @@ readiness says so instead of only "no worker".
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import logging
 import signal
 import subprocess
@@ -20,6 +22,17 @@ log = logging.getLogger("charrnn.serve")
 
 BACKOFF_SECONDS = (1, 2, 5, 10, 30)  # waits before the 1st, 2nd, ... restart in a row
 STABLE_SECONDS = 60  # a worker that ran this long starts the backoff over when it dies
+
+
+PR_SET_PDEATHSIG = 1
+
+
+def stop_with_parent() -> None:
+    """In the worker, before it runs (Popen's preexec_fn): Linux sends it SIGTERM when serve dies, even by
+    kill -9, so that it checkpoints and requeues its job instead of training on without a supervisor.
+    (The signal comes when the thread that started it ends: the watcher, which lives as long as it.)"""
+    with contextlib.suppress(OSError):  # not Linux: a worker whose serve died is stopped by nobody
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 class EmbeddedWorker:
@@ -38,6 +51,13 @@ class EmbeddedWorker:
     def __enter__(self) -> EmbeddedWorker:
         self.watcher.start()
         return self
+
+    def request_stop(self) -> None:
+        """Ask the worker to stop now (it checkpoints its job and hands it back); safe in a signal handler."""
+        self.stopping.set()
+        child = self.child
+        if child is not None and child.poll() is None:
+            child.send_signal(signal.SIGTERM)
 
     def __exit__(self, *exc) -> None:
         self.stopping.set()
@@ -58,7 +78,7 @@ class EmbeddedWorker:
             with self.lock:
                 if self.stopping.is_set():
                     return
-                self.child = subprocess.Popen(self.command)
+                self.child = subprocess.Popen(self.command, preexec_fn=stop_with_parent)
             self._publish("running")
             started = time.monotonic()
             code = self.last_exit = self.child.wait()

@@ -5,7 +5,10 @@
     JobRun.supervise()         ------spawn--->    Trainer(...).train()
     every ~0.5 s: renew lease + relay   <-queue-- Started / Metrics / Evaluated / CheckpointSaved
       reports to app.jobs.run_records             (reports.py), then Finished or Failed
+    LeaseKeeper thread: renews the lease every lease/3 s until the outcome is written
+      (however long a final evaluation, a checkpoint or the child's exit takes)
     lease lost or job cancelled: SIGKILL child
+    child killed (exit by a signal): requeue while attempts are left (CHARRNN_MAX_ATTEMPTS), else fail
     worker stopping: set stop event ------------> should_stop() -> "shutdown": checkpoint, return
       then requeue the job                        (the next worker resumes from that checkpoint)
 
@@ -20,6 +23,7 @@ import logging
 import multiprocessing
 import os
 import queue as queue_module
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -34,6 +38,7 @@ from app.settings import Settings
 from worker.engine.header import read_metadata
 from worker.engine.records import CheckpointRecord, CheckpointStats, JobSpec
 from worker.service.exits import STDERR_FILE, death_message, stderr_tail
+from worker.service.journal import read_journal
 from worker.service.outage import DATABASE_ERRORS, Outage
 from worker.service.reports import (
     CheckpointSaved,
@@ -84,6 +89,40 @@ def coalesce(pending: list[Report], budget: MetricsBudget) -> list[Report]:
     return [r for i, r in enumerate(pending) if i not in dropped]
 
 
+class LeaseKeeper:
+    """Renews the job's lease on its own thread, every third of a lease, from the child's start until the
+    outcome is written: a final evaluation, a checkpoint, a child slow to exit or a slow outcome write
+    report nothing for a while, and the lease must not lapse then (the reaper would requeue a job that
+    is finishing). It stops renewing, and says so, once the job is no longer ours."""
+
+    def __init__(self, job_id: str, worker_id: str, lease_seconds: float):
+        self.job_id, self.worker_id, self.lease_seconds = job_id, worker_id, lease_seconds
+        self.done = threading.Event()
+        self.lost = threading.Event()
+        self.thread = threading.Thread(target=self._run, name=f"lease-{job_id}", daemon=True)
+
+    def __enter__(self) -> LeaseKeeper:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.done.set()
+        self.thread.join(timeout=10)
+
+    def _run(self) -> None:
+        while not self.done.wait(self.lease_seconds / 3):
+            try:
+                with session_scope() as session:
+                    ours = lifecycle.renew(
+                        session, job_id=self.job_id, worker_id=self.worker_id, lease_seconds=self.lease_seconds
+                    )
+            except DATABASE_ERRORS:
+                continue  # the supervisor's writes go through the outage's backoff; keep trying here
+            if not ours:
+                self.lost.set()
+                return
+
+
 class JobRun:
     """Supervises one training child: relays its reports into the database under the lease."""
 
@@ -123,8 +162,15 @@ class JobRun:
             daemon=self.spec.gpus <= 1,
         )
         self.child.start()
+        with LeaseKeeper(self.job.id, self.worker_id, self.settings.job_lease_seconds) as self.lease:
+            self._supervise()
+
+    def _supervise(self) -> None:
         last_flush = 0.0
         while True:
+            if self.lease.lost.is_set():
+                self.kill("the job is no longer ours (cancelled, or the lease was lost)")
+                return
             if self.stopping() and not self.stop_sent:
                 self.stop_event.set()
                 self.stop_sent = True
@@ -226,9 +272,12 @@ class JobRun:
         job_id, owner, worker_id = self.job.id, self.job.owner, self.worker_id
         match report:
             case Started():
-                on_disk = self.checkpoints_on_disk() if report.info.resumed_from_step is not None else []
+                resumed = report.info.resumed_from_step
+                on_disk = self.checkpoints_on_disk() if resumed is not None else []
+                journal = read_journal(self.spec.run_dir, up_to=resumed) if resumed is not None else []
                 run_records.started(
-                    session, job_id=job_id, owner=owner, worker_id=worker_id, info=report.info, on_disk=on_disk
+                    session, job_id=job_id, owner=owner, worker_id=worker_id, info=report.info, on_disk=on_disk,
+                    journal=journal,
                 )
             case Metrics():
                 run_records.record_metrics(session, job_id=job_id, snapshot=report.snapshot)
@@ -309,6 +358,13 @@ class JobRun:
                 if outcome.error.startswith("training crashed"):  # a bug: its trace is in the child's stderr
                     log.error("job %s: %s\n%s", job_id, outcome.error, "\n".join(self.stderr_lines()[-30:]))
                 lifecycle.failed(session, job_id=job_id, worker_id=worker_id, error=outcome.error)
+            case None if self.child.exitcode is not None and self.child.exitcode < 0:
+                # Killed: often transient (an operator, another process's memory spike): resume from the
+                # last checkpoint while attempts are left.
+                lifecycle.retry_or_fail(
+                    session, job_id=job_id, worker_id=worker_id, attempts=self.job.attempts,
+                    max_attempts=self.settings.max_attempts, why=self.death_message(),
+                )
             case None:
                 error = self.death_message()
                 lifecycle.failed(session, job_id=job_id, worker_id=worker_id, error=error)
