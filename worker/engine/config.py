@@ -44,6 +44,9 @@ class TrainConfig:
     min_lr_ratio: float = 0.1  # the linear decay ends at learning_rate * min_lr_ratio
     warmup_steps: int = 0  # AdamW with clipping needs none here; 50 (with cosine decay) cost 0.010 nats
     weight_decay: float = 0.01
+    # The weights evaluated, checkpointed and sampled from are their exponential moving average at this
+    # decay (averaging.py); None trains and serves the raw weights.
+    ema_decay: float | None = None
     grad_clip: float = 1.0  # max global gradient norm; RNN gradients spike, this keeps a step sane
     max_steps: int | None = None
     max_epochs: float | None = None
