@@ -186,3 +186,13 @@ def test_cli_train_rejects_bad_files_clearly(tmp_path, content, message):
                           capture_output=True, text=True)
     assert proc.returncode == 2
     assert message in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_the_rate_holds_at_its_peak_until_the_decay_share_of_the_run_is_left():
+    from worker.engine.trainer import lr_at
+
+    wsd = TrainConfig(learning_rate=1.0, min_lr_ratio=0.1, decay_fraction=0.2)
+    assert [lr_at(wsd, 100, p) for p in (0.0, 0.5, 0.8)] == [1.0, 1.0, 1.0]
+    assert math.isclose(lr_at(wsd, 100, 0.9), 0.55) and math.isclose(lr_at(wsd, 100, 1.0), 0.1)
+    linear = TrainConfig(learning_rate=1.0, min_lr_ratio=0.1)  # decay_fraction 1: from the first step
+    assert math.isclose(lr_at(linear, 100, 0.5), 0.55)

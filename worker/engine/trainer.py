@@ -79,7 +79,9 @@ def lr_at(config: TrainConfig, step: int, progress: float) -> float:
     nats after two minutes (benchmarks/RESULTS.md)."""
     if step < config.warmup_steps:
         return config.learning_rate * (step + 1) / config.warmup_steps
-    return config.learning_rate * (1 - (1 - config.min_lr_ratio) * min(progress, 1.0))
+    # With decay_fraction < 1 the rate holds at its peak until the decay's share of the run is left.
+    decayed = max(0.0, min(progress, 1.0) - (1 - config.decay_fraction)) / config.decay_fraction
+    return config.learning_rate * (1 - (1 - config.min_lr_ratio) * decayed)
 
 
 def sha256_text(text: str) -> str:
@@ -91,6 +93,8 @@ def check_config(config: TrainConfig) -> None:
         (config.seq_len >= 1, "seq_len must be at least 1"),
         (config.batch_size >= 1, "batch_size must be at least 1"),
         (config.learning_rate > 0, "learning_rate must be positive"),
+        (0 < config.decay_fraction <= 1, "decay_fraction must be in (0, 1]"),
+        (config.ema_decay is None or 0 <= config.ema_decay < 1, "ema_decay must be in [0, 1)"),
         (0 <= config.val_fraction < 1, "val_fraction must be in [0, 1)"),
         (config.eval_every >= 1 and config.checkpoint_every >= 1, "eval_every and checkpoint_every must be >= 1"),
         (config.max_steps is None or config.max_steps >= 1, "max_steps must be at least 1"),
