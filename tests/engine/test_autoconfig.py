@@ -125,3 +125,13 @@ def test_the_speed_probe_counts_against_the_budget_and_leaves_the_weights_alone(
     assert plain.choice is None and plain.state.elapsed == 0
     for a, b in zip(probed.model.parameters(), plain.model.parameters(), strict=True):
         assert torch.equal(a, b)
+
+
+def test_the_speed_probe_reads_the_median_step_so_one_slowed_step_does_not_shrink_the_model():
+    from worker.engine.probe import robust_speed
+
+    steady = robust_speed([0.10, 0.10, 0.10, 0.10, 0.10], chars_per_step=2048)
+    # another process takes the CPU for one step: a mean over the steps would read 40% slower
+    disturbed = robust_speed([0.10, 0.10, 0.50, 0.10, 0.10], chars_per_step=2048)
+    assert disturbed == steady == 20480
+    assert robust_speed([0.1, 0.2, 0.3], chars_per_step=300) == 1500

@@ -56,9 +56,9 @@ def test_loss_falls_on_a_small_corpus(tmp_path, text):
     assert Path(result.checkpoint).is_file()
 
 
-@pytest.mark.parametrize("precision", ["fp32", "bf16"])
-def test_resumed_run_equals_uninterrupted_run_bitwise(tmp_path, text, precision):
-    config = tiny_config(precision=precision, max_steps=45, log_every=1)
+@pytest.mark.parametrize(("precision", "ema_decay"), [("fp32", None), ("bf16", None), ("fp32", 0.9), ("bf16", 0.9)])
+def test_resumed_run_equals_uninterrupted_run_bitwise(tmp_path, text, precision, ema_decay):
+    config = tiny_config(precision=precision, max_steps=45, log_every=1, ema_decay=ema_decay)
     whole = Trainer(text, tmp_path / "whole", TINY_MODEL, config).train()
 
     # Stop between checkpoints and across an epoch boundary's neighbourhood, then resume twice.
@@ -76,6 +76,20 @@ def test_resumed_run_equals_uninterrupted_run_bitwise(tmp_path, text, precision)
     a, b = load_file(whole.last_checkpoint), load_file(resumed.last_checkpoint)
     assert a.keys() == b.keys()
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_weight_average_is_what_checkpoints_hold_and_evaluation_scores(tmp_path, text):
+    trainer = Trainer(text, tmp_path / "run", TINY_MODEL, tiny_config(max_steps=30, ema_decay=0.9))
+    result = trainer.train()
+    saved = load_file(result.last_checkpoint)
+    averaged, trained = trainer.average.model.state_dict(), trainer.model.state_dict()
+    assert all(torch.equal(saved[k], averaged[k]) for k in saved)
+    assert not all(torch.equal(saved[k], trained[k]) for k in saved)
+    assert trainer.average.updates == 30
+    assert result.val_loss == trainer.evaluate()  # the average's score, as the run reported it
+    # the trained weights travel in the training state, for an exact resume
+    _, _, state = RunDirectory(tmp_path / "run").latest()
+    assert all(torch.equal(state.training_weights[k], trained[k]) for k in trained)
 
 
 def test_resume_refuses_a_different_corpus(tmp_path, text):
@@ -172,3 +186,13 @@ def test_cli_train_rejects_bad_files_clearly(tmp_path, content, message):
                           capture_output=True, text=True)
     assert proc.returncode == 2
     assert message in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_the_rate_holds_at_its_peak_until_the_decay_share_of_the_run_is_left():
+    from worker.engine.trainer import lr_at
+
+    wsd = TrainConfig(learning_rate=1.0, min_lr_ratio=0.1, decay_fraction=0.2)
+    assert [lr_at(wsd, 100, p) for p in (0.0, 0.5, 0.8)] == [1.0, 1.0, 1.0]
+    assert math.isclose(lr_at(wsd, 100, 0.9), 0.55) and math.isclose(lr_at(wsd, 100, 1.0), 0.1)
+    linear = TrainConfig(learning_rate=1.0, min_lr_ratio=0.1)  # decay_fraction 1: from the first step
+    assert math.isclose(lr_at(linear, 100, 0.5), 0.55)

@@ -142,6 +142,10 @@ class TrainingState:
     optimizer: dict = field(default_factory=dict)
     torch_rng: torch.Tensor | None = None
     cuda_rng: list[torch.Tensor] = field(default_factory=list)
+    # With weight averaging (averaging.py) the weights file holds the average; these are the trained weights,
+    # and the number of steps averaged so far.
+    training_weights: dict[str, torch.Tensor] = field(default_factory=dict)
+    average_updates: int = 0
 
     def save(self, path: Path) -> None:
         buffer = io.BytesIO()

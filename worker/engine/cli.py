@@ -127,6 +127,10 @@ def train(
     weight_decay: Annotated[float | None, typer.Option()] = None,
     warmup_steps: Annotated[int | None, typer.Option()] = None,
     min_lr_ratio: Annotated[float | None, typer.Option(help="final learning rate / peak")] = None,
+    decay_fraction: Annotated[float | None, typer.Option(
+        help="share of the run, at its end, over which the rate decays (1: from the start)")] = None,
+    ema_decay: Annotated[float | None, typer.Option(
+        help="evaluate, checkpoint and sample from an exponential moving average of the weights at this decay")] = None,
     max_steps: Annotated[int | None, typer.Option()] = None,
     max_epochs: Annotated[float | None, typer.Option()] = None,
     max_seconds: Annotated[float | None, typer.Option()] = None,
@@ -146,7 +150,9 @@ def train(
                     "embedding_dim": embedding_dim, "dropout": dropout}
     train_fields = {"seq_len": seq_len, "batch_size": batch_size, "learning_rate": learning_rate,
                     "grad_clip": grad_clip, "weight_decay": weight_decay, "warmup_steps": warmup_steps,
-                    "min_lr_ratio": min_lr_ratio, "max_steps": max_steps, "max_epochs": max_epochs,
+                    "min_lr_ratio": min_lr_ratio, "ema_decay": ema_decay, "max_steps": max_steps,
+                    "decay_fraction": decay_fraction,
+                    "max_epochs": max_epochs,
                     "max_seconds": max_seconds, "val_fraction": val_fraction, "eval_every": eval_every,
                     "checkpoint_every": checkpoint_every, "seed": seed, "device": device, "precision": precision}
     given_training = {k: v for k, v in train_fields.items() if v is not None}

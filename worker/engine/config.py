@@ -51,8 +51,14 @@ class TrainConfig:
     batch_size: int = 32  # parallel streams
     learning_rate: float = 3e-3  # peak; LSTMs of this size tolerate a high rate with clipping
     min_lr_ratio: float = 0.1  # the linear decay ends at learning_rate * min_lr_ratio
+    # The share of the run, at its end, over which the rate decays; before it the rate holds at its peak
+    # (warmup-stable-decay). 1 decays from the start.
+    decay_fraction: float = 1.0
     warmup_steps: int = 0  # AdamW with clipping needs none here; 50 (with cosine decay) cost 0.010 nats
     weight_decay: float = 0.01
+    # The weights evaluated, checkpointed and sampled from are their exponential moving average at this
+    # decay (averaging.py); None trains and serves the raw weights.
+    ema_decay: float | None = None
     grad_clip: float = 1.0  # max global gradient norm; RNN gradients spike, this keeps a step sane
     max_steps: int | None = None
     max_epochs: float | None = None

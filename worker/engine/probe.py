@@ -7,6 +7,7 @@ a model size. The probe takes well under a second per size on a CPU for the size
 
 from __future__ import annotations
 
+import statistics
 import time
 
 import torch
@@ -16,7 +17,13 @@ from worker.engine.config import ModelConfig
 from worker.engine.model import CharRNN, autocast
 
 WARMUP_STEPS = 2  # the first steps pay for allocations and kernel selection
-TIMED_STEPS = 4
+TIMED_STEPS = 5
+
+
+def robust_speed(step_seconds: list[float], chars_per_step: int) -> float:
+    """Characters per second from each timed step's seconds: the median step, so that one step slowed by
+    another process on a shared machine (or a late allocation) does not shrink the chosen model."""
+    return chars_per_step / statistics.median(step_seconds)
 
 
 class SpeedProbe:
@@ -46,16 +53,16 @@ class SpeedProbe:
         optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
         x = torch.randint(self.vocab_size, (self.batch_size, self.seq_len + 1), device=self.device)
         inputs, targets = x[:, :-1], x[:, 1:]
+        step_seconds = []
         for step in range(WARMUP_STEPS + TIMED_STEPS):
-            if step == WARMUP_STEPS:
-                if self.device.type == "cuda":
-                    torch.cuda.synchronize(self.device)
-                started = time.perf_counter()
+            started = time.perf_counter()
             with autocast(self.device.type, self.autocast_dtype):
                 logits, _ = model(inputs)
             loss = F.cross_entropy(logits.float().flatten(0, 1), targets.flatten())
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-        loss.item()  # waits for a GPU to finish
-        return TIMED_STEPS * self.batch_size * self.seq_len / (time.perf_counter() - started)
+            loss.item()  # waits for a GPU to finish this step
+            if step >= WARMUP_STEPS:
+                step_seconds.append(time.perf_counter() - started)
+        return robust_speed(step_seconds, self.batch_size * self.seq_len)

@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from worker.engine.autoconfig import Choice, choose_model, needs_speed
+from worker.engine.averaging import WeightAverage
 from worker.engine.checkpoint import (
     CheckpointError,
     RunDirectory,
@@ -96,7 +97,9 @@ def lr_at(config: TrainConfig, step: int, progress: float) -> float:
     nats after two minutes (benchmarks/RESULTS.md)."""
     if step < config.warmup_steps:
         return config.learning_rate * (step + 1) / config.warmup_steps
-    return config.learning_rate * (1 - (1 - config.min_lr_ratio) * min(progress, 1.0))
+    # With decay_fraction < 1 the rate holds at its peak until the decay's share of the run is left.
+    decayed = max(0.0, min(progress, 1.0) - (1 - config.decay_fraction)) / config.decay_fraction
+    return config.learning_rate * (1 - (1 - config.min_lr_ratio) * decayed)
 
 
 def sha256_text(text: str) -> str:
@@ -108,6 +111,8 @@ def check_config(config: TrainConfig) -> None:
         (config.seq_len >= 1, "seq_len must be at least 1"),
         (config.batch_size >= 1, "batch_size must be at least 1"),
         (config.learning_rate > 0, "learning_rate must be positive"),
+        (0 < config.decay_fraction <= 1, "decay_fraction must be in (0, 1]"),
+        (config.ema_decay is None or 0 <= config.ema_decay < 1, "ema_decay must be in [0, 1)"),
         (0 <= config.val_fraction < 1, "val_fraction must be in [0, 1)"),
         ((config.eval_every is None or config.eval_every >= 1) and config.checkpoint_every >= 1,
          "eval_every and checkpoint_every must be >= 1"),
@@ -176,6 +181,8 @@ class Trainer:
             self.model = CharRNN(ModelConfig(vocab_size=len(self.vocab), **model_config))
 
         self.model.to(self.device).train()
+        # The average of the weights is what is evaluated, checkpointed and sampled from (averaging.py).
+        self.average = WeightAverage(self.model, self.config.ema_decay) if self.config.ema_decay else None
         # What the training step calls: DDP averages gradients across ranks during backward.
         self.net = (torch.nn.parallel.DistributedDataParallel(self.model) if self.dist.enabled else self.model)
 
@@ -267,6 +274,11 @@ class Trainer:
             # all B rows, whatever the number of ranks, so that any world size can resume it
             hidden=self.dist.gather_rows(hidden_to_list(self.hidden)) if self.hidden is not None else [],
             optimizer=self.optimizer.state_dict(),
+            # With averaging the checkpoint's weights are the average: the trained ones travel here.
+            training_weights=(
+                {k: v.detach().cpu().clone() for k, v in self.model.state_dict().items()} if self.average else {}
+            ),
+            average_updates=self.average.updates if self.average else 0,
             torch_rng=torch.get_rng_state(),
             cuda_rng=torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
         )
@@ -279,7 +291,12 @@ class Trainer:
             )
         expected = self.run.last_record()["sha256"]  # a file damaged since it was written is refused
         loaded = load_model(weights_path, device=self.device, expected_sha256=expected)
-        self.model.load_state_dict(loaded.model.state_dict())
+        if self.average:
+            self.average.model.load_state_dict(loaded.model.state_dict())
+            self.average.updates = state.average_updates
+            self.model.load_state_dict(state.training_weights)
+        else:
+            self.model.load_state_dict(loaded.model.state_dict())
         self.model.train()
         self.optimizer.load_state_dict(state.optimizer)
         hidden = self.dist.shard_rows(state.hidden) if state.hidden else None
@@ -288,7 +305,7 @@ class Trainer:
         if state.cuda_rng and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(state.cuda_rng)
         # The live state keeps only the counters: the tensors above are captured afresh at each save.
-        self.state = replace(state, hidden=[], optimizer={}, torch_rng=None, cuda_rng=[])
+        self.state = replace(state, hidden=[], optimizer={}, torch_rng=None, cuda_rng=[], training_weights={})
         self.resumed_from_step = self.checkpointed_step = step
 
     # -- progress --------------------------------------------------------------------------------
@@ -330,13 +347,18 @@ class Trainer:
 
     # -- the loop --------------------------------------------------------------------------------
 
+    @property
+    def served_model(self) -> CharRNN:
+        """The weights a checkpoint holds and evaluation and samples use: the average, if the run keeps one."""
+        return self.average.model if self.average else self.model
+
     def evaluate(self) -> float | None:
         if len(self.val_data) < 2:
             return None
         if isinstance(self.eval_data, tuple):  # a sample of windows, each scored from a fresh state
-            loss, _ = mean_cross_entropy(self.model, *self.eval_data)
+            loss, _ = mean_cross_entropy(self.served_model, *self.eval_data)
         else:
-            loss, _ = score_ids(self.model, self.eval_data)
+            loss, _ = score_ids(self.served_model, self.eval_data)
         self.model.train()
         return loss
 
@@ -359,8 +381,10 @@ class Trainer:
         seed = (self.config.seed + self.state.step) % (MAX_SEED + 1)
         length = min(self.config.sample_length, MAX_LENGTH)
         request = SampleRequest(length=length, temperature=0.8, seed=seed)
-        text = Sampler(self.model, self.vocab).generate(request)[0].text
+        text = Sampler(self.served_model, self.vocab).generate(request)[0].text
         self.model.train()
+        if self.average:
+            self.average.model.eval()
         return text
 
     def _evaluate_and_report(self) -> bool:
@@ -382,7 +406,7 @@ class Trainer:
             return self.run.step_paths(self.state.step)[0]
         stats = CheckpointStats(step=self.state.step, train_loss=self.state.train_loss,
                                 val_loss=self.state.last_val_loss, is_best=is_best)
-        weights = weights_bytes(self.model, self.vocab, stats.file_metadata())
+        weights = weights_bytes(self.served_model, self.vocab, stats.file_metadata())
         previous = (self.run.last_record() or {}).get("step")
         try:
             path = self.run.save(self.state.step, weights, state)
@@ -414,6 +438,8 @@ class Trainer:
         loss.backward()
         grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.grad_clip)
         self.optimizer.step()
+        if self.average:
+            self.average.update(self.model)
         self.hidden = detach_hidden(hidden)
         return self.dist.mean(loss.item(), self.device), float(grad_norm)
 
