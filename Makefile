@@ -23,10 +23,10 @@ lint: $(STAMP)
 # The whole suite, two tests at a time (most of them wait on real server and worker processes), and the
 # 20 slowest tests printed at the end.
 test: lint
-	$(VENV)/bin/python -m pytest -n 2 --durations=20
+	$(VENV)/bin/python -m pytest -n 2 --dist loadfile --durations=20
 
 # Lint and the tests that run in-process (no server or worker processes): under two minutes.
 check: lint
-	$(VENV)/bin/python -m pytest -n 2 -m "not slow and not browser" --durations=10
+	$(VENV)/bin/python -m pytest -n 2 --dist loadfile -m "not slow and not browser" --durations=10
 
 .PHONY: install serve lint test check

@@ -265,11 +265,16 @@ def _http(request: Request, exc: StarletteHTTPException) -> Problem:
         message = f"unknown URL {request.method} {clip_text(request.url.path)}: see {docs} for the routes"
     elif exc.status_code == 405:
         # Starlette lists only the methods of the one route it matched; a path served by several
-        # routes (GET and DELETE /corpora/{id}) must list them all.
+        # routes (GET and DELETE /corpora/{id}) must list them all. Only those of the first template that
+        # matches: /jobs/defaults is not /jobs/{job_id}, though the latter's pattern matches it too.
         methods = set(filter(None, (m.strip() for m in headers.get("Allow", "").split(","))))
+        template = None
         for route in _routes(request.app.router.routes):
             match, _ = route.matches(request.scope)
-            if match != Match.NONE and getattr(route, "methods", None):
+            if match == Match.NONE or not getattr(route, "methods", None):
+                continue
+            template = template or route.path
+            if route.path == template:
                 methods |= route.methods
         headers["Allow"] = ", ".join(sorted(methods))
         message = f"{request.method} is not allowed on {clip_text(request.url.path)}; it takes {headers['Allow']}"

@@ -16,7 +16,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from tests.harness import KEY, Service, client_for, queue_dummy_jobs, throwaway_database  # noqa: E402
+from tests.harness import KEY, Service, client_for, free_port, queue_dummy_jobs, throwaway_database  # noqa: E402
 
 __all__ = [
     "KEY",
@@ -25,6 +25,7 @@ __all__ = [
     "Service",
     "add_corpus_argument",
     "client_for",
+    "free_port",
     "queue_dummy_jobs",
     "throwaway_database",
 ]

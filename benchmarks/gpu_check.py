@@ -59,8 +59,8 @@ class StopAt(TrainingObserver):
     def __init__(self, step: int):
         self.stop_step, self.step = step, 0
 
-    def on_metrics(self, metrics: dict) -> None:
-        self.step = metrics["step"]
+    def on_metrics(self, metrics) -> None:
+        self.step = metrics.step
 
     def should_stop(self) -> str | None:
         return "interrupted" if self.step >= self.stop_step else None

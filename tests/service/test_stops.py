@@ -84,7 +84,7 @@ def corpus_id(serve):
 
 
 def new_job(client: httpx.Client, corpus_id: str, name: str) -> str:
-    from tests.conftest import TINY_MODEL, TINY_TRAINING
+    from tests.harness import TINY_MODEL, TINY_TRAINING
 
     body = {"corpus_id": corpus_id, "model": TINY_MODEL, "training": {**TINY_TRAINING, **TRAINING}, "name": name}
     r = client.post("/jobs", json=body)
