@@ -10,11 +10,17 @@ from tests.harness import ROOT, Service, require_postgres, small_corpus, throwaw
 SERVICE_TESTS = ROOT / "tests" / "service"
 
 
+# The longest files, started first: `make test` hands whole files to its two workers in collection
+# order, and one of these started last would run alone at the end.
+LONGEST_FILES = ("test_stops.py", "test_scaleout.py", "test_database.py", "test_recovery.py")
+
+
 def pytest_collection_modifyitems(items):
     # Every test under tests/service/ runs the service as real processes: `make check` leaves them out.
     for item in items:
         if SERVICE_TESTS in item.path.parents:
             item.add_marker(pytest.mark.slow)
+    items.sort(key=lambda item: item.path.name not in LONGEST_FILES)  # stable: order within a file kept
 
 
 @pytest.fixture

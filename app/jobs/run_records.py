@@ -16,7 +16,7 @@ from app.db import utcnow
 from app.jobs.events import add_event, prune_metrics_events
 from app.jobs.lifecycle import mine
 from app.jobs.schemas import PROGRESS_KEYS
-from app.models import Job, JobEvent, JobMetric
+from app.models import Checkpoint, Job, JobEvent, JobMetric
 from worker.engine.records import CheckpointRecord, Diagnosis, RunStarted, Snapshot
 
 
@@ -55,9 +55,15 @@ def started(
     _forget_points_after(session, job_id, -1 if resumed is None else resumed)
     if resumed is not None:
         _restore_points(session, job_id, [entry for entry in journal if entry[0].step <= resumed])
+        # Only files newer than the newest row are ones a killed worker never recorded; an older file
+        # without a row is one retention removed before that worker could delete the file.
+        newest = session.scalar(select(func.max(Checkpoint.step)).where(Checkpoint.job_id == job_id))
         for checkpoint in on_disk:
-            if checkpoint.step <= resumed and checkpoints.adopt(session, job_id=job_id, owner=owner,
-                                                                checkpoint=checkpoint):
+            if (
+                checkpoint.step <= resumed
+                and (newest is None or checkpoint.step > newest)
+                and checkpoints.adopt(session, job_id=job_id, owner=owner, checkpoint=checkpoint)
+            ):
                 _add_point_of(session, job_id, checkpoint)
         add_event(
             session,

@@ -68,7 +68,9 @@ def record(client: httpx.Client, job_id: str) -> dict:
 
 @pytest.fixture(scope="module")
 def serve(tmp_path_factory):
-    s = Serve(tmp_path_factory.mktemp("stops") / "data")
+    # Every checkpoint kept: retention (tested in test_retention.py) counts the checkpoint saved where a
+    # stop landed among the last N, so it would keep one fewer older checkpoint than the twin.
+    s = Serve(tmp_path_factory.mktemp("stops") / "data", keep_checkpoints=1000)
     s.start()
     yield s
     s.stop()
