@@ -23,7 +23,7 @@ lint: $(STAMP)
 # The whole suite, two tests at a time (most of them wait on real server and worker processes), and the
 # 20 slowest tests printed at the end.
 test: lint
-	$(VENV)/bin/python -m pytest -n 2 --dist loadfile --durations=20
+	$(VENV)/bin/python -m pytest -n 2 --dist loadfile --reruns 1 --reruns-delay 2 --durations=20
 
 # Lint and the tests that run in-process (no server or worker processes): under two minutes.
 check: lint
