@@ -22,6 +22,7 @@ from fastapi import FastAPI
 from starlette.exceptions import StarletteDeprecationWarning
 from typer.testing import CliRunner
 
+from app.settings import Settings, get_settings
 from tests.harness import KEY, fail_on_server_error, small_corpus
 
 with warnings.catch_warnings():
@@ -60,6 +61,12 @@ class InProcessApi:
         from app.cli import register_api_commands
 
         register_api_commands(self._cli)
+
+    def owner_client(self, owner: str) -> TestClient:
+        """A client with a fresh key of `owner`, made with the CLI as an operator would."""
+        made = self.cli("keys", "create", owner)
+        assert made.returncode == 0, made.stderr
+        return self.client(key=made.stdout.strip().splitlines()[-1])
 
     def client(self, key: str | None = KEY) -> TestClient:
         """A client with `key` as its Bearer key (none: no header). Use it in a `with` block, which runs the
@@ -120,3 +127,17 @@ def client(api) -> Iterator[TestClient]:
 def corpus(api) -> dict:
     with api.client() as c:
         return api.upload(c, small_corpus(), name="shakespeare-20k")
+
+
+@pytest.fixture
+def limited(api):
+    """Override the settings the routes see (SettingsDep) for one test."""
+    base = get_settings()
+
+    def apply(**changes) -> Settings:
+        settings = base.model_copy(update=changes)
+        api.app.dependency_overrides[get_settings] = lambda: settings
+        return settings
+
+    yield apply
+    api.app.dependency_overrides.pop(get_settings, None)

@@ -14,7 +14,7 @@ import pytest
 
 from app.db import read_session
 from app.keys.service import owner_for_key
-from tests.api.test_limits import HUGE, HUGE_TRAINING, limited, new_owner_client  # noqa: F401 (a fixture)
+from tests.api.test_limits import HUGE, HUGE_TRAINING
 from tests.harness import KEY, small_corpus
 
 FORM = {"Content-Type": "application/x-www-form-urlencoded"}  # what `curl -d` sends
@@ -159,7 +159,7 @@ def test_upload_refusals_are_the_same_on_both_faces(api, client):
 
 def test_the_stored_bytes_quota_holds_on_v1_files(api, limited):  # noqa: F811
     limited(max_corpus_bytes_per_owner=25_000)
-    with new_owner_client(api, "v1-storer") as c:
+    with api.owner_client("v1-storer") as c:
         first = v1_upload(c, small_corpus(15_000).encode())
         assert first.status_code == 200, first.text
         r = v1_upload(c, small_corpus(12_000).encode())
@@ -177,7 +177,7 @@ def test_the_stored_bytes_quota_holds_on_v1_files(api, limited):  # noqa: F811
 
 def test_the_active_jobs_limit_holds_on_v1_fine_tuning(api, limited):  # noqa: F811
     limited(max_active_jobs_per_owner=1)
-    with new_owner_client(api, "v1-busy") as c:
+    with api.owner_client("v1-busy") as c:
         file_id = v1_upload(c, small_corpus().encode()).json()["id"]
         native = c.post("/jobs", json={"corpus_id": file_id, "model": {"hidden_size": 16, "num_layers": 1}})
         assert native.status_code == 201, native.text

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from app.settings import Settings, get_settings
+from app.settings import get_settings
 from tests.harness import small_corpus
 from worker.engine.config import estimate_training_bytes, num_parameters, too_much_memory
 
@@ -14,24 +14,6 @@ HUGE = {"cell": "lstm", "hidden_size": 4096, "num_layers": 8}
 HUGE_TRAINING = {"batch_size": 1024, "seq_len": 4096, "max_steps": 1}
 
 
-def new_owner_client(api, owner: str):
-    made = api.cli("keys", "create", owner)
-    assert made.returncode == 0, made.stderr
-    return api.client(key=made.stdout.strip().splitlines()[-1])
-
-
-@pytest.fixture
-def limited(api):
-    """Override the settings the routes see (SettingsDep) for one test."""
-    base = get_settings()
-
-    def apply(**changes) -> Settings:
-        settings = base.model_copy(update=changes)
-        api.app.dependency_overrides[get_settings] = lambda: settings
-        return settings
-
-    yield apply
-    api.app.dependency_overrides.pop(get_settings, None)
 
 
 # --- 5. the memory estimate -------------------------------------------------------------------------------
@@ -54,7 +36,7 @@ def test_the_memory_limit_is_a_setting(client, corpus, limited):
 def test_the_defaults_fit_and_the_default_limit_is_the_machines(api, corpus):
     settings = get_settings()
     assert settings.worker_memory_bytes is None and settings.worker_memory_limit > 256 * 1024**2
-    with new_owner_client(api, "memory-defaults") as c:
+    with api.owner_client("memory-defaults") as c:
         own = api.upload(c, small_corpus(), name="defaults")
         r = c.post("/jobs", json={"corpus_id": own["id"]})
         assert r.status_code == 201, r.text
@@ -97,7 +79,7 @@ def test_the_estimate_grows_as_expected_and_says_what_to_lower():
 
 def test_active_jobs_per_owner_answer_429_with_retry_after(api, limited):
     limited(max_active_jobs_per_owner=2)
-    with new_owner_client(api, "busy-jobs") as c:
+    with api.owner_client("busy-jobs") as c:
         own = api.upload(c, small_corpus(), name="jobs")
         body = {"corpus_id": own["id"], "model": {"hidden_size": 16, "num_layers": 1}, "training": {"max_steps": 5}}
         ids = [c.post("/jobs", json=body).json()["id"] for _ in range(2)]
@@ -105,7 +87,7 @@ def test_active_jobs_per_owner_answer_429_with_retry_after(api, limited):
         assert r.status_code == 429, r.text
         assert r.headers["retry-after"].isdigit()
         assert "CHARRNN_MAX_ACTIVE_JOBS_PER_OWNER" in r.json()["detail"] and "2" in r.json()["detail"]
-        with new_owner_client(api, "other-jobs") as other:  # another owner is not held to this one's count
+        with api.owner_client("other-jobs") as other:  # another owner is not held to this one's count
             theirs = api.upload(other, small_corpus(), name="other")
             r = other.post("/jobs", json={**body, "corpus_id": theirs["id"]})
             assert r.status_code == 201, r.text
@@ -120,7 +102,7 @@ def test_active_jobs_per_owner_answer_429_with_retry_after(api, limited):
 def test_stored_corpus_bytes_per_owner_answer_429_and_leave_nothing(api, limited):
     limited(max_corpus_bytes_per_owner=25_000)
     corpora = api.data_dir / "corpora"
-    with new_owner_client(api, "big-storer") as c:
+    with api.owner_client("big-storer") as c:
         first = api.upload(c, small_corpus(15_000), name="first")
         r = c.post("/corpora", content=small_corpus(12_000).encode(), headers={"Content-Type": "text/plain"})
         assert r.status_code == 429, r.text

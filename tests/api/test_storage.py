@@ -4,35 +4,17 @@ deletes. A job's checkpoints are written here as the worker writes them (rows an
 
 from __future__ import annotations
 
-import pytest
 from sqlalchemy import select
 
 from app.db import session_scope, utcnow
 from app.ids import new_id
 from app.models import Checkpoint, Job, JobEvent, JobMetric
-from app.settings import Settings, get_settings
+from app.settings import get_settings
 from tests.harness import small_corpus
 
 TINY = {"model": {"hidden_size": 16, "num_layers": 1}, "training": {"max_steps": 5}}
 
 
-def new_owner_client(api, owner: str):
-    made = api.cli("keys", "create", owner)
-    assert made.returncode == 0, made.stderr
-    return api.client(key=made.stdout.strip().splitlines()[-1])
-
-
-@pytest.fixture
-def limited(api):
-    base = get_settings()
-
-    def apply(**changes) -> Settings:
-        settings = base.model_copy(update=changes)
-        api.app.dependency_overrides[get_settings] = lambda: settings
-        return settings
-
-    yield apply
-    api.app.dependency_overrides.pop(get_settings, None)
 
 
 def owner_of(job_id: str) -> str:
@@ -82,7 +64,7 @@ def count(model, job_id: str) -> int:
 
 
 def test_deleting_an_ended_job_removes_its_rows_checkpoints_and_run_folder(api):
-    with new_owner_client(api, "job-deleter") as c:
+    with api.owner_client("job-deleter") as c:
         job_id = make_job(api, c)
         ids = write_checkpoints(api, job_id, [10, 20])
         r = c.delete(f"/jobs/{job_id}")
@@ -99,7 +81,7 @@ def test_deleting_an_ended_job_removes_its_rows_checkpoints_and_run_folder(api):
 
 
 def test_a_job_whose_checkpoint_a_queued_job_starts_from_is_kept(api):
-    with new_owner_client(api, "job-parent") as c:
+    with api.owner_client("job-parent") as c:
         parent = make_job(api, c)
         c.post(f"/jobs/{parent}/cancel")
         ids = write_checkpoints(api, parent, [10])
@@ -115,7 +97,7 @@ def test_a_job_whose_checkpoint_a_queued_job_starts_from_is_kept(api):
 
 
 def test_another_owner_cannot_delete_a_job(api):
-    with new_owner_client(api, "job-owner") as c, new_owner_client(api, "job-stranger") as other:
+    with api.owner_client("job-owner") as c, api.owner_client("job-stranger") as other:
         job_id = make_job(api, c)
         c.post(f"/jobs/{job_id}/cancel")
         assert other.delete(f"/jobs/{job_id}").status_code == 404
@@ -126,7 +108,7 @@ def test_another_owner_cannot_delete_a_job(api):
 
 
 def test_a_running_jobs_last_checkpoint_is_kept_for_resume_older_ones_go(api):
-    with new_owner_client(api, "ckpt-running") as c:
+    with api.owner_client("ckpt-running") as c:
         job_id = make_job(api, c)
         set_status(job_id, "running")
         ids = write_checkpoints(api, job_id, [10, 20, 30])
@@ -141,7 +123,7 @@ def test_a_running_jobs_last_checkpoint_is_kept_for_resume_older_ones_go(api):
 
 
 def test_a_checkpoint_a_queued_job_starts_from_cannot_be_deleted(api):
-    with new_owner_client(api, "ckpt-init-from") as c:
+    with api.owner_client("ckpt-init-from") as c:
         parent = make_job(api, c)
         c.post(f"/jobs/{parent}/cancel")
         ids = write_checkpoints(api, parent, [10])
@@ -156,7 +138,7 @@ def test_a_checkpoint_a_queued_job_starts_from_cannot_be_deleted(api):
 def test_deleting_an_ended_jobs_best_makes_generation_use_the_best_remaining(api):
     from app.checkpoints import repository
 
-    with new_owner_client(api, "ckpt-best") as c:
+    with api.owner_client("ckpt-best") as c:
         job_id = make_job(api, c)
         c.post(f"/jobs/{job_id}/cancel")
         owner = owner_of(job_id)
@@ -181,7 +163,7 @@ def test_retention_keeps_the_best_and_the_last_n_and_removes_the_rest(api):
     from app.checkpoints import service
 
     assert get_settings().keep_checkpoints == 3  # CHARRNN_KEEP_CHECKPOINTS' default
-    with new_owner_client(api, "retention") as c:
+    with api.owner_client("retention") as c:
         job_id = make_job(api, c)
         steps = [10, 20, 30, 40, 50, 60, 70]
         ids = write_checkpoints(api, job_id, steps, best={10, 30})
@@ -204,7 +186,7 @@ def test_retention_keeps_the_best_and_the_last_n_and_removes_the_rest(api):
 
 def test_checkpoint_bytes_count_in_the_stored_bytes_quota(api, limited):
     limited(max_corpus_bytes_per_owner=60_000)
-    with new_owner_client(api, "ckpt-quota") as c:
+    with api.owner_client("ckpt-quota") as c:
         job_id = make_job(api, c)  # a 20,000-byte corpus
         c.post(f"/jobs/{job_id}/cancel")
         ids = write_checkpoints(api, job_id, [10, 20], size=20_000)  # 40,000 bytes of checkpoints: at the limit
