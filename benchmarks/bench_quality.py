@@ -16,10 +16,13 @@ Corpora (built under benchmarks/out/corpora from what every Python install has, 
     .venv/bin/python benchmarks/bench_quality.py [--corpus shakespeare --corpus prose --corpus python]
         [--seconds 120] [--rounds 1] [--variant NAME='--seq-len 64 --dropout 0.1' ...] [--no-default]
         [--reference NAME='schedule=cosine,warmup_steps=50' ...] [--no-reference]
+        [--transformer NAME='n_layer=4,block_size=64' ...]
 
 Each variant is `charrnn train` with those flags added; "defaults" (no flags) runs unless --no-default.
 Each --reference is the plain loop with some of its settings changed (REFERENCE names them): the
-ablation from the plain recipe towards the engine's, one change at a time.
+ablation from the plain recipe towards the engine's, one change at a time. Each --transformer is the
+small character-level transformer of char_transformer.py (`NAME=` for its defaults), trained the same
+time on the same split and scored with every character given at least half a context of history.
 Prints a Markdown table and appends every row to benchmarks/out/quality.jsonl as it finishes.
 """
 
@@ -40,6 +43,7 @@ import torch
 import torch.nn.functional as F
 from _support import ROOT, SAMPLE_CORPUS
 from bench_engine import PlainLSTM
+from char_transformer import TRANSFORMER, score_transformer, train_transformer
 from torch import nn
 
 from worker.engine.checkpoint import load_model
@@ -169,12 +173,15 @@ def charrnn_training(path: Path, seconds: float, flags: str, held_out: str) -> d
             "cli_first_lines": first_lines, "val_curve": curve}
 
 
-def parse_setting(text: str) -> tuple[str, object]:
-    key, value = text.split("=", 1)
-    if key not in REFERENCE:
-        raise SystemExit(f"--reference: no setting {key!r} (one of {', '.join(REFERENCE)})")
-    kind = type(REFERENCE[key])
-    return key, value if kind is str else kind(float(value)) if kind is int else float(value)
+def parse_settings(knobs: str, defaults: dict, option: str) -> dict:
+    settings = {}
+    for text in filter(None, knobs.split(",")):
+        key, value = text.split("=", 1)
+        if key not in defaults:
+            raise SystemExit(f"{option}: no setting {key!r} (one of {', '.join(defaults)})")
+        kind = type(defaults[key])
+        settings[key] = value if kind is str else kind(float(value)) if kind is int else float(value)
+    return {**defaults, **settings}
 
 
 def main() -> None:
@@ -187,9 +194,17 @@ def main() -> None:
     parser.add_argument("--no-reference", action="store_true", help="skip the plain loop")
     parser.add_argument("--reference", action="append", default=[],
                         help="NAME='key=value,...': the plain loop with these of its settings changed (an ablation)")
+    parser.add_argument("--transformer", action="append", default=[],
+                        help="NAME='key=value,...': the character-level transformer (NAME= for its defaults)")
     args = parser.parse_args()
     variants = ([] if args.no_default else [("defaults", "")]) + [tuple(v.split("=", 1)) for v in args.variant]
-    references = [tuple(v.split("=", 1)) for v in args.reference]
+    # (name, kind, settings): the plain loop and the transformer take a dict, charrnn its flags.
+    planned = ([] if args.no_reference else [("reference", "plain", REFERENCE)])
+    planned += [(n, "plain", parse_settings(k, REFERENCE, "--reference")) for n, k in
+                (v.split("=", 1) for v in args.reference)]
+    planned += [(n, "transformer", parse_settings(k, TRANSFORMER, "--transformer")) for n, k in
+                (v.split("=", 1) for v in args.transformer)]
+    planned += [(n, "charrnn", flags) for n, flags in variants]
     OUT.mkdir(exist_ok=True)
     log = OUT / "quality.jsonl"
     rows = []
@@ -201,20 +216,18 @@ def main() -> None:
             held_out = text[n_train:]
             vocab = Vocab.from_text(text)
             # Alternate which side goes first from round to round: the machine's speed drifts.
-            runs = ([("reference", {})] * (not args.no_reference)
-                    + [(name, dict(parse_setting(kv) for kv in knobs.split(","))) for name, knobs in references]
-                    + list(variants))
-            if round_index % 2:
-                runs.reverse()
-            for variant, flags in runs:
+            runs = planned[::-1] if round_index % 2 else planned
+            for variant, kind, settings in runs:
                 started = time.time()
-                if isinstance(flags, dict):
-                    r = {**REFERENCE, **flags}
-                    model, info = reference_training(vocab.encode(text[:n_train]), len(vocab), args.seconds, r)
-                    info["held_out_loss"] = score_reference(model, vocab, held_out, r)
+                if kind == "plain":
+                    model, info = reference_training(vocab.encode(text[:n_train]), len(vocab), args.seconds, settings)
+                    info["held_out_loss"] = score_reference(model, vocab, held_out, settings)
+                elif kind == "transformer":
+                    model, info = train_transformer(vocab.encode(text[:n_train]), len(vocab), args.seconds, settings)
+                    info["held_out_loss"] = score_transformer(model, vocab.encode(held_out))
                 else:
-                    info = charrnn_training(path, args.seconds, flags, held_out)
-                    info["flags"] = flags
+                    info = charrnn_training(path, args.seconds, settings, held_out)
+                    info["flags"] = settings
                 row = {"corpus": name, "chars": len(text), "variant": variant, "round": round_index,
                        "seconds": args.seconds, "wall_seconds": time.time() - started, **info}
                 rows.append(row)
