@@ -369,6 +369,13 @@ def children_of(pid: int) -> list[int]:
     return out
 
 
+def training_children(worker_pid: int) -> list[int]:
+    """A worker's training children: the processes its process server (multiprocessing's forkserver, a
+    child of the worker) forked."""
+    servers = [p for p in children_of(worker_pid) if b"forkserver" in Path(f"/proc/{p}/cmdline").read_bytes()]
+    return [child for server in servers for child in children_of(server)]
+
+
 class Serve:
     """`charrnn serve` (API and embedded worker) in its own process group, as a terminal or an init system
     runs it. Each start listens on a new port; stdout (where a new key is printed) and stderr go to files."""

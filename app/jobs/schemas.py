@@ -44,6 +44,20 @@ class TrainingSpec(BaseModel):
     learning_rate: float | None = Field(None, gt=0, le=1, description=_d(_T, "learning_rate", "peak learning rate"))
     min_lr_ratio: float | None = Field(None, ge=0, le=1, description=_d(_T, "min_lr_ratio", "final lr / peak lr"))
     warmup_steps: int | None = Field(None, ge=0, le=1_000_000, description=_d(_T, "warmup_steps", "linear warmup"))
+    decay_fraction: float | None = Field(
+        None, gt=0, le=1,
+        description=_d(_T, "decay_fraction", "share of the run, at its end, over which the learning rate decays "
+                       "to min_lr_ratio; before it the rate holds at its peak (1: decays from the start)"),
+    )
+    ema_decay: float | None = Field(
+        None, ge=0, lt=1,
+        description=_d(_T, "ema_decay", "evaluate, checkpoint and generate from an exponential moving average "
+                       "of the weights at this decay (null: the raw weights)"),
+    )
+    optimizer: Literal["adamw", "muon"] | None = Field(
+        None, description=_d(_T, "optimizer", "adamw, or muon: Muon for the recurrent weight matrices and AdamW "
+                             "for the rest"),
+    )
     weight_decay: float | None = Field(None, ge=0, le=1, description=_d(_T, "weight_decay", "AdamW decay"))
     grad_clip: float | None = Field(None, gt=0, le=1000, description=_d(_T, "grad_clip", "max gradient norm"))
     max_steps: int | None = Field(

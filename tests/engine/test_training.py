@@ -56,9 +56,13 @@ def test_loss_falls_on_a_small_corpus(tmp_path, text):
     assert Path(result.checkpoint).is_file()
 
 
-@pytest.mark.parametrize(("precision", "ema_decay"), [("fp32", None), ("bf16", None), ("fp32", 0.9), ("bf16", 0.9)])
-def test_resumed_run_equals_uninterrupted_run_bitwise(tmp_path, text, precision, ema_decay):
-    config = tiny_config(precision=precision, max_steps=45, log_every=1, ema_decay=ema_decay)
+@pytest.mark.parametrize(("precision", "ema_decay", "optimizer", "decay_fraction"), [
+    ("fp32", None, "adamw", 1.0), ("bf16", None, "adamw", 1.0), ("fp32", 0.9, "adamw", 1.0),
+    ("bf16", 0.9, "adamw", 0.2), ("bf16", None, "muon", 0.2),
+])
+def test_resumed_run_equals_uninterrupted_run_bitwise(tmp_path, text, precision, ema_decay, optimizer, decay_fraction):
+    config = tiny_config(precision=precision, max_steps=45, log_every=1, ema_decay=ema_decay, optimizer=optimizer,
+                         decay_fraction=decay_fraction)
     whole = Trainer(text, tmp_path / "whole", TINY_MODEL, config).train()
 
     # Stop between checkpoints and across an epoch boundary's neighbourhood, then resume twice.

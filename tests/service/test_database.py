@@ -73,7 +73,7 @@ def database_refuses_writes(svc: Service) -> None:
     client = svc.client()
     corpus = svc.upload(client, small_corpus(30_000), name="locked")
     worker = svc.start_worker()
-    training = {"max_steps": None, "max_seconds": 30, "eval_every": 200, "checkpoint_every": 200, "log_every": 50}
+    training = {"max_steps": None, "max_seconds": 20, "eval_every": 200, "checkpoint_every": 200, "log_every": 50}
     job = svc.create_job(client, corpus["id"], training=training)
     wait_event(client, job["id"], lambda e: e["type"] == "metrics")
 
@@ -93,7 +93,7 @@ def database_refuses_writes(svc: Service) -> None:
         lock_started = time.monotonic()
         readiness = []
         # Past the busy timeout writes fail rather than wait; a lease (3 s) later the worker is not live.
-        while time.monotonic() - lock_started < BUSY_TIMEOUT_SECONDS + 10:
+        while time.monotonic() - lock_started < BUSY_TIMEOUT_SECONDS + 8:
             r = httpx.get(svc.url + "/readyz", timeout=10)
             readiness.append((round(time.monotonic() - lock_started, 1), r.status_code, r.json().get("workers")))
             assert worker.poll() is None, "the worker died of a database error:\n" + svc.log_text()
@@ -137,7 +137,7 @@ def test_worker_survives_a_postgres_database_gone_read_only(tmp_path, postgres_u
         client = svc.client()
         corpus = svc.upload(client, small_corpus(30_000), name="read-only")
         worker = svc.start_worker()
-        training = {"max_steps": None, "max_seconds": 25, "eval_every": 200, "checkpoint_every": 200}
+        training = {"max_steps": None, "max_seconds": 15, "eval_every": 200, "checkpoint_every": 200}
         job = svc.create_job(client, corpus["id"], training=training)
         wait_event(client, job["id"], lambda e: e["type"] == "metrics")
         admin(f'ALTER DATABASE "{name}" SET default_transaction_read_only = on', cut)

@@ -5,11 +5,10 @@ from __future__ import annotations
 
 import os
 import signal
-from pathlib import Path
 
 import pytest
 
-from tests.harness import Service, small_corpus, wait_for
+from tests.harness import Service, small_corpus, training_children, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -21,21 +20,6 @@ def svc(tmp_path_factory):
     s.start_worker()
     yield s
     s.stop()
-
-
-def trainers_of(pid: int) -> list[int]:
-    """The worker's training children (multiprocessing's spawn)."""
-    out = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                stat = Path(f"/proc/{entry}/stat").read_text()
-                cmdline = Path(f"/proc/{entry}/cmdline").read_text()
-            except OSError:
-                continue
-            if int(stat.rsplit(")", 1)[1].split()[1]) == pid and "spawn_main" in cmdline:
-                out.append(int(entry))
-    return out
 
 
 def events(client, job_id: str) -> list[dict]:
@@ -50,7 +34,7 @@ def test_a_killed_training_child_resumes_until_the_attempts_are_spent(svc):
     job = svc.create_job(client, corpus["id"], training=training)
 
     wait_for(lambda: any(e["type"] == "checkpoint" for e in events(client, job["id"])), 60, "a checkpoint")
-    first = wait_for(lambda: trainers_of(worker.pid), 10, "the training child")
+    first = wait_for(lambda: training_children(worker.pid), 10, "the training child")
     for pid in first:
         os.kill(pid, signal.SIGKILL)  # an operator, or the out-of-memory killer after another's spike
     resumed = wait_for(
@@ -63,7 +47,7 @@ def test_a_killed_training_child_resumes_until_the_attempts_are_spent(svc):
     assert len(requeued) == 1 and "SIGKILL" in requeued[0] and "attempt 1 of 2" in requeued[0], messages
     assert client.get(f"/jobs/{job['id']}").json()["attempts"] == 2
 
-    second = wait_for(lambda: [p for p in trainers_of(worker.pid) if p not in first], 30, "a new training child")
+    second = wait_for(lambda: [p for p in training_children(worker.pid) if p not in first], 30, "a new training child")
     for pid in second:
         os.kill(pid, signal.SIGKILL)
     done = svc.wait_job(client, job["id"], timeout=60)

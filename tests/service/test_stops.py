@@ -58,6 +58,7 @@ def record(client: httpx.Client, job_id: str) -> dict:
     events = client.get(f"/jobs/{job_id}/events", params={"limit": 1000}).json()["data"]
     return {
         "status": job["status"],
+        "attempts": job["attempts"],
         "outcome": {k: progress.get(k) for k in ("step", "train_loss", "val_loss", "best_val_loss")},
         "metrics": metrics,
         "checkpoints": checkpoints,
@@ -158,6 +159,10 @@ def test_a_stopped_service_finishes_the_job_as_its_unbroken_twin(serve, corpus_i
         mine = record(client, job_id)
 
     assert mine["status"] == "succeeded", mine
+    # A stop the worker hears of (a signal to serve, or serve's death, which the worker gets as SIGTERM)
+    # checkpoints and hands the job back without spending an attempt; killing the worker spends one.
+    assert twin["attempts"] == 1
+    assert mine["attempts"] == (2 if how in ("kill9-group", "worker") else 1), mine["attempts"]
     # Resumed once (from the last step, where a kill -9 landed between the last checkpoint and the outcome).
     assert len(mine["resumed_from"]) == 1 and mine["resumed_from"][0] <= TRAINING["max_steps"], mine["resumed_from"]
     resumed_at = mine["resumed_from"][0]

@@ -125,6 +125,8 @@ def train(
     learning_rate: Annotated[float | None, typer.Option()] = None,
     grad_clip: Annotated[float | None, typer.Option()] = None,
     weight_decay: Annotated[float | None, typer.Option()] = None,
+    optimizer: Annotated[str | None, typer.Option(
+        help="adamw | muon (Muon for the recurrent weight matrices, AdamW for the rest)")] = None,
     warmup_steps: Annotated[int | None, typer.Option()] = None,
     min_lr_ratio: Annotated[float | None, typer.Option(help="final learning rate / peak")] = None,
     decay_fraction: Annotated[float | None, typer.Option(
@@ -151,8 +153,7 @@ def train(
     train_fields = {"seq_len": seq_len, "batch_size": batch_size, "learning_rate": learning_rate,
                     "grad_clip": grad_clip, "weight_decay": weight_decay, "warmup_steps": warmup_steps,
                     "min_lr_ratio": min_lr_ratio, "ema_decay": ema_decay, "max_steps": max_steps,
-                    "decay_fraction": decay_fraction,
-                    "max_epochs": max_epochs,
+                    "decay_fraction": decay_fraction, "optimizer": optimizer, "max_epochs": max_epochs,
                     "max_seconds": max_seconds, "val_fraction": val_fraction, "eval_every": eval_every,
                     "checkpoint_every": checkpoint_every, "seed": seed, "device": device, "precision": precision}
     given_training = {k: v for k, v in train_fields.items() if v is not None}

@@ -56,6 +56,8 @@ class TrainConfig:
     decay_fraction: float = 1.0
     warmup_steps: int = 0  # AdamW with clipping needs none here; 50 (with cosine decay) cost 0.010 nats
     weight_decay: float = 0.01
+    # adamw, or muon: Muon for the recurrent core's weight matrices, AdamW for the rest (optim.py)
+    optimizer: str = "adamw"
     # The weights evaluated, checkpointed and sampled from are their exponential moving average at this
     # decay (averaging.py); None trains and serves the raw weights.
     ema_decay: float | None = None

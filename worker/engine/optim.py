@@ -14,6 +14,7 @@ import torch
 from worker.engine.model import CharRNN
 
 BETAS = (0.9, 0.99)  # a short memory for the second moment suits short, noisy runs
+OPTIMIZERS = ("adamw", "muon")
 
 
 def decay_groups(model: CharRNN, weight_decay: float, params: list[tuple[str, torch.nn.Parameter]]) -> list[dict]:
@@ -74,3 +75,10 @@ class MuonWithAdamW(torch.optim.Optimizer):
     def load_state_dict(self, state: dict) -> None:
         self.adamw.load_state_dict(state["adamw"])
         self.muon.load_state_dict(state["muon"])
+
+
+def build_optimizer(model: CharRNN, kind: str, lr: float, weight_decay: float, device_type: str = "cpu"):
+    """The trainer's optimizer by name (TrainConfig.optimizer)."""
+    if kind == "muon":
+        return MuonWithAdamW(model, lr=lr, weight_decay=weight_decay, device_type=device_type)
+    return adamw(model, lr, weight_decay, device_type=device_type)

@@ -15,6 +15,7 @@ import torch.nn.functional as F
 
 from worker.engine.config import ModelConfig
 from worker.engine.model import CharRNN, autocast
+from worker.engine.optim import build_optimizer
 
 WARMUP_STEPS = 2  # the first steps pay for allocations and kernel selection
 TIMED_STEPS = 5
@@ -30,8 +31,8 @@ class SpeedProbe:
     """`probe(hidden_size)`: characters per second of a training step of that size here (cached)."""
 
     def __init__(self, vocab_size: int, model_fields: dict, batch_size: int, seq_len: int,
-                 device: torch.device, autocast_dtype: torch.dtype | None):
-        self.vocab_size, self.model_fields = vocab_size, model_fields
+                 device: torch.device, autocast_dtype: torch.dtype | None, optimizer: str = "adamw"):
+        self.vocab_size, self.model_fields, self.optimizer = vocab_size, model_fields, optimizer
         self.batch_size, self.seq_len = batch_size, seq_len
         self.device, self.autocast_dtype = device, autocast_dtype
         self.seconds = 0.0  # spent probing, all sizes together
@@ -50,7 +51,7 @@ class SpeedProbe:
     def _measure(self, hidden_size: int) -> float:
         fields = {**self.model_fields, "hidden_size": hidden_size}
         model = CharRNN(ModelConfig(vocab_size=self.vocab_size, **fields)).to(self.device).train()
-        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+        optimizer = build_optimizer(model, self.optimizer, lr=1e-3, weight_decay=0.0, device_type=self.device.type)
         x = torch.randint(self.vocab_size, (self.batch_size, self.seq_len + 1), device=self.device)
         inputs, targets = x[:, :-1], x[:, 1:]
         step_seconds = []

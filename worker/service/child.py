@@ -1,9 +1,9 @@
 """The training child process: one job, one process, so that cancel is a kill and a crash stays here.
 
-The worker starts this with multiprocessing's spawn (a fresh interpreter: no threads, locks or CUDA
-state inherited), sends it everything it needs as plain data, and reads back observer calls from a
-queue as typed reports (reports.py). The child writes nothing to the database: the worker does,
-under its lease.
+The worker's process server forks this (supervisor.py: a fresh interpreter with torch imported and
+no threads, locks or CUDA state to inherit). The worker sends it everything it needs as plain data,
+and reads back observer calls from a queue as typed reports (reports.py). The child writes nothing
+to the database: the worker does, under its lease.
 """
 
 from __future__ import annotations
@@ -24,22 +24,40 @@ from worker.service.reports import CheckpointSaved, Diagnosed, Evaluated, Failed
 PR_SET_PDEATHSIG = 1
 
 
-def die_with_parent(parent_pid: int) -> None:
-    """Ask Linux to SIGKILL us when the worker dies (even by kill -9); elsewhere the observer polls."""
+def die_with_parent(worker_pid: int) -> None:
+    """Ask Linux to SIGKILL us when our parent dies (even by kill -9); elsewhere the observer polls. The
+    parent is the worker's process server (which exits with the worker), or for a data-parallel rank the
+    training child that started it: `worker_pid` names whichever of those we serve."""
+    parent = os.getppid()
     try:
         libc = ctypes.CDLL("libc.so.6", use_errno=True)
         libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
     except OSError:
         pass
-    if os.getppid() != parent_pid:  # the parent died before prctl took effect
+    if os.getppid() != parent or not process_alive(worker_pid):  # it died before prctl took effect
         os._exit(1)
+
+
+def process_alive(pid: int) -> bool:
+    """Whether `pid` runs (a zombie, dead but not yet reaped by its parent, does not)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except FileNotFoundError:
+        return False
+    except OSError:  # no /proc
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        return True
+    return state not in ("Z", "X")
 
 
 class QueueObserver:
     """Forwards the trainer's hooks to the worker; stops when asked or when the worker is gone."""
 
-    def __init__(self, queue, stop_event, parent_pid: int, run_dir: str):
-        self.queue, self.stop_event, self.parent_pid = queue, stop_event, parent_pid
+    def __init__(self, queue, stop_event, worker_pid: int, run_dir: str):
+        self.queue, self.stop_event, self.worker_pid = queue, stop_event, worker_pid
         self.journal = Journal(run_dir)
 
     def on_start(self, info: RunStarted) -> None:
@@ -62,8 +80,10 @@ class QueueObserver:
         self.queue.put(Diagnosed(diagnosis))
 
     def should_stop(self) -> str | None:
-        if os.getppid() != self.parent_pid:
-            os._exit(1)  # orphaned: the job already belongs to someone else
+        # Orphaned: the job will belong to someone else. Checked here, at every step, because the process
+        # server we were forked from may take a second to exit (and so to kill us) after the worker died.
+        if not process_alive(self.worker_pid):
+            os._exit(1)
         return "shutdown" if self.stop_event.is_set() else None
 
 
@@ -119,12 +139,12 @@ def data_parallel_capacity(device: str) -> tuple[int, str]:
     return os.cpu_count() or 1, "CPU cores"
 
 
-def train_job(spec: JobSpec, queue, stop_event, parent_pid: int) -> None:
+def train_job(spec: JobSpec, queue, stop_event, worker_pid: int) -> None:
     # Ctrl-C, and a supervisor's SIGTERM, reach the whole process group (`kill -TERM -PGID`, systemd):
     # the worker decides when training stops (it checkpoints and requeues), not the signal.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    die_with_parent(parent_pid)
+    die_with_parent(worker_pid)
     capture_stderr(spec.run_dir)
     try:
         import torch
@@ -144,7 +164,7 @@ def train_job(spec: JobSpec, queue, stop_event, parent_pid: int) -> None:
         else:
             if spec.threads:
                 torch.set_num_threads(spec.threads)
-            result = _train(spec, QueueObserver(queue, stop_event, parent_pid, spec.run_dir))
+            result = _train(spec, QueueObserver(queue, stop_event, worker_pid, spec.run_dir))
         queue.put(Failed(result) if isinstance(result, str) else Finished(result))
     except ValueError as exc:  # an EngineError, or a setting the trainer refused
         queue.put(Failed(str(exc)))

@@ -28,7 +28,7 @@ from app.workers import repository as workers
 from worker.engine.records import JobSpec
 from worker.service.outage import DATABASE_ERRORS, Outage
 from worker.service.server import GenerationServer, configure_generation_process
-from worker.service.supervisor import JobRun
+from worker.service.supervisor import JobRun, start_process_server
 
 log = logging.getLogger("charrnn.worker")
 
@@ -57,6 +57,7 @@ class Worker:
         signal.signal(signal.SIGTERM, self.handle_signal)
         signal.signal(signal.SIGINT, self.handle_signal)
         self.settings.runs_dir.mkdir(parents=True, exist_ok=True)
+        start_process_server()
         self.server = GenerationServer(self.settings)
         self.server.start()
         while not self.stopping:
