@@ -1,8 +1,11 @@
-"""Per-step cost of an optimizer choice against AdamW, side by side: the engine's model and training step
-(forward in bf16 autocast where the CPU has it, backward, clipping, optimizer step, weight average),
-alternating rounds of N steps each, medians of the paired ratios.
+"""Per-step cost of an optimizer or window choice against the first kind, side by side: the engine's model
+and training step (forward in bf16 autocast where the CPU has it, backward, clipping, optimizer step,
+weight average), alternating rounds of N steps each, medians of the paired ratios of characters per
+second. A kind is OPTIMIZER[+ema][@SEQ_LEN]: adamw, adamw-fused (torch's fused CPU kernel), muon; the
+window is 64 characters unless @SEQ_LEN says otherwise (batch 32).
 
     .venv/bin/python benchmarks/bench_step_cost.py --hidden 384 --rounds 7 --steps 10
+    .venv/bin/python benchmarks/bench_step_cost.py --hidden 384 --kind adamw@64 --kind adamw@32 --kind adamw@16
 """
 
 from __future__ import annotations
@@ -23,14 +26,21 @@ from worker.engine.optim import MuonWithAdamW, adamw
 def make(kind: str, hidden: int):
     torch.manual_seed(0)
     model = CharRNN(ModelConfig(vocab_size=65, hidden_size=hidden, num_layers=2, embedding_dim=64))
+    kind, _, seq_len = kind.partition("@")
     base = kind.split("+")[0]
-    opt = MuonWithAdamW(model, 3e-3, 0.01) if base == "muon" else adamw(model, 3e-3, 0.01)
+    if base == "muon":
+        opt = MuonWithAdamW(model, 3e-3, 0.01)
+    else:
+        opt = adamw(model, 3e-3, 0.01)
+        if base == "adamw-fused":
+            opt = torch.optim.AdamW(opt.param_groups, lr=3e-3, betas=(0.9, 0.99), fused=True)
     average = WeightAverage(model, 0.99) if kind.endswith("+ema") else None
-    return model, opt, average
+    return model, opt, average, int(seq_len or 64)
 
 
-def time_steps(model, opt, average, steps: int, bf16: bool) -> float:
-    x = torch.randint(65, (32, 65))
+def time_steps(model, opt, average, seq_len: int, steps: int, bf16: bool) -> float:
+    """Characters per second."""
+    x = torch.randint(65, (32, seq_len + 1))
     started = time.perf_counter()
     for _ in range(steps):
         with autocast("cpu", torch.bfloat16 if bf16 else None):
@@ -42,7 +52,7 @@ def time_steps(model, opt, average, steps: int, bf16: bool) -> float:
         opt.step()
         if average:
             average.update(model)
-    return (time.perf_counter() - started) / steps
+    return steps * x[:, 1:].numel() / (time.perf_counter() - started)
 
 
 def main() -> None:
@@ -62,8 +72,8 @@ def main() -> None:
         for k in kinds if r % 2 == 0 else kinds[::-1]:
             times[k].append(time_steps(*setups[k], args.steps, bf16))
     for k in kinds:
-        paired = [a / b for a, b in zip(times[kinds[0]], times[k], strict=True)]
-        print(f"{k:10s} {statistics.median(times[k]) * 1000:7.1f} ms/step  speed vs {kinds[0]}: "
+        paired = [b / a for a, b in zip(times[kinds[0]], times[k], strict=True)]
+        print(f"{k:14s} {statistics.median(times[k]):9,.0f} chars/s  speed vs {kinds[0]}: "
               f"{statistics.median(paired):.3f} (rounds {min(paired):.2f}-{max(paired):.2f})", flush=True)
 
 

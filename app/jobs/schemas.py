@@ -97,7 +97,7 @@ class JobCreate(BaseModel):
                     "corpus_id": "corpus_0005f1a2b3c4d5e6a1b2c3d4e5",
                     "name": "shakespeare-small",
                     "model": {"cell": "lstm", "hidden_size": 256, "num_layers": 2},
-                    "training": {"seq_len": 64, "batch_size": 32, "max_seconds": 600, "seed": 1},
+                    "training": {"seq_len": 32, "batch_size": 32, "max_seconds": 600, "seed": 1},
                 }
             ]
         },
@@ -165,7 +165,7 @@ class JobOut(BaseModel):
                         "embedding_dim": 64,
                         "dropout": 0.0,
                     },
-                    "training": {"seq_len": 64, "batch_size": 32, "max_steps": 2000},
+                    "training": {"seq_len": 32, "batch_size": 32, "max_steps": 2000},
                     "progress": {
                         "step": 420,
                         "max_steps": 2000,

@@ -29,7 +29,7 @@ from worker.service.child import process_alive
 pytestmark = pytest.mark.slow
 
 
-TRAINING = {"max_steps": 600, "checkpoint_every": 100, "eval_every": 100, "log_every": 50, "seed": 11}
+TRAINING = {"max_steps": 1200, "checkpoint_every": 100, "eval_every": 100, "log_every": 50, "seed": 11}
 
 
 @pytest.fixture(scope="module")

@@ -45,9 +45,11 @@ class ModelConfig:
 
 @dataclass
 class TrainConfig:
-    # Characters of backprop per window; the carried state reaches further back. 64 rather than 128:
-    # twice the steps in the same time, 0.035 nats better after 2 minutes (benchmarks/RESULTS.md).
-    seq_len: int = 64
+    # Characters of backprop per window; the carried state reaches further back. Shorter windows mean more
+    # steps in the same time: after 2 minutes of tinyshakespeare at 2x384, 64 was 0.035 nats better than
+    # 128 and 32 another 0.023 better than 64; 16 was worse, its steps dominated by the optimizer's fixed
+    # cost (benchmarks/RESULTS.md).
+    seq_len: int = 32
     batch_size: int = 32  # parallel streams
     learning_rate: float = 3e-3  # peak; LSTMs of this size tolerate a high rate with clipping
     min_lr_ratio: float = 0.1  # the linear decay ends at learning_rate * min_lr_ratio
