@@ -5,6 +5,7 @@ The data directory lives on its own small tmpfs, filled for real; the test needs
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import subprocess
@@ -50,34 +51,45 @@ def text(n_bytes: int) -> str:
     return (uuid.uuid4().hex + "\n" + base * (n_bytes // len(base) + 1))[:n_bytes]
 
 
-def test_a_full_disk_answers_507_and_deletes_free_it(small_disk):
-    svc = Service(
-        small_disk / "svc",
-        disk_reserve_bytes=RESERVE_BYTES,
-        max_active_jobs_per_owner=1000,
-        max_corpus_bytes=4_000_000,
-    )
+@contextlib.contextmanager
+def service_on(small_disk, **settings):
+    """The API with its data directory on the small disk, once it has made its reserve file: (svc, client)."""
+    svc = Service(small_disk / "svc", disk_reserve_bytes=RESERVE_BYTES, **settings)
     svc.root.mkdir()
     svc.start_api()
-    reserve = svc.data_dir / ".disk-reserve"
     try:
         client = svc.client()
+        reserve = svc.data_dir / ".disk-reserve"
         wait_for(lambda: client.get("/corpora").status_code == 200 and reserve.exists(), 15, "the disk reserve")
+        yield svc, client
+    finally:
+        svc.stop()
+
+
+def create_jobs_until_refused(client, body: dict):
+    """POST /jobs until one is not created (a few may still fit in SQLite's write-ahead log, which reuses
+    its file): that answer, and every status on the way."""
+    statuses = []
+    for _ in range(200):
+        r = client.post("/jobs", json=body)
+        statuses.append(r.status_code)
+        if r.status_code != 201:
+            break
+    return r, statuses
+
+
+def test_a_full_disk_answers_507_and_deletes_free_it(small_disk):
+    with service_on(small_disk, max_active_jobs_per_owner=1000, max_corpus_bytes=4_000_000) as (svc, client):
+        reserve = svc.data_dir / ".disk-reserve"
         assert reserve.stat().st_size == RESERVE_BYTES
         big = svc.upload(client, text(1_500_000), name="big")
         kept = svc.upload(client, text(20_000), name="kept")
 
         fill(small_disk / "filler")  # someone else's file took the rest of the disk
 
-        # Every write answers 507 naming the full disk and what to delete. A few may still fit in SQLite's
-        # write-ahead log, which reuses its file; past that, none does.
+        # Every write answers 507 naming the full disk and what to delete.
         job_body = {"corpus_id": kept["id"], "model": {"cell": "gru", "hidden_size": 8}, "training": {"max_steps": 5}}
-        statuses = []
-        for _ in range(200):
-            r = client.post("/jobs", json=job_body)
-            statuses.append(r.status_code)
-            if r.status_code != 201:
-                break
+        r, statuses = create_jobs_until_refused(client, job_body)
         assert r.status_code == 507, (statuses, r.text)
         detail = r.json()["detail"]
         assert "disk is full" in detail and "DELETE /corpora/{id}" in detail and "checkpoints" in detail, detail
@@ -101,8 +113,6 @@ def test_a_full_disk_answers_507_and_deletes_free_it(small_disk):
         os.unlink(small_disk / "filler")
         wait_for(lambda: client.get("/healthz").status_code == 200 and reserve.exists(), 15, "the reserve to return")
         assert reserve.stat().st_size == RESERVE_BYTES
-    finally:
-        svc.stop()
 
 
 def test_a_full_database_is_told_from_a_busy_one(tmp_path):
@@ -129,13 +139,7 @@ def test_a_full_database_is_told_from_a_busy_one(tmp_path):
 
 
 def test_on_a_full_disk_jobs_and_checkpoints_can_be_deleted(small_disk):
-    svc = Service(small_disk / "svc", disk_reserve_bytes=RESERVE_BYTES, keep_checkpoints=2)
-    svc.root.mkdir()
-    svc.start_api()
-    reserve = svc.data_dir / ".disk-reserve"
-    try:
-        client = svc.client()
-        wait_for(lambda: client.get("/corpora").status_code == 200 and reserve.exists(), 15, "the disk reserve")
+    with service_on(small_disk, keep_checkpoints=2) as (svc, client):
         corpus = svc.upload(client, small_corpus(), name="corpus")
         svc.start_worker()
         jobs = [svc.create_job(client, corpus["id"], name=f"tiny-{i}") for i in range(2)]
@@ -147,10 +151,7 @@ def test_on_a_full_disk_jobs_and_checkpoints_can_be_deleted(small_disk):
 
         fill(small_disk / "filler")
         body = {"corpus_id": corpus["id"], "model": {"cell": "gru", "hidden_size": 8}, "training": {"max_steps": 5}}
-        for _ in range(200):
-            r = client.post("/jobs", json=body)
-            if r.status_code != 201:
-                break
+        r, _ = create_jobs_until_refused(client, body)
         assert r.status_code == 507, r.text
         detail = r.json()["detail"]
         assert "DELETE /jobs/{id}" in detail and "DELETE /checkpoints/{id}" in detail, detail
@@ -167,5 +168,3 @@ def test_on_a_full_disk_jobs_and_checkpoints_can_be_deleted(small_disk):
         assert r.status_code == 204, r.text
         assert not (svc.data_dir / "runs" / jobs[1]["id"]).exists()
         assert client.get(f"/jobs/{jobs[0]['id']}").json()["status"] == "succeeded"
-    finally:
-        svc.stop()
