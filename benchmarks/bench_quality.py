@@ -215,15 +215,16 @@ def main() -> None:
             n_train, _ = split_sizes(len(text), VAL_FRACTION)
             held_out = text[n_train:]
             vocab = Vocab.from_text(text)
+            train_ids = vocab.encode(text[:n_train])  # the plain loop's and the transformer's
             # Alternate which side goes first from round to round: the machine's speed drifts.
             runs = planned[::-1] if round_index % 2 else planned
             for variant, kind, settings in runs:
                 started = time.time()
                 if kind == "plain":
-                    model, info = reference_training(vocab.encode(text[:n_train]), len(vocab), args.seconds, settings)
+                    model, info = reference_training(train_ids, len(vocab), args.seconds, settings)
                     info["held_out_loss"] = score_reference(model, vocab, held_out, settings)
                 elif kind == "transformer":
-                    model, info = train_transformer(vocab.encode(text[:n_train]), len(vocab), args.seconds, settings)
+                    model, info = train_transformer(train_ids, len(vocab), args.seconds, settings)
                     info["held_out_loss"] = score_transformer(model, vocab.encode(held_out))
                 else:
                     info = charrnn_training(path, args.seconds, settings, held_out)

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from worker.engine.averaging import WeightAverage
 from worker.engine.config import ModelConfig
 from worker.engine.model import CharRNN, autocast
-from worker.engine.optim import MuonWithAdamW, adamw
+from worker.engine.optim import BETAS, MuonWithAdamW, adamw, decay_groups
 
 
 def make(kind: str, hidden: int):
@@ -30,10 +30,11 @@ def make(kind: str, hidden: int):
     base = kind.split("+")[0]
     if base == "muon":
         opt = MuonWithAdamW(model, 3e-3, 0.01)
+    elif base == "adamw-fused":
+        opt = torch.optim.AdamW(decay_groups(model, 0.01, list(model.named_parameters())), lr=3e-3, betas=BETAS,
+                                fused=True)
     else:
         opt = adamw(model, 3e-3, 0.01)
-        if base == "adamw-fused":
-            opt = torch.optim.AdamW(opt.param_groups, lr=3e-3, betas=(0.9, 0.99), fused=True)
     average = WeightAverage(model, 0.99) if kind.endswith("+ema") else None
     return model, opt, average, int(seq_len or 64)
 
