@@ -135,3 +135,68 @@ def test_the_speed_probe_reads_the_median_step_so_one_slowed_step_does_not_shrin
     disturbed = robust_speed([0.10, 0.10, 0.50, 0.10, 0.10], chars_per_step=2048)
     assert disturbed == steady == 20480
     assert robust_speed([0.1, 0.2, 0.3], chars_per_step=300) == 1500
+
+
+class StartsAndStops(TrainingObserver):
+    """Records every start (with the weights it starts from); stops the run at step `stop_at` of its
+    `stop_after`-th start."""
+
+    def __init__(self, stop_at: int, stop_after: int = 2):
+        self.starts, self.trainer, self.stop_at, self.stop_after = [], None, stop_at, stop_after
+
+    def on_start(self, info):
+        self.starts.append((info, {k: v.clone() for k, v in self.trainer.model.state_dict().items()}))
+
+    def should_stop(self):
+        done = len(self.starts) >= self.stop_after and self.trainer.state.step >= self.stop_at
+        return "cancelled" if done else None
+
+
+def test_a_probe_that_read_far_too_slow_is_corrected_by_the_runs_own_speed_before_its_first_checkpoint(
+        tmp_path, monkeypatch):
+    from worker.engine.probe import RECHECK_SKIP_STEPS, RECHECK_STEPS, SpeedProbe
+
+    measure = SpeedProbe._measure
+    monkeypatch.setattr(SpeedProbe, "_measure", lambda probe, hidden: measure(probe, hidden) / 20)
+    text = SHAKESPEARE.read_text()[:200_000]
+    small = {"num_layers": 1, "embedding_dim": 8}
+    observer = StartsAndStops(stop_at=4)
+    # A budget that feeds a bigger model at any speed a test machine has (the run is stopped long before).
+    config = run_config(max_seconds=200, max_steps=None, eval_every=None, checkpoint_every=1000)
+    trainer = Trainer(text, tmp_path / "run", small, config, observer=observer)
+    observer.trainer = trainer
+    first_size = trainer.model.config.hidden_size
+    result = trainer.train()
+
+    (first, _), (second, weights) = observer.starts
+    resized = second.model["hidden_size"]
+    assert first.model["hidden_size"] == first_size < resized
+    steps = RECHECK_SKIP_STEPS + RECHECK_STEPS
+    assert second.chosen[0].startswith(f"hidden_size {resized} after {steps} steps instead of {first_size}: ")
+    assert "characters/s where the probe read" in second.chosen[0]
+    # The run restarted at step 0 with the new size, and its record says so.
+    assert result.stopped_by == "cancelled" and result.steps == 4 and result.num_parameters == second.num_parameters
+    run = json.loads((tmp_path / "run" / "run.json").read_text())
+    assert run["model"]["hidden_size"] == resized and run["chosen"] == second.chosen
+    # It starts from the weights a run given that size from the first would start from.
+    given = {**small, "hidden_size": resized, "dropout": second.model["dropout"]}
+    fresh = Trainer(text, tmp_path / "fresh", given, run_config(max_steps=1))
+    assert all(torch.equal(weights[k], v) for k, v in fresh.model.state_dict().items())
+    # A resume keeps the re-sized model and does not probe or re-check again.
+    again = Trainer(text, tmp_path / "run", small, config)
+    assert again.model.config.hidden_size == resized and again.resumed_from_step == 4 and again.recheck is None
+
+
+def test_a_recheck_that_chooses_the_same_size_keeps_the_run_going(tmp_path):
+    from worker.engine.probe import RECHECK_SKIP_STEPS, RECHECK_STEPS
+
+    # 1,800 training characters read at most 40 times feed no size above the smallest, at any speed.
+    text = SHAKESPEARE.read_text()[:2_000]
+    observer = StartsAndStops(stop_at=RECHECK_SKIP_STEPS + RECHECK_STEPS + 2, stop_after=1)
+    config = run_config(max_seconds=20, max_steps=None, eval_every=None, checkpoint_every=1000)
+    trainer = Trainer(text, tmp_path / "run", {"num_layers": 1, "embedding_dim": 8}, config, observer=observer)
+    observer.trainer = trainer
+    assert trainer.recheck is not None and trainer.model.config.hidden_size == HIDDEN_SIZES[0]
+    result = trainer.train()
+    assert len(observer.starts) == 1 and trainer.recheck is None
+    assert result.steps == RECHECK_SKIP_STEPS + RECHECK_STEPS + 2

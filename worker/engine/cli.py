@@ -81,6 +81,8 @@ class ConsoleObserver:
                 highlight=False,
             )
         self.progress.start()
+        if self.task is not None:  # the run re-sized its model and starts again
+            self.progress.remove_task(self.task)
         self.task = self.progress.add_task("train", total=None, status="")
 
     def _update(self, m) -> None:

@@ -3,6 +3,8 @@
 A time budget buys as many characters as the machine can train in it; autoconfig.py turns that into
 a model size. The probe takes well under a second per size on a CPU for the sizes a CPU budget picks
 (autoconfig stops at the first size too big for the budget), and its time counts against the budget.
+The run then re-checks it on its own first steps (SpeedRecheck) and may change the size once, before
+its first evaluation or checkpoint.
 """
 
 from __future__ import annotations
@@ -67,3 +69,27 @@ class SpeedProbe:
             if step >= WARMUP_STEPS:
                 step_seconds.append(time.perf_counter() - started)
         return robust_speed(step_seconds, self.batch_size * self.seq_len)
+
+
+# The run re-checks the probe on its own steps: the first few pay for allocations, as the probe's do.
+RECHECK_SKIP_STEPS = 3
+RECHECK_STEPS = 20
+
+
+class SpeedRecheck:
+    """The run's own training speed over its first steps. The probe times bare steps on random text as
+    the process starts; the run's steps also clip, carry their state and read batches, and a shared
+    machine's speed drifts: a probe that read a quarter low chose 2x256 where the run's own speed
+    called for 2x384 (benchmarks/RESULTS.md)."""
+
+    def __init__(self, chars_per_step: int):
+        self.chars_per_step = chars_per_step
+        self.step_seconds: list[float] = []
+
+    def add(self, step: int, seconds: float) -> float | None:
+        """Time step `step` (1-based); the run's characters per second once RECHECK_STEPS are timed."""
+        if step > RECHECK_SKIP_STEPS:
+            self.step_seconds.append(seconds)
+        if len(self.step_seconds) == RECHECK_STEPS:
+            return robust_speed(self.step_seconds, self.chars_per_step)
+        return None

@@ -55,7 +55,7 @@ from worker.engine.model import (
     mean_cross_entropy,
 )
 from worker.engine.optim import OPTIMIZERS, build_optimizer
-from worker.engine.probe import SpeedProbe
+from worker.engine.probe import SpeedProbe, SpeedRecheck
 from worker.engine.records import CheckpointRecord, CheckpointStats, Diagnosis, RunResult, RunStarted, Snapshot
 from worker.engine.references import of_text, of_texts
 from worker.engine.sampler import Sampler, SampleRequest
@@ -166,6 +166,8 @@ class Trainer:
         self.autocast_dtype = resolve_precision(self.config.precision, self.device)
         torch.manual_seed(self.config.seed + self.dist.rank)
         self.choice: Choice | None = None  # what autoconfig chose for the model fields left out, if any
+        self.recheck: SpeedRecheck | None = None  # set while the choice may still change (_recheck_size)
+        self.corpus_path, self.init_from = corpus_path, init_from
         probe_seconds = 0.0
         init = load_model(init_from, expected_sha256=init_from_sha256) if init_from else None
         if init:
@@ -181,12 +183,7 @@ class Trainer:
             train_chars = len(text) if val_text is not None else split_sizes(len(text), self.config.val_fraction)[0]
             model_config, probe_seconds = self._choose_model(dict(model_config or {}), train_chars, memory_limit)
             self.model = CharRNN(ModelConfig(vocab_size=len(self.vocab), **model_config))
-
-        self.model.to(self.device).train()
-        # The average of the weights is what is evaluated, checkpointed and sampled from (averaging.py).
-        self.average = WeightAverage(self.model, self.config.ema_decay) if self.config.ema_decay else None
-        # What the training step calls: DDP averages gradients across ranks during backward.
-        self.net = (torch.nn.parallel.DistributedDataParallel(self.model) if self.dist.enabled else self.model)
+        self._adopt(self.model)
 
         data = self.vocab.encode(text, what="the corpus")
         if val_text is not None:
@@ -203,32 +200,47 @@ class Trainer:
         self.reference_losses = None
         if self.dist.is_main:  # only rank 0 reports
             self.reference_losses = reference_losses or _references(text, val_text, self.config.val_fraction)
-        self.doctor = Doctor(self.reference_losses, learning_rate=self.config.learning_rate,
-                             model=self.model.config.to_dict())
         self.diagnosis: Diagnosis | None = None
-
-        self.optimizer = build_optimizer(self.model, self.config.optimizer, self.config.learning_rate,
-                                         self.config.weight_decay, self.device.type)
+        self._start_afresh()
 
         # The counters and losses, saved in each checkpoint with the optimizer, hidden and RNG states.
         self.state = TrainingState(corpus_sha256=sha256_text(text), elapsed=probe_seconds)
-        self.hidden = None
         self.resumed_from_step: int | None = None
         self.checkpointed_step: int | None = None  # the step of this run's latest checkpoint
 
         latest = self.run.latest()
         if latest:
             self._restore(*latest)
-        elif self.dist.is_main:
+        else:
+            self._write_run_record()
+
+    def _adopt(self, model: CharRNN) -> None:
+        """Train `model`: on the run's device, with its weight average and (under DDP) its wrapper."""
+        self.model = model.to(self.device).train()
+        # The average of the weights is what is evaluated, checkpointed and sampled from (averaging.py).
+        self.average = WeightAverage(self.model, self.config.ema_decay) if self.config.ema_decay else None
+        # What the training step calls: DDP averages gradients across ranks during backward.
+        self.net = (torch.nn.parallel.DistributedDataParallel(self.model) if self.dist.enabled else self.model)
+
+    def _start_afresh(self) -> None:
+        """A new optimizer, doctor and state for the model (at construction, and when re-sized)."""
+        self.optimizer = build_optimizer(self.model, self.config.optimizer, self.config.learning_rate,
+                                         self.config.weight_decay, self.device.type)
+        self.doctor = Doctor(self.reference_losses, learning_rate=self.config.learning_rate,
+                             model=self.model.config.to_dict())
+        self.hidden = None
+
+    def _write_run_record(self) -> None:
+        if self.dist.is_main:
             self.run.write_run(
                 {
-                    "corpus_path": corpus_path,
+                    "corpus_path": self.corpus_path,
                     "corpus_sha256": self.state.corpus_sha256,
                     "model": self.model.config.to_dict(),
                     "chosen": list(self.choice.reasons) if self.choice else [],
                     "chosen_training": self.choice.training if self.choice else {},
                     "training": self.config.to_dict(),
-                    "init_from": str(init_from) if init_from else None,
+                    "init_from": str(self.init_from) if self.init_from else None,
                 }
             )
 
@@ -251,8 +263,48 @@ class Trainer:
         # Every rank builds the same model: rank 0's probe decides.
         choice = self.dist.from_main(choice)
         self.choice = choice if choice.model or choice.training else None
+        if probe and "hidden_size" in choice.model and not self.dist.enabled:
+            # What choosing again needs, for the run's own speed (_recheck_size). Not under DDP, whose
+            # ranks would have to rebuild their models and wrappers together.
+            self.recheck = SpeedRecheck(self.config.batch_size * self.config.seq_len)
+            self._choice_inputs = (given, train_chars, memory_limit, probe, self.config.max_epochs)
         self._apply_training_choice(choice.training)
         return {**given, **choice.model}, probe.seconds if probe else 0.0
+
+    def _recheck_size(self, step_seconds: float) -> bool:
+        """Time this step; once enough are timed, choose the size again at the run's own speed. A different
+        size restarts the run at step 0 with it (its seconds so far still count), as if chosen at first.
+        True when it did."""
+        measured = self.recheck.add(self.state.step, step_seconds)
+        if measured is None:
+            return False
+        self.recheck = None
+        given, train_chars, memory_limit, probe, given_max_epochs = self._choice_inputs
+        hidden = self.model.config.hidden_size
+        probed = probe(hidden)
+        probing_before = probe.seconds
+        # Every size is as much faster or slower than its probe as this one is.
+        speed = lambda size: probe(size) * measured / probed  # noqa: E731
+        left = replace(self.config, max_epochs=given_max_epochs,
+                       max_seconds=max(self.config.max_seconds - self.state.elapsed, 1.0))
+        choice = choose_model(given, vocab_size=len(self.vocab), train_chars=train_chars, training=left,
+                              speed=speed, memory_limit=memory_limit)
+        self.state.elapsed += probe.seconds - probing_before  # sizes not probed at first
+        if choice.model["hidden_size"] == hidden:
+            return False
+        why = (f"hidden_size {choice.model['hidden_size']} after {self.state.step} steps instead of {hidden}: this "
+               f"run trains at {measured:,.0f} characters/s where the probe read {probed:,.0f}")
+        self.choice = replace(choice, reasons=(why, *choice.reasons))
+        self.config.max_epochs = given_max_epochs
+        self._apply_training_choice(choice.training)
+        # As a run that chose this size at first: the same seed, so the same first weights.
+        torch.manual_seed(self.config.seed + self.dist.rank)
+        self._adopt(CharRNN(ModelConfig(vocab_size=len(self.vocab), **{**given, **choice.model})))
+        self._start_afresh()
+        self.state = TrainingState(corpus_sha256=self.state.corpus_sha256, elapsed=self.state.elapsed)
+        self._write_run_record()
+        self.observer.on_start(self._started_record())
+        return True
 
     def _apply_training_choice(self, chosen: dict) -> None:
         """Training fields autoconfig chose (an epoch limit), where the run did not set them itself."""
@@ -386,6 +438,7 @@ class Trainer:
 
     def _evaluate_and_report(self) -> bool:
         """Evaluate; return True if this is a new best validation loss."""
+        self.recheck = None  # the size is settled once the run has reported a score
         val = self.evaluate()
         self.state.last_val_loss = val
         improved = val is not None and (self.state.best_val_loss is None or val < self.state.best_val_loss)
@@ -397,6 +450,7 @@ class Trainer:
         return improved
 
     def _checkpoint(self, is_best: bool) -> Path:
+        self.recheck = None  # a checkpoint's model is the run's model from then on
         state = self._captured_state()  # a collective under DDP: every rank takes part
         self.checkpointed_step = self.state.step
         if not self.dist.is_main:
@@ -468,24 +522,25 @@ class Trainer:
     def _agreed_stop_reason(self) -> str | None:
         return self.dist.from_main(self._stop_reason())
 
+    def _started_record(self) -> RunStarted:
+        return RunStarted(
+            num_parameters=self.model.num_parameters,
+            vocab_size=len(self.vocab),
+            device=str(self.device),
+            precision="bf16" if self.autocast_dtype else "fp32",
+            train_chars=len(self.train_data),
+            val_chars=len(self.val_data),
+            batches_per_epoch=self.batcher.batches_per_epoch,
+            resumed_from_step=self.resumed_from_step,
+            model=self.model.config.to_dict(),
+            chosen=list(self.choice.reasons) if self.choice else [],
+            chosen_training=self.choice.training if self.choice else {},
+            reference_losses=self.reference_losses,
+        )
+
     def train(self) -> RunResult:
         c = self.config
-        self.observer.on_start(
-            RunStarted(
-                num_parameters=self.model.num_parameters,
-                vocab_size=len(self.vocab),
-                device=str(self.device),
-                precision="bf16" if self.autocast_dtype else "fp32",
-                train_chars=len(self.train_data),
-                val_chars=len(self.val_data),
-                batches_per_epoch=self.batcher.batches_per_epoch,
-                resumed_from_step=self.resumed_from_step,
-                model=self.model.config.to_dict(),
-                chosen=list(self.choice.reasons) if self.choice else [],
-                chosen_training=self.choice.training if self.choice else {},
-                reference_losses=self.reference_losses,
-            )
-        )
+        self.observer.on_start(self._started_record())
         stopped_by = self._agreed_stop_reason()
         while stopped_by is None:
             progress_before = self.progress()
@@ -505,6 +560,9 @@ class Trainer:
             dt = time.perf_counter() - t0
             self.state.train_seconds += dt
             self.state.elapsed += dt
+            if self.recheck and self._recheck_size(dt):
+                stopped_by = self._agreed_stop_reason()
+                continue
 
             t1 = time.perf_counter()
             if self.state.step % c.log_every == 0:
