@@ -560,7 +560,7 @@ class Trainer:
             dt = time.perf_counter() - t0
             self.state.train_seconds += dt
             self.state.elapsed += dt
-            if self.recheck and self._recheck_size(dt):
+            if self.recheck is not None and self._recheck_size(dt):
                 stopped_by = self._agreed_stop_reason()
                 continue
 
