@@ -11,12 +11,16 @@ from sqlalchemy import select, update
 
 from app import db as app_db
 from app import settings as app_settings
-from tests.harness import TINY_MODEL, TINY_TRAINING, queue_dummy_jobs, small_corpus
+from tests.harness import TINY_TRAINING, queue_dummy_jobs, small_corpus
 
 pytestmark = pytest.mark.slow
 
 TRAINING = {**TINY_TRAINING, "max_steps": 60, "checkpoint_every": 20, "eval_every": 20, "log_every": 5,
             "device": "cpu"}
+# Steps of tens of milliseconds: the supervisor relays every half second, and the kill must land before
+# the child has run on past the next checkpoint (a tiny model's 20 steps take less than one relay).
+MODEL = {"cell": "lstm", "hidden_size": 256, "num_layers": 2, "embedding_dim": 64}
+TRAINING = {**TRAINING, "seq_len": 64, "batch_size": 32}
 WRITTEN_UP_TO = 30  # the database got the reports up to this step; the checkpoint at 40 is on disk only
 KILLED_AT_CHECKPOINT = 40
 
@@ -79,6 +83,9 @@ def test_a_run_killed_after_a_checkpoint_resumes_with_every_metric_row(database)
 
         def relay(self, session, report):
             if isinstance(report, CheckpointSaved) and report.checkpoint.step == KILLED_AT_CHECKPOINT:
+                # The reports before it reached the database: a fast child's 40 steps can arrive in one
+                # relay batch, whose transaction the kill would otherwise roll back whole.
+                session.commit()
                 self.child.kill()
                 self.child.join()
                 raise WorkerKilled
@@ -90,7 +97,7 @@ def test_a_run_killed_after_a_checkpoint_resumes_with_every_metric_row(database)
     (database / "corpora" / "x.txt").write_text(small_corpus(20_000))  # queue_dummy_jobs' corpus path
     interrupted, twin = queue_dummy_jobs(2)
     with session_scope() as s:
-        s.execute(update(Job).values(model=TINY_MODEL, training=TRAINING))
+        s.execute(update(Job).values(model=MODEL, training=TRAINING))
 
     with pytest.raises(WorkerKilled):
         run(interrupted, "wrk_killed", KilledAfterTheCheckpointFiles)
