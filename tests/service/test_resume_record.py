@@ -15,12 +15,11 @@ from tests.harness import TINY_TRAINING, queue_dummy_jobs, small_corpus
 
 pytestmark = pytest.mark.slow
 
-TRAINING = {**TINY_TRAINING, "max_steps": 60, "checkpoint_every": 20, "eval_every": 20, "log_every": 5,
-            "device": "cpu"}
 # Steps of tens of milliseconds: the supervisor relays every half second, and the kill must land before
 # the child has run on past the next checkpoint (a tiny model's 20 steps take less than one relay).
 MODEL = {"cell": "lstm", "hidden_size": 256, "num_layers": 2, "embedding_dim": 64}
-TRAINING = {**TRAINING, "seq_len": 64, "batch_size": 32}
+TRAINING = {**TINY_TRAINING, "seq_len": 64, "batch_size": 32, "max_steps": 60, "checkpoint_every": 20,
+            "eval_every": 20, "log_every": 5, "device": "cpu"}
 WRITTEN_UP_TO = 30  # the database got the reports up to this step; the checkpoint at 40 is on disk only
 KILLED_AT_CHECKPOINT = 40
 

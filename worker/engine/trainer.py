@@ -267,7 +267,7 @@ class Trainer:
             # What choosing again needs, for the run's own speed (_recheck_size). Not under DDP, whose
             # ranks would have to rebuild their models and wrappers together.
             self.recheck = SpeedRecheck(self.config.batch_size * self.config.seq_len)
-            self._choice_inputs = (given, train_chars, memory_limit, probe, self.config.max_epochs)
+            self._choice_inputs = (given, memory_limit, probe, self.config.max_epochs)
         self._apply_training_choice(choice.training)
         return {**given, **choice.model}, probe.seconds if probe else 0.0
 
@@ -279,7 +279,7 @@ class Trainer:
         if measured is None:
             return False
         self.recheck = None
-        given, train_chars, memory_limit, probe, given_max_epochs = self._choice_inputs
+        given, memory_limit, probe, given_max_epochs = self._choice_inputs
         hidden = self.model.config.hidden_size
         probed = probe(hidden)
         probing_before = probe.seconds
@@ -287,7 +287,7 @@ class Trainer:
         speed = lambda size: probe(size) * measured / probed  # noqa: E731
         left = replace(self.config, max_epochs=given_max_epochs,
                        max_seconds=max(self.config.max_seconds - self.state.elapsed, 1.0))
-        choice = choose_model(given, vocab_size=len(self.vocab), train_chars=train_chars, training=left,
+        choice = choose_model(given, vocab_size=len(self.vocab), train_chars=len(self.train_data), training=left,
                               speed=speed, memory_limit=memory_limit)
         self.state.elapsed += probe.seconds - probing_before  # sizes not probed at first
         if choice.model["hidden_size"] == hidden:
