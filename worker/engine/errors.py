@@ -10,3 +10,7 @@ class EngineError(ValueError):
 
 class DiskFullError(EngineError):
     """A checkpoint could not be written for lack of space; the previous one is still in force."""
+
+
+class ConfigError(EngineError):
+    """A setting out of its bounds or inconsistent with another; the message names the setting and the fix."""
