@@ -1,7 +1,8 @@
-"""The model's and the run's configuration: plain dataclasses, importable without torch.
+"""The model's and the run's settings: plain dataclasses, importable without torch.
 
-The API validates job requests against these defaults without importing torch (app/ never does),
-so they live here rather than beside the code that uses them.
+Each field is a setting's one definition (settings.py): its type, default, bounds and help. The API's
+request schemas, /jobs/defaults, the command line's options and the engine's own check are derived
+from these fields, so a setting added here reaches every face (tests/test_faces.py checks the rest).
 """
 
 from __future__ import annotations
@@ -9,31 +10,32 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Literal
 
+from worker.engine.settings import check_settings, setting
+
 Cell = Literal["lstm", "gru", "rnn"]
+Optimizer = Literal["adamw", "muon"]
+Precision = Literal["auto", "fp32", "bf16"]
 
 # With no stopping rule given, a run stops here: a few minutes on a laptop CPU, seconds on a GPU.
 DEFAULT_MAX_STEPS = 2000
+STEPS = 100_000_000  # the most steps any step count may name: weeks of training, and no overflow anywhere
 
 
 @dataclass(frozen=True)
 class ModelConfig:
     vocab_size: int
-    cell: Cell = "lstm"
+    cell: Cell = setting("lstm", "recurrent cell")
     # Left out of a run's settings, the size and dropout are chosen for its budget and corpus
     # (autoconfig.py); these are the values for a model built directly.
-    hidden_size: int = 384
-    num_layers: int = 2
-    embedding_dim: int = 64  # small: a character carries little information, the state carries the rest
-    dropout: float = 0.0
+    hidden_size: int = setting(384, "units per layer", ge=1, le=4096)
+    num_layers: int = setting(2, "stacked layers", ge=1, le=8)
+    # Small: a character carries little information, the state carries the rest.
+    embedding_dim: int = setting(64, "character embedding", ge=1, le=1024)
+    dropout: float = setting(0.0, "between layers", ge=0, le=0.9)
 
     def __post_init__(self) -> None:
-        # The API bounds these more tightly (app/jobs/schemas.py); here the command line gets a message
-        # naming the setting instead of torch's, whose words are its own.
-        for name in ("hidden_size", "num_layers", "embedding_dim"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name}: got {getattr(self, name)}; it must be at least 1")
-        if not 0 <= self.dropout < 1:
-            raise ValueError(f"dropout: got {self.dropout}; it must be at least 0 and below 1 (0.1 to 0.5 is usual)")
+        # The command line and a checkpoint get a message naming the setting instead of torch's.
+        check_settings(self)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -49,44 +51,57 @@ class TrainConfig:
     # steps in the same time: after 2 minutes of tinyshakespeare at 2x384, 64 was 0.035 nats better than
     # 128 and 32 another 0.023 better than 64; 16 was worse, its steps dominated by the optimizer's fixed
     # cost (benchmarks/RESULTS.md).
-    seq_len: int = 32
-    batch_size: int = 32  # parallel streams
-    learning_rate: float = 3e-3  # peak; LSTMs of this size tolerate a high rate with clipping
+    seq_len: int = setting(32, "characters of backprop per window", ge=1, le=4096)
+    batch_size: int = setting(32, "parallel streams", ge=1, le=1024)
+    # Peak; LSTMs of this size tolerate a high rate with clipping.
+    learning_rate: float = setting(3e-3, "peak learning rate", gt=0, le=1)
     # The linear decay ends at learning_rate * min_lr_ratio. To zero: after 3,000 steps of 2x384 (a 120 s
     # budget's), 0.011 nats better than ending at 10% (benchmarks/RESULTS.md, section 10).
-    min_lr_ratio: float = 0.0
-    # The share of the run, at its end, over which the rate decays; before it the rate holds at its peak
-    # (warmup-stable-decay). 1 decays from the start.
-    decay_fraction: float = 1.0
-    warmup_steps: int = 0  # AdamW with clipping needs none here; 50 (with cosine decay) cost 0.010 nats
+    min_lr_ratio: float = setting(0.0, "final learning rate / peak", ge=0, le=1)
+    # Before the decay's share of the run the rate holds at its peak (warmup-stable-decay).
+    decay_fraction: float = setting(
+        1.0, "share of the run, at its end, over which the learning rate decays to min_lr_ratio; before it the "
+        "rate holds at its peak (1: decays from the start)", gt=0, le=1)
+    # AdamW with clipping needs none here; 50 (with cosine decay) cost 0.010 nats.
+    warmup_steps: int = setting(0, "steps of linear warmup", ge=0, le=1_000_000)
     # On the weight matrices only (optim.decay_groups). 0.1 was 0.010 nats better than 0.01 after those
     # 3,000 steps, and 0.3 0.006 better; dropout 0.1 on top was worse.
-    weight_decay: float = 0.1
-    # adamw, or muon: Muon for the recurrent core's weight matrices, AdamW for the rest (optim.py)
-    optimizer: str = "adamw"
-    # The weights evaluated, checkpointed and sampled from are their exponential moving average at this
-    # decay (averaging.py); None trains and serves the raw weights.
-    ema_decay: float | None = None
-    grad_clip: float = 1.0  # max global gradient norm; RNN gradients spike, this keeps a step sane
-    max_steps: int | None = None
-    max_epochs: float | None = None
-    max_seconds: float | None = None
-    val_fraction: float = 0.1
-    # None: about a dozen evaluations spaced over the budget, whatever stops it (trainer.EVALUATIONS_PER_RUN)
-    eval_every: int | None = None
-    checkpoint_every: int = 500
-    log_every: int = 10
-    sample_length: int = 200  # characters of sample text shown at each evaluation
-    seed: int = 1337
-    device: str = "auto"  # auto | cpu | cuda | cuda:N
-    gpus: int = 1  # data-parallel processes (distributed.py): GPUs with NCCL, or CPU processes with gloo
-    precision: str = "auto"  # auto | fp32 | bf16
+    weight_decay: float = setting(0.1, "AdamW weight decay", ge=0, le=1)
+    optimizer: Optimizer = setting(
+        "adamw", "adamw, or muon: Muon for the recurrent weight matrices and AdamW for the rest (optim.py)")
+    # The raw weights train; their average is what is evaluated, checkpointed and sampled from (averaging.py).
+    ema_decay: float | None = setting(
+        None, "evaluate, checkpoint and generate from an exponential moving average of the weights at this "
+        "decay (none: the raw weights)", ge=0, lt=1)
+    # RNN gradients spike; clipping the global norm keeps a step sane.
+    grad_clip: float = setting(1.0, "max global gradient norm", gt=0, le=1000)
+    max_steps: int | None = setting(
+        None, f"stop after this many steps ({DEFAULT_MAX_STEPS} when neither max_epochs nor max_seconds is "
+        "given; the stored job shows it)", ge=1, le=STEPS)
+    max_epochs: float | None = setting(None, "stop after this many passes over the text", gt=0, le=100_000)
+    max_seconds: float | None = setting(None, "stop after this much training time", gt=0, le=30 * 86400)
+    val_fraction: float = setting(0.1, "share of the text held out for validation (its end)", ge=0, le=0.5)
+    # None: about a dozen evaluations spaced over the budget, whatever stops it (trainer.EVALUATIONS_PER_RUN).
+    eval_every: int | None = setting(
+        None, "steps between evaluations (none: about 12 evaluations spaced evenly over the budget, whether "
+        "steps, epochs or seconds stop the run, each on a bounded sample of the validation split)", ge=1, le=STEPS)
+    checkpoint_every: int = setting(500, "steps between checkpoints", ge=1, le=STEPS)
+    log_every: int = setting(10, "steps between metrics points", ge=1, le=100_000)
+    sample_length: int = setting(200, "characters of sample text at each evaluation", ge=0, le=10_000)
+    seed: int = setting(1337, "random seed", ge=0, le=2**31 - 1)
+    device: str = setting("auto", "auto | cpu | cuda | cuda:N")
+    # Data-parallel processes (distributed.py): GPUs with NCCL, or CPU processes with gloo.
+    gpus: int = setting(
+        1, "data-parallel processes (torchrun + DDP): GPUs, or gloo processes on a CPU; batch_size must be a "
+        "multiple of it", ge=1, le=64)
+    precision: Precision = setting("auto", "auto: bf16 where the hardware has it, else fp32")
 
     def __post_init__(self) -> None:
         # The default stopping rule is written into the config itself, so that a job's stored settings
         # and a run's run.json say when it stops; the trainer has no hidden rule of its own.
         if self.max_steps is None and self.max_epochs is None and self.max_seconds is None:
             self.max_steps = DEFAULT_MAX_STEPS
+        check_config(self)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -94,6 +109,12 @@ class TrainConfig:
     @classmethod
     def from_dict(cls, d: dict) -> TrainConfig:
         return cls(**{k: d[k] for k in cls.__dataclass_fields__ if k in d})
+
+
+def check_config(config: TrainConfig) -> None:
+    """Raise ConfigError for a setting outside its bounds (the trainer checks again before it runs: a
+    config may have been changed since it was made)."""
+    check_settings(config)
 
 
 # -- rules the API checks before a job queues and the engine checks before it trains ------------------

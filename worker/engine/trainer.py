@@ -38,6 +38,7 @@ from worker.engine.config import (
     ModelConfig,
     TrainConfig,
     batch_not_divisible,
+    check_config,
     split_sizes,
     too_small_validation_split,
 )
@@ -54,7 +55,7 @@ from worker.engine.model import (
     hidden_to_list,
     mean_cross_entropy,
 )
-from worker.engine.optim import OPTIMIZERS, build_optimizer
+from worker.engine.optim import build_optimizer
 from worker.engine.probe import SpeedProbe, SpeedRecheck
 from worker.engine.records import CheckpointRecord, CheckpointStats, Diagnosis, RunResult, RunStarted, Snapshot
 from worker.engine.references import of_text, of_texts
@@ -105,27 +106,6 @@ def lr_at(config: TrainConfig, step: int, progress: float) -> float:
 
 def sha256_text(text: str) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
-
-
-def check_config(config: TrainConfig) -> None:
-    checks = [
-        (config.seq_len >= 1, "seq_len must be at least 1"),
-        (config.batch_size >= 1, "batch_size must be at least 1"),
-        (config.learning_rate > 0, "learning_rate must be positive"),
-        (0 < config.decay_fraction <= 1, "decay_fraction must be in (0, 1]"),
-        (config.ema_decay is None or 0 <= config.ema_decay < 1, "ema_decay must be in [0, 1)"),
-        (config.optimizer in OPTIMIZERS, f"optimizer must be one of {', '.join(OPTIMIZERS)}"),
-        (0 <= config.val_fraction < 1, "val_fraction must be in [0, 1)"),
-        ((config.eval_every is None or config.eval_every >= 1) and config.checkpoint_every >= 1,
-         "eval_every and checkpoint_every must be >= 1"),
-        (config.max_steps is None or config.max_steps >= 1, "max_steps must be at least 1"),
-        (config.gpus >= 1, "gpus must be at least 1"),
-        (config.max_epochs is None or config.max_epochs > 0, "max_epochs must be positive"),
-        (config.max_seconds is None or config.max_seconds > 0, "max_seconds must be positive"),
-    ]
-    for ok, message in checks:
-        if not ok:
-            raise ValueError(message)
 
 
 class Trainer:
