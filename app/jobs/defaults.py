@@ -6,11 +6,11 @@ classes the trainer uses: there is no copy to drift.
 
 from __future__ import annotations
 
-from dataclasses import fields
 from functools import lru_cache
 
 from worker.engine.autoconfig import AUTO_MODEL_FIELDS
 from worker.engine.config import ModelConfig, TrainConfig
+from worker.engine.settings import settings_of
 
 
 @lru_cache
@@ -22,5 +22,4 @@ def train_defaults() -> dict:
 def model_defaults() -> dict:
     """None for the fields the engine chooses for the job's budget and corpus when they are left out
     (autoconfig.py: the worker measures its speed first, so it decides when the job starts)."""
-    return {f.name: None if f.name in AUTO_MODEL_FIELDS else f.default
-            for f in fields(ModelConfig) if f.name != "vocab_size"}
+    return {s.name: None if s.name in AUTO_MODEL_FIELDS else s.default for s in settings_of(ModelConfig)}

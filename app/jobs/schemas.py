@@ -11,81 +11,31 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from app.corpora.schemas import LOSS_UNITS, ReferenceLosses
 from app.errors import scrub_paths
-from app.jobs.defaults import model_defaults, train_defaults
 from app.models import JobStatus
 from app.strings import DbStr
 from worker.engine.autoconfig import AUTO_MODEL_FIELDS
-from worker.engine.config import DEFAULT_MAX_STEPS
+from worker.engine.config import ModelConfig, TrainConfig
+from worker.engine.settings import Setting, request_model
 
-_M, _T = model_defaults(), train_defaults()
-
-
-def _d(defaults: dict, key: str, text: str) -> str:
-    if key in AUTO_MODEL_FIELDS and defaults is _M:
-        return f"{text} (default: chosen for the job's budget and corpus when it starts)"
-    return f"{text} (default {defaults.get(key)!r})"
+# Settings of the run that a job does not choose: the worker that claims it does (CHARRNN_DEVICE).
+WORKER_SETTINGS = ("device", "precision")
 
 
-class ModelSpec(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    cell: Literal["lstm", "gru", "rnn"] | None = Field(None, description=_d(_M, "cell", "recurrent cell"))
-    hidden_size: int | None = Field(None, ge=1, le=4096, description=_d(_M, "hidden_size", "units per layer"))
-    num_layers: int | None = Field(None, ge=1, le=8, description=_d(_M, "num_layers", "stacked layers"))
-    embedding_dim: int | None = Field(None, ge=1, le=1024, description=_d(_M, "embedding_dim", "character embedding"))
-    dropout: float | None = Field(None, ge=0, le=0.9, description=_d(_M, "dropout", "between layers"))
+def _model_help(s: Setting) -> str:
+    if s.name in AUTO_MODEL_FIELDS:
+        return f"{s.help} (default: chosen for the job's budget and corpus when it starts)"
+    return f"{s.help} (default {s.default!r})"
 
 
-class TrainingSpec(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+def _training_help(s: Setting) -> str:
+    return s.help if s.default is None else f"{s.help} (default {s.default!r})"
 
-    seq_len: int | None = Field(None, ge=1, le=4096, description=_d(_T, "seq_len", "characters of backprop per window"))
-    batch_size: int | None = Field(None, ge=1, le=1024, description=_d(_T, "batch_size", "parallel streams"))
-    learning_rate: float | None = Field(None, gt=0, le=1, description=_d(_T, "learning_rate", "peak learning rate"))
-    min_lr_ratio: float | None = Field(None, ge=0, le=1, description=_d(_T, "min_lr_ratio", "final lr / peak lr"))
-    warmup_steps: int | None = Field(None, ge=0, le=1_000_000, description=_d(_T, "warmup_steps", "linear warmup"))
-    decay_fraction: float | None = Field(
-        None, gt=0, le=1,
-        description=_d(_T, "decay_fraction", "share of the run, at its end, over which the learning rate decays "
-                       "to min_lr_ratio; before it the rate holds at its peak (1: decays from the start)"),
-    )
-    ema_decay: float | None = Field(
-        None, ge=0, lt=1,
-        description=_d(_T, "ema_decay", "evaluate, checkpoint and generate from an exponential moving average "
-                       "of the weights at this decay (null: the raw weights)"),
-    )
-    optimizer: Literal["adamw", "muon"] | None = Field(
-        None, description=_d(_T, "optimizer", "adamw, or muon: Muon for the recurrent weight matrices and AdamW "
-                             "for the rest"),
-    )
-    weight_decay: float | None = Field(None, ge=0, le=1, description=_d(_T, "weight_decay", "AdamW decay"))
-    grad_clip: float | None = Field(None, gt=0, le=1000, description=_d(_T, "grad_clip", "max gradient norm"))
-    max_steps: int | None = Field(
-        None,
-        ge=1,
-        le=100_000_000,
-        description=f"stop after this many steps (default {DEFAULT_MAX_STEPS} when neither max_epochs nor "
-        "max_seconds is given; the stored job shows it)",
-    )
-    max_epochs: float | None = Field(None, gt=0, le=100_000, description="stop after this many passes over the text")
-    max_seconds: float | None = Field(None, gt=0, le=30 * 86400, description="stop after this much training time")
-    val_fraction: float | None = Field(
-        None, ge=0, le=0.5, description=_d(_T, "val_fraction", "share of the text held out for validation")
-    )
-    eval_every: int | None = Field(
-        None, ge=1, le=100_000_000,
-        description="steps between evaluations (default: about 12 evaluations spaced evenly over the budget, "
-        "whether steps, epochs or seconds stop the job, each on a bounded sample of the validation split)",
-    )
-    checkpoint_every: int | None = Field(None, ge=1, le=100_000_000, description=_d(_T, "checkpoint_every", "steps"))
-    log_every: int | None = Field(None, ge=1, le=100_000, description=_d(_T, "log_every", "steps between metrics"))
-    sample_length: int | None = Field(None, ge=0, le=10_000, description=_d(_T, "sample_length", "sample chars"))
-    seed: int | None = Field(None, ge=0, le=2**31 - 1, description=_d(_T, "seed", "random seed"))
-    gpus: int | None = Field(
-        None, ge=1, le=64,
-        description=_d(_T, "gpus", "data-parallel processes (torchrun + DDP): GPUs, or gloo processes on a CPU "
-                       "worker; batch_size must be a multiple of it"),
-    )
+
+# Generated from the engine's definitions (worker/engine/config.py): every field optional (left out, the
+# engine's default), bounded as the engine bounds it.
+ModelSpec = request_model("ModelSpec", ModelConfig, _model_help, "The model's settings; each may be left out.")
+TrainingSpec = request_model("TrainingSpec", TrainConfig, _training_help,
+                             "The run's settings; each may be left out.", exclude=WORKER_SETTINGS)
 
 
 class JobCreate(BaseModel):

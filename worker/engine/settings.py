@@ -111,11 +111,11 @@ def annotation_of(s: Setting) -> Any:
     return Literal[s.choices] if s.choices else s.type  # Literal[("a", "b")] is Literal["a", "b"]
 
 
-def request_model(name: str, cls: type, describe, doc: str) -> type[BaseModel]:
-    """A pydantic request body with every setting of `cls` optional (None: the default), bounded as the
-    definition says; `describe(setting)` writes each field's description (the default in the API's words)."""
+def request_model(name: str, cls: type, describe, doc: str, exclude: tuple[str, ...] = ()) -> type[BaseModel]:
+    """A pydantic request body with every setting of `cls` (bar `exclude`) optional (None: the default),
+    bounded as the definition says; `describe(setting)` writes each field's description."""
     definitions = {
         s.name: (annotation_of(s) | None, Field(None, ge=s.ge, gt=s.gt, le=s.le, lt=s.lt, description=describe(s)))
-        for s in settings_of(cls)
+        for s in settings_of(cls) if s.name not in exclude
     }
     return create_model(name, __config__=ConfigDict(extra="forbid"), __doc__=doc, **definitions)
