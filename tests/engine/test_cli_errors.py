@@ -58,7 +58,7 @@ def test_train_names_the_bad_option(tmp_path):
     corpus = tmp_path / "corpus.txt"
     corpus.write_text(SHAKESPEARE.read_text()[:20_000])
     proc = charrnn("train", str(corpus), "--out", str(tmp_path / "run"), "--dropout", "3")
-    assert_short_error(proc, "dropout", "below 1")
+    assert_short_error(proc, "--dropout", "got 3.0", "at most 0.9")
 
 
 def test_a_data_dir_that_is_a_file_is_one_line(tmp_path):

@@ -6,10 +6,12 @@ the engine is imported inside the command that runs it.
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import sys
 from collections.abc import Callable
+from inspect import Parameter, signature
 from pathlib import Path
 from typing import Annotated
 
@@ -18,7 +20,10 @@ from pydantic import ValidationError
 from rich.console import Console
 from rich.markup import escape
 
-from worker.engine.sampling_params import MAX_LENGTH, MAX_NUM_SAMPLES, MAX_TEMPERATURE
+from worker.engine.autoconfig import AUTO_MODEL_FIELDS
+from worker.engine.config import ModelConfig, TrainConfig
+from worker.engine.sampling_params import MAX_LENGTH, SamplingParams
+from worker.engine.settings import field_bounds, settings_of
 
 stderr = Console(stderr=True)
 LN2 = math.log(2)
@@ -117,48 +122,19 @@ def train(
     out: Annotated[Path | None, typer.Option("--out", help="run directory for checkpoints")] = None,
     resume: Annotated[Path | None, typer.Option("--resume", help="continue the run in this directory")] = None,
     init_from: Annotated[Path | None, typer.Option(help="start from these weights (.safetensors)")] = None,
-    cell: Annotated[str | None, typer.Option(help="lstm | gru | rnn")] = None,
-    hidden_size: Annotated[int | None, typer.Option()] = None,
-    num_layers: Annotated[int | None, typer.Option()] = None,
-    embedding_dim: Annotated[int | None, typer.Option()] = None,
-    dropout: Annotated[float | None, typer.Option()] = None,
-    seq_len: Annotated[int | None, typer.Option()] = None,
-    batch_size: Annotated[int | None, typer.Option()] = None,
-    learning_rate: Annotated[float | None, typer.Option()] = None,
-    grad_clip: Annotated[float | None, typer.Option()] = None,
-    weight_decay: Annotated[float | None, typer.Option()] = None,
-    optimizer: Annotated[str | None, typer.Option(
-        help="adamw | muon (Muon for the recurrent weight matrices, AdamW for the rest)")] = None,
-    warmup_steps: Annotated[int | None, typer.Option()] = None,
-    min_lr_ratio: Annotated[float | None, typer.Option(help="final learning rate / peak")] = None,
-    decay_fraction: Annotated[float | None, typer.Option(
-        help="share of the run, at its end, over which the rate decays (1: from the start)")] = None,
-    ema_decay: Annotated[float | None, typer.Option(
-        help="evaluate, checkpoint and sample from an exponential moving average of the weights at this decay")] = None,
-    max_steps: Annotated[int | None, typer.Option()] = None,
-    max_epochs: Annotated[float | None, typer.Option()] = None,
-    max_seconds: Annotated[float | None, typer.Option()] = None,
-    val_fraction: Annotated[float | None, typer.Option()] = None,
-    eval_every: Annotated[int | None, typer.Option()] = None,
-    checkpoint_every: Annotated[int | None, typer.Option()] = None,
-    seed: Annotated[int | None, typer.Option()] = None,
-    device: Annotated[str | None, typer.Option(help="auto | cpu | cuda | cuda:N")] = None,
-    precision: Annotated[str | None, typer.Option(help="auto | fp32 | bf16")] = None,
+    **settings,  # one option per model and training setting: with_setting_options() below
 ) -> None:
     """Train a model on FILE; progress on stderr, a JSON summary as the last line on stdout."""
     from worker.engine.checkpoint import RunDirectory
     from worker.engine.records import JobSpec
-    from worker.engine.training_run import build_trainer
 
-    model_fields = {"cell": cell, "hidden_size": hidden_size, "num_layers": num_layers,
-                    "embedding_dim": embedding_dim, "dropout": dropout}
-    train_fields = {"seq_len": seq_len, "batch_size": batch_size, "learning_rate": learning_rate,
-                    "grad_clip": grad_clip, "weight_decay": weight_decay, "warmup_steps": warmup_steps,
-                    "min_lr_ratio": min_lr_ratio, "ema_decay": ema_decay, "max_steps": max_steps,
-                    "decay_fraction": decay_fraction, "optimizer": optimizer, "max_epochs": max_epochs,
-                    "max_seconds": max_seconds, "val_fraction": val_fraction, "eval_every": eval_every,
-                    "checkpoint_every": checkpoint_every, "seed": seed, "device": device, "precision": precision}
-    given_training = {k: v for k, v in train_fields.items() if v is not None}
+    given = {name: value for name, value in settings.items() if value is not None}
+    for setting in (*settings_of(ModelConfig), *settings_of(TrainConfig)):
+        reason = setting.reason(given[setting.name]) if setting.name in given else None
+        if reason:
+            _fail(f"{setting_option(setting.name)}: {reason}")
+    model_fields = {s.name: given[s.name] for s in settings_of(ModelConfig) if s.name in given}
+    given_training = {s.name: given[s.name] for s in settings_of(TrainConfig) if s.name in given}
     try:
         if resume:
             run = RunDirectory(resume).read_run()
@@ -178,16 +154,18 @@ def train(
             spec = JobSpec(
                 corpus_path=str(Path(file).resolve()),
                 run_dir=str(out),
-                model={k: v for k, v in model_fields.items() if v is not None},
+                model=model_fields,
                 training=given_training,
                 init_from=str(init_from) if init_from else None,
             )
-        observer = ConsoleObserver()
-        trainer = build_trainer(spec, observer)
-        try:
-            result = trainer.train()
-        finally:
-            observer.close()
+        if spec.gpus > 1:
+            from worker.engine.distributed import launch
+
+            result = launch(spec.gpus, _train_rank, spec)
+            if isinstance(result, str):
+                _fail(result)
+        else:
+            result = _train_here(spec)
     except ValidationError as exc:
         _fail(describe_invalid(exc, option_name))
     except (ValueError, TypeError) as exc:  # EngineError, a refused spec; TypeError: a bad run.json
@@ -195,39 +173,121 @@ def train(
     print(result.model_dump_json())
 
 
+def _train_here(spec):
+    from worker.engine.training_run import build_trainer
+
+    observer = ConsoleObserver()
+    try:
+        return build_trainer(spec, observer).train()
+    finally:
+        observer.close()
+
+
+def _train_rank(spec):
+    """One rank of `train --gpus N` (launched by distributed.launch): rank 0 shows the progress. Returns the
+    result, or the message of a run the engine refused (every rank refuses alike)."""
+    import torch
+
+    from worker.engine.distributed import DistContext, leave_process_group, setup_process_group
+
+    torch.set_num_threads(max(1, torch.get_num_threads() // spec.gpus))  # the ranks share the cores
+    spec = spec.model_copy(update={"training": setup_process_group(spec.training)})
+    finished = False
+    try:
+        result = _train_here(spec) if DistContext.current().is_main else _train_quietly(spec)
+        finished = True
+        return result
+    except ValueError as exc:  # an EngineError
+        finished = True
+        return str(exc)
+    finally:
+        leave_process_group(finished)
+
+
+def _train_quietly(spec):
+    from worker.engine.training_run import build_trainer
+
+    return build_trainer(spec).train()
+
+
+def setting_option(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def _setting_help(setting) -> str:
+    if setting.name in AUTO_MODEL_FIELDS:
+        return f"{setting.help} (default: chosen for the budget and the corpus)"
+    bounds = setting.bounds()
+    default = "" if setting.default is None else f"default {setting.default!r}"
+    return f"{setting.help} ({'; '.join(w for w in (bounds, default) if w)})" if bounds or default else setting.help
+
+
+def setting_parameters() -> list[Parameter]:
+    """One `--name` option per model and training setting, typed and helped by its definition (config.py):
+    a setting added there is an option here. Bounds are checked by the definition, naming the option."""
+    params = []
+    for setting in (*settings_of(ModelConfig), *settings_of(TrainConfig)):
+        option = typer.Option(setting_option(setting.name), help=_setting_help(setting), show_default=False)
+        params.append(Parameter(setting.name, Parameter.KEYWORD_ONLY, default=None,
+                                        annotation=Annotated[setting.type | None, option]))
+    return params
+
+
+def with_parameters(command: Callable, extra: list[Parameter]) -> Callable:
+    """`command`, whose **kwargs take `extra`, as typer sees it: with `extra` in its signature."""
+    spec = signature(command, eval_str=True)
+    params = [p for p in spec.parameters.values() if p.kind != p.VAR_KEYWORD]
+
+    @functools.wraps(command)
+    def wrapper(**kwargs):
+        return command(**kwargs)
+
+    wrapper.__signature__ = spec.replace(parameters=[*params, *extra])
+    wrapper.__annotations__ = {p.name: p.annotation for p in (*params, *extra)}
+    return wrapper
+
+
+def sampling_parameters() -> list[Parameter]:
+    """`generate`'s options, one per sampling parameter (SamplingParams: its default and description).
+    The service bounds `length`; on the user's own terminal any length is fine (see generate)."""
+    params = []
+    for name, info in SamplingParams.model_fields.items():
+        annotation = info.annotation
+        bounds = field_bounds(info)
+        help_text = f"{info.description} ({bounds})" if bounds else info.description
+        if name == "length":
+            help_text = f"{info.description}: any number, written to stdout as they come"
+        elif name == "stop":
+            annotation, help_text = list[str] | None, help_text + " (repeatable)"
+        option = typer.Option(setting_option(name), help=help_text)
+        default = None if name == "stop" else info.get_default(call_default_factory=True)
+        params.append(Parameter(name, Parameter.KEYWORD_ONLY, default=default,
+                                        annotation=Annotated[annotation, option]))
+    return params
+
+
 def generate(
     checkpoint: Annotated[Path, typer.Argument(help="a .safetensors checkpoint or a run directory")],
-    prompt: Annotated[str, typer.Option(help="text to start from")] = "",
-    length: Annotated[
-        int, typer.Option(help="characters to generate: any number, written to stdout as they come")
-    ] = 200,
-    temperature: Annotated[
-        float, typer.Option(help=f"0 to {MAX_TEMPERATURE:g}; 0 = always the most likely character")
-    ] = 1.0,
-    top_k: Annotated[int | None, typer.Option()] = None,
-    top_p: Annotated[float | None, typer.Option(help="above 0, at most 1")] = None,
-    seed: Annotated[int | None, typer.Option()] = None,
-    num_samples: Annotated[int, typer.Option(help=f"1 to {MAX_NUM_SAMPLES}")] = 1,
-    stop: Annotated[list[str] | None, typer.Option(help="stop at this string (repeatable)")] = None,
+    **sampling,  # one option per sampling parameter: sampling_parameters()
 ) -> None:
     """Sample from a checkpoint; prints only the generated text (after the prompt)."""
     from worker.engine.checkpoint import CheckpointError, load_model
     from worker.engine.sampler import Sampler, SampleRequest
 
+    length = sampling["length"]
     if length < 0:
         _fail(f"--length: got {length}; give 0 or more characters")
     try:
         # The service bounds a request's length; here the text streams to the user's own terminal, so
         # any length is fine: the other fields are checked as the service checks them.
-        request = SampleRequest(prompt=prompt, length=min(length, MAX_LENGTH), temperature=temperature,
-                                top_k=top_k, top_p=top_p, seed=seed, num_samples=num_samples, stop=stop or [])
+        request = SampleRequest(**{**sampling, "length": min(length, MAX_LENGTH), "stop": sampling["stop"] or []})
         request = request.model_copy(update={"length": length})
     except ValidationError as exc:
         _fail(describe_invalid(exc, option_name))
     try:
         loaded = load_model(checkpoint)
         sampler = Sampler(loaded.model, loaded.vocab)
-        if num_samples == 1:
+        if request.num_samples == 1:
             for pieces in sampler.stream(request):
                 if pieces[0]:
                     sys.stdout.write(pieces[0])
@@ -315,7 +375,7 @@ def _print_inspection(result: dict) -> None:
 
 
 def register_engine_commands(app: typer.Typer) -> None:
-    app.command()(train)
-    app.command()(generate)
+    app.command(name="train")(with_parameters(train, setting_parameters()))
+    app.command(name="generate")(with_parameters(generate, sampling_parameters()))
     app.command()(score)
     app.command()(inspect)

@@ -18,6 +18,7 @@ from functools import cache
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, create_model
+from pydantic.fields import FieldInfo
 
 from worker.engine.errors import ConfigError
 
@@ -44,17 +45,22 @@ class Setting:
         if self.choices:
             return "one of " + ", ".join(self.choices)
         words = [w for w in (
-            f"at least {self.ge:g}" if self.ge is not None else "",
-            f"above {self.gt:g}" if self.gt is not None else "",
-            f"at most {self.le:g}" if self.le is not None else "",
-            f"below {self.lt:g}" if self.lt is not None else "",
+            f"at least {_number(self.ge)}" if self.ge is not None else "",
+            f"above {_number(self.gt)}" if self.gt is not None else "",
+            f"at most {_number(self.le)}" if self.le is not None else "",
+            f"below {_number(self.lt)}" if self.lt is not None else "",
         ) if w]
         return " and ".join(words)
 
     def problem(self, value: Any) -> str | None:
         """What is wrong with `value` for this setting, naming it and its bounds, or None if it is fine."""
+        reason = self.reason(value)
+        return f"{self.name}: {reason}" if reason else None
+
+    def reason(self, value: Any) -> str | None:
+        """What is wrong with `value` ("got 0; it must be a whole number at least 1 ..."), or None."""
         if value is None:
-            return None if self.optional else f"{self.name}: a value is required"
+            return None if self.optional else "a value is required"
         if self.choices:
             ok = value in self.choices
         elif self.type is str:
@@ -68,7 +74,19 @@ class Setting:
             return None
         kind = {int: "a whole number", float: "a number", str: "text"}[self.type]
         what = self.bounds() if self.choices else " ".join(w for w in (kind, self.bounds()) if w)
-        return f"{self.name}: got {value!r}; it must be {what}"
+        return f"got {value!r}; it must be {what}"
+
+def field_bounds(info: FieldInfo) -> str:
+    """A pydantic field's bounds in the words Setting.bounds() uses ("at least 0 and at most 10")."""
+    words = [f"{word} {_number(getattr(m, attr))}" for m in info.metadata
+             for attr, word in (("ge", "at least"), ("gt", "above"), ("le", "at most"), ("lt", "below"))
+             if getattr(m, attr, None) is not None]
+    return " and ".join(words)
+
+
+def _number(x: float) -> str:
+    return f"{int(x):,}" if float(x).is_integer() else f"{x:g}"
+
 
 def setting(default: Any, help: str, *, ge: float | None = None, gt: float | None = None,
             le: float | None = None, lt: float | None = None) -> Any:
