@@ -1,7 +1,9 @@
 from __future__ import annotations
 
+import codecs
 import json
 from collections.abc import Iterator
+from pathlib import Path
 
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
@@ -160,6 +162,41 @@ def check_init_from_intact(checkpoint, settings: Settings) -> None:
         raise ApiError(409, integrity.corrupt_message(checkpoint.id, problem))
 
 
+def characters_of(path: Path) -> set[str]:
+    """The distinct characters of a stored corpus, read in chunks."""
+    decoder, chars = codecs.getincrementaldecoder("utf-8")("replace"), set()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            chars.update(decoder.decode(chunk))
+    return chars
+
+
+def check_vocabulary(session: Session, *, owner: str, settings: Settings, corpus, init_from: str | None,
+                     init_vocab: set[str] | None, validation_corpus_id: str | None) -> None:
+    """Refuse now, not when the job runs, text with characters the model will not know: the model knows
+    its init_from checkpoint's characters when it continues one, else those of the corpus it trains on."""
+    if init_vocab is None and validation_corpus_id is None:
+        return
+    checks = [("corpus_id", corpus)] if init_vocab is not None else []
+    if validation_corpus_id:
+        validation = corpora.get(session, owner=owner, corpus_id=validation_corpus_id)
+        if validation is None:
+            raise not_found("corpus", validation_corpus_id)
+        checks.append(("validation_corpus_id", validation))
+    known = init_vocab if init_vocab is not None else characters_of(settings.data_dir / corpus.path)
+    source = f"the init_from checkpoint {init_from}" if init_vocab is not None else f"the corpus {corpus.id}"
+    for field, checked in checks:
+        unseen = sorted(characters_of(settings.data_dir / checked.path) - known)
+        if unseen:
+            shown = ", ".join(repr(c) for c in unseen[:20]) + (" ..." if len(unseen) > 20 else "")
+            raise ApiError(
+                422,
+                f"corpus {checked.id} has {len(unseen)} character(s) the model will not know: {shown} (it knows "
+                f"the characters of {source}); remove them, or train from scratch on text that has them",
+                param=field,
+            )
+
+
 def create(
     session: Session, *, owner: str, settings: Settings, body: JobCreate, columns: dict | None = None
 ) -> Job:
@@ -170,14 +207,16 @@ def create(
             raise not_found("corpus", body.corpus_id)
         check_vocab_size(corpus.vocab_size, settings)
         model = effective_model(body.model)
+        init_vocab = None
         if body.init_from:
             checkpoint = checkpoints.get(session, owner=owner, checkpoint_id=body.init_from)
             if checkpoint is None:
                 raise not_found("checkpoint", body.init_from)
             check_init_from_intact(checkpoint, settings)
             try:
-                config = json.loads(read_metadata(settings.data_dir / checkpoint.path)["config"])
-            except (OSError, KeyError, ValueError):
+                metadata = read_metadata(settings.data_dir / checkpoint.path)
+                config, init_vocab = json.loads(metadata["config"]), set(json.loads(metadata["vocab"]))
+            except (OSError, KeyError, ValueError, TypeError):
                 raise ApiError(410, f"the file of checkpoint {body.init_from} is unreadable or gone") from None
             given = {k: v for k, v in body.model.model_dump().items() if v is not None}
             clash = {k: v for k, v in given.items() if config.get(k) != v}
@@ -195,6 +234,8 @@ def create(
         check_training(corpus.num_chars, training)
         check_active_jobs(session, owner=owner, settings=settings)
         check_stored_bytes(session, owner=owner, settings=settings)
+        check_vocabulary(session, owner=owner, settings=settings, corpus=corpus, init_from=body.init_from,
+                         init_vocab=init_vocab, validation_corpus_id=(columns or {}).get("validation_corpus_id"))
         job = Job(
             id=new_id("job"),
             owner=owner,

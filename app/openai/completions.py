@@ -37,11 +37,9 @@ from app.generation.limits import Slot
 from app.generation.state import Generation
 from app.openai import catalog
 from app.openai.errors import OpenAIError, error_body
-from app.openai.schemas import CompletionRequest
+from app.openai.schemas import CompletionRequest, openai_param
 from app.settings import Settings
-from worker.engine.sampling_params import MAX_PROMPT_CHARS, SamplingParams
-
-MAX_STOPS = 4
+from worker.engine.sampling_params import MAX_PROMPT_CHARS, MAX_STOPS, SamplingParams
 
 
 @dataclass
@@ -90,8 +88,7 @@ def native_params(body: CompletionRequest, prompt: str) -> dict:
         )
     except ValidationError as exc:  # the one contract's bounds (a stop string too long, ...)
         first = exc.errors()[0]
-        field = str(first["loc"][0]) if first.get("loc") else None
-        param = {"length": "max_tokens", "num_samples": "n"}.get(field, field)
+        param = openai_param(str(first["loc"][0]) if first.get("loc") else None)
         raise OpenAIError(400, f"{param or 'the request'}: {first['msg']}", param) from None
     return params.model_dump()
 

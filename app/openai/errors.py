@@ -11,6 +11,7 @@ from fastapi import Request
 from fastapi.responses import JSONResponse
 
 from app.errors import ApiError, Problem
+from app.openai.schemas import openai_param
 
 # Our status -> (the status OpenAI would answer, its error type).
 STATUS = {
@@ -58,15 +59,19 @@ def error_response(status: int, message: str, param: str | None = None, code: st
     )
 
 
+# The native fields a worker's message may start with ("prompt has characters ...", "the temperature ...").
+NAMED_IN_MESSAGES = ("prompt", "temperature", "top_p", "top_k", "length", "stop", "seed", "model")
+
+
 def guess_param(message: str) -> str | None:
-    """The request field a native message is about, when it names one (for `param`)."""
-    for field in ("prompt", "temperature", "top_p", "max_tokens", "stop", "seed", "model", "training_file"):
+    """The request field a native message without a `param` is about (a worker's answer names it in words)."""
+    for field in NAMED_IN_MESSAGES:
         if message.startswith(field) or f"the {field}" in message:
-            return field
+            return openai_param(field)
     return None
 
 
 def render(_request: Request, problem: Problem) -> JSONResponse:
-    """A Problem (app/errors.py) in OpenAI's shape."""
-    param = problem.param or guess_param(problem.message)
+    """A Problem (app/errors.py) in OpenAI's shape; a native field is named as /v1 names it (OPENAI_PARAMS)."""
+    param = openai_param(problem.param) if problem.param else guess_param(problem.message)
     return error_response(problem.status, problem.message, param, problem.code, problem.headers)

@@ -7,16 +7,15 @@
   nothing) leaves the engine's default.
 - Extensions: `max_seconds` (a time budget) and `charrnn: {model, training}` (native settings).
 - `validation_file`: the held-out set, scored instead of a split of the training file (val_fraction 0).
+- The rules are POST /jobs's (app/jobs/service.create), the vocabulary check included; a native field an
+  error names is shown as OpenAI's `param` through schemas.OPENAI_PARAMS.
 - `trained_tokens` counts characters: steps x batch_size x seq_len, once the job has finished.
 """
 
 from __future__ import annotations
 
-import codecs
-import json
 import time
 from datetime import datetime
-from pathlib import Path
 
 from pydantic import ValidationError
 from sqlalchemy.orm import Session
@@ -31,10 +30,9 @@ from app.jobs.schemas import JobCreate as NativeJobCreate
 from app.models import FINAL_STATUSES, Checkpoint, Job, JobEvent, JobStatus
 from app.openai import catalog, repository
 from app.openai.errors import OpenAIError
-from app.openai.schemas import Hyperparameters, JobCreate
+from app.openai.schemas import Hyperparameters, JobCreate, openai_param
 from app.pagination import PageParams
 from app.settings import Settings
-from worker.engine.header import read_metadata
 
 EVENT_PREFIX = "ftevent-"
 # A finished job's result file, as OpenAI lists one: its loss curve, the CSV of GET /jobs/{id}/metrics.csv,
@@ -58,46 +56,6 @@ def _file(session: Session, owner: str, file_id: str, param: str) -> str:
     return file_id
 
 
-def characters_of(path: Path) -> set[str]:
-    """The distinct characters of a stored corpus, read in chunks."""
-    decoder, chars = codecs.getincrementaldecoder("utf-8")("replace"), set()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            chars.update(decoder.decode(chunk))
-    return chars
-
-
-def check_vocabulary(session: Session, *, owner: str, settings: Settings, training_file: str,
-                     validation_file: str | None, init_from: str | None) -> None:
-    """Refuse now, not when the job runs, text with characters the model will not know: the model knows
-    the training file's characters, or when continuing, those of the model it continues."""
-    if validation_file is None and init_from is None:
-        return
-    corpus_path = {c: settings.data_dir / corpora.get(session, owner=owner, corpus_id=c).path
-                   for c in filter(None, (training_file, validation_file))}
-    checks = [("validation_file", validation_file)] if validation_file else []
-    if init_from:
-        checkpoint = checkpoints_repository.get(session, owner=owner, checkpoint_id=init_from)
-        try:
-            known = set(json.loads(read_metadata(settings.data_dir / checkpoint.path)["vocab"]))
-        except (OSError, KeyError, ValueError):
-            raise OpenAIError(404, "the checkpoint to continue from is unreadable or gone", "model") from None
-        checks.insert(0, ("training_file", training_file))
-    else:
-        known = characters_of(corpus_path[training_file])
-    for param, file_id in checks:
-        unseen = sorted(characters_of(corpus_path[file_id]) - known)
-        if unseen:
-            shown = ", ".join(repr(c) for c in unseen[:20]) + (" ..." if len(unseen) > 20 else "")
-            raise OpenAIError(
-                400,
-                f"{param} {file_id} has {len(unseen)} character(s) the model will not know: {shown} "
-                f"(it knows the characters of {'the model it continues' if init_from else 'the training file'}); "
-                "remove them, or train from scratch on text that has them",
-                param,
-            )
-
-
 def _hyperparameters(body: JobCreate) -> Hyperparameters:
     if body.method is not None and body.method.type != "supervised":
         raise OpenAIError(400, f"method.type {body.method.type!r} is not supported: charrnn trains language models "
@@ -109,14 +67,13 @@ def _hyperparameters(body: JobCreate) -> Hyperparameters:
     return body.hyperparameters or from_method or Hyperparameters()
 
 
-def native_request(session: Session, *, owner: str, settings: Settings, body: JobCreate
-                   ) -> tuple[NativeJobCreate, dict]:
+def native_request(session: Session, *, owner: str, body: JobCreate) -> tuple[NativeJobCreate, dict]:
     """The POST /jobs body and the extra job columns for an OpenAI job request."""
     training_file = _file(session, owner, body.training_file, "training_file")
     validation_file = _file(session, owner, body.validation_file, "validation_file") if body.validation_file else None
     options = body.charrnn
-    model = dict(options.model) if options else {}
-    training = dict(options.training) if options else {}
+    model = options.model.model_dump(exclude_none=True) if options else {}
+    training = options.training.model_dump(exclude_none=True) if options else {}
     init_from = None
     if body.model in catalog.PRESETS:
         preset = catalog.PRESETS[body.model]
@@ -133,8 +90,6 @@ def native_request(session: Session, *, owner: str, settings: Settings, body: Jo
             init_from = best.checkpoint_id
         else:
             init_from = resolved.checkpoint_id
-    check_vocabulary(session, owner=owner, settings=settings, training_file=training_file,
-                     validation_file=validation_file, init_from=init_from)
     hp = _hyperparameters(body)
     if isinstance(hp.n_epochs, int | float) and not isinstance(hp.n_epochs, bool):
         training["max_epochs"] = hp.n_epochs
@@ -157,10 +112,7 @@ def native_request(session: Session, *, owner: str, settings: Settings, body: Jo
         )
     except ValidationError as exc:
         first = exc.errors()[0]
-        where = "charrnn." + ".".join(str(p) for p in first["loc"])
-        where = where.replace("charrnn.training.max_epochs", "hyperparameters.n_epochs").replace(
-            "charrnn.training.batch_size", "hyperparameters.batch_size").replace(
-            "charrnn.training.learning_rate", "hyperparameters.learning_rate_multiplier")
+        where = openai_param(".".join(str(p) for p in first["loc"]))
         message = unknown_field(NativeJobCreate, first["loc"]) if first["type"] == "extra_forbidden" else first["msg"]
         raise OpenAIError(400, f"{where}: {message}", where) from None
     columns = {
@@ -172,7 +124,7 @@ def native_request(session: Session, *, owner: str, settings: Settings, body: Jo
 
 
 def create(session: Session, *, owner: str, settings: Settings, body: JobCreate) -> dict:
-    native, columns = native_request(session, owner=owner, settings=settings, body=body)
+    native, columns = native_request(session, owner=owner, body=body)
     session.rollback()  # the native create opens its own transaction
     job = jobs.create(session, owner=owner, settings=settings, body=native, columns=columns)
     return job_object(job)

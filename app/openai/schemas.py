@@ -2,11 +2,49 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from app.jobs.schemas import ModelSpec, TrainingSpec
+from worker.engine.config import TrainConfig
+from worker.engine.sampling_params import MAX_LENGTH, MAX_NUM_SAMPLES, MAX_SEED, MAX_STOPS, MAX_TOP_K
+from worker.engine.settings import setting_named
+
 Auto = Literal["auto"]
+
+# Native field names (as POST /jobs and POST /generate name them; a job's as `training.x`, `model.x`) ->
+# OpenAI's `param` for the same value. The one table: completions, fine-tuning and the error renderer all
+# map through openai_param(). tests/test_faces.py checks that each side names a real field.
+OPENAI_PARAMS = {
+    "length": "max_tokens",
+    "num_samples": "n",
+    "corpus_id": "training_file",
+    "validation_corpus_id": "validation_file",
+    "init_from": "model",
+    "name": "suffix",
+    "training.max_epochs": "hyperparameters.n_epochs",
+    "training.batch_size": "hyperparameters.batch_size",
+    "training.learning_rate": "hyperparameters.learning_rate_multiplier",
+    "training.seed": "seed",
+    "training.max_seconds": "max_seconds",
+}
+
+
+def openai_param(native: str | None) -> str | None:
+    """OpenAI's `param` for a native field: the table's name, else a job setting's path in the `charrnn`
+    extension (`charrnn.training.seq_len`), else the same name (prompt, temperature, ...)."""
+    if native is None or native in OPENAI_PARAMS:
+        return OPENAI_PARAMS.get(native)
+    if native.split(".")[0] in ("model", "training") and "." in native:
+        return f"charrnn.{native}"
+    return native
+
+
+def _training_field(name: str, description: str):
+    """An optional field bounded as the engine's training setting `name` is (its one definition, config.py)."""
+    s = setting_named(TrainConfig, name)
+    return Field(None, ge=s.ge, gt=s.gt, le=s.le, lt=s.lt, description=description)
 
 
 # -- files -------------------------------------------------------------------------------------------
@@ -44,6 +82,7 @@ class FileList(BaseModel):
 class Hyperparameters(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
+    # Checked as training.max_epochs and training.batch_size, named back through OPENAI_PARAMS.
     n_epochs: Auto | float | None = Field(None, description="passes over the training file (max_epochs)")
     batch_size: Auto | int | None = Field(None, description="parallel streams of characters")
     learning_rate_multiplier: Auto | float | None = Field(None, description="times the engine's default rate")
@@ -63,8 +102,8 @@ class CharrnnOptions(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    model: dict[str, Any] = Field(default_factory=dict, description="ModelSpec fields, e.g. hidden_size")
-    training: dict[str, Any] = Field(default_factory=dict, description="TrainingSpec fields, e.g. seq_len")
+    model: ModelSpec = Field(default_factory=ModelSpec, description="POST /jobs's `model` settings")
+    training: TrainingSpec = Field(default_factory=TrainingSpec, description="POST /jobs's `training` settings")
 
 
 class JobCreate(BaseModel):
@@ -91,11 +130,11 @@ class JobCreate(BaseModel):
     hyperparameters: Hyperparameters | None = None
     method: Method | None = None
     suffix: str | None = Field(None, max_length=64, description="up to 64 characters in the fine-tuned model's name")
-    seed: int | None = Field(None, ge=0, le=2**31 - 1)
+    seed: int | None = _training_field("seed", "the training run's random seed")
     metadata: dict[str, str] | None = None
     integrations: list[dict] | None = None
     # Extensions: a time budget, and native settings.
-    max_seconds: float | None = Field(None, gt=0, le=30 * 86400, description="charrnn: stop after this much time")
+    max_seconds: float | None = _training_field("max_seconds", "charrnn: stop after this much training time")
     charrnn: CharrnnOptions | None = None
 
 
@@ -224,22 +263,23 @@ class CompletionRequest(BaseModel):
     model: str = Field(..., min_length=1, max_length=400,
                        description="a fine-tuned model name, a job id (its best checkpoint) or a checkpoint id")
     prompt: str | list[str] = Field("", description="a string or a list of strings (not token arrays)")
-    max_tokens: int | None = Field(16, ge=0, le=10_000, description="characters to generate")
+    # Bounded as the native sampling parameters are (SamplingParams), bar temperature and top_p: OpenAI's range.
+    max_tokens: int | None = Field(16, ge=0, le=MAX_LENGTH, description="characters to generate")
     temperature: float | None = Field(1.0, ge=0, le=2)
     top_p: float | None = Field(1.0, ge=0, le=1)
-    n: int | None = Field(1, ge=1, le=16)
-    stop: str | list[str] | None = Field(None, description="up to 4 strings that end a completion")
-    seed: int | None = Field(None, ge=0, le=2**32 - 1)
+    n: int | None = Field(1, ge=1, le=MAX_NUM_SAMPLES)
+    stop: str | list[str] | None = Field(None, description=f"up to {MAX_STOPS} strings that end a completion")
+    seed: int | None = Field(None, ge=0, le=MAX_SEED)
     echo: bool | None = False
     logprobs: int | None = Field(None, ge=0, le=5, description="the most likely characters to list per position")
     stream: bool | None = False
     stream_options: StreamOptions | None = None
     # Accepted as OpenAI's defaults only (the service refuses other values, saying so).
-    best_of: int | None = Field(None, ge=1, le=16)
+    best_of: int | None = Field(None, ge=1, le=MAX_NUM_SAMPLES)
     frequency_penalty: float | None = Field(None, ge=-2, le=2)
     presence_penalty: float | None = Field(None, ge=-2, le=2)
     logit_bias: dict[str, float] | None = None
     suffix: str | None = None
     user: str | None = Field(None, max_length=256)
     # Extension: the native sampler's top-k.
-    top_k: int | None = Field(None, ge=1, le=100_000)
+    top_k: int | None = Field(None, ge=1, le=MAX_TOP_K, description="draw only from the k most likely characters")
