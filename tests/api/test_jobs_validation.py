@@ -2,6 +2,13 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
+import struct
+
+from app.db import session_scope, utcnow
+from app.ids import new_id
+from app.models import Checkpoint, Job
 from tests.harness import TINY_MODEL, TINY_TRAINING, small_corpus
 
 
@@ -49,3 +56,41 @@ def test_cancel_queued(client, corpus):
     assert any(j["id"] == job_id for j in client.get("/jobs", params={"status": "cancelled"}).json()["data"])
     assert all(j["id"] != job_id for j in client.get("/jobs", params={"status": "queued"}).json()["data"])
     assert client.get("/jobs", params={"status": "bogus"}).status_code == 422
+
+
+def write_checkpoint(api, job_id: str, vocab: list[str]) -> str:
+    """A checkpoint row and its file as the worker writes them: a safetensors header whose metadata holds the
+    model's config and vocabulary (the API reads no tensor of it)."""
+    header = json.dumps({"__metadata__": {"config": json.dumps({**TINY_MODEL, "vocab_size": len(vocab)}),
+                                          "vocab": json.dumps(vocab)}}).encode()
+    data = struct.pack("<Q", len(header)) + header
+    path = api.data_dir / "runs" / job_id / "step-1.safetensors"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
+    checkpoint_id = new_id("ckpt")
+    with session_scope() as session:
+        owner = session.get(Job, job_id).owner
+        session.add(Checkpoint(id=checkpoint_id, job_id=job_id, owner=owner, step=1, is_best=True,
+                               path=str(path.relative_to(api.data_dir)), size_bytes=len(data),
+                               sha256=hashlib.sha256(data).hexdigest(), created_at=utcnow()))
+    return checkpoint_id
+
+
+def test_continuing_a_checkpoint_on_text_it_cannot_read_is_refused_when_the_job_is_created(api, client, corpus):
+    """The rule /v1 had alone: a model continued on a corpus with characters outside its vocabulary would
+    fail when the job ran; POST /jobs refuses it at once, naming the characters and the checkpoint."""
+    parent = client.post("/jobs", json={"corpus_id": corpus["id"], "model": TINY_MODEL, "training": TINY_TRAINING})
+    assert parent.status_code == 201, parent.text
+    checkpoint_id = write_checkpoint(api, parent.json()["id"], sorted(set(small_corpus())))
+    snowman = api.upload(client, small_corpus() + "a snowman: \u2603\n", name="snowman")
+
+    r = client.post("/jobs", json={"corpus_id": snowman["id"], "init_from": checkpoint_id, "training": TINY_TRAINING})
+    assert r.status_code == 422, r.text
+    detail = r.json()["detail"]
+    assert "\u2603" in detail and checkpoint_id in detail and "1 character" in detail
+
+    # Text within the checkpoint's vocabulary queues as before.
+    r = client.post("/jobs", json={"corpus_id": corpus["id"], "init_from": checkpoint_id, "training": TINY_TRAINING})
+    assert r.status_code == 201, r.text
+    for job_id in (parent.json()["id"], r.json()["id"]):
+        client.post(f"/jobs/{job_id}/cancel")
