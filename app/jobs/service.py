@@ -228,14 +228,15 @@ def create(
                     "leave `model` out when continuing from a checkpoint",
                 )
             model = {k: config.get(k) for k in ModelSpec.model_fields}
+        # Text the model cannot read is refused before any rule about its size: no setting would fix it.
+        check_vocabulary(session, owner=owner, settings=settings, corpus=corpus, init_from=body.init_from,
+                         init_vocab=init_vocab, validation_corpus_id=(columns or {}).get("validation_corpus_id"))
         training = effective_training(body.training)
         # Memory first: a job too big for the machine is refused whatever its corpus (and says what to lower).
         check_memory(corpus.vocab_size, model, training, settings)
         check_training(corpus.num_chars, training)
         check_active_jobs(session, owner=owner, settings=settings)
         check_stored_bytes(session, owner=owner, settings=settings)
-        check_vocabulary(session, owner=owner, settings=settings, corpus=corpus, init_from=body.init_from,
-                         init_vocab=init_vocab, validation_corpus_id=(columns or {}).get("validation_corpus_id"))
         job = Job(
             id=new_id("job"),
             owner=owner,
