@@ -14,6 +14,7 @@ from app.db import read_session
 from app.deps import BearerKey, CurrentOwner, SessionDep, SettingsDep
 from app.errors import not_found, responses
 from app.jobs import deletion, repository, service
+from app.jobs.defaults import form_fields
 from app.jobs.events import parse_last_event_id
 from app.jobs.schemas import EventOut, EventPage, JobCreate, JobDefaults, JobOut, MetricOut, ModelSpec, TrainingSpec
 from app.keys.service import owner_for_key
@@ -61,7 +62,8 @@ def job_defaults(_owner: CurrentOwner):
     # max_steps=DEFAULT_MAX_STEPS is the rule only for a job that gives no other: a form that sent it
     # back with max_seconds would stop the job early, so it is offered as default_max_steps instead.
     training = {**service.effective_training(TrainingSpec()), "max_steps": None}
-    return {"model": service.effective_model(ModelSpec()), "training": training, "default_max_steps": DEFAULT_MAX_STEPS}
+    return {"model": service.effective_model(ModelSpec()), "training": training, "default_max_steps": DEFAULT_MAX_STEPS,
+            "fields": form_fields(tuple(TrainingSpec.model_fields))}
 
 
 @router.get("/{job_id}", response_model=JobOut, summary="One job, with its live progress")

@@ -236,6 +236,12 @@ class JobDefaults(BaseModel):
                     },
                     "training": {"seq_len": 64, "batch_size": 32, "max_steps": None, "max_seconds": None},
                     "default_max_steps": 2000,
+                    "fields": {
+                        "model": {"cell": {"type": "choice", "help": "recurrent cell",
+                                           "choices": ["lstm", "gru", "rnn"]}},
+                        "training": {"seq_len": {"type": "int", "help": "characters of backprop per window", "ge": 1,
+                                                 "le": 4096}},
+                    },
                 }
             ]
         }
@@ -244,3 +250,5 @@ class JobDefaults(BaseModel):
     training: dict = Field(description="every field of `training` likewise (null: no such limit; for "
                            "eval_every, evaluations spaced over the budget)")
     default_max_steps: int = Field(description="the steps a job trains for when it sets no max_steps/epochs/seconds")
+    fields: dict = Field(description="each field of `model` and `training` as a form draws it: its type (int, float, "
+                         "or choice, with its choices), its bounds (ge, gt, le, lt) and its help")

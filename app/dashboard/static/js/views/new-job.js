@@ -14,38 +14,49 @@ const label = (key) => {
   return text.charAt(0).toUpperCase() + text.slice(1);
 };
 
+// Drawn in the budget row above the advanced settings, not among them.
 const BUDGET = new Set(["max_seconds"]);
-const FLOAT_FIELDS = new Set([
-  "dropout", "learning_rate", "min_lr_ratio", "weight_decay", "grad_clip", "max_epochs", "max_seconds", "val_fraction",
-]);
-// Left empty, these are chosen for the job's budget and corpus when it starts (GET /jobs/defaults gives null).
+// Left empty, these are chosen for the job's budget and corpus when it starts (GET /jobs/defaults gives null);
+// tests/test_faces.py holds this list to the engine's.
 const AUTO_FIELDS = new Set(["hidden_size", "dropout", "eval_every"]);
 
 const fieldId = (path) => `f-${path.replace(/\./g, "-")}`;
 
-function numberField(group, key, value) {
+// `spec` is the field as GET /jobs/defaults describes it (its one definition in the engine): type, bounds, help.
+function numberField(group, key, value, spec) {
   const path = `${group}.${key}`;
   const id = fieldId(path);
+  const float = spec.type === "float";
+  const low = spec.ge ?? spec.gt;
+  const high = spec.le ?? spec.lt;
   const input = el("input", {
     id,
     type: "number",
-    step: FLOAT_FIELDS.has(key) ? "any" : "1",
-    inputmode: FLOAT_FIELDS.has(key) ? "decimal" : "numeric",
-    "data-kind": FLOAT_FIELDS.has(key) ? "float" : "int",
+    step: float ? "any" : "1",
+    inputmode: float ? "decimal" : "numeric",
+    "data-kind": spec.type,
+    min: low === undefined ? null : String(low),
+    max: high === undefined ? null : String(high),
+    title: spec.help,
     placeholder: value === null ? (AUTO_FIELDS.has(key) ? "auto" : "none") : null,
   });
   if (value !== null && value !== undefined) input.value = String(value);
   return el("div", { class: "field", "data-field": path }, el("label", { for: id, text: label(key) }), input);
 }
 
-function selectField(group, key, options, value) {
+function selectField(group, key, value, spec) {
   const path = `${group}.${key}`;
   const id = fieldId(path);
-  const select = el("select", { id });
-  for (const option of options) select.append(el("option", { value: option, text: option }));
+  const select = el("select", { id, title: spec.help });
+  for (const option of spec.choices) select.append(el("option", { value: option, text: option }));
   select.value = value;
   return el("div", { class: "field", "data-field": path }, el("label", { for: id, text: label(key) }), select);
 }
+
+const field = (group, key, value) => {
+  const spec = jobDefaults.fields[group][key];
+  return spec.type === "choice" ? selectField(group, key, value, spec) : numberField(group, key, value, spec);
+};
 
 async function loadJobForm({ query }) {
   clearFieldErrors($("job-form"));
@@ -67,11 +78,9 @@ async function loadJobForm({ query }) {
   const trainingBox = $("training-fields");
   modelBox.replaceChildren();
   trainingBox.replaceChildren();
-  for (const [key, value] of Object.entries(defaults.model)) {
-    modelBox.append(key === "cell" ? selectField("model", key, ["lstm", "gru", "rnn"], value) : numberField("model", key, value));
-  }
+  for (const [key, value] of Object.entries(defaults.model)) modelBox.append(field("model", key, value));
   for (const [key, value] of Object.entries(defaults.training)) {
-    if (!BUDGET.has(key)) trainingBox.append(numberField("training", key, value));
+    if (!BUDGET.has(key)) trainingBox.append(field("training", key, value));
   }
   const seconds = defaults.training.max_seconds;
   $("f-training-max_seconds").value = seconds ? String(seconds) : "";
