@@ -23,6 +23,7 @@ OPENAI_PARAMS = {
     "validation_corpus_id": "validation_file",
     "init_from": "model",
     "name": "suffix",
+    "training": "charrnn.training",
     "training.max_epochs": "hyperparameters.n_epochs",
     "training.batch_size": "hyperparameters.batch_size",
     "training.learning_rate": "hyperparameters.learning_rate_multiplier",

@@ -68,7 +68,7 @@ class TrainConfig:
     # 3,000 steps, and 0.3 0.006 better; dropout 0.1 on top was worse.
     weight_decay: float = setting(0.1, "AdamW weight decay", ge=0, le=1)
     optimizer: Optimizer = setting(
-        "adamw", "adamw, or muon: Muon for the recurrent weight matrices and AdamW for the rest (optim.py)")
+        "adamw", "adamw: AdamW for every weight; muon: Muon for the recurrent weight matrices, AdamW for the rest")
     # The raw weights train; their average is what is evaluated, checkpointed and sampled from (averaging.py).
     ema_decay: float | None = setting(
         None, "evaluate, checkpoint and generate from an exponential moving average of the weights at this "
@@ -89,7 +89,7 @@ class TrainConfig:
     log_every: int = setting(10, "steps between metrics points", ge=1, le=100_000)
     sample_length: int = setting(200, "characters of sample text at each evaluation", ge=0, le=10_000)
     seed: int = setting(1337, "random seed", ge=0, le=2**31 - 1)
-    device: str = setting("auto", "auto | cpu | cuda | cuda:N")
+    device: str = setting("auto", "auto (a GPU when present), cpu, cuda or cuda:N")
     # Data-parallel processes (distributed.py): GPUs with NCCL, or CPU processes with gloo.
     gpus: int = setting(
         1, "data-parallel processes (torchrun + DDP): GPUs, or gloo processes on a CPU; batch_size must be a "

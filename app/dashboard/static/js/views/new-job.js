@@ -7,7 +7,7 @@ import { clearFieldErrors, readNumber, showFieldError, showServerErrors } from "
 
 let jobDefaults = null;
 
-const SPECIAL_LABELS = { seq_len: "Sequence length", val_fraction: "Validation fraction", top_k: "Top-k", gpus: "Processes" };
+const SPECIAL_LABELS = { seq_len: "Sequence length", val_fraction: "Validation fraction", gpus: "Processes" };
 const label = (key) => {
   if (SPECIAL_LABELS[key]) return SPECIAL_LABELS[key];
   const text = key.replace(/_/g, " ");
