@@ -18,7 +18,7 @@ Precision = Literal["auto", "fp32", "bf16"]
 
 # With no stopping rule given, a run stops here: a few minutes on a laptop CPU, seconds on a GPU.
 DEFAULT_MAX_STEPS = 2000
-STEPS = 100_000_000  # the most steps any step count may name: weeks of training, and no overflow anywhere
+STEPS = 1_000_000_000  # the most steps a step count may name: "never" in effect, and within 32 bits
 
 
 @dataclass(frozen=True)
