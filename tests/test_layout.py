@@ -42,7 +42,7 @@ TORCH_FREE = {
     "worker.engine.config": {"__future__", "dataclasses", "typing", "worker.engine.settings"},
     # each setting's one definition (type, default, bounds, help) and the faces derived from it
     "worker.engine.settings": {"__future__", "dataclasses", "functools", "types", "typing", "pydantic",
-                               "worker.engine.errors"},
+                               "pydantic.fields", "worker.engine.errors"},
     "worker.engine.errors": set(),  # the engine's error types: a ConfigError is a user's bad setting
     "worker.engine.sampling_params": {"__future__", "typing", "pydantic"},  # the one generation contract
     "worker.engine.header": {"__future__", "json", "struct", "pathlib"},  # checkpoint metadata, read by both
