@@ -55,3 +55,29 @@ def test_two_gloo_ranks_match_one_process_with_the_same_global_batch(tmp_path):
                       TrainConfig.from_dict({**training, "max_steps": 40}))
     assert resumed.resumed_from_step == 30 and resumed.hidden[0].shape[1] == 8
     assert resumed.train().steps == 40
+
+
+def test_charrnn_train_with_gpus_trains_data_parallel_as_one_process_does(tmp_path):
+    """`--gpus N` on the command line, as `training.gpus` in a job: N gloo ranks on a CPU, the same steps."""
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text(SHAKESPEARE.read_text()[:30_000])
+    options = ["--hidden-size", "32", "--num-layers", "2", "--embedding-dim", "16", "--dropout", "0", "--seq-len", "16",
+               "--batch-size", "8", "--learning-rate", "0.01", "--max-steps", "20", "--eval-every", "10",
+               "--checkpoint-every", "10", "--log-every", "5", "--sample-length", "20", "--seed", "3",
+               "--device", "cpu", "--precision", "fp32"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+
+    def train(out: str, *extra: str) -> subprocess.CompletedProcess:
+        shutil.rmtree(tmp_path / out, ignore_errors=True)
+        return subprocess.run([sys.executable, "-m", "worker.cli", "train", str(corpus), "--out", str(tmp_path / out),
+                               *options, *extra], capture_output=True, text=True, env=env, timeout=240)
+
+    single = train("one")
+    ranks = train("two", "--gpus", "2")
+    if ranks.returncode != 0 and "terminate called without an active exception" in ranks.stderr:
+        ranks = train("two", "--gpus", "2")  # gloo's own teardown (see above)
+    assert single.returncode == 0 and ranks.returncode == 0, (single.stderr[-2000:], ranks.stderr[-2000:])
+    one, two = (json.loads(p.stdout.strip().splitlines()[-1]) for p in (single, ranks))
+    assert one["steps"] == two["steps"] == 20
+    assert two["train_loss"] == pytest.approx(one["train_loss"], abs=TOLERANCE)
+    assert json.loads((tmp_path / "two" / "run.json").read_text())["training"]["gpus"] == 2
