@@ -176,6 +176,12 @@ def test_a_server_validation_error_shows_beside_its_field(page):
     # Left empty, the size is chosen for the budget when the job starts, and the field says so.
     expect(page.get_by_label("Hidden size")).to_have_value("")
     expect(page.get_by_label("Hidden size")).to_have_attribute("placeholder", "auto")
+    # Each field drawn as its definition says (GET /jobs/defaults' `fields`): a choice is a list of its
+    # choices, a fractional setting takes decimals.
+    expect(page.locator("#f-training-optimizer option")).to_have_text(["adamw", "muon"])
+    expect(page.get_by_label("Optimizer")).to_have_value("adamw")
+    expect(page.get_by_label("Decay fraction")).to_have_attribute("step", "any")
+    expect(page.get_by_label("Num layers")).to_have_attribute("max", "8")
     page.get_by_label("Max seconds").fill("99999999")
     page.get_by_role("button", name="Start training").click()
     field = page.get_by_label("Max seconds")
