@@ -122,7 +122,7 @@ def train(
     out: Annotated[Path | None, typer.Option("--out", help="run directory for checkpoints")] = None,
     resume: Annotated[Path | None, typer.Option("--resume", help="continue the run in this directory")] = None,
     init_from: Annotated[Path | None, typer.Option(help="start from these weights (.safetensors)")] = None,
-    **settings,  # one option per model and training setting: with_setting_options() below
+    **settings,  # one option per model and training setting: setting_parameters(), below
 ) -> None:
     """Train a model on FILE; progress on stderr, a JSON summary as the last line on stdout."""
     from worker.engine.checkpoint import RunDirectory
@@ -173,14 +173,16 @@ def train(
     print(result.model_dump_json())
 
 
-def _train_here(spec):
+def _train_here(spec, show_progress: bool = True):
+    from worker.engine.trainer import TrainingObserver
     from worker.engine.training_run import build_trainer
 
-    observer = ConsoleObserver()
+    observer = ConsoleObserver() if show_progress else TrainingObserver()
     try:
         return build_trainer(spec, observer).train()
     finally:
-        observer.close()
+        if show_progress:
+            observer.close()
 
 
 def _train_rank(spec):
@@ -189,25 +191,20 @@ def _train_rank(spec):
     import torch
 
     from worker.engine.distributed import DistContext, leave_process_group, setup_process_group
+    from worker.engine.errors import EngineError
 
     torch.set_num_threads(max(1, torch.get_num_threads() // spec.gpus))  # the ranks share the cores
     spec = spec.model_copy(update={"training": setup_process_group(spec.training)})
     finished = False
     try:
-        result = _train_here(spec) if DistContext.current().is_main else _train_quietly(spec)
+        result = _train_here(spec, show_progress=DistContext.current().is_main)
         finished = True
         return result
-    except ValueError as exc:  # an EngineError
+    except EngineError as exc:  # the user's to fix: one line, as in one process
         finished = True
         return str(exc)
     finally:
         leave_process_group(finished)
-
-
-def _train_quietly(spec):
-    from worker.engine.training_run import build_trainer
-
-    return build_trainer(spec).train()
 
 
 def setting_option(name: str) -> str:
@@ -229,7 +226,7 @@ def setting_parameters() -> list[Parameter]:
     for setting in (*settings_of(ModelConfig), *settings_of(TrainConfig)):
         option = typer.Option(setting_option(setting.name), help=_setting_help(setting), show_default=False)
         params.append(Parameter(setting.name, Parameter.KEYWORD_ONLY, default=None,
-                                        annotation=Annotated[setting.type | None, option]))
+                                annotation=Annotated[setting.type | None, option]))
     return params
 
 
@@ -262,7 +259,7 @@ def sampling_parameters() -> list[Parameter]:
         option = typer.Option(setting_option(name), help=help_text)
         default = None if name == "stop" else info.get_default(call_default_factory=True)
         params.append(Parameter(name, Parameter.KEYWORD_ONLY, default=default,
-                                        annotation=Annotated[annotation, option]))
+                                annotation=Annotated[annotation, option]))
     return params
 
 
