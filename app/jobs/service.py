@@ -19,7 +19,7 @@ from app.ids import new_id
 from app.jobs import lifecycle, repository
 from app.jobs.defaults import model_defaults
 from app.jobs.schemas import JobCreate, JobOut, ModelSpec, TrainingSpec
-from app.models import ACTIVE_STATUSES, Job
+from app.models import ACTIVE_STATUSES, Corpus, Job
 from app.owner_lock import lock_owner
 from app.settings import Settings
 from worker.engine.autoconfig import HIDDEN_SIZES
@@ -171,7 +171,7 @@ def characters_of(path: Path) -> set[str]:
     return chars
 
 
-def check_vocabulary(session: Session, *, owner: str, settings: Settings, corpus, init_from: str | None,
+def check_vocabulary(session: Session, *, owner: str, settings: Settings, corpus: Corpus, init_from: str | None,
                      init_vocab: set[str] | None, validation_corpus_id: str | None) -> None:
     """Refuse now, not when the job runs, text with characters the model will not know: the model knows
     its init_from checkpoint's characters when it continues one, else those of the corpus it trains on."""
