@@ -128,6 +128,28 @@ def test_generate_takes_every_sampling_parameter():
     assert {"--" + name.replace("_", "-") for name in SAMPLING} <= options_of("generate")
 
 
+def outside(s: Setting) -> list:
+    """Values just outside each of a setting's bounds."""
+    if s.choices:
+        return ["nope"]
+    step = 1 if s.type is int else 0.001
+    return [v for v in (s.ge - step if s.ge is not None else None, s.gt, s.le + step if s.le is not None else None,
+                        s.lt) if v is not None]
+
+
+@pytest.mark.parametrize("s", [s for s in (*MODEL, *TRAINING) if s.choices or s.bounds()], ids=lambda s: s.name)
+def test_the_engine_refuses_a_value_outside_the_definitions_bounds_naming_the_setting(s):
+    from worker.engine.config import check_model_settings
+    from worker.engine.errors import ConfigError
+
+    for value in outside(s):
+        with pytest.raises(ConfigError, match=f"^{s.name}: got"):
+            if s in MODEL:
+                check_model_settings({s.name: value})
+            else:
+                TrainConfig(**{s.name: value})
+
+
 def test_the_engine_knows_exactly_the_optimizers_the_definition_offers():
     from worker.engine.optim import OPTIMIZERS
 

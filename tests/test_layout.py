@@ -39,7 +39,7 @@ def test_the_engine_imports_neither_the_api_nor_the_worker_service(path):
 
 # The engine modules the API may import, and all that each of them may import in turn.
 TORCH_FREE = {
-    "worker.engine.config": {"__future__", "dataclasses", "typing", "worker.engine.settings"},
+    "worker.engine.config": {"__future__", "dataclasses", "typing", "worker.engine.errors", "worker.engine.settings"},
     # each setting's one definition (type, default, bounds, help) and the faces derived from it
     "worker.engine.settings": {"__future__", "dataclasses", "functools", "types", "typing", "pydantic",
                                "pydantic.fields", "worker.engine.errors"},

@@ -10,7 +10,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Literal
 
-from worker.engine.settings import check_settings, setting
+from worker.engine.errors import ConfigError
+from worker.engine.settings import check_settings, setting, settings_of
 
 Cell = Literal["lstm", "gru", "rnn"]
 Optimizer = Literal["adamw", "muon"]
@@ -33,9 +34,8 @@ class ModelConfig:
     embedding_dim: int = setting(64, "character embedding", ge=1, le=1024)
     dropout: float = setting(0.0, "between layers", ge=0, le=0.9)
 
-    def __post_init__(self) -> None:
-        # The command line and a checkpoint get a message naming the setting instead of torch's.
-        check_settings(self)
+    # Not checked here: a checkpoint's config is read back as it was trained (check_model_settings checks
+    # a new run's, in training_run.build_trainer).
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -109,6 +109,15 @@ class TrainConfig:
     @classmethod
     def from_dict(cls, d: dict) -> TrainConfig:
         return cls(**{k: d[k] for k in cls.__dataclass_fields__ if k in d})
+
+
+def check_model_settings(model: dict) -> None:
+    """Raise ConfigError for a model setting of a new run (ModelConfig's fields; those left out are chosen)
+    outside its bounds, naming it (torch's own message would not)."""
+    for s in settings_of(ModelConfig):
+        problem = s.problem(model[s.name]) if model.get(s.name) is not None else None
+        if problem:
+            raise ConfigError(problem)
 
 
 def check_config(config: TrainConfig) -> None:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from worker.engine.config import TrainConfig
+from worker.engine.config import TrainConfig, check_model_settings
 from worker.engine.data import read_text
 from worker.engine.records import JobSpec
 from worker.engine.trainer import Trainer, TrainingObserver
@@ -21,6 +21,7 @@ from worker.engine.trainer import Trainer, TrainingObserver
 
 def build_trainer(spec: JobSpec, observer: TrainingObserver | None = None) -> Trainer:
     """A Trainer for `spec`: a new run in spec.run_dir, or the continuation of the run already there."""
+    check_model_settings(spec.model)
     return Trainer(
         read_text(spec.corpus_path),
         spec.run_dir,
