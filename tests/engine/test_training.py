@@ -149,7 +149,8 @@ def test_checkpoint_write_killed_half_way_leaves_previous_checkpoint(tmp_path, t
 
 
 def test_diverging_run_stops_with_a_clear_reason(tmp_path, text):
-    config = tiny_config(learning_rate=1e6, grad_clip=1e9, warmup_steps=1, max_steps=50)
+    # The largest rate and clip the settings allow.
+    config = tiny_config(learning_rate=1.0, grad_clip=1000, warmup_steps=1, max_steps=50)
     with pytest.raises(TrainingDiverged, match=r"diverged at step \d+.*Lower learning_rate"):
         Trainer(text, tmp_path / "run", {**TINY_MODEL, "cell": "rnn"}, config).train()
 
