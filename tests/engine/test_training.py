@@ -56,9 +56,17 @@ def test_loss_falls_on_a_small_corpus(tmp_path, text):
     assert Path(result.checkpoint).is_file()
 
 
+# Some CPUs (an EPYC without AVX512-BF16) have no bf16 kernels: the engine refuses bf16 there, so those
+# cases run only where the machine has them.
+NEEDS_BF16 = pytest.mark.skipif(
+    not torch.ops.mkldnn._is_mkldnn_bf16_supported(), reason="this CPU has no bf16 kernels (no AVX512-BF16 or AMX)"
+)
+
+
 @pytest.mark.parametrize(("precision", "ema_decay", "optimizer", "decay_fraction"), [
-    ("fp32", None, "adamw", 1.0), ("bf16", None, "adamw", 1.0), ("fp32", 0.9, "adamw", 1.0),
-    ("bf16", 0.9, "adamw", 0.2), ("bf16", None, "muon", 0.2),
+    ("fp32", None, "adamw", 1.0), pytest.param("bf16", None, "adamw", 1.0, marks=NEEDS_BF16),
+    ("fp32", 0.9, "adamw", 1.0), pytest.param("bf16", 0.9, "adamw", 0.2, marks=NEEDS_BF16),
+    pytest.param("bf16", None, "muon", 0.2, marks=NEEDS_BF16), ("fp32", None, "muon", 0.2),
 ])
 def test_resumed_run_equals_uninterrupted_run_bitwise(tmp_path, text, precision, ema_decay, optimizer, decay_fraction):
     config = tiny_config(precision=precision, max_steps=45, log_every=1, ema_decay=ema_decay, optimizer=optimizer,
