@@ -48,21 +48,14 @@ function showReferences(references) {
   $("chart-ref-key").hidden = false;
 }
 
-// The training doctor's latest reading (worker/engine/doctor.py): {kind, message, step}, or none yet.
-const DIAGNOSES = {
-  not_learning: "Not learning",
-  diverged: "Diverged",
-  overfitting: "Overfitting",
-  still_improving: "Still improving",
-  healthy: "Healthy",
-};
-
+// The training doctor's latest reading (worker/engine/doctor.py): {kind, message, step}, or none yet. The
+// message starts with the kind in words ("still improving: ..."); the kind also colours the box.
 function showDiagnosis(diagnosis) {
   const box = $("job-diagnosis");
   box.hidden = !diagnosis;
   if (!diagnosis) return;
   box.dataset.kind = diagnosis.kind;
-  setText("job-diagnosis-kind", `${DIAGNOSES[diagnosis.kind] || diagnosis.kind}:`);
+  setText("job-diagnosis-kind", `Diagnosis at step ${fmtInt(diagnosis.step)}:`);
   setText("job-diagnosis-message", diagnosis.message);
 }
 
