@@ -53,7 +53,7 @@ class TrainConfig:
     batch_size: int = 32  # parallel streams
     learning_rate: float = 3e-3  # peak; LSTMs of this size tolerate a high rate with clipping
     # The linear decay ends at learning_rate * min_lr_ratio. To zero: after 3,000 steps of 2x384 (a 120 s
-    # budget's), 0.011 nats better than ending at 10% (benchmarks/RESULTS.md, section 10).
+    # budget's), 0.011 nats better than ending at 10% (benchmarks/RESULTS.md, "The recipe at a budget's full length").
     min_lr_ratio: float = 0.0
     # The share of the run, at its end, over which the rate decays; before it the rate holds at its peak
     # (warmup-stable-decay). 1 decays from the start.
