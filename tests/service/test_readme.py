@@ -218,11 +218,16 @@ def test_the_openai_snippet_runs_as_written(serve, workdir):
         code,
     )
     assert f'"max_seconds": {SECONDS}' in code, "the snippet's time budget changed: update this test"
+    # What the snippet ends with, said once more in a line this test can read.
+    code += '\nimport json\nprint("@@" + json.dumps({"events": len(client.fine_tuning.jobs.list_events(job.id).data), '
+    code += '"model": job.fine_tuned_model, "finish": out.choices[0].finish_reason}))\n'
     result = subprocess.run([sys.executable, "-c", code], cwd=workdir, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stdout + result.stderr
-    lines = result.stdout.splitlines()
-    assert lines and "created" in result.stdout.lower() or "queued" in result.stdout.lower(), result.stdout
-    assert len(result.stdout) > 20
+    printed, _, last = result.stdout.rpartition("@@")
+    summary = json.loads(last)
+    assert re.fullmatch(r"ft:charrnn-lstm:[^:]+:bard:job_\w+", summary["model"]), summary
+    assert summary["finish"] in ("stop", "length") and summary["events"] >= 1, summary
+    assert printed.strip(), "the snippet printed neither events nor text"
 
 
 def chose_pattern(line: str) -> re.Pattern:
