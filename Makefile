@@ -29,4 +29,9 @@ test: lint
 check: lint
 	$(VENV)/bin/python -m pytest -n 2 --dist loadfile -m "not slow and not browser" --durations=10
 
-.PHONY: install serve lint test check
+# Every benchmark the README's Results table cites, in a seconds-long mode that only checks it runs to the
+# end (benchmarks/smoke.py: about a minute on 2 cores). CI runs it after `make test`.
+bench-smoke: $(STAMP)
+	$(VENV)/bin/python benchmarks/smoke.py
+
+.PHONY: install serve lint test check bench-smoke

@@ -81,6 +81,10 @@ def concurrent(vocab: Vocab, hidden: int, streams: int, chars: int) -> str:
     alone = aggregate_rate(sampler.generate, streams, chars)
     together = aggregate_rate(batched.generate, streams, chars)
     batched.close()
+    # Its stepping thread ends once closed: wait for it, or the interpreter may exit while the thread is still
+    # inside torch, which aborts the process ("terminate called without an active exception").
+    if batched._thread is not None:
+        batched._thread.join(timeout=30)
     return (f"| 2x{hidden} LSTM | {one:,.0f} | {alone:,.0f} ({alone / one:.2f}x) | "
             f"{together:,.0f} ({together / one:.2f}x) |")
 

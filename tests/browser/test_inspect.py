@@ -22,7 +22,7 @@ state: dict = {}
 
 @pytest.fixture(scope="module")
 def page(browser, service):
-    key = service.cli("keys", "create", "inspector").stdout.strip().splitlines()[-1]
+    key = state["key"] = service.cli("keys", "create", "inspector").stdout.strip().splitlines()[-1]
     with service.client(key) as c:
         corpus = service.upload(c, CORPUS, name="quotes")
         jobs = [
@@ -103,17 +103,43 @@ def test_the_neuron_view_and_find_units(page):
     expect(page.locator("#inspect-output")).to_have_attribute("aria-label", re.compile(f"layer {layer} unit {unit}"))
 
 
-REFERENCES = {"unigram": 3.3, "bigram": 2.6}  # nats per character
+# The two reference losses a chart draws, and how a canvas says what it drew (js/chart.js).
+REFERENCE_NAMES = {"unigram": "unigram (character frequencies)", "bigram": "bigram (previous character)"}
+DRAWN = """(id) => { const d = document.getElementById(id).dataset;
+    return {count: Number(d.references), labels: d.referenceLabels, yMin: Number(d.yMin), yMax: Number(d.yMax)}; }"""
 
 
-def with_reference_losses(route):
-    """The job as the training doctor will serve it, with its corpus's reference losses (nats/char)."""
-    response = route.fetch()
-    route.fulfill(response=response, json={**response.json(), "reference_losses": REFERENCES})
+def drawn(page, canvas_id: str) -> dict:
+    return page.evaluate(DRAWN, canvas_id)
 
 
-def test_compare_two_runs(page):
-    page.route(re.compile(r"/jobs/job_[0-9a-z]+$"), with_reference_losses)
+def assert_references_and_axis(drawn: dict, references: dict, curve: list[float], per: float = 1.0) -> None:
+    """Exactly the unigram and bigram lines, labelled with their value in the unit shown (`per`: nats per unit,
+    1 for nats, ln 2 for bits), and a y-axis that spans the curve and those lines with a small margin: not dragged to 0
+    by a field of `reference_losses` that is not a loss (val_fraction, 0.1)."""
+    assert drawn["count"] == 2, drawn
+    expected = [f"{REFERENCE_NAMES[n]} {references[n] / per:.4f}" for n in ("unigram", "bigram")]
+    assert sorted(drawn["labels"].split("|")) == sorted(expected), drawn
+    values = [v / per for v in curve] + [references[n] / per for n in ("unigram", "bigram")]
+    lo, hi = min(values), max(values)
+    span = drawn["yMax"] - drawn["yMin"]
+    assert drawn["yMin"] <= lo and drawn["yMax"] >= hi, (drawn, lo, hi)
+    assert drawn["yMin"] >= lo - 0.06 * span > 0, (drawn, lo, hi)  # a 5% margin below the lowest value, no more
+    assert drawn["yMax"] <= hi + 0.06 * span, (drawn, lo, hi)
+
+
+def curve_of(service, job_id: str, field: str) -> list[float]:
+    with service.client(state["key"]) as c:
+        return [m[field] for m in c.get(f"/jobs/{job_id}/metrics?max_points=2000").json() if m[field] is not None]
+
+
+def test_the_jobs_carry_more_reference_fields_than_the_two_losses():
+    # The API's object has the losses in bits and the held-out share too: the charts must pick the two by name.
+    for job in state["jobs"]:
+        assert set(job["reference_losses"]) >= {"unigram", "bigram", "unigram_bits", "bigram_bits", "val_fraction"}
+
+
+def test_compare_two_runs(page, service):
     page.locator("#nav").get_by_role("link", name="Jobs", exact=True).click()
     for job in state["jobs"]:
         page.get_by_label(f"Select {job['name']} to compare").check()
@@ -122,6 +148,8 @@ def test_compare_two_runs(page):
     expect(chart).to_have_attribute("data-series", "2")
     expect(chart).to_have_attribute("data-references", "2")  # one corpus: its reference lines
     expect(chart).to_have_attribute("aria-label", re.compile("lr-0.003 ends at"))
+    validation = [v for job in state["jobs"] for v in curve_of(service, job["id"], "val_loss")]
+    assert_references_and_axis(drawn(page, "compare-chart"), state["jobs"][0]["reference_losses"], validation)
     row = page.locator('#compare-table tr[data-setting="training.learning_rate"]')
     expect(row).to_have_class(re.compile("differs"))
     expect(page.locator('#compare-table tr[data-setting="model.hidden_size"]')).not_to_have_class(re.compile("differs"))
@@ -129,19 +157,30 @@ def test_compare_two_runs(page):
     expect(page.locator("#compare-hover")).to_contain_text("lr-0.01: step")
 
 
-def test_bits_per_character_and_smoothing_on_the_job_page(page):
+def test_bits_per_character_and_smoothing_on_the_job_page(page, service):
     job = state["jobs"][0]
     page.goto(f"/#/jobs/{job['id']}")
     chart = page.get_by_role("img", name=re.compile("Loss chart"))
     page.wait_for_function("() => Number(document.querySelector('#loss-chart').dataset.points) > 0")
     expect(chart).to_have_attribute("data-references", "2")
     expect(page.locator("#chart-ref-key")).to_be_visible()
+    curve = curve_of(service, job["id"], "train_loss") + curve_of(service, job["id"], "val_loss")
+    page.wait_for_function("() => document.querySelector('#loss-chart').dataset.yMin !== undefined")
+    assert_references_and_axis(drawn(page, "loss-chart"), job["reference_losses"], curve)
+    nats_y_max = drawn(page, "loss-chart")["yMax"]
+    # The doctor's reading of the finished run, as the job's record has it.
+    expect(page.locator("#job-diagnosis")).to_be_visible()
+    expect(page.locator("#job-diagnosis-message")).to_have_text(job["diagnosis"]["message"])
     nats = float(page.locator("#s-best").text_content())
     checkpoint_loss = page.locator("#ckpt-table tbody tr").first.locator("td").nth(1)
     expect(checkpoint_loss).not_to_have_text("–")
     checkpoint_nats = float(checkpoint_loss.text_content())
     page.locator("#view-job").get_by_role("checkbox", name="Bits per character").check()
     expect(chart).to_have_attribute("aria-label", re.compile("bits per character"))
+    # The redraw comes on the next animation frame.
+    page.wait_for_function("(nats) => Number(document.querySelector('#loss-chart').dataset.yMax) !== nats",
+                           arg=nats_y_max)
+    assert_references_and_axis(drawn(page, "loss-chart"), job["reference_losses"], curve, per=math.log(2))
     bits = float(page.locator("#s-best").text_content())
     assert bits == pytest.approx(nats / math.log(2), abs=2e-4)
     assert float(checkpoint_loss.text_content()) == pytest.approx(checkpoint_nats / math.log(2), abs=2e-4)
@@ -152,7 +191,6 @@ def test_bits_per_character_and_smoothing_on_the_job_page(page):
     expect(page.get_by_role("link", name="Metrics CSV")).to_be_visible()
     page.locator("#view-job").get_by_role("checkbox", name="Bits per character").uncheck()
     expect(chart).to_have_attribute("aria-label", re.compile("nats per character"))
-    page.unroute(re.compile(r"/jobs/job_[0-9a-z]+$"))
 
 
 def test_a_phone_fits_the_inspected_text_and_the_comparison(page):

@@ -2,7 +2,8 @@
 
 A run is limited either by its budget (time, steps or epochs: how many characters it will train on)
 or by its corpus (how many different characters there are to learn from). The measurements behind
-these rules are in benchmarks/RESULTS.md (section 1, "Quality"), on three kinds of corpora:
+these rules are in benchmarks/RESULTS.md ("Quality: held-out loss after two minutes", "Beating the plain
+loop in a time budget"), on three kinds of corpora:
 - for a fixed budget, a model much bigger than the budget can feed is under-trained and one much
   smaller under-fits: the best held-out loss came at 1.5 to 2.3 training characters per parameter (two
   minutes of tinyshakespeare on 2-core CPUs: 2x384 at 2.3 beat 2x256 at 9.9 and 2x512 at 0.8 on one;

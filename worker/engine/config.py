@@ -56,7 +56,7 @@ class TrainConfig:
     # Peak; LSTMs of this size tolerate a high rate with clipping.
     learning_rate: float = setting(3e-3, "peak learning rate", gt=0, le=1)
     # The linear decay ends at learning_rate * min_lr_ratio. To zero: after 3,000 steps of 2x384 (a 120 s
-    # budget's), 0.011 nats better than ending at 10% (benchmarks/RESULTS.md, section 10).
+    # budget's), 0.011 nats better than ending at 10% (benchmarks/RESULTS.md, "The recipe at a budget's full length").
     min_lr_ratio: float = setting(0.0, "final learning rate / peak", ge=0, le=1)
     # Before the decay's share of the run the rate holds at its peak (warmup-stable-decay).
     decay_fraction: float = setting(

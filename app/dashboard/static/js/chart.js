@@ -3,11 +3,17 @@
 // LineChart draws any set of lines, plus labelled horizontal reference lines, and says on hover what is under
 // the pointer (in a text element beside it). LossChart is one job's curve: the noisy per-step training loss
 // raw (faint) and smoothed (an exponential moving average, its strength a visible control), the validation
-// loss at each evaluation, and the corpus's reference losses when the job carries them. Points beyond about
-// two per pixel are skipped at draw time (the stored curve comes already thinned by the API's ?max_points=).
+// loss at each evaluation, and the unigram and bigram reference losses when the job carries them. Points
+// beyond about two per pixel are skipped at draw time (the stored curve comes already thinned by the API's
+// ?max_points=).
+//
+// What was drawn is written on the canvas for tests and assistive tools: data-references (how many reference
+// lines), data-reference-labels (their labels, "|"-separated), data-y-min and data-y-max (the y-axis).
 
 import { fmtInt, fmtLoss, fmtNumber } from "./format.js";
 import { toUnit, unitName } from "./units.js";
+
+const LABEL_HEIGHT = 14; // px: one line of the chart's 12px labels
 
 export const PALETTE = ["#0969da", "#cf222e", "#1a7f37", "#8250df", "#bc4c00", "#0550ae", "#bf3989", "#4d2d00"];
 
@@ -33,6 +39,8 @@ export class LineChart {
   set(series, references = []) {
     this.series = series;
     this.references = references.filter((r) => r.value !== null && r.value !== undefined && isFinite(r.value));
+    this.canvas.dataset.references = String(this.references.length);
+    this.canvas.dataset.referenceLabels = this.references.map((r) => `${r.label} ${fmtLoss(r.value)}`).join("|");
     this.schedule();
   }
 
@@ -78,6 +86,7 @@ export class LineChart {
       ctx.fillText("Waiting for the first metrics…", pad.left, pad.top + plotH / 2);
       return;
     }
+    // The y-axis spans the curves and the reference lines (both losses, in the same unit), with a margin.
     const values = [...all.map((p) => p.value), ...this.references.map((r) => r.value)];
     let yMin = Math.min(...values);
     let yMax = Math.max(...values);
@@ -88,6 +97,8 @@ export class LineChart {
     const margin = (yMax - yMin) * 0.05;
     yMin = Math.max(0, yMin - margin);
     yMax += margin;
+    canvas.dataset.yMin = String(yMin);
+    canvas.dataset.yMax = String(yMax);
     const steps = all.map((p) => p.step);
     const xMin = Math.min(...steps);
     const xMax = Math.max(Math.max(...steps), xMin + 1);
@@ -118,12 +129,16 @@ export class LineChart {
     ctx.strokeStyle = "#6e7781";
     ctx.textAlign = "right";
     ctx.textBaseline = "bottom";
-    for (const ref of this.references) {
+    // Labels sit above their line, top one first, each at least a text line below the one above it.
+    let labelFloor = -Infinity;
+    for (const ref of [...this.references].sort((a, b) => b.value - a.value)) {
       ctx.beginPath();
       ctx.moveTo(pad.left, y(ref.value));
       ctx.lineTo(pad.left + plotW, y(ref.value));
       ctx.stroke();
-      ctx.fillText(`${ref.label} ${fmtLoss(ref.value)}`, pad.left + plotW - 4, y(ref.value) - 2);
+      const labelY = Math.max(y(ref.value) - 2, labelFloor + LABEL_HEIGHT, pad.top + LABEL_HEIGHT);
+      ctx.fillText(`${ref.label} ${fmtLoss(ref.value)}`, pad.left + plotW - 4, labelY);
+      labelFloor = labelY;
     }
     ctx.setLineDash([]);
 
@@ -181,13 +196,18 @@ export function smooth(values, alpha) {
   return out;
 }
 
-// The corpus's reference losses (nats per character, as the job's `reference_losses` carries them) as lines.
+// The two reference losses a job's `reference_losses` carries, by name, in the chosen unit (the API gives them
+// in nats per character). Its other fields (the same losses in bits, the held-out share) are not losses to draw.
+export const REFERENCE_LOSSES = [
+  ["unigram", "unigram (character frequencies)"],
+  ["bigram", "bigram (previous character)"],
+];
+
 export function referenceLines(references) {
   if (!references) return [];
-  const names = { unigram: "unigram (character frequencies)", bigram: "bigram (previous character)" };
-  return Object.entries(references)
-    .filter(([, v]) => typeof v === "number")
-    .map(([k, v]) => ({ label: names[k] || k, value: toUnit(v) }));
+  return REFERENCE_LOSSES.filter(([name]) => typeof references[name] === "number" && isFinite(references[name])).map(
+    ([name, label]) => ({ label, value: toUnit(references[name]) }),
+  );
 }
 
 export class LossChart {
@@ -264,9 +284,7 @@ export class LossChart {
     if (this.smoothing > 0) {
       series.unshift({ label: "train loss (raw)", color: colors.train, alpha: 0.25, width: 1, points: pts.map((p) => ({ step: p.step, value: toUnit(p.train) })) });
     }
-    const references = referenceLines(this.references);
-    this.canvas.dataset.references = String(references.length);
-    this.chart.set(series, references);
+    this.chart.set(series, referenceLines(this.references));
   }
 }
 

@@ -36,8 +36,34 @@ function renderJob(job) {
   setText("s-device", job.device || "–");
   renderProgress({ ...(job.progress || {}) }, job.status);
   $("job-play").href = `#/playground?model=${encodeURIComponent(job.id)}`;
-  if (job.reference_losses) chart.setReferences(job.reference_losses);
-  $("chart-ref-key").hidden = !job.reference_losses;
+  showReferences(job.reference_losses);
+  showDiagnosis(job.diagnosis);
+}
+
+// The unigram and bigram reference losses of the job's split: known once it starts (its record, and the log
+// event that says them).
+function showReferences(references) {
+  if (!references) return;
+  chart.setReferences(references);
+  $("chart-ref-key").hidden = false;
+}
+
+// The training doctor's latest reading (worker/engine/doctor.py): {kind, message, step}, or none yet. The
+// message starts with the kind in words ("still improving: ..."); the kind also colours the box.
+function showDiagnosis(diagnosis) {
+  const box = $("job-diagnosis");
+  box.hidden = !diagnosis;
+  if (!diagnosis) return;
+  box.dataset.kind = diagnosis.kind;
+  setText("job-diagnosis-kind", `Diagnosis at step ${fmtInt(diagnosis.step)}:`);
+  setText("job-diagnosis-message", diagnosis.message);
+}
+
+// A "log" event may carry the run's start (its model, device and reference losses) or a diagnosis.
+function applyLogData(data) {
+  applyStartInfo(data);
+  if (data.reference_losses) showReferences(data.reference_losses);
+  if (data.diagnosis) showDiagnosis(data.diagnosis);
 }
 
 // The size a job leaves out is chosen by the worker as the job starts running, after the status turns
@@ -176,6 +202,8 @@ async function openJob({ params, signal }) {
   $("ckpt-table").tBodies[0].replaceChildren();
   for (const id of ["s-lr", "s-cps", "job-error", "ckpt-error", "job-corpus"]) setText(id, "");
   showArchitecture(null);
+  showDiagnosis(null);
+  $("chart-ref-key").hidden = true;
   chart.reset();
   let job = await api("GET", path, undefined, { signal });
   renderJob(job);
@@ -202,7 +230,7 @@ async function openJob({ params, signal }) {
       if (event.type === "sample") addSample(event.data);
       else if (event.type === "status" || event.type === "log") addLog(event);
       if (event.type === "status" && event.data.status) status = event.data.status; // newer than `job`
-      if (event.type === "log") applyStartInfo(event.data);
+      if (event.type === "log") applyLogData(event.data || {});
     }
     if (!page.has_more) break;
   }
@@ -250,7 +278,7 @@ async function follow(jobId, after, initialStatus, signal) {
       renderStatus(status);
       addLog(event);
     } else if (event.type === "log") {
-      applyStartInfo(data);
+      applyLogData(data);
       addLog(event);
     }
   };

@@ -84,7 +84,6 @@ function drawCompared() {
   const refs = corpora.size === 1 ? referenceLines(jobs.find((j) => j.reference_losses)?.reference_losses) : [];
   compareChart.set(series, refs);
   $("compare-chart").dataset.series = String(series.length);
-  $("compare-chart").dataset.references = String(refs.length);
   $("compare-chart").setAttribute(
     "aria-label",
     `Validation loss by step of ${jobs.length} jobs, in ${unitName()}: ` +
