@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Response
 
 from app.deps import BearerKey, GenerationDep, SettingsDep
 from app.errors import responses
@@ -27,4 +27,5 @@ async def inspect(body: InspectRequest, key: BearerKey, settings: SettingsDep, g
         work=lambda target: service.inspect(generation.client, target, generation.affinity, body),
     )
     with done.slot:
-        return done.value
+        # The worker's bytes as they are (app/inspection/service.py): response_model documents them.
+        return Response(done.value, media_type="application/json")
