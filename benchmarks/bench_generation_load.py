@@ -21,7 +21,10 @@ With --profile DIR, py-spy records the API and the worker during the first round
 (DIR/api.txt, DIR/worker.txt: collapsed stacks of the thread holding the GIL, i.e. the Python work).
 
     .venv/bin/python benchmarks/bench_generation_load.py [--clients 32] [--length 400] [--seconds 10]
-        [--rounds 3] [--corpus PATH] [--profile DIR]
+        [--rounds 3] [--overhead-requests 100] [--train-steps 100] [--corpus PATH] [--profile DIR]
+
+A quick run that only proves the script runs to its end: --seconds 2 --rounds 1 --overhead-requests 20
+--train-steps 5.
 
 Writes benchmarks/out/generation_load.json.
 """
@@ -148,6 +151,8 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=10, help="per measurement")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--overhead-requests", type=int, default=100, help="1-character requests per side")
+    parser.add_argument("--train-steps", type=int, default=TRAINING["max_steps"],
+                        help="steps of the model served (fewer: a quick run that proves the script, not figures)")
     parser.add_argument("--profile", type=Path, help="record py-spy profiles of the API and worker here")
     add_corpus_argument(parser)
     args = parser.parse_args()
@@ -164,7 +169,8 @@ def main() -> None:
         try:
             with svc.client() as client:
                 corpus = svc.upload(client, args.corpus.read_text()[:200_000], name=args.corpus.stem)
-                job = svc.create_job(client, corpus["id"], model=MODEL, training=TRAINING)
+                job = svc.create_job(client, corpus["id"], model=MODEL,
+                                     training={**TRAINING, "max_steps": args.train_steps})
                 job = svc.wait_job(client, job["id"], timeout=600, poll=1)
                 client.post("/generate", json={"model": job["id"], "length": 10}).raise_for_status()
                 checkpoint = client.get(f"/jobs/{job['id']}/checkpoints").json()["data"][0]
