@@ -6,7 +6,8 @@ import json
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Query
-from fastapi.responses import FileResponse, StreamingResponse
+from fastapi.responses import FileResponse, JSONResponse, StreamingResponse
+from starlette.concurrency import run_in_threadpool
 
 from app.corpora import service as corpora
 from app.corpora.upload import IncomingUpload
@@ -165,7 +166,9 @@ def delete_model(model: str, session: WriteSessionDep, owner: CurrentOwner, sett
 async def create_completion(body: CompletionRequest, key: BearerKey, settings: SettingsDep,
                             generation: GenerationDep):
     if not body.stream:
-        return await completions.complete(generation, settings, key=key, body=body)
+        answer = await completions.complete(generation, settings, key=key, body=body)
+        # Serialised on a thread: with logprobs it can be megabytes, which held the event loop for seconds.
+        return await run_in_threadpool(JSONResponse, answer)
     streams = await completions.open_streams(generation, settings, key=key, body=body)
     chunks = end_when_revoked(completions.stream_chunks(body, streams), key, revoked_event=REVOKED)
     return ReleasingEventSourceResponse(chunks, slot=streams.slot, ping=15)
