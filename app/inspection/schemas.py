@@ -25,7 +25,8 @@ class InspectOptions(BaseModel):
     units: list[int] | None = Field(
         None,
         max_length=MAX_INSPECT_UNITS,
-        description="only these units of `layer` (default: all of them, if characters x units stays under 1,000,000)",
+        description="only these units of `layer`, which it needs (default: all of them, if characters x units stays "
+        "under 1,000,000)",
     )
     find_units: bool = Field(
         False, description="also rank, per text feature, the units of every layer whose activation tracks it best"
