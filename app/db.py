@@ -7,7 +7,7 @@ and nothing here or in the queries is SQLite-only.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from functools import lru_cache
@@ -78,6 +78,50 @@ def get_engine() -> Engine:
 @lru_cache
 def get_sessionmaker() -> sessionmaker[Session]:
     return sessionmaker(get_engine(), expire_on_commit=False)
+
+
+# Work that must follow the transaction's outcome (removing a file whose row was deleted, putting back
+# one moved aside) is queued on the session by the service and run by whoever ends the transaction:
+# services never commit or roll back themselves (the request's dependency does, app/deps.py).
+_AFTER_COMMIT, _AFTER_ROLLBACK = "charrnn_after_commit", "charrnn_after_rollback"
+
+
+def after_commit(session: Session, action: Callable[[], None]) -> None:
+    """Run `action` once this session's transaction has committed (never if it rolls back)."""
+    session.info.setdefault(_AFTER_COMMIT, []).append(action)
+
+
+def after_rollback(session: Session, action: Callable[[], None]) -> None:
+    """Run `action` if this session's transaction rolls back (never if it commits)."""
+    session.info.setdefault(_AFTER_ROLLBACK, []).append(action)
+
+
+@event.listens_for(Session, "after_commit")
+def _run_after_commit(session: Session) -> None:
+    session.info.pop(_AFTER_ROLLBACK, None)
+    for action in session.info.pop(_AFTER_COMMIT, ()):
+        action()
+
+
+@event.listens_for(Session, "after_soft_rollback")
+def _run_after_rollback(session: Session, previous_transaction) -> None:
+    if previous_transaction.parent is not None:  # a savepoint's or a nested rollback: the outer one decides
+        return
+    session.info.pop(_AFTER_COMMIT, None)
+    for action in session.info.pop(_AFTER_ROLLBACK, ()):
+        action()
+
+
+@contextmanager
+def write_session() -> Iterator[Session]:
+    """A request's transaction: committed once when the body returns, rolled back on any error."""
+    with get_sessionmaker()() as session:
+        try:
+            yield session
+            session.commit()
+        except BaseException:
+            session.rollback()
+            raise
 
 
 @contextmanager

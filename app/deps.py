@@ -8,14 +8,23 @@ from typing import Annotated
 from fastapi import Depends, HTTPException, Request
 from sqlalchemy.orm import Session
 
-from app.db import get_sessionmaker, read_session
+from app.db import read_session, write_session
 from app.generation.state import Generation
 from app.keys.service import owner_for_key
 from app.settings import Settings, get_settings
 
 
-def get_session() -> Iterator[Session]:
-    with get_sessionmaker()() as session:
+def get_read_session() -> Iterator[Session]:
+    """A read route's session: on SQLite a plain BEGIN, so it never waits for the write lock that the
+    workers' progress writes take (app/db.py)."""
+    with read_session() as session:
+        yield session
+
+
+def get_write_session() -> Iterator[Session]:
+    """A writing route's one transaction, owned here: committed once after the route returns (before its
+    response is sent, so a failed commit is the answer), rolled back on any error. Services only add to it."""
+    with write_session() as session:
         yield session
 
 
@@ -54,7 +63,11 @@ def get_generation(request: Request) -> Generation:
     return request.app.state.generation  # the main app's, which /v1 shares (app/openai/app.py)
 
 
-SessionDep = Annotated[Session, Depends(get_session)]
+# scope="function": the session ends when the route function returns, not after the response is sent
+# (a streamed body must not hold it, and the commit must happen before the client reads a success).
+ReadSessionDep = Annotated[Session, Depends(get_read_session, scope="function")]
+WriteSessionDep = Annotated[Session, Depends(get_write_session, scope="function")]
+SessionDep = WriteSessionDep  # the older name, for routes written before the split
 CurrentOwner = Annotated[str, Depends(get_owner)]
 # For routes that look the owner up together with their own reads, in one session (see generation).
 BearerKey = Annotated[str, Depends(bearer_key_dependency)]

@@ -59,10 +59,15 @@ async def lifespan(app: FastAPI):
         # alive, each request beyond the 20th paid a new TCP connection to the worker.
         limits=httpx.Limits(max_connections=WORKER_CONNECTIONS, max_keepalive_connections=WORKER_CONNECTIONS),
     )
+    app.state.generation.slots.start()  # known to the other API processes on this database from now on
     reaper = asyncio.create_task(reap_forever(settings))
     yield
     reaper.cancel()
     await app.state.generation.client.aclose()
+    try:
+        await app.state.generation.slots.close()
+    except Exception:  # the rows expire with their lease anyway
+        log.warning("could not give back this process's generation slots", exc_info=True)
 
 
 def declare_bearer_auth(schema: dict) -> None:

@@ -31,7 +31,7 @@ HERE = Path(__file__).resolve().parent
 CORPUS = str(ROOT / "tests" / "data" / "tinyshakespeare-40k.txt")
 
 # Script: the quick arguments. Keep the set equal to the scripts the README's Results table cites
-# (tests/test_benchmarks_smoke.py checks it).
+# (tests/test_bench_smoke.py checks it).
 QUICK: dict[str, list[str]] = {
     "bench_engine.py": ["--rounds", "1", "--seconds", "1", "--chars", "50", "--corpus", CORPUS],
     "bench_quality.py": ["--corpus", CORPUS, "--seconds", "2", "--transformer", "transformer-cpu="],
@@ -39,7 +39,8 @@ QUICK: dict[str, list[str]] = {
                        "--run", "old=min_lr_ratio=0.1,weight_decay=0.01", "--run", "muon=optimizer=muon",
                        "--run", "wsd=decay_fraction=0.2"],
     "bench_generation_load.py": ["--seconds", "1", "--rounds", "1", "--clients", "4", "--length", "20",
-                                 "--overhead-requests", "4", "--corpus", CORPUS],
+                                 "--overhead-requests", "4", "--train-steps", "5", "--corpus", CORPUS],
+    "bench_read_latency.py": ["--seconds", "1", "--rounds", "1", "--clients", "2", "--length", "20", "--corpus", CORPUS],
     "bench_service.py": ["--steps", "20", "--requests", "4", "--clients", "1", "--rounds", "1",
                          "--training-rounds", "1", "--corpus", CORPUS],
     "bench_fairness.py": ["--rounds", "1", "--probes", "2", "--flood", "10", "--flood-clients", "5",

@@ -7,7 +7,8 @@ from fastapi.responses import FileResponse
 
 from app.checkpoints import integrity, repository, service
 from app.checkpoints.schemas import CheckpointOut
-from app.deps import CurrentOwner, SessionDep, SettingsDep
+from app.db import session_scope
+from app.deps import CurrentOwner, ReadSessionDep, SettingsDep, WriteSessionDep
 from app.errors import ApiError, not_found, responses
 from app.jobs import repository as jobs
 from app.pagination import Page, PageParams, page_params
@@ -17,7 +18,7 @@ router = APIRouter(tags=["checkpoints"], responses=responses(401, 404))
 
 @router.get("/jobs/{job_id}/checkpoints", response_model=Page[CheckpointOut], summary="A job's checkpoints")
 def list_checkpoints(
-    job_id: str, session: SessionDep, owner: CurrentOwner, params: Annotated[PageParams, Depends(page_params)]
+    job_id: str, session: ReadSessionDep, owner: CurrentOwner, params: Annotated[PageParams, Depends(page_params)]
 ):
     if jobs.get(session, owner=owner, job_id=job_id) is None:
         raise not_found("job", job_id)
@@ -26,7 +27,7 @@ def list_checkpoints(
 
 
 @router.get("/checkpoints/{checkpoint_id}", response_model=CheckpointOut, summary="One checkpoint")
-def get_checkpoint(checkpoint_id: str, session: SessionDep, owner: CurrentOwner):
+def get_checkpoint(checkpoint_id: str, session: ReadSessionDep, owner: CurrentOwner):
     checkpoint = repository.get(session, owner=owner, checkpoint_id=checkpoint_id)
     if checkpoint is None:
         raise not_found("checkpoint", checkpoint_id)
@@ -40,7 +41,7 @@ def get_checkpoint(checkpoint_id: str, session: SessionDep, owner: CurrentOwner)
     responses=responses(409),
     summary="Delete a checkpoint and its file (409 for a queued or running job's last, or a running job's init_from)",
 )
-def delete_checkpoint(checkpoint_id: str, session: SessionDep, owner: CurrentOwner, settings: SettingsDep):
+def delete_checkpoint(checkpoint_id: str, session: WriteSessionDep, owner: CurrentOwner, settings: SettingsDep):
     service.delete_checkpoint(session, owner=owner, settings=settings, checkpoint_id=checkpoint_id)
     return Response(status_code=204)
 
@@ -60,7 +61,7 @@ def delete_checkpoint(checkpoint_id: str, session: SessionDep, owner: CurrentOwn
         },
     },
 )
-def download_checkpoint(checkpoint_id: str, session: SessionDep, owner: CurrentOwner, settings: SettingsDep):
+def download_checkpoint(checkpoint_id: str, session: ReadSessionDep, owner: CurrentOwner, settings: SettingsDep):
     checkpoint = repository.get(session, owner=owner, checkpoint_id=checkpoint_id)
     if checkpoint is None:
         raise not_found("checkpoint", checkpoint_id)
@@ -70,8 +71,9 @@ def download_checkpoint(checkpoint_id: str, session: SessionDep, owner: CurrentO
     # Checked before a byte is sent: a damaged file is refused, never served as if it were the model.
     sha256, problem = integrity.mismatch(path, sha256=checkpoint.sha256, size_bytes=checkpoint.size_bytes)
     if problem:
-        repository.mark_corrupt(session, checkpoint_id=checkpoint_id)
-        session.commit()
+        # Its own short write: the request's session is read-only, and the mark must outlive the 409.
+        with session_scope() as writing:
+            repository.mark_corrupt(writing, checkpoint_id=checkpoint_id)
         raise ApiError(409, integrity.corrupt_message(checkpoint_id, problem))
     return FileResponse(
         path,

@@ -15,6 +15,7 @@ from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
 from app.checkpoints import repository
+from app.db import after_commit
 from app.errors import ApiError, not_found
 from app.models import ACTIVE_STATUSES, Checkpoint, Job
 from app.settings import Settings
@@ -66,31 +67,30 @@ def delete_checkpoint(session: Session, *, owner: str, settings: Settings, check
     Refused (409) for the last checkpoint of a queued or running job (the job resumes from it after a
     restart) and for a checkpoint a queued or running job starts from (init_from). Any checkpoint of an
     ended job may go, its best included: generation from the job then uses the best that remains."""
-    with session.begin():
-        checkpoint = repository.get(session, owner=owner, checkpoint_id=checkpoint_id)
-        if checkpoint is None:
-            raise not_found("checkpoint", checkpoint_id)
-        job = session.get(Job, checkpoint.job_id)
-        if job is not None and job.status in ACTIVE_STATUSES:
-            last = session.scalar(
-                select(Checkpoint.id).where(Checkpoint.job_id == job.id).order_by(Checkpoint.step.desc()).limit(1)
-            )
-            if last == checkpoint_id:
-                raise ApiError(
-                    409,
-                    f"checkpoint {checkpoint_id} is the last of job {job.id} ({job.status}), which resumes from it "
-                    f"if it is interrupted; cancel the job first (POST /jobs/{job.id}/cancel), or delete an older "
-                    "checkpoint",
-                )
-        starting = select(Job.id).where(
-            Job.init_from == checkpoint_id, Job.owner == owner, Job.status.in_(ACTIVE_STATUSES)
+    checkpoint = repository.get(session, owner=owner, checkpoint_id=checkpoint_id)
+    if checkpoint is None:
+        raise not_found("checkpoint", checkpoint_id)
+    job = session.get(Job, checkpoint.job_id)
+    if job is not None and job.status in ACTIVE_STATUSES:
+        last = session.scalar(
+            select(Checkpoint.id).where(Checkpoint.job_id == job.id).order_by(Checkpoint.step.desc()).limit(1)
         )
-        users = list(session.scalars(starting))
-        if users:
+        if last == checkpoint_id:
             raise ApiError(
                 409,
-                f"checkpoint {checkpoint_id} is where queued or running job(s) {', '.join(users[:5])} start from; "
-                "cancel them or wait for them to finish, then delete it",
+                f"checkpoint {checkpoint_id} is the last of job {job.id} ({job.status}), which resumes from it "
+                f"if it is interrupted; cancel the job first (POST /jobs/{job.id}/cancel), or delete an older "
+                "checkpoint",
             )
-        session.execute(delete(Checkpoint).where(Checkpoint.id == checkpoint_id))
-    remove_files(settings.data_dir, [checkpoint.path])
+    starting = select(Job.id).where(
+        Job.init_from == checkpoint_id, Job.owner == owner, Job.status.in_(ACTIVE_STATUSES)
+    )
+    users = list(session.scalars(starting))
+    if users:
+        raise ApiError(
+            409,
+            f"checkpoint {checkpoint_id} is where queued or running job(s) {', '.join(users[:5])} start from; "
+            "cancel them or wait for them to finish, then delete it",
+        )
+    session.execute(delete(Checkpoint).where(Checkpoint.id == checkpoint_id))
+    after_commit(session, lambda: remove_files(settings.data_dir, [checkpoint.path]))

@@ -7,7 +7,7 @@ from fastapi import APIRouter, Depends, Query, Response
 from app.corpora import repository, service
 from app.corpora.schemas import CorpusOut
 from app.corpora.upload import IncomingUpload
-from app.deps import CurrentOwner, SessionDep, SettingsDep
+from app.deps import CurrentOwner, ReadSessionDep, SettingsDep, WriteSessionDep
 from app.errors import responses
 from app.pagination import Page, PageParams, page_params
 
@@ -47,7 +47,7 @@ UPLOAD_BODY = {
 )
 async def upload_corpus(
     body: IncomingUpload,
-    session: SessionDep,
+    session: WriteSessionDep,
     owner: CurrentOwner,
     settings: SettingsDep,
     name: Annotated[str | None, Query(max_length=200, description="a name to show; default: the file name")] = None,
@@ -56,13 +56,13 @@ async def upload_corpus(
 
 
 @router.get("", response_model=Page[CorpusOut], summary="List your corpora, newest first")
-def list_corpora(session: SessionDep, owner: CurrentOwner, params: Annotated[PageParams, Depends(page_params)]):
+def list_corpora(session: ReadSessionDep, owner: CurrentOwner, params: Annotated[PageParams, Depends(page_params)]):
     rows, has_more = repository.list_page(session, owner=owner, params=params)
     return {"data": rows, "has_more": has_more}
 
 
 @router.get("/{corpus_id}", response_model=CorpusOut, summary="One corpus")
-def get_corpus(corpus_id: str, session: SessionDep, owner: CurrentOwner):
+def get_corpus(corpus_id: str, session: ReadSessionDep, owner: CurrentOwner):
     return service.get(session, owner=owner, corpus_id=corpus_id)
 
 
@@ -73,6 +73,6 @@ def get_corpus(corpus_id: str, session: SessionDep, owner: CurrentOwner):
     responses=responses(409),
     summary="Delete a corpus (409 while a queued or running job uses it)",
 )
-def delete_corpus(corpus_id: str, session: SessionDep, owner: CurrentOwner, settings: SettingsDep):
+def delete_corpus(corpus_id: str, session: WriteSessionDep, owner: CurrentOwner, settings: SettingsDep):
     service.delete(session, owner=owner, settings=settings, corpus_id=corpus_id)
     return Response(status_code=204)

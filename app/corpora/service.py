@@ -33,7 +33,7 @@ from app.corpora.upload import (
     receive_raw,
     sweep_stale_temp_files,
 )
-from app.db import session_scope, utcnow
+from app.db import after_commit, after_rollback, session_scope, utcnow
 from app.errors import ApiError, not_found
 from app.ids import new_id
 from app.models import Checkpoint, Corpus
@@ -149,16 +149,15 @@ def check_owner_quota(session: Session, *, owner: str, adding: int, limit: int, 
 
 def _store(session: Session, sink: CorpusSink, corpus: Corpus, path: Path, owner_limit: int) -> None:
     try:
-        with session.begin():
-            lock_content(session, corpus.sha256)
-            check_owner_quota(
-                session, owner=corpus.owner, adding=corpus.size_bytes, limit=owner_limit,
-                what=f"this upload ({corpus.size_bytes:,} bytes)",
-            )
-            # Placed under the lock, so a delete of the same content either finished before (and the
-            # file is re-created here) or starts after this row is committed (and sees it).
-            sink.place(path)
-            session.add(corpus)
+        lock_content(session, corpus.sha256)
+        check_owner_quota(
+            session, owner=corpus.owner, adding=corpus.size_bytes, limit=owner_limit,
+            what=f"this upload ({corpus.size_bytes:,} bytes)",
+        )
+        # Placed under the lock, so a delete of the same content either finished before (and the
+        # file is re-created here) or starts after this row is committed (and sees it).
+        sink.place(path)
+        session.add(corpus)
     finally:
         sink.discard()  # the temporary file, if it was never placed
 
@@ -171,32 +170,27 @@ def get(session: Session, *, owner: str, corpus_id: str) -> Corpus:
 
 
 def delete(session: Session, *, owner: str, settings: Settings, corpus_id: str) -> None:
-    tombstone: Path | None = None
-    try:
-        with session.begin():
-            corpus = get(session, owner=owner, corpus_id=corpus_id)
-            jobs = repository.active_jobs_using(session, owner=owner, corpus_id=corpus_id)
-            if jobs:
-                raise ApiError(
-                    409,
-                    f"corpus {corpus_id} is used by {len(jobs)} queued or running job(s) "
-                    f"({', '.join(jobs[:5])}); "
-                    "cancel them or wait for them to finish, then delete it",
-                )
-            lock_content(session, corpus.sha256)
-            deleted = session.execute(sql_delete(Corpus).where(Corpus.id == corpus_id, Corpus.owner == owner))
-            if not deleted.rowcount:
-                raise not_found("corpus", corpus_id)  # a concurrent delete of the same corpus got here first
-            if not repository.others_with_file(session, path=corpus.path, corpus_id=corpus_id):
-                # The last row to use the file: move it aside under the lock, and remove it once the delete
-                # has committed (or put it back if the commit fails, so no row is left without its file).
-                tombstone = _move_aside(settings.data_dir / corpus.path)
-    except BaseException:
+    corpus = get(session, owner=owner, corpus_id=corpus_id)
+    jobs = repository.active_jobs_using(session, owner=owner, corpus_id=corpus_id)
+    if jobs:
+        raise ApiError(
+            409,
+            f"corpus {corpus_id} is used by {len(jobs)} queued or running job(s) "
+            f"({', '.join(jobs[:5])}); "
+            "cancel them or wait for them to finish, then delete it",
+        )
+    lock_content(session, corpus.sha256)
+    deleted = session.execute(sql_delete(Corpus).where(Corpus.id == corpus_id, Corpus.owner == owner))
+    if not deleted.rowcount:
+        raise not_found("corpus", corpus_id)  # a concurrent delete of the same corpus got here first
+    if not repository.others_with_file(session, path=corpus.path, corpus_id=corpus_id):
+        # The last row to use the file: move it aside under the lock, and remove it once the delete
+        # has committed (or put it back if the transaction rolls back, so no row is left without its file).
+        final = settings.data_dir / corpus.path
+        tombstone = _move_aside(final)
         if tombstone is not None:
-            os.replace(tombstone, settings.data_dir / corpus.path)
-        raise
-    if tombstone is not None:
-        tombstone.unlink(missing_ok=True)
+            after_commit(session, lambda: tombstone.unlink(missing_ok=True))
+            after_rollback(session, lambda: os.replace(tombstone, final))
 
 
 def _move_aside(path: Path) -> Path | None:

@@ -31,8 +31,8 @@ def take(session: Session, *, owner: str, holder: str, limit: int, lease_seconds
     return slot_id, held + 1
 
 
-def release(session: Session, *, slot_id: str) -> None:
-    session.execute(delete(GenerationSlot).where(GenerationSlot.id == slot_id))
+def release(session: Session, *, slot_ids: list[str]) -> None:
+    session.execute(delete(GenerationSlot).where(GenerationSlot.id.in_(slot_ids)))
 
 
 def renew(session: Session, *, slot_ids: list[str], lease_seconds: float) -> None:

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 from fastapi import APIRouter
+from fastapi.responses import StreamingResponse
 
 from app.deps import BearerKey, GenerationDep, SettingsDep
 from app.errors import responses
@@ -26,5 +27,7 @@ async def inspect(body: InspectRequest, key: BearerKey, settings: SettingsDep, g
         generation, settings, key=key, model=body.model,
         work=lambda target: service.inspect(generation.client, target, generation.affinity, body),
     )
-    with done.slot:
-        return done.value
+    with done.slot:  # the worker has answered: what is left is relaying its bytes
+        # As they come (app/inspection/service.py); response_model documents them.
+        headers = {"Content-Length": str(done.value.length)} if done.value.length is not None else None
+        return StreamingResponse(done.value.body, media_type="application/json", headers=headers)

@@ -1,8 +1,9 @@
-"""POST /inspect: what it takes and what it answers (the worker answers the same `InspectResult`)."""
+"""POST /inspect: what it takes and what it answers (the worker answers `InspectResult` with its
+`mean_surprise_bits`; the API relays those bytes with `model` and `checkpoint_id` in front)."""
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from app.strings import DbStr
 
@@ -24,11 +25,20 @@ class InspectOptions(BaseModel):
     units: list[int] | None = Field(
         None,
         max_length=MAX_INSPECT_UNITS,
-        description="only these units of `layer` (default: all of them, if characters x units stays under 1,000,000)",
+        description="only these units of `layer`, which it needs (default: all of them, if characters x units stays "
+        "under 1,000,000)",
     )
     find_units: bool = Field(
         False, description="also rank, per text feature, the units of every layer whose activation tracks it best"
     )
+
+    @model_validator(mode="after")
+    def _units_need_a_layer(self):
+        # Units are numbered within a layer: without one they would be silently ignored.
+        if self.units is not None and self.layer is None:
+            raise ValueError("`units` is given without `layer`: units are a layer's; add `layer` (0 = the first) "
+                             "or leave `units` out")
+        return self
 
 
 class InspectRequest(InspectOptions):

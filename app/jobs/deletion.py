@@ -12,6 +12,7 @@ from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
 from app.checkpoints.service import remove_files
+from app.db import after_commit
 from app.errors import ApiError, not_found
 from app.jobs import repository
 from app.models import ACTIVE_STATUSES, Checkpoint, Job, JobEvent, JobMetric
@@ -22,34 +23,38 @@ log = logging.getLogger("charrnn.api")
 
 def delete_job(session: Session, *, owner: str, settings: Settings, job_id: str) -> None:
     """Delete an ended job with everything it made. 409 for a queued or running job: cancel it first (its
-    worker would otherwise keep writing to what is deleted). Call outside a transaction: this commits."""
-    with session.begin():
-        job = repository.get(session, owner=owner, job_id=job_id)
-        if job is None:
-            raise not_found("job", job_id)
-        if job.status in ACTIVE_STATUSES:
-            raise ApiError(
-                409,
-                f"job {job_id} is {job.status}; cancel it first (POST /jobs/{job_id}/cancel), then delete it",
-            )
-        checkpoints = session.execute(select(Checkpoint.id, Checkpoint.path).where(Checkpoint.job_id == job_id)).all()
-        starting = select(Job.id).where(
-            Job.init_from.in_([c.id for c in checkpoints]), Job.owner == owner, Job.status.in_(ACTIVE_STATUSES)
+    worker would otherwise keep writing to what is deleted). The files are removed once the caller's
+    transaction commits."""
+    job = repository.get(session, owner=owner, job_id=job_id)
+    if job is None:
+        raise not_found("job", job_id)
+    if job.status in ACTIVE_STATUSES:
+        raise ApiError(
+            409,
+            f"job {job_id} is {job.status}; cancel it first (POST /jobs/{job_id}/cancel), then delete it",
         )
-        users = list(session.scalars(starting))
-        if users:
-            raise ApiError(
-                409,
-                f"queued or running job(s) {', '.join(users[:5])} start from a checkpoint of job {job_id}; cancel "
-                "them or wait for them to finish, then delete it",
-            )
-        paths = [c.path for c in checkpoints]
-        # Explicit rather than left to ON DELETE CASCADE, which SQLite applies only with its foreign_keys pragma.
-        for table in (Checkpoint, JobMetric, JobEvent):
-            session.execute(delete(table).where(table.job_id == job_id))
-        session.execute(delete(Job).where(Job.id == job_id, Job.owner == owner))
-    remove_files(settings.data_dir, paths)
-    remove_run_folder(settings, job_id)
+    checkpoints = session.execute(select(Checkpoint.id, Checkpoint.path).where(Checkpoint.job_id == job_id)).all()
+    starting = select(Job.id).where(
+        Job.init_from.in_([c.id for c in checkpoints]), Job.owner == owner, Job.status.in_(ACTIVE_STATUSES)
+    )
+    users = list(session.scalars(starting))
+    if users:
+        raise ApiError(
+            409,
+            f"queued or running job(s) {', '.join(users[:5])} start from a checkpoint of job {job_id}; cancel "
+            "them or wait for them to finish, then delete it",
+        )
+    paths = [c.path for c in checkpoints]
+    # Explicit rather than left to ON DELETE CASCADE, which SQLite applies only with its foreign_keys pragma.
+    for table in (Checkpoint, JobMetric, JobEvent):
+        session.execute(delete(table).where(table.job_id == job_id))
+    session.execute(delete(Job).where(Job.id == job_id, Job.owner == owner))
+
+    def remove() -> None:  # the files go only once their rows are gone for good
+        remove_files(settings.data_dir, paths)
+        remove_run_folder(settings, job_id)
+
+    after_commit(session, remove)
 
 
 def remove_run_folder(settings: Settings, job_id: str) -> None:

@@ -11,7 +11,7 @@ from sse_starlette.sse import EventSourceResponse
 from starlette.concurrency import run_in_threadpool
 
 from app.db import read_session
-from app.deps import BearerKey, CurrentOwner, SessionDep, SettingsDep
+from app.deps import BearerKey, CurrentOwner, ReadSessionDep, SettingsDep, WriteSessionDep
 from app.errors import not_found, responses
 from app.jobs import deletion, repository, service
 from app.jobs.defaults import form_fields
@@ -38,13 +38,13 @@ FINAL = FINAL_STATUSES
         422: {"description": "a field out of range, a corpus too small, or a job too big for the worker's memory"},
     },
 )
-def create_job(body: JobCreate, session: SessionDep, owner: CurrentOwner, settings: SettingsDep):
+def create_job(body: JobCreate, session: WriteSessionDep, owner: CurrentOwner, settings: SettingsDep):
     return service.to_out(service.create(session, owner=owner, settings=settings, body=body))
 
 
 @router.get("", response_model=Page[JobOut], summary="List your jobs, newest first")
 def list_jobs(
-    session: SessionDep,
+    session: ReadSessionDep,
     owner: CurrentOwner,
     params: Annotated[PageParams, Depends(page_params)],
     status: Annotated[JobStatus | None, Query()] = None,
@@ -67,7 +67,7 @@ def job_defaults(_owner: CurrentOwner):
 
 
 @router.get("/{job_id}", response_model=JobOut, summary="One job, with its live progress")
-def get_job(job_id: str, session: SessionDep, owner: CurrentOwner):
+def get_job(job_id: str, session: ReadSessionDep, owner: CurrentOwner):
     return service.to_out(service.get(session, owner=owner, job_id=job_id))
 
 
@@ -77,7 +77,7 @@ def get_job(job_id: str, session: SessionDep, owner: CurrentOwner):
     summary="Cancel a queued or running job",
     responses=responses(409),
 )
-def cancel_job(job_id: str, session: SessionDep, owner: CurrentOwner):
+def cancel_job(job_id: str, session: WriteSessionDep, owner: CurrentOwner):
     return service.to_out(service.cancel(session, owner=owner, job_id=job_id))
 
 
@@ -88,7 +88,7 @@ def cancel_job(job_id: str, session: SessionDep, owner: CurrentOwner):
     responses=responses(409),
     summary="Delete an ended job: its checkpoints, metrics, events and run folder (409 while queued or running)",
 )
-def delete_job(job_id: str, session: SessionDep, owner: CurrentOwner, settings: SettingsDep):
+def delete_job(job_id: str, session: WriteSessionDep, owner: CurrentOwner, settings: SettingsDep):
     deletion.delete_job(session, owner=owner, settings=settings, job_id=job_id)
     return Response(status_code=204)
 
@@ -176,7 +176,7 @@ async def job_events(
 )
 def job_metrics(
     job_id: str,
-    session: SessionDep,
+    session: ReadSessionDep,
     owner: CurrentOwner,
     max_points: Annotated[
         int | None,
@@ -196,7 +196,7 @@ def job_metrics(
                                                          "elapsed\r\n10,3.2,,0.003,51234.5,1.2\r\n"}}}},
     summary="The loss curve as CSV (losses in nats per character, elapsed in seconds since the job started)",
 )
-def job_metrics_csv(job_id: str, session: SessionDep, owner: CurrentOwner):
+def job_metrics_csv(job_id: str, session: ReadSessionDep, owner: CurrentOwner):
     job = service.get(session, owner=owner, job_id=job_id)  # 404 before the body starts
     lines = service.metrics_csv(owner, job_id, job.started_at)
     headers = {"Content-Disposition": f'attachment; filename="{job_id}-metrics.csv"'}

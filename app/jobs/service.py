@@ -201,61 +201,60 @@ def create(
     session: Session, *, owner: str, settings: Settings, body: JobCreate, columns: dict | None = None
 ) -> Job:
     """Queue a job. `columns` sets further Job columns in the same transaction (the /v1 API's own)."""
-    with session.begin():
-        corpus = corpora.get(session, owner=owner, corpus_id=body.corpus_id)
-        if corpus is None:
-            raise not_found("corpus", body.corpus_id)
-        check_vocab_size(corpus.vocab_size, settings)
-        model = effective_model(body.model)
-        init_vocab = None
-        if body.init_from:
-            checkpoint = checkpoints.get(session, owner=owner, checkpoint_id=body.init_from)
-            if checkpoint is None:
-                raise not_found("checkpoint", body.init_from)
-            check_init_from_intact(checkpoint, settings)
-            try:
-                metadata = read_metadata(settings.data_dir / checkpoint.path)
-                config, init_vocab = json.loads(metadata["config"]), set(json.loads(metadata["vocab"]))
-            except (OSError, KeyError, ValueError, TypeError):
-                raise ApiError(410, f"the file of checkpoint {body.init_from} is unreadable or gone") from None
-            given = {k: v for k, v in body.model.model_dump().items() if v is not None}
-            clash = {k: v for k, v in given.items() if config.get(k) != v}
-            if clash:
-                raise ApiError(
-                    422,
-                    f"model {clash} differs from the init_from checkpoint's architecture "
-                    f"{ {k: config.get(k) for k in clash} }; "
-                    "leave `model` out when continuing from a checkpoint",
-                )
-            model = {k: config.get(k) for k in ModelSpec.model_fields}
-        # Text the model cannot read is refused before any rule about its size: no setting would fix it.
-        check_vocabulary(session, owner=owner, settings=settings, corpus=corpus, init_from=body.init_from,
-                         init_vocab=init_vocab, validation_corpus_id=(columns or {}).get("validation_corpus_id"))
-        training = effective_training(body.training)
-        # Memory first: a job too big for the machine is refused whatever its corpus (and says what to lower).
-        check_memory(corpus.vocab_size, model, training, settings)
-        check_training(corpus.num_chars, training)
-        check_active_jobs(session, owner=owner, settings=settings)
-        check_stored_bytes(session, owner=owner, settings=settings)
-        job = Job(
-            id=new_id("job"),
-            owner=owner,
-            name=body.name,
-            corpus_id=corpus.id,
-            init_from=body.init_from,
-            model=model,
-            training=training,
-            progress={},
-            attempts=0,
-            created_at=utcnow(),
-            # Known now when the job splits the corpus as its upload did; else set when the job starts.
-            reference_losses=references_for_split(
-                corpus.reference_losses, val_fraction=training.get("val_fraction"),
-                separate_validation=bool((columns or {}).get("validation_corpus_id")),
-            ),
-            **(columns or {}),
-        )
-        lifecycle.queued(session, job)
+    corpus = corpora.get(session, owner=owner, corpus_id=body.corpus_id)
+    if corpus is None:
+        raise not_found("corpus", body.corpus_id)
+    check_vocab_size(corpus.vocab_size, settings)
+    model = effective_model(body.model)
+    init_vocab = None
+    if body.init_from:
+        checkpoint = checkpoints.get(session, owner=owner, checkpoint_id=body.init_from)
+        if checkpoint is None:
+            raise not_found("checkpoint", body.init_from)
+        check_init_from_intact(checkpoint, settings)
+        try:
+            metadata = read_metadata(settings.data_dir / checkpoint.path)
+            config, init_vocab = json.loads(metadata["config"]), set(json.loads(metadata["vocab"]))
+        except (OSError, KeyError, ValueError, TypeError):
+            raise ApiError(410, f"the file of checkpoint {body.init_from} is unreadable or gone") from None
+        given = {k: v for k, v in body.model.model_dump().items() if v is not None}
+        clash = {k: v for k, v in given.items() if config.get(k) != v}
+        if clash:
+            raise ApiError(
+                422,
+                f"model {clash} differs from the init_from checkpoint's architecture "
+                f"{ {k: config.get(k) for k in clash} }; "
+                "leave `model` out when continuing from a checkpoint",
+            )
+        model = {k: config.get(k) for k in ModelSpec.model_fields}
+    # Text the model cannot read is refused before any rule about its size: no setting would fix it.
+    check_vocabulary(session, owner=owner, settings=settings, corpus=corpus, init_from=body.init_from,
+                     init_vocab=init_vocab, validation_corpus_id=(columns or {}).get("validation_corpus_id"))
+    training = effective_training(body.training)
+    # Memory first: a job too big for the machine is refused whatever its corpus (and says what to lower).
+    check_memory(corpus.vocab_size, model, training, settings)
+    check_training(corpus.num_chars, training)
+    check_active_jobs(session, owner=owner, settings=settings)
+    check_stored_bytes(session, owner=owner, settings=settings)
+    job = Job(
+        id=new_id("job"),
+        owner=owner,
+        name=body.name,
+        corpus_id=corpus.id,
+        init_from=body.init_from,
+        model=model,
+        training=training,
+        progress={},
+        attempts=0,
+        created_at=utcnow(),
+        # Known now when the job splits the corpus as its upload did; else set when the job starts.
+        reference_losses=references_for_split(
+            corpus.reference_losses, val_fraction=training.get("val_fraction"),
+            separate_validation=bool((columns or {}).get("validation_corpus_id")),
+        ),
+        **(columns or {}),
+    )
+    lifecycle.queued(session, job)
     return job
 
 
@@ -267,10 +266,9 @@ def get(session: Session, *, owner: str, job_id: str) -> Job:
 
 
 def cancel(session: Session, *, owner: str, job_id: str) -> Job:
-    with session.begin():
-        if not lifecycle.cancel(session, owner=owner, job_id=job_id):
-            job = get(session, owner=owner, job_id=job_id)
-            raise ApiError(409, f"job {job_id} has already finished ({job.status}); there is nothing to cancel")
+    if not lifecycle.cancel(session, owner=owner, job_id=job_id):
+        job = get(session, owner=owner, job_id=job_id)
+        raise ApiError(409, f"job {job_id} has already finished ({job.status}); there is nothing to cancel")
     return get(session, owner=owner, job_id=job_id)
 
 

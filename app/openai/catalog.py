@@ -133,12 +133,11 @@ def retrieve(session: Session, *, owner: str, name: str) -> dict:
 def delete(session: Session, *, owner: str, settings: Settings, name: str) -> dict:
     """Delete a fine-tuned model: its job, checkpoints and run folder, as DELETE /jobs/{id} does (the one
     service function for both faces)."""
-    with session.begin():
-        if name in PRESETS:
-            raise OpenAIError(403, f"{name!r} is a base model; only fine-tuned models (ft:…) can be deleted",
-                              "model", "model_not_deletable")
-        if not name.startswith("ft:") or CKPT_MARK in name:
-            raise not_found(name, "; delete a fine-tuned model by its name (ft:…)")
-        job_id = resolve(session, owner=owner, name=name).job.id
+    if name in PRESETS:
+        raise OpenAIError(403, f"{name!r} is a base model; only fine-tuned models (ft:…) can be deleted",
+                          "model", "model_not_deletable")
+    if not name.startswith("ft:") or CKPT_MARK in name:
+        raise not_found(name, "; delete a fine-tuned model by its name (ft:…)")
+    job_id = resolve(session, owner=owner, name=name).job.id
     deletion.delete_job(session, owner=owner, settings=settings, job_id=job_id)
     return {"id": name, "object": "model", "deleted": True}

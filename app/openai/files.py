@@ -62,7 +62,6 @@ def content_path(session: Session, *, owner: str, settings: Settings, file_id: s
 def delete(session: Session, *, owner: str, settings: Settings, file_id: str) -> dict:
     get(session, owner=owner, file_id=file_id)
     validating = repository.active_jobs_validating_on(session, owner=owner, corpus_id=file_id)
-    session.rollback()  # the native delete opens its own transaction
     if validating:
         raise OpenAIError(
             409,

@@ -125,7 +125,6 @@ def native_request(session: Session, *, owner: str, body: JobCreate) -> tuple[Na
 
 def create(session: Session, *, owner: str, settings: Settings, body: JobCreate) -> dict:
     native, columns = native_request(session, owner=owner, body=body)
-    session.rollback()  # the native create opens its own transaction
     job = jobs.create(session, owner=owner, settings=settings, body=native, columns=columns)
     return job_object(job)
 
@@ -188,7 +187,6 @@ def list_page(session: Session, *, owner: str, params: PageParams) -> dict:
 
 def cancel(session: Session, *, owner: str, job_id: str) -> dict:
     get(session, owner=owner, job_id=job_id)
-    session.rollback()
     return job_object(jobs.cancel(session, owner=owner, job_id=job_id))  # 409 once it has finished
 
 

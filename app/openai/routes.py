@@ -6,11 +6,12 @@ import json
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Query
-from fastapi.responses import FileResponse, StreamingResponse
+from fastapi.responses import FileResponse, JSONResponse, StreamingResponse
+from starlette.concurrency import run_in_threadpool
 
 from app.corpora import service as corpora
 from app.corpora.upload import IncomingUpload
-from app.deps import BearerKey, CurrentOwner, GenerationDep, SessionDep, SettingsDep
+from app.deps import BearerKey, CurrentOwner, GenerationDep, ReadSessionDep, SettingsDep, WriteSessionDep
 from app.generation.limits import ReleasingEventSourceResponse
 from app.jobs import service as jobs
 from app.keys.streams import end_when_revoked
@@ -65,13 +66,13 @@ FILE_BODY = {
 
 @router.post("/files", response_model=FileObject, openapi_extra=FILE_BODY, tags=["files"],
              summary="Upload a file: a UTF-8 text corpus (multipart `file`, `purpose=fine-tune`)")
-async def upload_file(body: IncomingUpload, session: SessionDep, owner: CurrentOwner, settings: SettingsDep):
+async def upload_file(body: IncomingUpload, session: WriteSessionDep, owner: CurrentOwner, settings: SettingsDep):
     # The native upload, rules and all; the name is the form's file name (`purpose` is fine-tune's alone).
     return files.file_object(await corpora.upload(session, owner=owner, settings=settings, body=body, name=None))
 
 
 @router.get("/files", response_model=FileList, tags=["files"], summary="List your files")
-def list_files(session: SessionDep, owner: CurrentOwner, after: After = None,
+def list_files(session: ReadSessionDep, owner: CurrentOwner, after: After = None,
                limit: Annotated[int, Query(ge=1, le=10_000)] = 10_000,
                order: Literal["asc", "desc"] = "desc", purpose: str | None = None):
     if purpose not in (None, "fine-tune"):
@@ -80,18 +81,18 @@ def list_files(session: SessionDep, owner: CurrentOwner, after: After = None,
 
 
 @router.get("/files/{file_id}", response_model=FileObject, tags=["files"], summary="One file")
-def get_file(file_id: str, session: SessionDep, owner: CurrentOwner):
+def get_file(file_id: str, session: ReadSessionDep, owner: CurrentOwner):
     return files.file_object(files.get(session, owner=owner, file_id=file_id))
 
 
 @router.delete("/files/{file_id}", response_model=FileDeleted, tags=["files"],
                summary="Delete a file (409 while a queued or running job uses it)")
-def delete_file(file_id: str, session: SessionDep, owner: CurrentOwner, settings: SettingsDep):
+def delete_file(file_id: str, session: WriteSessionDep, owner: CurrentOwner, settings: SettingsDep):
     return files.delete(session, owner=owner, settings=settings, file_id=file_id)
 
 
 @router.get("/files/{file_id}/content", response_class=FileResponse, tags=["files"], summary="The file's text")
-def file_content(file_id: str, session: SessionDep, owner: CurrentOwner, settings: SettingsDep):
+def file_content(file_id: str, session: ReadSessionDep, owner: CurrentOwner, settings: SettingsDep):
     job_id = fine_tuning.metrics_file_job(file_id)
     if job_id is not None:  # a job's result file: its loss curve as CSV
         job = jobs.get(session, owner=owner, job_id=job_id)
@@ -104,35 +105,35 @@ def file_content(file_id: str, session: SessionDep, owner: CurrentOwner, setting
 
 
 @router.post("/fine_tuning/jobs", response_model=FineTuningJob, tags=["fine-tuning"], summary="Create a job")
-def create_job(body: JobCreate, session: SessionDep, owner: CurrentOwner, settings: SettingsDep):
+def create_job(body: JobCreate, session: WriteSessionDep, owner: CurrentOwner, settings: SettingsDep):
     return fine_tuning.create(session, owner=owner, settings=settings, body=body)
 
 
 @router.get("/fine_tuning/jobs", response_model=JobList, tags=["fine-tuning"], summary="List jobs, newest first")
-def list_jobs(session: SessionDep, owner: CurrentOwner, after: After = None, limit: Limit = 20):
+def list_jobs(session: ReadSessionDep, owner: CurrentOwner, after: After = None, limit: Limit = 20):
     return fine_tuning.list_page(session, owner=owner, params=PageParams(limit=limit, after=after))
 
 
 @router.get("/fine_tuning/jobs/{job_id}", response_model=FineTuningJob, tags=["fine-tuning"], summary="One job")
-def get_job(job_id: str, session: SessionDep, owner: CurrentOwner):
+def get_job(job_id: str, session: ReadSessionDep, owner: CurrentOwner):
     return fine_tuning.job_object(fine_tuning.get(session, owner=owner, job_id=job_id))
 
 
 @router.post("/fine_tuning/jobs/{job_id}/cancel", response_model=FineTuningJob, tags=["fine-tuning"],
              summary="Cancel a queued or running job (409 once finished)")
-def cancel_job(job_id: str, session: SessionDep, owner: CurrentOwner):
+def cancel_job(job_id: str, session: WriteSessionDep, owner: CurrentOwner):
     return fine_tuning.cancel(session, owner=owner, job_id=job_id)
 
 
 @router.get("/fine_tuning/jobs/{job_id}/events", response_model=EventList, tags=["fine-tuning"],
             summary="The job's events, newest first")
-def job_events(job_id: str, session: SessionDep, owner: CurrentOwner, after: After = None, limit: Limit = 20):
+def job_events(job_id: str, session: ReadSessionDep, owner: CurrentOwner, after: After = None, limit: Limit = 20):
     return fine_tuning.events(session, owner=owner, job_id=job_id, after=after, limit=limit)
 
 
 @router.get("/fine_tuning/jobs/{job_id}/checkpoints", response_model=CheckpointList, tags=["fine-tuning"],
             summary="The job's checkpoints, newest first")
-def job_checkpoints(job_id: str, session: SessionDep, owner: CurrentOwner, after: After = None,
+def job_checkpoints(job_id: str, session: ReadSessionDep, owner: CurrentOwner, after: After = None,
                     limit: Limit = 10):
     return fine_tuning.checkpoints(session, owner=owner, job_id=job_id, params=PageParams(limit=limit, after=after))
 
@@ -141,18 +142,18 @@ def job_checkpoints(job_id: str, session: SessionDep, owner: CurrentOwner, after
 
 
 @router.get("/models", response_model=ModelList, tags=["models"], summary="Base presets and your fine-tuned models")
-def list_models(session: SessionDep, owner: CurrentOwner):
+def list_models(session: ReadSessionDep, owner: CurrentOwner):
     return {"object": "list", "data": catalog.list_models(session, owner=owner)}
 
 
 @router.get("/models/{model:path}", response_model=ModelObject, tags=["models"], summary="One model")
-def get_model(model: str, session: SessionDep, owner: CurrentOwner):
+def get_model(model: str, session: ReadSessionDep, owner: CurrentOwner):
     return catalog.retrieve(session, owner=owner, name=model)
 
 
 @router.delete("/models/{model:path}", response_model=ModelDeleted, tags=["models"],
                summary="Delete a fine-tuned model with its job, checkpoints and run folder")
-def delete_model(model: str, session: SessionDep, owner: CurrentOwner, settings: SettingsDep):
+def delete_model(model: str, session: WriteSessionDep, owner: CurrentOwner, settings: SettingsDep):
     return catalog.delete(session, owner=owner, settings=settings, name=model)
 
 
@@ -165,7 +166,9 @@ def delete_model(model: str, session: SessionDep, owner: CurrentOwner, settings:
 async def create_completion(body: CompletionRequest, key: BearerKey, settings: SettingsDep,
                             generation: GenerationDep):
     if not body.stream:
-        return await completions.complete(generation, settings, key=key, body=body)
+        answer = await completions.complete(generation, settings, key=key, body=body)
+        # Serialised on a thread: with logprobs it can be megabytes, which held the event loop for seconds.
+        return await run_in_threadpool(JSONResponse, answer)
     streams = await completions.open_streams(generation, settings, key=key, body=body)
     chunks = end_when_revoked(completions.stream_chunks(body, streams), key, revoked_event=REVOKED)
     return ReleasingEventSourceResponse(chunks, slot=streams.slot, ping=15)

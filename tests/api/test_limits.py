@@ -173,3 +173,39 @@ def test_the_sweep_spares_an_upload_in_flight(tmp_path):
     assert live.tmp_path.exists() and not stale.exists()
     live.discard()
     assert not list(tmp_path.iterdir())
+
+
+# --- generation slots: free when the answer is (issue 27) ------------------------------------------------
+
+
+def test_a_released_generation_slot_is_free_at_once_and_its_row_is_reused(api):
+    """At the limit, a request that follows an answered one is admitted at once (the slot's row was deleted
+    on a thread after the answer, and a next request could still find it counted: a spurious 429), and it
+    reuses the row instead of writing the database again; rows are given back when the process stops."""
+    import asyncio
+
+    from sqlalchemy import func, select
+
+    from app.db import read_session
+    from app.generation.limits import OwnerSlots
+    from app.models import GenerationSlot
+
+    def rows() -> int:
+        with read_session() as session:
+            return session.scalar(select(func.count()).where(GenerationSlot.owner == "slot-owner"))
+
+    async def run() -> None:
+        slots = OwnerSlots()
+        slots.start()
+        first = await slots.take("slot-owner", 1, 30)
+        first_id = first.id
+        first.release()
+        for _ in range(20):  # back to back at a limit of 1
+            again = await slots.take("slot-owner", 1, 30)
+            assert again.id == first_id  # the same row: no write
+            again.release()
+        assert rows() == 1
+        await slots.close()
+        assert rows() == 0
+
+    asyncio.run(run())

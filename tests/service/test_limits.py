@@ -3,7 +3,10 @@ Retry-After, and the slots are released when the calls end."""
 
 from __future__ import annotations
 
+import threading
 import time
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 
 from tests.harness import (
     Service,
@@ -45,5 +48,45 @@ def test_concurrent_generations_per_owner_answer_429_and_are_released(tmp_path):
                     time.sleep(0.1)
                 assert r.status_code == 200, r.text
             assert c.post("/score", json={"model": job["id"], "text": "abc"}).status_code == 200
+    finally:
+        svc.stop()
+
+
+def test_clients_at_the_limit_sending_back_to_back_never_see_a_429(tmp_path):
+    """Issue 27: a slot is free when its answer is. 32 clients at a limit of 32, each sending its next request
+    as soon as it has read the last answer, for 10 s: no 429 (a quarter of them stream, whose slot must be
+    free once their last event is read)."""
+    clients_n, seconds = 32, 10
+    svc = Service(tmp_path, max_concurrent_generations_per_owner=clients_n)
+    try:
+        svc.start_api()
+        svc.start_worker()
+        with svc.client() as c:
+            corpus = svc.upload(c, small_corpus())
+            job = svc.wait_job(c, svc.create_job(c, corpus["id"], training={"max_steps": 20})["id"])
+            assert job["status"] == "succeeded", job
+        body = {"model": job["id"], "prompt": "a", "length": 1}  # short: as many requests, and releases, as can be
+        codes: Counter[int] = Counter()
+        lock = threading.Lock()
+        stop_at = time.monotonic() + seconds
+
+        def run(i: int) -> None:
+            stream = i % 4 == 0
+            with svc.client() as client:
+                while time.monotonic() < stop_at:
+                    if stream:
+                        with client.stream("POST", "/generate", json={**body, "stream": True}) as r:
+                            text = "".join(r.iter_lines()) if r.status_code == 200 else r.read().decode()
+                            code = r.status_code if r.status_code != 200 or "event: done" in text else -1
+                    else:
+                        code = client.post("/generate", json=body).status_code
+                    with lock:
+                        codes[code] += 1
+
+        with ThreadPoolExecutor(clients_n) as pool:
+            list(pool.map(run, range(clients_n)))
+        print(f"{clients_n} clients for {seconds} s at a limit of {clients_n}: {dict(codes)}")
+        assert codes[429] == 0, dict(codes)
+        assert set(codes) == {200} and codes[200] >= clients_n, dict(codes)
     finally:
         svc.stop()

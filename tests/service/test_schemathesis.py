@@ -34,4 +34,8 @@ def test_api_fuzz(case, service):
         # (so the docs offer a file picker) but must be UTF-8 text, which a schema cannot say.
         # And any text/plain body is text: a "number instead of string" body is not wrong there.
         excluded += [positive_data_acceptance, negative_data_rejection]
+    if case.operation.path == "/inspect" and case.method == "POST":
+        # `units` without `layer` is refused (422 naming both): a rule between two fields, which the schema
+        # states in words (the field's description), not in a form the fuzzer reads.
+        excluded += [positive_data_acceptance]
     case.call_and_validate(base_url=service.url, excluded_checks=excluded)

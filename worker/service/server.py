@@ -258,7 +258,10 @@ def create_server_app(settings: Settings) -> FastAPI:
                 result["found_units"] = find_units(loaded.model, loaded.vocab, body.text)
         except ValueError as exc:
             raise HTTPException(422, str(exc)) from None
-        # Plain json: the API validates the answer as InspectResult, and a 10,000-character answer is large.
+        surprise = [c["surprise_bits"] for c in result["characters"]]
+        result["mean_surprise_bits"] = round(sum(surprise) / max(len(surprise), 1), 4)
+        # Plain json, relayed by the API as it is (app/inspection/service.py): a 10,000-character answer
+        # with a layer's activations is megabytes.
         return Response(json.dumps(result), media_type="application/json")
 
     return app
