@@ -94,9 +94,13 @@ class JobFeed:
         """The events after `position` in memory; None when memory does not reach back that far."""
         if self.floor is None or position < self.floor:
             return None
-        if not self.history or self.history[-1][0] <= position:
-            return []
-        return [item for item in self.history if item[0] > position]
+        newer = []
+        for item in reversed(self.history):  # from the newest: a follower that keeps up wants only the last few
+            if item[0] <= position:
+                break
+            newer.append(item)
+        newer.reverse()
+        return newer
 
     def _wake(self) -> None:
         changed, self.changed = self.changed, asyncio.Event()
