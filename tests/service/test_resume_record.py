@@ -80,7 +80,7 @@ def test_a_run_killed_after_a_checkpoint_resumes_with_every_metric_row(database)
         """The real supervisor, whose reports after WRITTEN_UP_TO had not reached the database when the
         whole worker was killed, right after the child wrote the checkpoint files of step 40."""
 
-        def relay(self, session, report, **kwargs):
+        def relay(self, session, report):
             if isinstance(report, CheckpointSaved) and report.checkpoint.step == KILLED_AT_CHECKPOINT:
                 # The reports before it reached the database: a fast child's 40 steps can arrive in one
                 # relay batch, whose transaction the kill would otherwise roll back whole.
@@ -90,7 +90,7 @@ def test_a_run_killed_after_a_checkpoint_resumes_with_every_metric_row(database)
                 raise WorkerKilled
             if isinstance(report, Metrics | Evaluated) and report.snapshot.step > WRITTEN_UP_TO:
                 return
-            super().relay(session, report, **kwargs)
+            super().relay(session, report)
 
     (database / "corpora").mkdir()
     (database / "corpora" / "x.txt").write_text(small_corpus(20_000))  # queue_dummy_jobs' corpus path

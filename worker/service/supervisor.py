@@ -171,6 +171,7 @@ class JobRun:
         self.outcome: Outcome | None = None
         self.stop_sent = False
         self.budget = LiveBudget()
+        self.rows_only: set[int] = set()  # ids of this flush's points that get no "metrics" event
         self.last_report_at = 0.0
         self.outage = Outage(f"job {job.id}")
         self.doomed_files: list[str] = []  # checkpoint files retention removes once their rows' delete commits
@@ -279,8 +280,9 @@ class JobRun:
                 ):
                     return False
                 live = live_points(pending, self.budget)
-                for i, report in enumerate(pending):
-                    self.relay(session, report, live=i in live)
+                self.rows_only = {id(r) for i, r in enumerate(pending) if isinstance(r, Metrics) and i not in live}
+                for report in pending:
+                    self.relay(session, report)
                 # Once per flush, not per point: the bound on a job's metrics events (a select and a delete).
                 if live:
                     prune_metrics_events(session, job_id=self.job.id)
@@ -302,8 +304,9 @@ class JobRun:
             and time.monotonic() - self.last_report_at < HOLD_EVALUATION_SECONDS
         )
 
-    def relay(self, session, report: Report, live: bool = True) -> None:
-        """Write one report; `live` False: a training-loss point written as a row only, without its event."""
+    def relay(self, session, report: Report) -> None:
+        """Write one report (a training-loss point in `rows_only`, this flush's over the live budget, as a row
+        without its event)."""
         job_id, owner, worker_id = self.job.id, self.job.owner, self.worker_id
         match report:
             case Started():
@@ -315,7 +318,8 @@ class JobRun:
                     journal=journal,
                 )
             case Metrics():
-                run_records.record_metrics(session, job_id=job_id, snapshot=report.snapshot, event=live, prune=False)
+                run_records.record_metrics(session, job_id=job_id, snapshot=report.snapshot,
+                                           event=id(report) not in self.rows_only, prune=False)
             case Evaluated():
                 run_records.record_evaluation(session, job_id=job_id, snapshot=report.snapshot, sample=report.sample)
             case CheckpointSaved():
