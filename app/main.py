@@ -18,6 +18,7 @@ from app.errors import install_error_handlers
 from app.generation.routes import router as generation_router
 from app.generation.state import Generation
 from app.inspection.routes import router as inspection_router
+from app.jobs.feeds import Feeds
 from app.jobs.reaper import reap_forever
 from app.jobs.routes import router as jobs_router
 from app.openai.app import create_openai_app
@@ -102,6 +103,7 @@ def create_app() -> FastAPI:
     # Which worker served each checkpoint last and each owner's generations in flight: state of this app,
     # not of the module, so two apps in one process (tests) do not share it; /v1 shares it.
     app.state.generation = Generation()
+    app.state.feeds = Feeds()  # the jobs this process's event streams follow, one reader each
     for router in (ops_router, corpora_router, jobs_router, checkpoints_router, generation_router, inspection_router):
         app.include_router(router)
     dashboard.install(app)

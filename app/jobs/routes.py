@@ -1,8 +1,5 @@
 from __future__ import annotations
 
-import asyncio
-import json
-import time
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Header, Query, Request, Response
@@ -16,9 +13,8 @@ from app.errors import not_found, responses
 from app.jobs import deletion, repository, service
 from app.jobs.defaults import form_fields
 from app.jobs.events import parse_last_event_id
+from app.jobs.feeds import Feeds
 from app.jobs.schemas import EventOut, EventPage, JobCreate, JobDefaults, JobOut, MetricOut, ModelSpec, TrainingSpec
-from app.keys.service import owner_for_key
-from app.keys.streams import KEY_RECHECK_SECONDS, REVOKED_EVENT
 from app.models import FINAL_STATUSES, JobStatus
 from app.pagination import Page, PageParams, page_params
 from worker.engine.config import DEFAULT_MAX_STEPS
@@ -26,6 +22,13 @@ from worker.engine.config import DEFAULT_MAX_STEPS
 router = APIRouter(prefix="/jobs", tags=["jobs"], responses=responses(401, 404))
 
 FINAL = FINAL_STATUSES
+
+
+async def get_feeds(request: Request) -> Feeds:  # async: no trip to the thread pool
+    return request.app.state.feeds  # one per app: the followed jobs of this API process
+
+
+FeedsDep = Annotated[Feeds, Depends(get_feeds)]
 
 
 @router.post(
@@ -93,20 +96,13 @@ def delete_job(job_id: str, session: WriteSessionDep, owner: CurrentOwner, setti
     return Response(status_code=204)
 
 
-def _read_events(owner: str, job_id: str, after: int, limit: int, key: str | None = None):
-    """(job status, events after `after`); status None if the job is gone, "revoked" if `key` no longer works."""
+def _read_events(owner: str, job_id: str, after: int, limit: int):
+    """(job status, events after `after`); status None if the job is gone."""
     with read_session() as session:  # reads only: on SQLite a poll never waits for the write lock
-        if key is not None and owner_for_key(session, key=key) != owner:
-            return "revoked", []
         job = repository.get(session, owner=owner, job_id=job_id)
         if job is None:
             return None, []
         return job.status, repository.events(session, owner=owner, job_id=job_id, after=after, limit=limit)
-
-
-def _sse(event) -> dict:
-    payload = EventOut.model_validate(event).model_dump(mode="json")
-    return {"id": str(event.id), "event": event.type, "data": json.dumps(payload)}
 
 
 @router.get(
@@ -120,7 +116,7 @@ def _sse(event) -> dict:
 )
 async def job_events(
     job_id: str,
-    request: Request,
+    feeds: FeedsDep,
     owner: CurrentOwner,
     key: BearerKey,
     after: Annotated[int, Query(ge=0, le=2**62, description="only events with a larger id")] = 0,
@@ -137,36 +133,18 @@ async def job_events(
     ] = None,
 ):
     resume_from = parse_last_event_id(last_event_id)  # before any work: a bad header is the client's mistake
-    status, events = await run_in_threadpool(_read_events, owner, job_id, after, limit + 1)
+    if "text/event-stream" not in (accept or ""):
+        status, events = await run_in_threadpool(_read_events, owner, job_id, after, limit + 1)
+        if status is None:
+            raise not_found("job", job_id)
+        return {"data": [EventOut.model_validate(e) for e in events[:limit]], "has_more": len(events) > limit}
+    # Followed live: the backlog's first page here (a 404 before the stream starts), the rest from the
+    # job's shared feed (app/jobs/feeds.py), which one reader per job keeps for all its followers.
+    start = resume_from if resume_from is not None else after
+    status, first, _ = await feeds.read(owner, job_id, start)
     if status is None:
         raise not_found("job", job_id)
-    if "text/event-stream" not in (accept or ""):
-        return {"data": [EventOut.model_validate(e) for e in events[:limit]], "has_more": len(events) > limit}
-
-    start = resume_from if resume_from is not None else after
-
-    async def follow():
-        cursor = start
-        checked_at = time.monotonic()
-        while True:
-            recheck = time.monotonic() - checked_at >= KEY_RECHECK_SECONDS
-            status, batch = await run_in_threadpool(_read_events, owner, job_id, cursor, 500, key if recheck else None)
-            if recheck:
-                checked_at = time.monotonic()
-            if status == "revoked":  # checked in the same session as the poll: no extra trip to the database
-                yield REVOKED_EVENT
-                return
-            for event in batch:
-                cursor = event.id
-                yield _sse(event)
-            if status is None or (status in FINAL and not batch):
-                return
-            if await request.is_disconnected():
-                return
-            if not batch:
-                await asyncio.sleep(0.25)
-
-    return EventSourceResponse(follow(), ping=15)
+    return EventSourceResponse(feeds.follow(owner, job_id, key, start, status, first), ping=15)
 
 
 @router.get(

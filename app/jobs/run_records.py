@@ -8,6 +8,8 @@ caller's session and do not commit.
 
 from __future__ import annotations
 
+from collections import Counter
+
 from sqlalchemy import delete, func, select, update
 from sqlalchemy.orm import Session
 
@@ -111,25 +113,22 @@ def _forget_points_after(session: Session, job_id: str, step: int) -> None:
 
 
 def _restore_points(session: Session, job_id: str, journal: list[tuple[Snapshot, str | None]]) -> None:
-    """Write the journal's points the database lacks: those after its latest row's step, and at that step
-    the ones after the rows it has (the supervisor writes reports in the order they came). Earlier gaps
-    are points the metrics budget left out on purpose."""
-    last = session.scalar(select(func.max(JobMetric.step)).where(JobMetric.job_id == job_id))
-    have = 0
-    if last is not None:
-        have = session.scalar(
-            select(func.count()).select_from(JobMetric).where(JobMetric.job_id == job_id, JobMetric.step == last)
-        )
+    """Write the journal's points the database lacks, wherever they fall: at each step, the entries past
+    the rows it has (the supervisor writes reports in the order they came, so the rows of a step are its
+    first entries). A kill -9 leaves the database a prefix of the reports, so this is usually the points
+    after its latest row; a long database outage (supervisor.MAX_PENDING_METRICS) can leave earlier holes."""
+    have = Counter(dict(session.execute(
+        select(JobMetric.step, func.count()).where(JobMetric.job_id == job_id).group_by(JobMetric.step)
+    ).all()))
     for snapshot, sample in journal:
-        if last is not None and snapshot.step < last:
-            continue
-        if last is not None and snapshot.step == last and have > 0:
-            have -= 1
+        if have[snapshot.step] > 0:
+            have[snapshot.step] -= 1
             continue
         if sample is None:
-            record_metrics(session, job_id=job_id, snapshot=snapshot)
+            record_metrics(session, job_id=job_id, snapshot=snapshot, prune=False)
         else:
             record_evaluation(session, job_id=job_id, snapshot=snapshot, sample=sample)
+    prune_metrics_events(session, job_id=job_id)
 
 
 def _add_point_of(session: Session, job_id: str, checkpoint: CheckpointRecord) -> None:
@@ -156,9 +155,14 @@ def _add_metric_row(session: Session, job_id: str, snapshot: Snapshot) -> None:
     )
 
 
-def record_metrics(session: Session, *, job_id: str, snapshot: Snapshot) -> None:
-    """A training-loss point: a metrics row and a "metrics" event (older ones pruned past the bound)."""
+def record_metrics(
+    session: Session, *, job_id: str, snapshot: Snapshot, event: bool = True, prune: bool = True
+) -> None:
+    """A training-loss point: a metrics row and, with `event`, a "metrics" event (the live feed; older ones
+    pruned past the bound, here with `prune`, or once by a caller that writes many points)."""
     _add_metric_row(session, job_id, snapshot)
+    if not event:
+        return
     add_event(
         session,
         job_id=job_id,
@@ -166,7 +170,8 @@ def record_metrics(session: Session, *, job_id: str, snapshot: Snapshot) -> None
         message=f"step {snapshot.step}: train_loss {snapshot.train_loss:.4f}",
         data=snapshot.model_dump(),
     )
-    prune_metrics_events(session, job_id=job_id)
+    if prune:
+        prune_metrics_events(session, job_id=job_id)
 
 
 def record_evaluation(session: Session, *, job_id: str, snapshot: Snapshot, sample: str) -> None:

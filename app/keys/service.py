@@ -35,6 +35,14 @@ def owner_for_key(session: Session, *, key: str) -> str | None:
     return session.scalar(select(ApiKey.name).where(ApiKey.key_hash == hash_key(key), ApiKey.revoked_at.is_(None)))
 
 
+def owners_of_key_hashes(session: Session, key_hashes: tuple[str, ...] | list[str]) -> dict[str, str]:
+    """{key hash: owner} for those of `key_hashes` that are still valid (one query for many followers' keys)."""
+    rows = session.execute(
+        select(ApiKey.key_hash, ApiKey.name).where(ApiKey.key_hash.in_(list(key_hashes)), ApiKey.revoked_at.is_(None))
+    )
+    return dict(rows.all())
+
+
 def list_keys(session: Session) -> list[ApiKey]:
     return list(session.scalars(select(ApiKey).order_by(ApiKey.created_at)))
 

@@ -13,9 +13,12 @@
     worker stopping: set stop event ------------> should_stop() -> "shutdown": checkpoint, return
       then requeue the job                        (the next worker resumes from that checkpoint)
 
-What a job may write is rate-limited (MetricsBudget): a job with log_every=1 reports hundreds of
-points a second, and the database must not fill with them. Evaluations and checkpoints always go
-through. While the database is away (outage.py) the reports wait here and training goes on.
+Every point the child reports becomes a metric row, so that a job's curve is the same however fast it
+ran (twins match row for row, even after a kill -9 and a resume): a job with log_every=1 reports hundreds
+of points a second, and they are written together, one transaction per flush. What is rate-limited
+(LiveBudget) is only the live feed: the "metrics" events that followers of the job's stream receive.
+Evaluations and checkpoints always go through. While the database is away (outage.py) the reports wait
+here and training goes on.
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ from app.checkpoints import service as checkpoint_service
 from app.checkpoints.integrity import file_sha256
 from app.db import session_scope
 from app.jobs import lifecycle, run_records
+from app.jobs.events import prune_metrics_events
 from app.models import Job
 from app.settings import Settings
 from worker.engine.header import read_metadata
@@ -72,9 +76,11 @@ def start_process_server() -> multiprocessing.context.BaseContext:
     return ctx
 
 FLUSH_SECONDS = 0.5  # how often progress is written and the lease renewed (and a cancel noticed)
-METRICS_PER_SECOND = 4.0  # training-loss points a job may write per second, on average ...
-METRICS_BURST = 40  # ... after a first burst of this many (a short job at log_every=10 never hits it)
-MAX_PENDING_METRICS = 1000  # while the database is away, only the latest points wait to be written
+LIVE_POINTS_PER_SECOND = 4.0  # "metrics" events (the live feed) a job may add per second, on average ...
+LIVE_POINTS_BURST = 40  # ... after a first burst of this many (a short job at log_every=10 never hits it)
+# While the database is away the points wait here; past this many (minutes of an outage at log_every=1)
+# the oldest go, and a resume fills them from the run's journal (app.jobs.run_records.started).
+MAX_PENDING_METRICS = 100_000
 # An evaluation that may be followed by its checkpoint waits this long for it, so that a checkpoint's
 # row, its is_best and its loss point commit in one transaction (the trainer reports the evaluation,
 # writes the files, then reports the checkpoint). A resume rebuilds them from the files if the worker
@@ -83,10 +89,14 @@ HOLD_EVALUATION_SECONDS = 2.0
 GIVE_UP_FINISHING_SECONDS = 15.0  # a stopping worker gives up writing the outcome; the reaper requeues
 
 
-class MetricsBudget:
-    """A token bucket: how many of the pending training-loss points may be written now."""
+class LiveBudget:
+    """A token bucket: how many of the pending training-loss points may also become "metrics" events now.
 
-    def __init__(self, rate: float = METRICS_PER_SECOND, burst: int = METRICS_BURST):
+    Only the events: every point is a row whatever the rate. A follower of a fast job needs a few points
+    a second to draw it live (the dashboard reads the whole curve from /metrics), and each event is sent
+    to every follower."""
+
+    def __init__(self, rate: float = LIVE_POINTS_PER_SECOND, burst: int = LIVE_POINTS_BURST):
         self.rate, self.burst = rate, burst
         self.tokens, self.at = float(burst), time.monotonic()
 
@@ -99,11 +109,10 @@ class MetricsBudget:
         return granted
 
 
-def coalesce(pending: list[Report], budget: MetricsBudget) -> list[Report]:
-    """The reports to write: every one except the Metrics over budget (the latest points are kept)."""
+def live_points(pending: list[Report], budget: LiveBudget) -> set[int]:
+    """The indices in `pending` of the Metrics that also become events: the latest ones the budget allows."""
     metrics = [i for i, r in enumerate(pending) if isinstance(r, Metrics)]
-    dropped = set(metrics[: len(metrics) - budget.take(len(metrics))])
-    return [r for i, r in enumerate(pending) if i not in dropped]
+    return set(metrics[len(metrics) - budget.take(len(metrics)):])
 
 
 class LeaseKeeper:
@@ -161,7 +170,8 @@ class JobRun:
         self.progress: dict = dict(job.progress or {})
         self.outcome: Outcome | None = None
         self.stop_sent = False
-        self.budget = MetricsBudget()
+        self.budget = LiveBudget()
+        self.rows_only: set[int] = set()  # ids of this flush's points that get no "metrics" event
         self.last_report_at = 0.0
         self.outage = Outage(f"job {job.id}")
         self.doomed_files: list[str] = []  # checkpoint files retention removes once their rows' delete commits
@@ -234,9 +244,13 @@ class JobRun:
                     self._cap_pending_metrics()
 
     def _cap_pending_metrics(self) -> None:
-        metrics = [i for i, r in enumerate(self.pending) if isinstance(r, Metrics)]
-        if len(metrics) > MAX_PENDING_METRICS:
-            del self.pending[metrics[0]]
+        # Counted only past the bound (reports other than points are few), and then the oldest tenth goes at
+        # once: no scan of the whole list per point.
+        if len(self.pending) > MAX_PENDING_METRICS:
+            metrics = [i for i, r in enumerate(self.pending) if isinstance(r, Metrics)]
+            if len(metrics) > MAX_PENDING_METRICS:
+                dropped = set(metrics[: len(metrics) - MAX_PENDING_METRICS * 9 // 10])
+                self.pending = [r for i, r in enumerate(self.pending) if i not in dropped]
 
     def kill(self, why: str) -> None:
         log.info("job %s: %s; stopping its training process", self.job.id, why)
@@ -265,8 +279,13 @@ class JobRun:
                     progress=self.progress,
                 ):
                     return False
-                for report in coalesce(pending, self.budget):
+                live = live_points(pending, self.budget)
+                self.rows_only = {id(r) for i, r in enumerate(pending) if isinstance(r, Metrics) and i not in live}
+                for report in pending:
                     self.relay(session, report)
+                # Once per flush, not per point: the bound on a job's metrics events (a select and a delete).
+                if live:
+                    prune_metrics_events(session, job_id=self.job.id)
         except BaseException:
             self.pending = pending + self.pending
             self.doomed_files = []  # their rows' delete rolled back: the files stay with them
@@ -286,6 +305,8 @@ class JobRun:
         )
 
     def relay(self, session, report: Report) -> None:
+        """Write one report (a training-loss point in `rows_only`, this flush's over the live budget, as a row
+        without its event)."""
         job_id, owner, worker_id = self.job.id, self.job.owner, self.worker_id
         match report:
             case Started():
@@ -297,7 +318,8 @@ class JobRun:
                     journal=journal,
                 )
             case Metrics():
-                run_records.record_metrics(session, job_id=job_id, snapshot=report.snapshot)
+                run_records.record_metrics(session, job_id=job_id, snapshot=report.snapshot,
+                                           event=id(report) not in self.rows_only, prune=False)
             case Evaluated():
                 run_records.record_evaluation(session, job_id=job_id, snapshot=report.snapshot, sample=report.sample)
             case CheckpointSaved():
