@@ -18,6 +18,7 @@ from pydantic import ValidationError
 from rich.console import Console
 from rich.markup import escape
 
+from worker.engine.errors import CheckpointError, EngineError
 from worker.engine.sampling_params import MAX_LENGTH, MAX_NUM_SAMPLES, MAX_TEMPERATURE
 
 stderr = Console(stderr=True)
@@ -146,7 +147,6 @@ def train(
     precision: Annotated[str | None, typer.Option(help="auto | fp32 | bf16")] = None,
 ) -> None:
     """Train a model on FILE; progress on stderr, a JSON summary as the last line on stdout."""
-    from worker.engine.checkpoint import RunDirectory
     from worker.engine.records import JobSpec
     from worker.engine.training_run import build_trainer
 
@@ -159,19 +159,10 @@ def train(
                     "max_seconds": max_seconds, "val_fraction": val_fraction, "eval_every": eval_every,
                     "checkpoint_every": checkpoint_every, "seed": seed, "device": device, "precision": precision}
     given_training = {k: v for k, v in train_fields.items() if v is not None}
+    # Only the user's own problems end in one line; anything else is a bug, and its traceback is shown.
     try:
         if resume:
-            run = RunDirectory(resume).read_run()
-            if not run.get("corpus_path"):
-                _fail(f"{resume}/run.json does not say which file it trained on; pass FILE and --out instead")
-            # A resumed run keeps its settings; flags given now override (e.g. a longer --max-steps).
-            spec = JobSpec(
-                corpus_path=run["corpus_path"],
-                run_dir=str(resume),
-                model={k: v for k, v in run["model"].items() if k != "vocab_size"},
-                training={**run["training"], **given_training},
-                init_from=run.get("init_from"),
-            )
+            spec = _resumed_spec(resume, given_training)
         else:
             if file is None or out is None:
                 _fail("give a FILE and --out DIR, or --resume DIR")
@@ -182,17 +173,39 @@ def train(
                 training=given_training,
                 init_from=str(init_from) if init_from else None,
             )
-        observer = ConsoleObserver()
-        trainer = build_trainer(spec, observer)
+    except ValidationError as exc:  # the options as given, here only: a record the trainer builds is not
+        _fail(describe_invalid(exc, option_name))
+    except EngineError as exc:
+        _fail(str(exc))
+    observer = ConsoleObserver()
+    try:
         try:
-            result = trainer.train()
+            result = build_trainer(spec, observer).train()
         finally:
             observer.close()
-    except ValidationError as exc:
-        _fail(describe_invalid(exc, option_name))
-    except (ValueError, TypeError) as exc:  # EngineError, a refused spec; TypeError: a bad run.json
+    except EngineError as exc:
         _fail(str(exc))
     print(result.model_dump_json())
+
+
+def _resumed_spec(resume: Path, given_training: dict):
+    """The spec of the run in `resume`: its own settings, with the flags given now over them (e.g. a longer
+    --max-steps). A run.json that does not say how to continue is the user's problem, not a crash."""
+    from worker.engine.checkpoint import RunDirectory
+    from worker.engine.records import JobSpec
+
+    run = RunDirectory(resume).read_run()
+    if not run.get("corpus_path"):
+        _fail(f"{resume}/run.json does not say which file it trained on; pass FILE and --out instead")
+    if not isinstance(run.get("model"), dict) or not isinstance(run.get("training"), dict):
+        raise CheckpointError(f"{resume}/run.json has no model or training settings; start a new run instead")
+    return JobSpec(
+        corpus_path=run["corpus_path"],
+        run_dir=str(resume),
+        model={k: v for k, v in run["model"].items() if k != "vocab_size"},
+        training={**run["training"], **given_training},
+        init_from=run.get("init_from"),
+    )
 
 
 def generate(
@@ -211,7 +224,7 @@ def generate(
     stop: Annotated[list[str] | None, typer.Option(help="stop at this string (repeatable)")] = None,
 ) -> None:
     """Sample from a checkpoint; prints only the generated text (after the prompt)."""
-    from worker.engine.checkpoint import CheckpointError, load_model
+    from worker.engine.checkpoint import load_model
     from worker.engine.sampler import Sampler, SampleRequest
 
     if length < 0:
@@ -236,7 +249,7 @@ def generate(
         else:
             samples = sampler.generate(request)
             sys.stdout.write("\n\n".join(s.text for s in samples) + "\n")
-    except (CheckpointError, ValueError) as exc:
+    except EngineError as exc:
         _fail(str(exc))
 
 
@@ -245,14 +258,14 @@ def score(
     file: Annotated[Path, typer.Argument(help="UTF-8 text to score")],
 ) -> None:
     """Mean cross-entropy of FILE under the model, in nats per character, as JSON."""
-    from worker.engine.checkpoint import CheckpointError, load_model
+    from worker.engine.checkpoint import load_model
     from worker.engine.data import read_text
     from worker.engine.scoring import score_text
 
     try:
         loaded = load_model(checkpoint)
         loss, chars = score_text(loaded.model, loaded.vocab, read_text(file))
-    except (CheckpointError, ValueError) as exc:
+    except EngineError as exc:
         _fail(str(exc))
     print(json.dumps({"loss": loss, "chars": chars}))
 
@@ -267,7 +280,7 @@ def inspect(
     find: Annotated[bool, typer.Option("--find-units", help="rank the units that track text features")] = False,
 ) -> None:
     """Each character of FILE as the model saw it: probability, surprise (bits), rank, entropy, top-k."""
-    from worker.engine.checkpoint import CheckpointError, load_model
+    from worker.engine.checkpoint import load_model
     from worker.engine.data import read_text
     from worker.engine.inspection import find_units, inspect_text
 
@@ -277,7 +290,7 @@ def inspect(
         result = inspect_text(loaded.model, loaded.vocab, text, top_k, layer, units or None)
         if find:
             result["found_units"] = find_units(loaded.model, loaded.vocab, text)
-    except (CheckpointError, ValueError) as exc:
+    except EngineError as exc:
         _fail(str(exc))
     if as_json:
         print(json.dumps(result))

@@ -9,6 +9,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Literal
 
+from worker.engine.errors import ConfigError
+
 Cell = Literal["lstm", "gru", "rnn"]
 
 # With no stopping rule given, a run stops here: a few minutes on a laptop CPU, seconds on a GPU.
@@ -31,9 +33,9 @@ class ModelConfig:
         # naming the setting instead of torch's, whose words are its own.
         for name in ("hidden_size", "num_layers", "embedding_dim"):
             if getattr(self, name) < 1:
-                raise ValueError(f"{name}: got {getattr(self, name)}; it must be at least 1")
+                raise ConfigError(f"{name}: got {getattr(self, name)}; it must be at least 1")
         if not 0 <= self.dropout < 1:
-            raise ValueError(f"dropout: got {self.dropout}; it must be at least 0 and below 1 (0.1 to 0.5 is usual)")
+            raise ConfigError(f"dropout: got {self.dropout}; it must be at least 0 and below 1 (0.1 to 0.5 is usual)")
 
     def to_dict(self) -> dict:
         return asdict(self)
