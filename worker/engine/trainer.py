@@ -509,6 +509,9 @@ class Trainer:
         )
 
     def train(self) -> RunResult:
+        """The run, step by step until a stopping rule or a stop request: train on the next batch, re-size
+        the model if its first steps call for it, report, evaluate and checkpoint when due; then the
+        last evaluation and checkpoint."""
         c = self.config
         self.observer.on_start(self._started_record())
         stopped_by = self._agreed_stop_reason()
