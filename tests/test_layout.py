@@ -5,6 +5,9 @@
     worker/engine/   pure torch: imports nothing of app/ or worker/service/
     worker/service/  the worker process: the one place that imports both app/ and the engine
     worker/cli.py    the `charrnn` entry point: the API's, the engine's and the worker's commands
+
+The user's problems are EngineErrors (worker/engine/errors.py), raised and caught by name; a ValueError
+is raised and caught only where named below, so that a bug's ValueError never passes for the user's mistake.
 """
 
 from __future__ import annotations
@@ -43,7 +46,8 @@ TORCH_FREE = {
     # each setting's one definition (type, default, bounds, help) and the faces derived from it
     "worker.engine.settings": {"__future__", "dataclasses", "functools", "types", "typing", "pydantic",
                                "pydantic.fields", "worker.engine.errors"},
-    "worker.engine.errors": set(),  # the engine's error types: a ConfigError is a user's bad setting
+    # the user's errors: the engine raises them, the CLI and the worker catch them by name
+    "worker.engine.errors": {"__future__"},
     "worker.engine.sampling_params": {"__future__", "typing", "pydantic"},  # the one generation contract
     "worker.engine.header": {"__future__", "json", "struct", "pathlib"},  # checkpoint metadata, read by both
     # the records that cross process boundaries: the worker builds them, the API stores them
@@ -156,3 +160,47 @@ def test_the_cycle_detector_finds_a_planted_cycle(tmp_path):
     assert find_cycles(graph) == [["pkg.a", "pkg.c", "pkg.sub.b"]]
     (pkg / "c.py").write_text("")
     assert find_cycles(import_graph(tmp_path, ("pkg",))) == []
+
+
+# -- the user's errors are caught by name ---------------------------------------------------------------
+
+# Where worker/ may catch a ValueError, and why: each is the parse of a file or a name that it skips or
+# rewords, never the engine's answer to a user (an EngineError, not a ValueError).
+VALUE_ERROR_CATCHES = {
+    "worker/cli.py": "importlib's find_spec on a broken install: as good as a missing package",
+    "worker/service/exits.py": "a death by a signal number that has no name",
+    "worker/service/journal.py": "a metrics journal line cut short by a full disk",
+    "worker/service/supervisor.py": "a checkpoint file whose metadata holds no record: not listed",
+}
+# Where worker/engine may raise a ValueError, and why: none of them reaches a user as it is.
+VALUE_ERROR_RAISES = {
+    "worker/engine/batching.py": "a caller's bug (the server routes by seed, and SamplingParams bounds num_samples)",
+    "worker/engine/header.py": "not a safetensors file: load_model answers it as a CheckpointError",
+    "worker/engine/records.py": "a checkpoint file's metadata without a record: the supervisor skips the file",
+}
+
+
+def value_error_sites(path: Path) -> tuple[bool, bool]:
+    """Whether `path` catches ValueError (alone or in a tuple), and whether it raises one."""
+    catches = raises = False
+    for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+        if isinstance(node, ast.ExceptHandler) and node.type is not None:
+            catches |= any(isinstance(n, ast.Name) and n.id == "ValueError" for n in ast.walk(node.type))
+        elif isinstance(node, ast.Raise) and node.exc is not None:
+            exc = node.exc.func if isinstance(node.exc, ast.Call) else node.exc
+            raises |= isinstance(exc, ast.Name) and exc.id == "ValueError"
+    return catches, raises
+
+
+def test_value_errors_are_caught_and_raised_only_where_named():
+    sites = {str(path.relative_to(ROOT)): value_error_sites(path) for path in modules_under("worker")}
+    assert {path for path, (catches, _) in sites.items() if catches} == set(VALUE_ERROR_CATCHES)
+    assert {path for path, (_, raises) in sites.items() if raises} == set(VALUE_ERROR_RAISES)
+
+
+def test_the_value_error_check_sees_a_catch_and_a_raise(tmp_path):
+    bad = tmp_path / "bad.py"
+    bad.write_text("try:\n    pass\nexcept (OSError, ValueError):\n    raise ValueError('x')\n")
+    assert value_error_sites(bad) == (True, True)
+    bad.write_text("try:\n    pass\nexcept EngineError:\n    raise ConfigError('x')\n")
+    assert value_error_sites(bad) == (False, False)

@@ -14,6 +14,7 @@ import typer
 from pydantic import ValidationError
 
 from app.cli import Host, Port, ensure_key, register_api_commands, run_api, upgrade_database
+from app.settings import Settings
 from worker.engine.cli import describe_invalid, register_engine_commands
 
 cli = typer.Typer(
@@ -92,6 +93,9 @@ def main() -> None:
     try:
         cli()
     except ValidationError as exc:
+        # Only the settings' own: any other model's ValidationError is a bug, and keeps its traceback.
+        if exc.title != Settings.__name__:
+            raise
         print(f"charrnn: {describe_invalid(exc, setting_name)}", file=sys.stderr)
         sys.exit(2)
 

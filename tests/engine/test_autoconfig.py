@@ -184,7 +184,7 @@ def test_a_probe_that_read_far_too_slow_is_corrected_by_the_runs_own_speed_befor
     assert all(torch.equal(weights[k], v) for k, v in fresh.model.state_dict().items())
     # A resume keeps the re-sized model and does not probe or re-check again.
     again = Trainer(text, tmp_path / "run", small, config)
-    assert again.model.config.hidden_size == resized and again.resumed_from_step == 4 and again.recheck is None
+    assert again.model.config.hidden_size == resized and again.resumed_from_step == 4 and again.sizer is None
 
 
 def test_a_recheck_that_chooses_the_same_size_keeps_the_run_going(tmp_path):
@@ -196,7 +196,7 @@ def test_a_recheck_that_chooses_the_same_size_keeps_the_run_going(tmp_path):
     config = run_config(max_seconds=20, max_steps=None, eval_every=None, checkpoint_every=1000)
     trainer = Trainer(text, tmp_path / "run", {"num_layers": 1, "embedding_dim": 8}, config, observer=observer)
     observer.trainer = trainer
-    assert trainer.recheck is not None and trainer.model.config.hidden_size == HIDDEN_SIZES[0]
+    assert trainer.sizer is not None and trainer.model.config.hidden_size == HIDDEN_SIZES[0]
     result = trainer.train()
-    assert len(observer.starts) == 1 and trainer.recheck is None
+    assert len(observer.starts) == 1 and trainer.sizer is None
     assert result.steps == RECHECK_SKIP_STEPS + RECHECK_STEPS + 2

@@ -68,3 +68,47 @@ def test_a_data_dir_that_is_a_file_is_one_line(tmp_path):
     for command in (["serve", "--port", "1"], ["db", "upgrade"], ["keys", "list"]):
         proc = charrnn(*command, env={**env}, cwd=tmp_path)
         assert_short_error(proc, "CHARRNN_DATA_DIR", "not a folder")
+
+
+def test_only_the_users_problems_end_in_one_line_and_a_bug_keeps_its_traceback(tmp_path, monkeypatch, capsys):
+    import typer
+    from pydantic import BaseModel, ValidationError
+
+    import worker.cli
+    import worker.engine.training_run
+    from app.settings import Settings
+    from worker.engine.cli import train
+    from worker.engine.errors import CorpusError
+
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("abc" * 100)
+
+    def trainer_raising(exc: Exception):
+        def build_trainer(*_args, **_kwargs):
+            raise exc
+        return build_trainer
+
+    # The engine's own refusal: one line, exit 2.
+    monkeypatch.setattr(worker.engine.training_run, "build_trainer", trainer_raising(CorpusError("too short")))
+    with pytest.raises(typer.Exit) as ended:
+        train(corpus, out=tmp_path / "run")
+    assert ended.value.exit_code == 2 and "too short" in capsys.readouterr().err
+    # A bug's ValueError, and pydantic's (a ValueError too), are not the user's: they propagate, traceback and all.
+    monkeypatch.setattr(worker.engine.training_run, "build_trainer", trainer_raising(ValueError("a bug")))
+    with pytest.raises(ValueError, match="a bug"):
+        train(corpus, out=tmp_path / "run")
+
+    class Record(BaseModel):
+        n: int
+
+    def broken_command():
+        Record(n="x")
+
+    monkeypatch.setattr(worker.cli, "cli", broken_command)
+    with pytest.raises(ValidationError):
+        worker.cli.main()
+    # A CHARRNN_* setting's ValidationError is the user's: one line naming it.
+    monkeypatch.setattr(worker.cli, "cli", lambda: Settings(max_attempts="many"))
+    with pytest.raises(SystemExit) as ended:
+        worker.cli.main()
+    assert ended.value.code == 2 and "CHARRNN_MAX_ATTEMPTS" in capsys.readouterr().err

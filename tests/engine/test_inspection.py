@@ -9,6 +9,7 @@ import torch
 
 from worker.engine.config import ModelConfig
 from worker.engine.data import Vocab
+from worker.engine.errors import CorpusError, InputError
 from worker.engine.inspection import find_units, inspect_text, text_features
 from worker.engine.model import CharRNN, layer_states
 from worker.engine.scoring import character_logprobs
@@ -86,11 +87,11 @@ def test_an_lstms_cell_states_are_those_of_a_step_by_step_cell():
 
 def test_out_of_range_layer_and_units_are_refused_with_the_range():
     model, vocab = tiny("lstm", layers=2, hidden=8)
-    with pytest.raises(ValueError, match="layer must be between 0 and 1"):
+    with pytest.raises(InputError, match="layer must be between 0 and 1"):
         inspect_text(model, vocab, TEXT, layer=2)
-    with pytest.raises(ValueError, match="units must be between 0 and 7"):
+    with pytest.raises(InputError, match="units must be between 0 and 7"):
         inspect_text(model, vocab, TEXT, layer=0, units=[8])
-    with pytest.raises(ValueError, match="never saw"):
+    with pytest.raises(CorpusError, match="never saw"):
         inspect_text(model, vocab, "é")
 
 

@@ -13,6 +13,7 @@ from safetensors.torch import load_file
 
 from tests.harness import SHAKESPEARE
 from worker.engine.checkpoint import CheckpointError, RunDirectory, load_model
+from worker.engine.errors import CorpusError
 from worker.engine.trainer import TrainConfig, Trainer, TrainingDiverged, TrainingObserver
 
 TINY_MODEL = {"cell": "lstm", "hidden_size": 32, "num_layers": 2, "embedding_dim": 16, "dropout": 0.1}
@@ -167,7 +168,7 @@ def test_init_from_continues_from_weights_and_checks_vocabulary(tmp_path, text):
     first = Trainer(text, tmp_path / "a", TINY_MODEL, tiny_config(max_steps=20)).train()
     second = Trainer(text, tmp_path / "b", None, tiny_config(max_steps=5), init_from=first.checkpoint)
     assert second.evaluate() < math.log(len(second.vocab)) - 0.3  # starts trained, not from scratch
-    with pytest.raises(ValueError, match="never saw"):
+    with pytest.raises(CorpusError, match="never saw"):
         Trainer(text + "€", tmp_path / "c", None, tiny_config(max_steps=5), init_from=first.checkpoint)
 
 

@@ -144,19 +144,13 @@ def test_a_job_that_leaves_the_size_out_gets_one_chosen_for_its_budget(service, 
     assert started and started[0]["data"]["chosen"][0].startswith("hidden_size 128")
 
 
-def test_engine_error_fails_the_job_with_its_message(service, client, trained_job):
-    # Continuing from a model whose vocabulary lacks some of the corpus's characters cannot work.
+def test_a_model_that_lacks_characters_of_the_corpus_is_refused_at_creation(service, client, trained_job):
+    # The model could never read them: refused when the job is asked for, not failed later by the trainer.
     c = service.upload(client, small_corpus() + "☃ snow ☃", name="with-snowmen")
     ckpt = client.get(f"/jobs/{trained_job['id']}/checkpoints").json()["data"][0]["id"]
-    job = service.create_job(client, c["id"], init_from=ckpt, model={})
-    job = service.wait_job(client, job["id"])
-    assert job["status"] == "failed" and "never saw" in job["error"]["message"], job
-    events = client.get(f"/jobs/{job['id']}/events").json()["data"]
-    assert events[-1]["type"] == "status" and events[-1]["data"]["status"] == "failed"
-    # It failed before its first checkpoint, and never will write one: no "wait and try again".
-    r = client.post("/generate", json={"model": job["id"]})
-    assert r.status_code == 409, r.text
-    assert "ended (failed) without a checkpoint" in r.json()["detail"] and "try again" not in r.json()["detail"]
+    r = client.post("/jobs", json={"corpus_id": c["id"], "init_from": ckpt, "model": {}})
+    assert r.status_code == 422 and "will not know" in r.text and "☃" in r.text, r.text
+    assert not [j for j in client.get("/jobs").json()["data"] if j["corpus_id"] == c["id"]]
 
 
 def test_generate_needs_a_checkpoint_and_a_worker(service, client, corpus):

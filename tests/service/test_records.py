@@ -22,7 +22,16 @@ from worker.engine.records import (
     RunStarted,
     Snapshot,
 )
-from worker.service.reports import CheckpointSaved, Diagnosed, Evaluated, Failed, Finished, Metrics, Started
+from worker.service.reports import (
+    CheckpointSaved,
+    Diagnosed,
+    Evaluated,
+    Failed,
+    FailureKind,
+    Finished,
+    Metrics,
+    Started,
+)
 
 STARTED = RunStarted(num_parameters=10, vocab_size=3, device="cpu", precision="fp32", train_chars=90, val_chars=10,
                      batches_per_epoch=4, resumed_from_step=None, model={"cell": "gru"}, chosen=["hidden_size 32"],
@@ -48,7 +57,8 @@ def test_each_record_round_trips_through_json(record):
 
 @pytest.mark.parametrize("report", [Started(STARTED), Metrics(SNAPSHOT), Evaluated(SNAPSHOT, "sample"),
                                     CheckpointSaved(CHECKPOINT), Diagnosed(DIAGNOSIS), Finished(RESULT),
-                                    Failed("no")],
+                                    Failed(FailureKind.USER, "no"),
+                                    Failed(FailureKind.INTERNAL, "internal error err_1", "err_1", "Traceback ...")],
                          ids=lambda r: type(r).__name__)
 def test_each_report_round_trips_through_the_queues_pickling(report):
     assert pickle.loads(pickle.dumps(report)) == report

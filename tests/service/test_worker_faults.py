@@ -199,3 +199,68 @@ def test_more_data_parallel_processes_than_the_worker_has_fails_before_starting_
     cores = os.cpu_count() or 1
     assert f"training.gpus=64, but this worker has {cores} CPU cores" in done["error"]["message"], done
     assert not list((svc.data_dir / "runs" / job["id"] / "checkpoints").glob("*.safetensors"))
+
+
+# Planted in every process of the worker (sitecustomize runs at interpreter start, the training children's
+# process server included): once worker.engine.trainer is imported, its learning-rate function raises at
+# step 5 a ValueError in a run seeded PLANTED_SEED (a bug: nothing the user sent is wrong), and a
+# CorpusError in one seeded PLANTED_SEED + 1 (an EngineError: the user's problem, in the engine's words).
+PLANTED_SEED = 4242
+PLANTED_BUG = f'''
+import importlib.abc, importlib.machinery, sys
+
+class PlantBug(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path, target=None):
+        if name != "worker.engine.trainer":
+            return None
+        spec = importlib.machinery.PathFinder.find_spec(name, path)
+        load = spec.loader.exec_module
+
+        def exec_module(module):
+            load(module)
+            lr_at = module.lr_at
+
+            def broken_lr_at(config, step, progress):
+                if config.seed == {PLANTED_SEED} and step == 5:
+                    raise ValueError("planted bug: lr_at cannot read /srv/charrnn/secret at step 5")
+                if config.seed == {PLANTED_SEED + 1} and step == 5:
+                    from worker.engine.errors import CorpusError
+                    raise CorpusError("planted user error: this corpus cannot be trained on; upload another")
+                return lr_at(config, step, progress)
+
+            module.lr_at = broken_lr_at
+
+        spec.loader.exec_module = exec_module
+        return spec
+
+sys.meta_path.insert(0, PlantBug())
+'''
+
+
+def test_a_bugs_value_error_in_training_fails_the_job_as_an_internal_error_logged_with_its_traceback(svc, tmp_path):
+    shim = tmp_path / "shim"
+    shim.mkdir()
+    (shim / "sitecustomize.py").write_text(PLANTED_BUG)
+    svc.env["PYTHONPATH"] = str(shim)
+    svc.start_worker()
+    with svc.client() as client:
+        corpus = svc.upload(client, small_corpus(), name="planted")
+        job = svc.wait_job(client, svc.create_job(client, corpus["id"], training={"seed": PLANTED_SEED})["id"])
+        # The user's problem, raised in the same place, still reads as theirs.
+        theirs = svc.create_job(client, corpus["id"], training={"seed": PLANTED_SEED + 1})
+        theirs = svc.wait_job(client, theirs["id"])
+    assert job["status"] == "failed", job
+    error = job["error"]["message"]
+    # Not shown as the user's mistake: no exception text, no path; an id to quote to the operator.
+    assert error.startswith("internal error err_") and "planted" not in error and "/srv" not in error, error
+    error_id = error.split()[2].rstrip(":")
+    log = svc.logs[-1].read_text()
+    lines = [json.loads(line) for line in log.splitlines() if line.startswith("{") and error_id in line]
+    [logged] = [line for line in lines if line.get("error_id") == error_id]
+    assert logged["level"] == "error" and logged["job_id"] == job["id"], logged
+    trace = logged["message"]
+    assert "Traceback (most recent call last)" in trace and "in broken_lr_at" in trace, trace
+    assert "ValueError: planted bug: lr_at cannot read /srv/charrnn/secret at step 5" in trace, trace
+    assert theirs["status"] == "failed", theirs
+    assert theirs["error"]["message"] == "planted user error: this corpus cannot be trained on; upload another"
+    assert theirs["id"] not in "".join(line for line in log.splitlines() if "internal error" in line)

@@ -29,6 +29,8 @@ from worker.engine.config import TrainConfig, estimate_training_bytes, num_param
 
 # Fields chosen here when a run does not give them; every other field has a fixed default.
 AUTO_MODEL_FIELDS = ("hidden_size", "dropout")
+# Training fields chosen with them, when the run does not give them (see MAX_EPOCHS).
+AUTO_TRAINING_FIELDS = ("max_epochs",)
 HIDDEN_SIZES = (128, 192, 256, 384, 512, 768, 1024)
 CHARS_PER_PARAMETER = 1.0
 # Dropout by epochs the budget holds: none up to DROPOUT_FREE_EPOCHS, then DROPOUT_PER_DOUBLING more

@@ -125,6 +125,8 @@ class BatchedSampler:
         return [Sample(t, s.finish_reason) for t, s in zip(member.texts, member.scanners, strict=True)]
 
     def _submit(self, request: SampleRequest, live: bool, cancel: Cancellation | None) -> _Member:
+        # ValueError, not an EngineError: these are the caller's bugs (the server routes requests by seed,
+        # and SamplingParams bounds num_samples below max_rows), never a request's problem.
         if (request.seed is not None) != self.seeded:
             which = "seeded" if self.seeded else "unseeded"
             raise ValueError(f"this batch runs {which} requests only: seeded and unseeded ones step differently")

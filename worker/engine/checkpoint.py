@@ -31,19 +31,11 @@ from safetensors.torch import load as load_safetensors_bytes
 from safetensors.torch import save as save_safetensors_bytes
 
 from worker.engine.data import Vocab
-from worker.engine.errors import EngineError
+from worker.engine.errors import CheckpointError, CorruptCheckpointError
 from worker.engine.header import read_metadata
 from worker.engine.model import CharRNN, ModelConfig
 
 FORMAT = "charrnn/1"
-
-
-class CheckpointError(EngineError):
-    pass
-
-
-class CorruptCheckpointError(CheckpointError):
-    """The file no longer matches the size and sha256 recorded when it was written."""
 
 
 def sha256_hex(data: bytes) -> str:
@@ -188,7 +180,13 @@ class RunDirectory:
     def read_run(self) -> dict:
         if not self.run_file.is_file():
             raise CheckpointError(f"{self.root} is not a charrnn run directory (no run.json)")
-        return json.loads(self.run_file.read_text())
+        try:
+            run = json.loads(self.run_file.read_text())
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise CheckpointError(f"{self.run_file} is not readable: {exc}") from None
+        if not isinstance(run, dict):
+            raise CheckpointError(f"{self.run_file} is not a charrnn run record (not a JSON object)")
+        return run
 
     def save(self, step: int, weights: bytes, state: TrainingState) -> Path:
         """Write a step checkpoint, then make it the latest; drop older training states."""

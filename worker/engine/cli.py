@@ -22,6 +22,7 @@ from rich.markup import escape
 
 from worker.engine.autoconfig import AUTO_MODEL_FIELDS
 from worker.engine.config import ModelConfig, TrainConfig
+from worker.engine.errors import CheckpointError, EngineError
 from worker.engine.sampling_params import MAX_LENGTH, SamplingParams
 from worker.engine.settings import field_bounds, settings_of
 
@@ -125,7 +126,6 @@ def train(
     **settings,  # one option per model and training setting: setting_parameters(), below
 ) -> None:
     """Train a model on FILE; progress on stderr, a JSON summary as the last line on stdout."""
-    from worker.engine.checkpoint import RunDirectory
     from worker.engine.records import JobSpec
 
     given = {name: value for name, value in settings.items() if value is not None}
@@ -137,17 +137,7 @@ def train(
     given_training = {s.name: given[s.name] for s in settings_of(TrainConfig) if s.name in given}
     try:
         if resume:
-            run = RunDirectory(resume).read_run()
-            if not run.get("corpus_path"):
-                _fail(f"{resume}/run.json does not say which file it trained on; pass FILE and --out instead")
-            # A resumed run keeps its settings; flags given now override (e.g. a longer --max-steps).
-            spec = JobSpec(
-                corpus_path=run["corpus_path"],
-                run_dir=str(resume),
-                model={k: v for k, v in run["model"].items() if k != "vocab_size"},
-                training={**run["training"], **given_training},
-                init_from=run.get("init_from"),
-            )
+            spec = _resumed_spec(resume, given_training)
         else:
             if file is None or out is None:
                 _fail("give a FILE and --out DIR, or --resume DIR")
@@ -158,6 +148,12 @@ def train(
                 training=given_training,
                 init_from=str(init_from) if init_from else None,
             )
+    except ValidationError as exc:  # the options as given, here only: a record the trainer builds is not
+        _fail(describe_invalid(exc, option_name))
+    except EngineError as exc:
+        _fail(str(exc))
+    # Only the user's own problems end in one line; anything else is a bug, and its traceback is shown.
+    try:
         if spec.gpus > 1:
             from worker.engine.distributed import launch
 
@@ -166,9 +162,7 @@ def train(
                 _fail(result)
         else:
             result = _train_here(spec)
-    except ValidationError as exc:
-        _fail(describe_invalid(exc, option_name))
-    except (ValueError, TypeError) as exc:  # EngineError, a refused spec; TypeError: a bad run.json
+    except EngineError as exc:
         _fail(str(exc))
     print(result.model_dump_json())
 
@@ -191,7 +185,6 @@ def _train_rank(spec):
     import torch
 
     from worker.engine.distributed import DistContext, leave_process_group, setup_process_group
-    from worker.engine.errors import EngineError
 
     torch.set_num_threads(max(1, torch.get_num_threads() // spec.gpus))  # the ranks share the cores
     spec = spec.model_copy(update={"training": setup_process_group(spec.training)})
@@ -263,12 +256,32 @@ def sampling_parameters() -> list[Parameter]:
     return params
 
 
+def _resumed_spec(resume: Path, given_training: dict):
+    """The spec of the run in `resume`: its own settings, with the flags given now over them (e.g. a longer
+    --max-steps). A run.json that does not say how to continue is the user's problem, not a crash."""
+    from worker.engine.checkpoint import RunDirectory
+    from worker.engine.records import JobSpec
+
+    run = RunDirectory(resume).read_run()
+    if not run.get("corpus_path"):
+        _fail(f"{resume}/run.json does not say which file it trained on; pass FILE and --out instead")
+    if not isinstance(run.get("model"), dict) or not isinstance(run.get("training"), dict):
+        raise CheckpointError(f"{resume}/run.json has no model or training settings; start a new run instead")
+    return JobSpec(
+        corpus_path=run["corpus_path"],
+        run_dir=str(resume),
+        model={k: v for k, v in run["model"].items() if k != "vocab_size"},
+        training={**run["training"], **given_training},
+        init_from=run.get("init_from"),
+    )
+
+
 def generate(
     checkpoint: Annotated[Path, typer.Argument(help="a .safetensors checkpoint or a run directory")],
     **sampling,  # one option per sampling parameter: sampling_parameters()
 ) -> None:
     """Sample from a checkpoint; prints only the generated text (after the prompt)."""
-    from worker.engine.checkpoint import CheckpointError, load_model
+    from worker.engine.checkpoint import load_model
     from worker.engine.sampler import Sampler, SampleRequest
 
     length = sampling["length"]
@@ -293,7 +306,7 @@ def generate(
         else:
             samples = sampler.generate(request)
             sys.stdout.write("\n\n".join(s.text for s in samples) + "\n")
-    except (CheckpointError, ValueError) as exc:
+    except EngineError as exc:
         _fail(str(exc))
 
 
@@ -302,14 +315,14 @@ def score(
     file: Annotated[Path, typer.Argument(help="UTF-8 text to score")],
 ) -> None:
     """Mean cross-entropy of FILE under the model, in nats per character, as JSON."""
-    from worker.engine.checkpoint import CheckpointError, load_model
+    from worker.engine.checkpoint import load_model
     from worker.engine.data import read_text
     from worker.engine.scoring import score_text
 
     try:
         loaded = load_model(checkpoint)
         loss, chars = score_text(loaded.model, loaded.vocab, read_text(file))
-    except (CheckpointError, ValueError) as exc:
+    except EngineError as exc:
         _fail(str(exc))
     print(json.dumps({"loss": loss, "chars": chars}))
 
@@ -324,7 +337,7 @@ def inspect(
     find: Annotated[bool, typer.Option("--find-units", help="rank the units that track text features")] = False,
 ) -> None:
     """Each character of FILE as the model saw it: probability, surprise (bits), rank, entropy, top-k."""
-    from worker.engine.checkpoint import CheckpointError, load_model
+    from worker.engine.checkpoint import load_model
     from worker.engine.data import read_text
     from worker.engine.inspection import find_units, inspect_text
 
@@ -334,7 +347,7 @@ def inspect(
         result = inspect_text(loaded.model, loaded.vocab, text, top_k, layer, units or None)
         if find:
             result["found_units"] = find_units(loaded.model, loaded.vocab, text)
-    except (CheckpointError, ValueError) as exc:
+    except EngineError as exc:
         _fail(str(exc))
     if as_json:
         print(json.dumps(result))

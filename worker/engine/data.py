@@ -13,11 +13,7 @@ from pathlib import Path
 import torch
 
 from worker.engine.config import split_sizes, too_few_training_chars
-from worker.engine.errors import EngineError
-
-
-class CorpusError(EngineError):
-    """A corpus that cannot be trained on; the message says what is wrong and what to change."""
+from worker.engine.errors import CorpusError
 
 
 def decode_utf8(raw: bytes, source: str = "the file") -> str:

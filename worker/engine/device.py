@@ -4,13 +4,18 @@ from __future__ import annotations
 
 import torch
 
+from worker.engine.errors import ConfigError, DeviceError
+
 
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
+    try:
+        device = torch.device(name)
+    except RuntimeError:  # torch's own words list every backend it was built with
+        raise ConfigError(f"device: got {name!r}; use 'auto', 'cpu', 'cuda' or 'cuda:N'") from None
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device={name!r} was asked for but no CUDA GPU is visible; use 'cpu' or 'auto'")
+        raise DeviceError(f"device={name!r} was asked for but no CUDA GPU is visible; use 'cpu' or 'auto'")
     return device
 
 
@@ -23,8 +28,8 @@ def resolve_precision(name: str, device: torch.device) -> torch.dtype | None:
     )
     if name == "bf16":
         if not supported:
-            raise ValueError(f"precision='bf16' is not supported on {device}; use 'fp32' or 'auto'")
+            raise DeviceError(f"precision='bf16' is not supported on {device}; use 'fp32' or 'auto'")
         return torch.bfloat16
     if name == "auto":
         return torch.bfloat16 if supported else None
-    raise ValueError(f"precision must be auto, fp32 or bf16, got {name!r}")
+    raise ConfigError(f"precision must be auto, fp32 or bf16, got {name!r}")

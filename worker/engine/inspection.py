@@ -18,6 +18,7 @@ import math
 import torch
 
 from worker.engine.data import Vocab
+from worker.engine.errors import InputError
 from worker.engine.model import CharRNN, each_layer_states, layer_states
 
 DECIMALS = 3  # activations and correlations: enough to shade a character, small on the wire
@@ -43,7 +44,7 @@ def _ids(model: CharRNN, vocab: Vocab, text: str) -> tuple[torch.Tensor, int]:
     from worker.engine.sampler import priming_text
 
     if not text:
-        raise ValueError("text must have at least 1 character")
+        raise InputError("text must have at least 1 character")
     prime = priming_text(vocab, "")
     ids = vocab.encode(prime + text, what="the text").to(next(model.parameters()).device)
     return ids, len(prime)
@@ -103,11 +104,11 @@ def _activations(model: CharRNN, ids: torch.Tensor, start: int, layer: int, unit
         units = list(range(hidden))
     bad = [u for u in units if not 0 <= u < hidden]
     if bad:
-        raise ValueError(f"units must be between 0 and {hidden - 1} for this model (its hidden_size), got {bad[:5]}")
+        raise InputError(f"units must be between 0 and {hidden - 1} for this model (its hidden_size), got {bad[:5]}")
     states = 2 if model.config.cell == "lstm" else 1
     count = (len(ids) - start) * len(units) * states
     if count > MAX_ACTIVATION_VALUES:
-        raise ValueError(
+        raise InputError(
             f"units: {len(ids) - start} characters x {len(units)} units x {states} state(s) is {count:,} values, "
             f"over {MAX_ACTIVATION_VALUES:,}; ask for fewer units (e.g. units=[0, 1, 2]) or a shorter text"
         )

@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from worker.engine.config import ModelConfig
+from worker.engine.errors import ConfigError, InputError
 
 Hidden = torch.Tensor | tuple[torch.Tensor, torch.Tensor]  # (h,) for rnn/gru, (h, c) for lstm
 
@@ -24,7 +25,7 @@ class CharRNN(nn.Module):
     def __init__(self, config: ModelConfig):
         super().__init__()
         if config.cell not in CELLS:
-            raise ValueError(f"cell must be one of {sorted(CELLS)}, got {config.cell!r}")
+            raise ConfigError(f"cell must be one of {sorted(CELLS)}, got {config.cell!r}")
         self.config = config
         self.embedding = nn.Embedding(config.vocab_size, config.embedding_dim)
         # nn.RNNBase applies dropout between layers only (not after the last one): that is what we want.
@@ -114,7 +115,7 @@ def layer_states(model: CharRNN, x: torch.Tensor, layer: int) -> tuple[torch.Ten
     recomputed from its h: every step's gates at once, then only the cheap elementwise recurrence."""
     config = model.config
     if not 0 <= layer < config.num_layers:
-        raise ValueError(f"layer must be between 0 and {config.num_layers - 1} for this model, got {layer}")
+        raise InputError(f"layer must be between 0 and {config.num_layers - 1} for this model, got {layer}")
     return each_layer_states(model, x, layer)[layer]
 
 

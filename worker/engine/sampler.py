@@ -224,7 +224,7 @@ class Sampler:
         self.steps = 0  # steps taken by `stream`/`generate`, all requests together (approximate across threads)
 
     def validate(self, request: SampleRequest) -> None:
-        """Raise ValueError naming the prompt's characters the model never saw. The fields' own bounds
+        """Raise CorpusError naming the prompt's characters the model never saw. The fields' own bounds
         were checked when the request was built (SamplingParams)."""
         self.vocab.encode(request.prompt, what="the prompt")
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 
 from worker.engine.data import Vocab, eval_streams
+from worker.engine.errors import InputError
 from worker.engine.model import CharRNN, mean_cross_entropy
 
 # Long texts are scored as this many parallel streams of at least this many characters each:
@@ -15,7 +16,7 @@ MIN_STREAM_CHARS = 4096
 
 def score_ids(model: CharRNN, data: torch.Tensor, autocast_dtype: torch.dtype | None = None) -> tuple[float, int]:
     if len(data) < 2:
-        raise ValueError("the text must have at least 2 characters to be scored (the first one has no prediction)")
+        raise InputError("the text must have at least 2 characters to be scored (the first one has no prediction)")
     streams = max(1, min(MAX_STREAMS, len(data) // MIN_STREAM_CHARS))
     inputs, targets = eval_streams(data, streams)
     return mean_cross_entropy(model, inputs, targets, autocast_dtype=autocast_dtype)

@@ -4,11 +4,13 @@ The whole story, top to bottom:
   1. the corpus becomes character ids; the last `val_fraction` is held out (data.py);
   2. the training ids are laid out as `batch_size` parallel streams and cut into `seq_len` windows;
      the hidden state is carried from window to window (detached) and reset at each new epoch;
-  3. each step: forward under autocast (bf16 where the hardware has it), cross-entropy in fp32,
+  3. the model's size and dropout, where the run leaves them out, are chosen for its budget (sizing.py);
+     its own first steps may change the size once, and the run then starts again at step 0;
+  4. each step: forward under autocast (bf16 where the hardware has it), cross-entropy in fp32,
      backward, gradient-norm clipping, AdamW with a learning rate that is a pure function of progress;
-  4. every `eval_every` steps (or, left out, about EVALUATIONS_PER_RUN times spaced over the budget, on a
+  5. every `eval_every` steps (or, left out, about EVALUATIONS_PER_RUN times spaced over the budget, on a
      bounded sample of the validation split) and at the end, the validation loss and a sample;
-  5. every `checkpoint_every` steps, at each new best validation loss and at the end, a checkpoint that
+  6. every `checkpoint_every` steps, at each new best validation loss and at the end, a checkpoint that
      holds everything the run needs to continue bitwise identically (checkpoint.py).
 """
 
@@ -24,10 +26,9 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from worker.engine.autoconfig import Choice, choose_model, needs_speed
+from worker.engine.autoconfig import Choice
 from worker.engine.averaging import WeightAverage
 from worker.engine.checkpoint import (
-    CheckpointError,
     RunDirectory,
     TrainingState,
     load_model,
@@ -42,11 +43,11 @@ from worker.engine.config import (
     split_sizes,
     too_small_validation_split,
 )
-from worker.engine.data import CorpusError, StreamBatcher, Vocab, split_train_val
+from worker.engine.data import StreamBatcher, Vocab, split_train_val
 from worker.engine.device import resolve_device, resolve_precision
 from worker.engine.distributed import DistContext
 from worker.engine.doctor import Doctor
-from worker.engine.errors import DiskFullError, EngineError
+from worker.engine.errors import CheckpointError, ConfigError, CorpusError, DiskFullError, TrainingDiverged
 from worker.engine.model import (
     CharRNN,
     autocast,
@@ -56,12 +57,12 @@ from worker.engine.model import (
     mean_cross_entropy,
 )
 from worker.engine.optim import build_optimizer
-from worker.engine.probe import SpeedProbe, SpeedRecheck
 from worker.engine.records import CheckpointRecord, CheckpointStats, Diagnosis, RunResult, RunStarted, Snapshot
 from worker.engine.references import of_text, of_texts
 from worker.engine.sampler import Sampler, SampleRequest
 from worker.engine.sampling_params import MAX_LENGTH, MAX_SEED
 from worker.engine.scoring import score_ids
+from worker.engine.sizing import Sizer, apply_training_choice
 
 # A run always has at least one of these (TrainConfig fills in max_steps when none is given).
 STOPPING_RULES = ("max_steps", "max_epochs", "max_seconds")
@@ -72,10 +73,6 @@ STOPPING_RULES = ("max_steps", "max_epochs", "max_seconds")
 EVALUATIONS_PER_RUN = 12
 EVAL_WINDOWS = 32
 EVAL_WINDOW_CHARS = 1024
-
-
-class TrainingDiverged(EngineError):
-    """The loss became NaN/inf or exploded; the message says at which step and what to change."""
 
 
 class TrainingObserver:
@@ -141,12 +138,12 @@ class Trainer:
         check_config(self.config)
         problem = batch_not_divisible(self.config.batch_size, self.dist.world_size)
         if problem:
-            raise ValueError(problem)
+            raise ConfigError(problem)
         self.device = resolve_device(self.config.device)
         self.autocast_dtype = resolve_precision(self.config.precision, self.device)
         torch.manual_seed(self.config.seed + self.dist.rank)
         self.choice: Choice | None = None  # what autoconfig chose for the model fields left out, if any
-        self.recheck: SpeedRecheck | None = None  # set while the choice may still change (_recheck_size)
+        self.sizer: Sizer | None = None  # while the run's own first steps may still change the model's size
         self.corpus_path, self.init_from = corpus_path, init_from
         probe_seconds = 0.0
         init = load_model(init_from, expected_sha256=init_from_sha256) if init_from else None
@@ -161,7 +158,7 @@ class Trainer:
         else:
             self.vocab = Vocab.from_text(text)
             train_chars = len(text) if val_text is not None else split_sizes(len(text), self.config.val_fraction)[0]
-            model_config, probe_seconds = self._choose_model(dict(model_config or {}), train_chars, memory_limit)
+            model_config, probe_seconds = self._model_fields(dict(model_config or {}), train_chars, memory_limit)
             self.model = CharRNN(ModelConfig(vocab_size=len(self.vocab), **model_config))
         self._adopt(self.model)
 
@@ -224,73 +221,48 @@ class Trainer:
                 }
             )
 
-    def _choose_model(self, given: dict, train_chars: int, memory_limit: int | None) -> tuple[dict, float]:
-        """The given model fields and, for those left out, autoconfig's choice (and the seconds its speed
+    def _model_fields(self, given: dict, train_chars: int, memory_limit: int | None) -> tuple[dict, float]:
+        """The given model fields and, for those left out, the sizer's choice (and the seconds its speed
         probe took). A run that has started before keeps the model it started with."""
         if self.run.run_file.is_file():
             run = self.run.read_run()
-            self._apply_training_choice(run.get("chosen_training", {}))
+            apply_training_choice(self.config, run.get("chosen_training", {}))
             recorded = {k: v for k, v in run["model"].items() if k != "vocab_size"}
             return {**recorded, **given}, 0.0
-        probe = None
-        if needs_speed(given, self.config):
-            probe = SpeedProbe(len(self.vocab), {k: v for k, v in given.items() if k != "hidden_size"},
-                               self.config.batch_size // self.dist.world_size, self.config.seq_len,
-                               self.device, self.autocast_dtype, self.config.optimizer)
-        speed = (lambda hidden: probe(hidden) * self.dist.world_size) if probe else None
-        choice = choose_model(given, vocab_size=len(self.vocab), train_chars=train_chars,
-                              training=self.config, speed=speed, memory_limit=memory_limit)
-        # Every rank builds the same model: rank 0's probe decides.
-        choice = self.dist.from_main(choice)
-        self.choice = choice if choice.model or choice.training else None
-        if probe and "hidden_size" in choice.model and not self.dist.enabled:
-            # What choosing again needs, for the run's own speed (_recheck_size). Not under DDP, whose
-            # ranks would have to rebuild their models and wrappers together.
-            self.recheck = SpeedRecheck(self.config.batch_size * self.config.seq_len)
-            self._choice_inputs = (given, memory_limit, probe, self.config.max_epochs)
-        self._apply_training_choice(choice.training)
-        return {**given, **choice.model}, probe.seconds if probe else 0.0
+        sizer = Sizer(given, self.config, vocab_size=len(self.vocab), train_chars=train_chars,
+                      memory_limit=memory_limit, device=self.device, autocast_dtype=self.autocast_dtype,
+                      dist=self.dist)
+        choice = sizer.choose()
+        self._take_choice(choice, sizer)
+        self.sizer = sizer if sizer.rechecks else None
+        return {**given, **choice.model}, sizer.spent()
 
-    def _recheck_size(self, step_seconds: float) -> bool:
-        """Time this step; once enough are timed, choose the size again at the run's own speed. A different
-        size restarts the run at step 0 with it (its seconds so far still count), as if chosen at first.
-        True when it did."""
-        measured = self.recheck.add(self.state.step, step_seconds)
-        if measured is None:
+    def _take_choice(self, choice: Choice, sizer: Sizer) -> None:
+        """Autoconfig's choice: its reasons go in run.json and the start event, and its training fields
+        (an epoch limit) apply where the run set none."""
+        self.choice = choice if choice.model or choice.training else None
+        apply_training_choice(self.config, choice.training, given=sizer.training)
+
+    def _resized(self, step_seconds: float) -> bool:
+        """Let the sizer time this step. Where, at the run's own speed, it chooses another size, start the
+        run again at step 0 with that size, as if it had been chosen at first (its seconds so far still
+        count). True when it did."""
+        sizer = self.sizer
+        choice = sizer.recheck(self.state.step, step_seconds, self.state.elapsed)
+        self.state.elapsed += sizer.spent()  # sizes probed for the recheck count against the budget too
+        if not sizer.rechecks:
+            self.sizer = None
+        if choice is None:
             return False
-        self.recheck = None
-        given, memory_limit, probe, given_max_epochs = self._choice_inputs
-        hidden = self.model.config.hidden_size
-        probed = probe(hidden)
-        probing_before = probe.seconds
-        # Every size is as much faster or slower than its probe as this one is.
-        speed = lambda size: probe(size) * measured / probed  # noqa: E731
-        left = replace(self.config, max_epochs=given_max_epochs,
-                       max_seconds=max(self.config.max_seconds - self.state.elapsed, 1.0))
-        choice = choose_model(given, vocab_size=len(self.vocab), train_chars=len(self.train_data), training=left,
-                              speed=speed, memory_limit=memory_limit)
-        self.state.elapsed += probe.seconds - probing_before  # sizes not probed at first
-        if choice.model["hidden_size"] == hidden:
-            return False
-        why = (f"hidden_size {choice.model['hidden_size']} after {self.state.step} steps instead of {hidden}: this "
-               f"run trains at {measured:,.0f} characters/s where the probe read {probed:,.0f}")
-        self.choice = replace(choice, reasons=(why, *choice.reasons))
-        self.config.max_epochs = given_max_epochs
-        self._apply_training_choice(choice.training)
+        self._take_choice(choice, sizer)
         # As a run that chose this size at first: the same seed, so the same first weights.
         torch.manual_seed(self.config.seed + self.dist.rank)
-        self._adopt(CharRNN(ModelConfig(vocab_size=len(self.vocab), **{**given, **choice.model})))
+        self._adopt(CharRNN(ModelConfig(vocab_size=len(self.vocab), **{**sizer.given, **choice.model})))
         self._start_afresh()
         self.state = TrainingState(corpus_sha256=self.state.corpus_sha256, elapsed=self.state.elapsed)
         self._write_run_record()
         self.observer.on_start(self._started_record())
         return True
-
-    def _apply_training_choice(self, chosen: dict) -> None:
-        """Training fields autoconfig chose (an epoch limit), where the run did not set them itself."""
-        for key, value in chosen.items():
-            if getattr(self.config, key) is None:
-                setattr(self.config, key, value)
 
     # -- state -----------------------------------------------------------------------------------
 
@@ -418,7 +390,6 @@ class Trainer:
 
     def _evaluate_and_report(self) -> bool:
         """Evaluate; return True if this is a new best validation loss."""
-        self.recheck = None  # the size is settled once the run has reported a score
         val = self.evaluate()
         self.state.last_val_loss = val
         improved = val is not None and (self.state.best_val_loss is None or val < self.state.best_val_loss)
@@ -430,7 +401,6 @@ class Trainer:
         return improved
 
     def _checkpoint(self, is_best: bool) -> Path:
-        self.recheck = None  # a checkpoint's model is the run's model from then on
         state = self._captured_state()  # a collective under DDP: every rank takes part
         self.checkpointed_step = self.state.step
         if not self.dist.is_main:
@@ -519,6 +489,9 @@ class Trainer:
         )
 
     def train(self) -> RunResult:
+        """The run, step by step until a stopping rule or a stop request: train on the next batch, re-size
+        the model if its first steps call for it, report, evaluate and checkpoint when due; then the
+        last evaluation and checkpoint."""
         c = self.config
         self.observer.on_start(self._started_record())
         stopped_by = self._agreed_stop_reason()
@@ -540,7 +513,8 @@ class Trainer:
             dt = time.perf_counter() - t0
             self.state.train_seconds += dt
             self.state.elapsed += dt
-            if self.recheck is not None and self._recheck_size(dt):
+            # The run's own first steps may call for another size: it then starts again at step 0.
+            if self.sizer and self._resized(dt):
                 stopped_by = self._agreed_stop_reason()
                 continue
 
@@ -553,8 +527,11 @@ class Trainer:
             last_step = stopped_by in STOPPING_RULES
             at_eval = self._eval_due(progress_before) and not last_step
             improved = self._evaluate_and_report() if at_eval else False
-            if (self.state.step % c.checkpoint_every == 0 or improved) and not last_step:
+            at_checkpoint = (self.state.step % c.checkpoint_every == 0 or improved) and not last_step
+            if at_checkpoint:
                 self._checkpoint(is_best=improved)
+            if at_eval or at_checkpoint:
+                self.sizer = None  # the run has reported a score or saved its model: its size is settled
             self.state.elapsed += time.perf_counter() - t1
             stopped_by = stopped_by or self._agreed_stop_reason()
 

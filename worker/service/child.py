@@ -16,10 +16,22 @@ import sys
 import traceback
 from pathlib import Path
 
+from worker.engine.errors import DeviceError, EngineError
 from worker.engine.records import CheckpointRecord, Diagnosis, JobSpec, RunResult, RunStarted, Snapshot
+from worker.service.bugs import internal_error_message, new_error_id
 from worker.service.exits import STDERR_FILE
 from worker.service.journal import Journal
-from worker.service.reports import CheckpointSaved, Diagnosed, Evaluated, Failed, Finished, Metrics, Started
+from worker.service.reports import (
+    CheckpointSaved,
+    Diagnosed,
+    Evaluated,
+    Failed,
+    FailureKind,
+    Finished,
+    Metrics,
+    Outcome,
+    Started,
+)
 
 PR_SET_PDEATHSIG = 1
 
@@ -93,9 +105,9 @@ def _train(spec: JobSpec, observer) -> RunResult:
     return build_trainer(spec, observer).train()
 
 
-def _train_rank(spec: JobSpec, queue, stop_event, parent_pid: int) -> RunResult | str:
+def _train_rank(spec: JobSpec, queue, stop_event, parent_pid: int) -> Outcome:
     """One rank of a data-parallel job; rank 0 reports through the queue, the others only train.
-    Returns the result, or the error message of a run the trainer refused."""
+    Returns how the run ended, or the user's error it was refused with; a bug fails the launch."""
     import torch
 
     from worker.engine.distributed import leave_process_group, setup_process_group
@@ -107,12 +119,21 @@ def _train_rank(spec: JobSpec, queue, stop_event, parent_pid: int) -> RunResult 
     try:
         result = _train(spec, QueueObserver(queue, stop_event, parent_pid, spec.run_dir))
         finished = True
-        return result
-    except ValueError as exc:  # an EngineError, or a setting the trainer refused
+        return Finished(result)
+    except EngineError as exc:
         finished = True  # every rank agrees on these (same data, same averaged loss)
-        return str(exc)
+        return Failed(FailureKind.USER, str(exc))
     finally:
         leave_process_group(finished)
+
+
+def crashed(exc: BaseException) -> Failed:
+    """The report of a bug: the job's error names a new error id, and the traceback goes with it to the
+    worker's log (supervisor.py), and to this process's stderr file in case the report never arrives."""
+    error_id = new_error_id()
+    trace = "".join(traceback.format_exception(exc))
+    print(f"internal error {error_id}:\n{trace}", file=sys.stderr, flush=True)
+    return Failed(FailureKind.INTERNAL, internal_error_message(error_id, "the training process"), error_id, trace)
 
 
 def capture_stderr(run_dir: str) -> None:
@@ -156,21 +177,20 @@ def train_job(spec: JobSpec, queue, stop_event, worker_pid: int) -> None:
             # Checked before any process starts: 16 gloo ranks on a 2-core worker would take the machine.
             available, unit = data_parallel_capacity(spec.training.get("device", "auto"))
             if gpus > available:
-                raise ValueError(
+                raise DeviceError(
                     f"training.gpus={gpus}, but this worker has {available} {unit}; "
                     f"lower training.gpus to {available} or less (batch_size a multiple of it)"
                 )
-            result = launch(gpus, _train_rank, spec, queue, stop_event, os.getpid())
+            outcome = launch(gpus, _train_rank, spec, queue, stop_event, os.getpid())
         else:
             if spec.threads:
                 torch.set_num_threads(spec.threads)
-            result = _train(spec, QueueObserver(queue, stop_event, worker_pid, spec.run_dir))
-        queue.put(Failed(result) if isinstance(result, str) else Finished(result))
-    except ValueError as exc:  # an EngineError, or a setting the trainer refused
-        queue.put(Failed(str(exc)))
-    except Exception as exc:  # a bug: keep the trace in the worker's log, tell the user something useful
-        traceback.print_exc()
-        queue.put(Failed(f"training crashed: {type(exc).__name__}: {exc}"))
+            outcome = Finished(_train(spec, QueueObserver(queue, stop_event, worker_pid, spec.run_dir)))
+        queue.put(outcome)
+    except EngineError as exc:  # the user's problem: its message is the job's error
+        queue.put(Failed(FailureKind.USER, str(exc)))
+    except Exception as exc:  # anything else is a bug, a ValueError included
+        queue.put(crashed(exc))
     finally:
         queue.close()
         queue.join_thread()

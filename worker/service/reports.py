@@ -8,6 +8,7 @@ this module); the supervisor (supervisor.py) relays each to the database (app.jo
 from __future__ import annotations
 
 from dataclasses import dataclass
+from enum import StrEnum
 
 from worker.engine.records import CheckpointRecord, Diagnosis, RunResult, RunStarted, Snapshot
 
@@ -47,9 +48,19 @@ class Finished:
         return self.result.stopped_by == "shutdown"
 
 
+class FailureKind(StrEnum):
+    """Why a run failed, as the supervisor acts on it (never read from the message's words)."""
+
+    USER = "user"  # an EngineError: the message says what to change, and is the job's error
+    INTERNAL = "internal"  # a bug: the job's error names error_id; the worker logs the traceback under it
+
+
 @dataclass(frozen=True)
 class Failed:
-    error: str
+    kind: FailureKind
+    error: str  # the job's error, as its owner reads it
+    error_id: str | None = None  # INTERNAL: what the worker's log files the traceback under
+    traceback: str = ""  # INTERNAL: for the worker's log only, never for the owner
 
 
 Report = Started | Metrics | Evaluated | CheckpointSaved | Diagnosed | Finished | Failed

@@ -9,12 +9,18 @@ names a checkpoint by id, which the server resolves under its own data dir, neve
 receives and sends is app/generation/wire.py's, the same definitions the API uses. Work whose caller
 hung up is cancelled: a stream when its reader goes, a plain call when the API's connection closes or
 its timeout passes.
+
+A request the model cannot serve as asked (an EngineError: a prompt with characters it never saw, a
+layer it lacks) answers 422 with the engine's message. Anything else is a bug: logged with its
+traceback under an error id, and answered 500 naming only that id (worker/service/bugs.py), which the
+API relays.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import socket
 import sys
 import threading
@@ -35,7 +41,11 @@ from app.generation import wire
 from app.generation.schemas import SampleOut
 from app.settings import Settings
 from app.workers import secret
+from worker.engine.errors import EngineError
 from worker.engine.sampler import Cancellation
+from worker.service.bugs import internal_error_message, log_bug
+
+log = logging.getLogger("charrnn.worker")
 
 OPEN_PATHS = frozenset({"/healthz"})  # what a health check may call without the secret: counts only
 
@@ -56,6 +66,35 @@ class RequireSecret:
                 await JSONResponse({"detail": detail}, status_code=401)(scope, receive, send)
                 return
         await self.app(scope, receive, send)
+
+
+class AnswerBugs:
+    """ASGI middleware: an exception no handler answered is a bug. It is logged with its traceback under
+    a new error id, and answered 500 with that id and nothing of the exception (no path, no message that
+    would read as the caller's mistake)."""
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def send_tracked(message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_tracked)
+        except Exception as exc:
+            error_id = log_bug(log, exc, f"{scope['method']} {scope['path']}")
+            if started:  # too late for a status: the connection is cut, as with any failed response
+                raise
+            detail = internal_error_message(error_id, "the worker")
+            await JSONResponse({"detail": detail, "error_id": error_id}, status_code=500)(scope, receive, send)
 
 
 class ServedModel:
@@ -156,16 +195,20 @@ def create_server_app(settings: Settings) -> FastAPI:
     """The server's routes. It changes nothing about the process: configure_generation_process, called
     where the worker process starts, sets the interpreter and torch up for it."""
     app = FastAPI(title="charrnn worker", openapi_url=None)
+    app.add_middleware(AnswerBugs)
     app.add_middleware(RequireSecret, secret_value=secret.worker_secret(settings))
+
+    @app.exception_handler(EngineError)
+    async def engine_error(_request: Request, exc: EngineError) -> JSONResponse:
+        # The request's problem, by name: a prompt with characters the model never saw, a layer it lacks.
+        return JSONResponse({"detail": str(exc)}, status_code=422)
+
     cache = ModelCache(settings.model_cache_size, settings.device, settings.data_dir)
     counts = {"running": 0}  # generations in progress (changed on the event loop only)
 
     def runner_for(body: wire.GenerateBody):
         served = cache.get(body.checkpoint_id)
-        try:
-            served.sampler.validate(body)  # the prompt's characters; the fields were checked by GenerateBody
-        except ValueError as exc:
-            raise HTTPException(422, str(exc)) from None
+        served.sampler.validate(body)  # the prompt's characters; the fields were checked by GenerateBody
         return served.runner_for(body)
 
     async def until_disconnected(request: Request, work: Awaitable, cancel: Cancellation):
@@ -229,10 +272,7 @@ def create_server_app(settings: Settings) -> FastAPI:
         from worker.engine.scoring import score_text
 
         loaded = cache.get(body.checkpoint_id).loaded
-        try:
-            loss, chars = score_text(loaded.model, loaded.vocab, body.text)
-        except ValueError as exc:
-            raise HTTPException(422, str(exc)) from None
+        loss, chars = score_text(loaded.model, loaded.vocab, body.text)
         return Response(wire.ScoreResult(loss=loss, chars=chars).model_dump_json(), media_type="application/json")
 
     @app.post(wire.LOGPROBS)
@@ -240,10 +280,7 @@ def create_server_app(settings: Settings) -> FastAPI:
         from worker.engine.scoring import character_logprobs
 
         loaded = cache.get(body.checkpoint_id).loaded
-        try:
-            chosen, top = character_logprobs(loaded.model, loaded.vocab, body.context, body.text, body.top)
-        except ValueError as exc:
-            raise HTTPException(422, str(exc)) from None
+        chosen, top = character_logprobs(loaded.model, loaded.vocab, body.context, body.text, body.top)
         result = wire.LogprobsResult(token_logprobs=chosen, top_logprobs=top)
         return Response(result.model_dump_json(), media_type="application/json")
 
@@ -252,12 +289,9 @@ def create_server_app(settings: Settings) -> FastAPI:
         from worker.engine.inspection import find_units, inspect_text
 
         loaded = cache.get(body.checkpoint_id).loaded
-        try:
-            result = inspect_text(loaded.model, loaded.vocab, body.text, body.top_k, body.layer, body.units)
-            if body.find_units:
-                result["found_units"] = find_units(loaded.model, loaded.vocab, body.text)
-        except ValueError as exc:
-            raise HTTPException(422, str(exc)) from None
+        result = inspect_text(loaded.model, loaded.vocab, body.text, body.top_k, body.layer, body.units)
+        if body.find_units:
+            result["found_units"] = find_units(loaded.model, loaded.vocab, body.text)
         surprise = [c["surprise_bits"] for c in result["characters"]]
         result["mean_surprise_bits"] = round(sum(surprise) / max(len(surprise), 1), 4)
         # Plain json, relayed by the API as it is (app/inspection/service.py): a 10,000-character answer
@@ -285,8 +319,12 @@ def lines(runner, request: wire.GenerateBody, cancel: Cancellation) -> Iterator[
             yield wire.to_line(wire.Chunk(pieces=pending))
         samples = [SampleOut(text=t, finish_reason=r) for t, r in zip(texts, stream.finish_reasons, strict=True)]
         yield wire.to_line(wire.Done(samples=samples))
-    except Exception as exc:  # mid-stream: the status line is gone, say it in the stream
+    # Mid-stream the status line is gone: say it in the stream.
+    except EngineError as exc:
         yield wire.to_line(wire.Failed(error=f"generation failed: {exc}"))
+    except Exception as exc:  # a bug: logged under an id, which is all the reader is told
+        error_id = log_bug(log, exc, "a generation stream")
+        yield wire.to_line(wire.Failed(error=internal_error_message(error_id, "the worker")))
 
 
 class GenerationServer:
