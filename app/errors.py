@@ -15,6 +15,7 @@ import json
 import logging
 import math
 import re
+import secrets
 import typing
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -317,10 +318,15 @@ def classify(request: Request, exc: Exception) -> Problem:
             {"Retry-After": DB_RETRY_AFTER_SECONDS},
             code="service_unavailable",
         )
-    log.exception("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
+    # A bug: the user gets an id, never the exception's words (they would read as their mistake); the
+    # operator finds the traceback in the API's log under the same id (the worker's bugs: worker/service/bugs.py).
+    error_id = "err_" + secrets.token_hex(6)
+    log.error("internal error %s on %s %s", error_id, request.method, request.url.path, exc_info=exc,
+              extra={"fields": {"error_id": error_id}})
     # Starlette answers this one outside every middleware, so the security headers come along here.
     headers = {name.decode(): value.decode() for name, value in SECURITY_HEADERS}
-    return Problem(500, "internal error; it has been logged", headers, code="internal_error")
+    return Problem(500, f"internal error {error_id}: a bug in charrnn, not a problem with what you sent; the API's "
+                   "log has its traceback under this id", headers, code="internal_error")
 
 
 DATABASE_UNAVAILABLE = (OperationalError, InterfaceError, PoolTimeoutError)

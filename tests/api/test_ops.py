@@ -8,6 +8,7 @@ import socket
 from app.db import session_scope
 from app.ids import new_id
 from app.workers import repository as workers
+from tests.harness import KEY
 
 
 def test_health_metrics_docs(client):
@@ -38,3 +39,23 @@ def test_ready_only_with_a_live_worker(client):
         with session_scope() as session:
             workers.stopped(session, worker_id=worker_id)
     assert client.get("/readyz").status_code == 503
+
+
+def test_a_bug_in_a_route_answers_500_with_an_id_that_the_log_files_its_traceback_under(api, monkeypatch, caplog):
+    """A ValueError from a bug is not the user's mistake: they get an error id, never its words."""
+    from fastapi.testclient import TestClient
+
+    from app.corpora import repository
+
+    def planted(*args, **kwargs):
+        raise ValueError("planted bug at /srv/secret/path")
+
+    monkeypatch.setattr(repository, "list_page", planted)
+    with TestClient(api.app, headers={"Authorization": f"Bearer {KEY}"}, raise_server_exceptions=False) as c:
+        r = c.get("/corpora")
+    assert r.status_code == 500, r.text
+    detail = r.json()["detail"]
+    assert detail.startswith("internal error err_") and "planted" not in r.text and "/srv" not in r.text, detail
+    error_id = detail.split()[2].rstrip(":")
+    logged = [rec for rec in caplog.records if error_id in rec.getMessage()]
+    assert logged and logged[0].exc_info and "planted bug" in str(logged[0].exc_info[1])
