@@ -20,6 +20,7 @@ from app.jobs.schemas import JobCreate, JobOut, ModelSpec, TrainingSpec
 from app.models import ACTIVE_STATUSES, Job
 from app.owner_lock import lock_owner
 from app.settings import Settings
+from app.storage import CorruptObject, ObjectMissing, local_file
 from worker.engine.autoconfig import HIDDEN_SIZES
 from worker.engine.config import (
     TrainConfig,
@@ -151,11 +152,12 @@ def check_init_from_intact(checkpoint, settings: Settings) -> None:
     """A damaged `init_from` file is refused now (409 naming it), not by the worker after the job was queued:
     its size and sha256 must be those recorded when it was written."""
     try:
-        _, problem = integrity.mismatch(
-            settings.data_dir / checkpoint.path, sha256=checkpoint.sha256, size_bytes=checkpoint.size_bytes
-        )
-    except OSError:
+        path = local_file(settings, checkpoint.path, sha256=checkpoint.sha256, size=checkpoint.size_bytes)
+        _, problem = integrity.mismatch(path, sha256=checkpoint.sha256, size_bytes=checkpoint.size_bytes)
+    except (OSError, ObjectMissing):
         raise ApiError(410, f"the file of checkpoint {checkpoint.id} is unreadable or gone") from None
+    except CorruptObject:
+        problem = "the stored object's size or sha256 differs from the one recorded when it was written"
     if problem:
         raise ApiError(409, integrity.corrupt_message(checkpoint.id, problem))
 
@@ -176,8 +178,9 @@ def create(
                 raise not_found("checkpoint", body.init_from)
             check_init_from_intact(checkpoint, settings)
             try:
-                config = json.loads(read_metadata(settings.data_dir / checkpoint.path)["config"])
-            except (OSError, KeyError, ValueError):
+                path = local_file(settings, checkpoint.path, sha256=checkpoint.sha256, size=checkpoint.size_bytes)
+                config = json.loads(read_metadata(path)["config"])
+            except (OSError, KeyError, ValueError, ObjectMissing, CorruptObject):
                 raise ApiError(410, f"the file of checkpoint {body.init_from} is unreadable or gone") from None
             given = {k: v for k, v in body.model.model_dump().items() if v is not None}
             clash = {k: v for k, v in given.items() if config.get(k) != v}

@@ -34,6 +34,7 @@ from app.openai.errors import OpenAIError
 from app.openai.schemas import Hyperparameters, JobCreate
 from app.pagination import PageParams
 from app.settings import Settings
+from app.storage import CorruptObject, ObjectMissing, local_file
 from worker.engine.header import read_metadata
 
 EVENT_PREFIX = "ftevent-"
@@ -73,14 +74,18 @@ def check_vocabulary(session: Session, *, owner: str, settings: Settings, traini
     the training file's characters, or when continuing, those of the model it continues."""
     if validation_file is None and init_from is None:
         return
-    corpus_path = {c: settings.data_dir / corpora.get(session, owner=owner, corpus_id=c).path
-                   for c in filter(None, (training_file, validation_file))}
+    rows = {c: corpora.get(session, owner=owner, corpus_id=c) for c in filter(None, (training_file, validation_file))}
+    try:
+        corpus_path = {c: local_file(settings, r.path, sha256=r.sha256, size=r.size_bytes) for c, r in rows.items()}
+    except (ObjectMissing, CorruptObject):
+        raise OpenAIError(404, "a file's content is unreadable or gone from the store", "training_file") from None
     checks = [("validation_file", validation_file)] if validation_file else []
     if init_from:
         checkpoint = checkpoints_repository.get(session, owner=owner, checkpoint_id=init_from)
         try:
-            known = set(json.loads(read_metadata(settings.data_dir / checkpoint.path)["vocab"]))
-        except (OSError, KeyError, ValueError):
+            path = local_file(settings, checkpoint.path, sha256=checkpoint.sha256, size=checkpoint.size_bytes)
+            known = set(json.loads(read_metadata(path)["vocab"]))
+        except (OSError, KeyError, ValueError, ObjectMissing, CorruptObject):
             raise OpenAIError(404, "the checkpoint to continue from is unreadable or gone", "model") from None
         checks.insert(0, ("training_file", training_file))
     else:

@@ -44,3 +44,13 @@ def cache_of(settings: Settings) -> ObjectCache:
 def run_prefix(job_id: str) -> str:
     """Every object of one training run lives under this prefix: deleting a job deletes the prefix."""
     return f"runs/{job_id}/"
+
+
+def local_file(settings: Settings, key: str, *, sha256: str | None, size: int | None = None):
+    """A file on this machine with the object's bytes, for readers that need a path (the trainer, a model
+    loader, a download): the data directory's own file, or a copy in the cache checked against `sha256`.
+    An object recorded without a sha256 (rows of old versions) exists only in the data directory."""
+    store = get_store(settings)
+    if store.local_root is not None or sha256 is None:
+        return store.local_root / key if store.local_root is not None else settings.data_dir / key
+    return cache_of(settings).path(store, key, sha256=sha256, size=size)
