@@ -192,13 +192,13 @@ class Service:
         self.workers: list[subprocess.Popen] = []
         self.logs: list[Path] = []
 
-    def _spawn(self, args: list[str], name: str) -> subprocess.Popen:
+    def _spawn(self, args: list[str], name: str, env: dict[str, str] | None = None) -> subprocess.Popen:
         log = self.root / f"{name}-{len(self.logs)}.log"
         self.logs.append(log)
         return subprocess.Popen(
             [sys.executable, "-m", "worker.cli", *args],
             cwd=ROOT,
-            env=self.env,
+            env={**self.env, **(env or {})},
             stdout=open(log, "ab"),  # noqa: SIM115  (the child keeps it)
             stderr=subprocess.STDOUT,
         )
@@ -227,9 +227,10 @@ class Service:
             time.sleep(0.1)
         raise AssertionError("API did not start:\n" + self.log_text())
 
-    def start_worker(self, wait: bool = True) -> subprocess.Popen:
+    def start_worker(self, wait: bool = True, data_dir: Path | None = None) -> subprocess.Popen:
+        """A worker; `data_dir`: its own, sharing nothing on disk with the API (a store and PostgreSQL)."""
         before = self.live_workers() if wait else 0
-        proc = self._spawn(["worker"], "worker")
+        proc = self._spawn(["worker"], "worker", {"CHARRNN_DATA_DIR": str(data_dir)} if data_dir else None)
         self.workers.append(proc)
         deadline = time.monotonic() + 60  # importing torch takes long on a busy machine
         while wait and self.live_workers() <= before:

@@ -19,6 +19,7 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 import boto3
+from boto3.exceptions import Boto3Error
 from boto3.s3.transfer import TransferConfig
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError, PartialCredentialsError
@@ -90,6 +91,11 @@ class S3Store(Store):
             return fn(*args, **kwargs)
         except (BotoCoreError, ClientError) as exc:
             raise self._failed(exc, doing) from None
+        except Boto3Error as exc:  # a managed transfer's wrapper (S3UploadFailedError): judge what it wraps
+            cause = exc.__cause__ or exc.__context__
+            if isinstance(cause, BotoCoreError | ClientError):
+                raise self._failed(cause, doing) from None
+            raise StoreError(f"{self.describe}: {doing} failed ({type(exc).__name__}); check the store") from None
 
     def put_file(self, key: str, src: Path, *, move: bool = False) -> None:
         self._call(f"storing {key}", self.client.upload_file, str(src), self.bucket, self._key(key),

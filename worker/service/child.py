@@ -15,11 +15,15 @@ import signal
 import sys
 import traceback
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from worker.engine.records import CheckpointRecord, Diagnosis, JobSpec, RunResult, RunStarted, Snapshot
 from worker.service.exits import STDERR_FILE
 from worker.service.journal import Journal
 from worker.service.reports import CheckpointSaved, Diagnosed, Evaluated, Failed, Finished, Metrics, Started
+
+if TYPE_CHECKING:
+    from worker.service.run_store import RunMirror
 
 PR_SET_PDEATHSIG = 1
 
@@ -56,9 +60,10 @@ def process_alive(pid: int) -> bool:
 class QueueObserver:
     """Forwards the trainer's hooks to the worker; stops when asked or when the worker is gone."""
 
-    def __init__(self, queue, stop_event, worker_pid: int, run_dir: str):
+    def __init__(self, queue, stop_event, worker_pid: int, run_dir: str, mirror: RunMirror | None = None):
         self.queue, self.stop_event, self.worker_pid = queue, stop_event, worker_pid
         self.journal = Journal(run_dir)
+        self.mirror = mirror  # a remote store's copy of the run (run_store.py), pushed at each checkpoint
 
     def on_start(self, info: RunStarted) -> None:
         self.journal.resumed(info.resumed_from_step)
@@ -74,6 +79,8 @@ class QueueObserver:
 
     def on_checkpoint(self, checkpoint: CheckpointRecord) -> None:
         self.journal.checkpointed(checkpoint.step)
+        if self.mirror is not None and not push_or_fail(self.mirror, checkpoint):
+            return  # the job is gone or no longer ours: nothing written, nothing to report
         self.queue.put(CheckpointSaved(checkpoint))
 
     def on_diagnosis(self, diagnosis: Diagnosis) -> None:
@@ -87,13 +94,25 @@ class QueueObserver:
         return "shutdown" if self.stop_event.is_set() else None
 
 
+def push_or_fail(mirror: RunMirror, checkpoint: CheckpointRecord) -> bool:
+    """Push to the store; a store that fails stops the run with its message (an EngineError: the job
+    fails saying what to check, and a resume starts from the last checkpoint the store holds whole)."""
+    from app.storage import StoreError
+    from worker.engine.errors import EngineError
+
+    try:
+        return mirror.push(checkpoint)
+    except StoreError as exc:
+        raise EngineError(f"the checkpoint of step {checkpoint.step} could not be stored: {exc.message}") from None
+
+
 def _train(spec: JobSpec, observer) -> RunResult:
     from worker.engine.training_run import build_trainer
 
     return build_trainer(spec, observer).train()
 
 
-def _train_rank(spec: JobSpec, queue, stop_event, parent_pid: int) -> RunResult | str:
+def _train_rank(spec: JobSpec, queue, stop_event, parent_pid: int, mirror=None) -> RunResult | str:
     """One rank of a data-parallel job; rank 0 reports through the queue, the others only train.
     Returns the result, or the error message of a run the trainer refused."""
     import torch
@@ -105,7 +124,7 @@ def _train_rank(spec: JobSpec, queue, stop_event, parent_pid: int) -> RunResult 
     spec = spec.model_copy(update={"training": setup_process_group(spec.training)})
     finished = False
     try:
-        result = _train(spec, QueueObserver(queue, stop_event, parent_pid, spec.run_dir))
+        result = _train(spec, QueueObserver(queue, stop_event, parent_pid, spec.run_dir, mirror))
         finished = True
         return result
     except ValueError as exc:  # an EngineError, or a setting the trainer refused
@@ -139,7 +158,7 @@ def data_parallel_capacity(device: str) -> tuple[int, str]:
     return os.cpu_count() or 1, "CPU cores"
 
 
-def train_job(spec: JobSpec, queue, stop_event, worker_pid: int) -> None:
+def train_job(spec: JobSpec, queue, stop_event, worker_pid: int, mirror: RunMirror | None = None) -> None:
     # Ctrl-C, and a supervisor's SIGTERM, reach the whole process group (`kill -TERM -PGID`, systemd):
     # the worker decides when training stops (it checkpoints and requeues), not the signal.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -160,11 +179,11 @@ def train_job(spec: JobSpec, queue, stop_event, worker_pid: int) -> None:
                     f"training.gpus={gpus}, but this worker has {available} {unit}; "
                     f"lower training.gpus to {available} or less (batch_size a multiple of it)"
                 )
-            result = launch(gpus, _train_rank, spec, queue, stop_event, os.getpid())
+            result = launch(gpus, _train_rank, spec, queue, stop_event, os.getpid(), mirror)
         else:
             if spec.threads:
                 torch.set_num_threads(spec.threads)
-            result = _train(spec, QueueObserver(queue, stop_event, worker_pid, spec.run_dir))
+            result = _train(spec, QueueObserver(queue, stop_event, worker_pid, spec.run_dir, mirror))
         queue.put(Failed(result) if isinstance(result, str) else Finished(result))
     except ValueError as exc:  # an EngineError, or a setting the trainer refused
         queue.put(Failed(str(exc)))

@@ -14,6 +14,7 @@ import os
 import signal
 import socket
 import time
+from pathlib import Path
 
 from sqlalchemy import select
 
@@ -24,6 +25,7 @@ from app.jobs import lifecycle
 from app.jobs.reaper import reap_once
 from app.models import Checkpoint, Corpus, Job
 from app.settings import Settings, get_settings
+from app.storage import CorruptObject, ObjectMissing, StoreError, local_file
 from app.workers import repository as workers
 from worker.engine.records import JobSpec
 from worker.service.outage import DATABASE_ERRORS, Outage
@@ -155,39 +157,62 @@ class Worker:
     # -- one job -----------------------------------------------------------------------------------
 
     def spec_for(self, job: Job) -> JobSpec | str:
-        """What the child needs, as plain data; or a message saying why the job cannot run."""
-        data_dir = self.settings.data_dir
+        """What the child needs, as plain data; or a message saying why the job cannot run. Corpora and
+        init_from come from the store: in place in the data directory, or fetched into this machine's
+        cache (keyed and checked by sha256, app/storage/cache.py)."""
         with session_scope() as session:
-            corpus_path, references = session.execute(
-                select(Corpus.path, Corpus.reference_losses).where(Corpus.id == job.corpus_id)
-            ).one_or_none() or (None, None)
-            init_path = init_sha256 = val_path = None
+            corpus = session.execute(
+                select(Corpus.path, Corpus.sha256, Corpus.size_bytes, Corpus.reference_losses)
+                .where(Corpus.id == job.corpus_id)
+            ).one_or_none()
+            val = init = None
             if job.validation_corpus_id:
-                val_path = session.scalar(select(Corpus.path).where(Corpus.id == job.validation_corpus_id))
-            if job.init_from:
-                row = session.execute(
-                    select(Checkpoint.path, Checkpoint.sha256).where(Checkpoint.id == job.init_from)
+                val = session.execute(
+                    select(Corpus.path, Corpus.sha256, Corpus.size_bytes).where(Corpus.id == job.validation_corpus_id)
                 ).one_or_none()
-                init_path, init_sha256 = row if row else (None, None)
-        if corpus_path is None or not (data_dir / corpus_path).is_file():
+            if job.init_from:
+                init = session.execute(
+                    select(Checkpoint.path, Checkpoint.sha256, Checkpoint.size_bytes)
+                    .where(Checkpoint.id == job.init_from)
+                ).one_or_none()
+        corpus_file = self.local_copy(corpus)
+        if corpus_file is None:
             return f"corpus {job.corpus_id} is gone; upload it again and start a new job"
-        if job.validation_corpus_id and (val_path is None or not (data_dir / val_path).is_file()):
+        val_file = self.local_copy(val) if job.validation_corpus_id else None
+        if job.validation_corpus_id and val_file is None:
             return f"validation corpus {job.validation_corpus_id} is gone; upload it again and start a new job"
-        if job.init_from and (init_path is None or not (data_dir / init_path).is_file()):
+        init_file = self.local_copy(init) if job.init_from else None
+        if job.init_from and init_file is None:
             return f"checkpoint {job.init_from} (init_from) is gone"
+        # With a remote store the run directory is scratch space of this worker (run_store.py fills it).
+        runs = self.settings.runs_dir if not self.settings.storage_url else self.settings.data_dir / "scratch" / self.id
         return JobSpec(
-            corpus_path=str((data_dir / corpus_path).resolve()),
-            run_dir=str((self.settings.runs_dir / job.id).resolve()),
+            corpus_path=str(corpus_file.resolve()),
+            run_dir=str((runs / job.id).resolve()),
             model={k: v for k, v in job.model.items() if v is not None},
             training={**{k: v for k, v in job.training.items() if v is not None}, "device": self.settings.device},
-            init_from=str((data_dir / init_path).resolve()) if init_path else None,
-            val_corpus_path=str((data_dir / val_path).resolve()) if val_path else None,
-            init_from_sha256=init_sha256,
+            init_from=str(init_file.resolve()) if init_file else None,
+            val_corpus_path=str(val_file.resolve()) if val_file else None,
+            init_from_sha256=init.sha256 if init else None,
             threads=self.settings.train_thread_count,
             memory_limit=self.settings.worker_memory_limit,
-            reference_losses=references_for_split(references, val_fraction=job.training.get("val_fraction"),
-                                                  separate_validation=bool(job.validation_corpus_id)),
+            reference_losses=references_for_split(
+                corpus.reference_losses, val_fraction=job.training.get("val_fraction"),
+                separate_validation=bool(job.validation_corpus_id),
+            ),
         )
+
+    def local_copy(self, row) -> Path | None:
+        """The file of a corpus or checkpoint row on this machine, or None when it is gone (or damaged: a
+        copy that does not match its sha256 is never trained on). A store that does not answer raises
+        StoreError: the job waits for another attempt rather than failing for good."""
+        if row is None:
+            return None
+        try:
+            path = local_file(self.settings, row.path, sha256=row.sha256, size=row.size_bytes)
+        except (ObjectMissing, CorruptObject):
+            return None
+        return path if path.is_file() else None
 
     def run_job(self, job: Job) -> None:
         self.current_job = job.id
@@ -209,6 +234,11 @@ class Worker:
             ).supervise()
         except DATABASE_ERRORS as exc:  # before training started: the lease runs out and the job is requeued
             self.outage.failed(exc)
+        except StoreError as exc:  # the store did not answer: another attempt, later or on another worker
+            log.warning("job %s: %s", job.id, exc.message)
+            with session_scope() as session:
+                lifecycle.retry_or_fail(session, job_id=job.id, worker_id=self.id, attempts=job.attempts,
+                                        max_attempts=self.settings.max_attempts, why=exc.message)
         finally:
             self.current_job = None
             self.heartbeat(force=True)
