@@ -30,7 +30,7 @@ from app.workers import repository as workers
 from worker.engine.records import JobSpec
 from worker.service.outage import DATABASE_ERRORS, Outage
 from worker.service.server import GenerationServer, configure_generation_process
-from worker.service.supervisor import JobRun, start_process_server
+from worker.service.supervisor import JobRun, LeaseKeeper, start_process_server
 
 log = logging.getLogger("charrnn.worker")
 
@@ -219,7 +219,9 @@ class Worker:
         self.heartbeat(force=True)
         log.info("job %s claimed (attempt %s)", job.id, job.attempts, extra={"fields": {"job_id": job.id}})
         try:
-            spec = self.spec_for(job)
+            # Renewed while the corpus is fetched into the cache: a large one takes longer than a lease.
+            with LeaseKeeper(job.id, self.id, self.settings.job_lease_seconds):
+                spec = self.spec_for(job)
             if isinstance(spec, str):
                 with session_scope() as session:
                     lifecycle.failed(session, job_id=job.id, worker_id=self.id, error=spec)

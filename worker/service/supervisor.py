@@ -173,12 +173,14 @@ class JobRun:
         self.mirror = RunMirror(settings, job.id, worker_id, spec.run_dir) if settings.storage_url else None
 
     def supervise(self) -> None:
-        if self.mirror is not None and not self._pull():
-            return
-        try:
-            self._start_and_supervise()
-        finally:
-            self._clean_up()
+        # The lease is renewed from here on: fetching a run from the store may take longer than a lease.
+        with LeaseKeeper(self.job.id, self.worker_id, self.settings.job_lease_seconds) as self.lease:
+            if self.mirror is not None and not self._pull():
+                return
+            try:
+                self._start_and_supervise()
+            finally:
+                self._clean_up()
 
     def _pull(self) -> bool:
         """The run as the store holds it, into this machine's run directory (a resume on another machine)."""
@@ -223,8 +225,7 @@ class JobRun:
             daemon=self.spec.gpus <= 1,
         )
         self.child.start()
-        with LeaseKeeper(self.job.id, self.worker_id, self.settings.job_lease_seconds) as self.lease:
-            self._supervise()
+        self._supervise()
 
     def _supervise(self) -> None:
         last_flush = 0.0
