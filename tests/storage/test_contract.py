@@ -6,11 +6,12 @@ from __future__ import annotations
 import hashlib
 import io
 import os
+import re
 import time
 
 import pytest
 
-from app.storage import CorruptObject, ObjectCache, ObjectMissing, StoreError
+from app.storage import CorruptObject, ObjectCache, ObjectMissing, StoreError, StoreFull
 from app.storage.local import LocalStore
 from app.storage.s3 import MULTIPART_BYTES, S3Store
 
@@ -135,3 +136,28 @@ def test_s3_errors_name_the_store_and_what_to_check(moto_s3, tmp_path):
         with pytest.raises(StoreError, match="unreachable.*AWS_ENDPOINT_URL") as caught:
             unreachable.check_writable()
         assert "testing" not in str(caught.value)  # never a credential
+
+
+@pytest.mark.parametrize(
+    ("code", "status", "kind", "says"),
+    [
+        ("AccessDenied", 403, StoreError, "access denied.*AWS_ACCESS_KEY_ID"),
+        ("InvalidAccessKeyId", 403, StoreError, "access denied"),
+        ("XMinioStorageFull", 507, StoreFull, "full or over its quota"),
+        ("QuotaExceeded", 400, StoreFull, "full or over its quota"),
+        ("NoSuchBucket", 404, StoreError, "does not exist"),
+    ],
+)
+def test_s3_error_codes_map_to_503_or_507(moto_s3, code, status, kind, says):
+    """What a store answers that moto cannot be made to (denied credentials, MinIO's full disk, a quota),
+    as botocore reports it: the store's name and what to check, 503 or 507, never a credential."""
+    from botocore.exceptions import ClientError
+
+    with moto_s3.environment():
+        store = S3Store("s3://some-bucket/p")
+    error = ClientError({"Error": {"Code": code, "Message": "..."},
+                         "ResponseMetadata": {"HTTPStatusCode": status}}, "PutObject")
+    judged = store._failed(error, "storing corpora/x.txt")
+    assert type(judged) is kind and judged.status == (507 if kind is StoreFull else 503)
+    assert re.search(says, judged.message) and "s3://some-bucket/p/" in judged.message
+    assert "testing" not in judged.message
