@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import signal
 import socket
 import time
@@ -58,7 +59,10 @@ class Worker:
     def run(self) -> None:
         signal.signal(signal.SIGTERM, self.handle_signal)
         signal.signal(signal.SIGINT, self.handle_signal)
-        self.settings.runs_dir.mkdir(parents=True, exist_ok=True)
+        if self.settings.storage_url:
+            sweep_scratch(self.settings.data_dir / "scratch")
+        else:
+            self.settings.runs_dir.mkdir(parents=True, exist_ok=True)
         start_process_server()
         self.server = GenerationServer(self.settings)
         self.server.start()
@@ -244,6 +248,25 @@ class Worker:
         finally:
             self.current_job = None
             self.heartbeat(force=True)
+
+
+SCRATCH_STALE_SECONDS = 3600.0
+
+
+def sweep_scratch(scratch: Path) -> None:
+    """With a remote store, each worker trains in <data dir>/scratch/<worker id>/ and removes a job's folder
+    when the job ends; a worker killed -9 leaves its folder behind. Removed at start once nothing in it has
+    changed for an hour (another worker on this data dir writes its own folder far more often)."""
+    if not scratch.is_dir():
+        return
+    now = time.time()
+    for folder in scratch.iterdir():
+        try:
+            newest = max((p.stat().st_mtime for p in folder.rglob("*")), default=folder.stat().st_mtime)
+        except OSError:
+            continue
+        if now - newest > SCRATCH_STALE_SECONDS:
+            shutil.rmtree(folder, ignore_errors=True)
 
 
 def main() -> None:
