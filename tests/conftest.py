@@ -12,7 +12,7 @@ SERVICE_TESTS = ROOT / "tests" / "service"
 
 # The longest files, started first: `make test` hands whole files to its two workers in collection
 # order, and one of these started last would run alone at the end.
-LONGEST_FILES = ("test_stops.py", "test_scaleout.py", "test_database.py", "test_recovery.py")
+LONGEST_FILES = ("test_stops.py", "test_object_store.py", "test_scaleout.py", "test_database.py", "test_recovery.py")
 
 
 def pytest_collection_modifyitems(items):

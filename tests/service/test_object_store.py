@@ -132,7 +132,7 @@ def test_serve_refuses_a_store_it_cannot_write(tmp_path, moto_s3):
     assert "does not exist" in result.stderr and "testing" not in result.stderr  # never a credential
 
 
-TRAINING = {"max_steps": 600, "checkpoint_every": 100, "eval_every": 100, "log_every": 50, "seed": 11}
+TRAINING = {"max_steps": 400, "checkpoint_every": 100, "eval_every": 100, "log_every": 50, "seed": 11}
 
 
 def test_two_workers_no_shared_disk_kill_9_resumes_bitwise(tmp_path, moto_s3):
