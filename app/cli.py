@@ -33,6 +33,20 @@ def upgrade_database() -> None:
     command.upgrade(config, "head")
 
 
+def require_writable_store(command: str) -> None:
+    """Refuse to start, saying why, where the store (CHARRNN_STORAGE_URL, or the data directory) cannot be
+    written: otherwise every upload would answer 503 and every job fail at its first checkpoint."""
+    from app.settings import get_settings
+    from app.storage import StoreError, get_store
+
+    store = get_store(get_settings())
+    try:
+        store.check_writable()
+    except StoreError as exc:
+        typer.echo(f"charrnn {command}: cannot write to {store.describe}: {exc.message}", err=True)
+        raise typer.Exit(2) from None
+
+
 def ensure_key() -> None:
     from app.db import session_scope
     from app.keys.service import ensure_bootstrap_key
@@ -123,6 +137,7 @@ def keys_revoke(key_id: Annotated[str, typer.Argument(help="the key's id (key_â€
 
 def api(host: Host = "127.0.0.1", port: Port = 8000):
     """Run the HTTP API alone (start workers separately with `charrnn worker`)."""
+    require_writable_store("api")
     upgrade_database()
     ensure_key()
     run_api(host, port)

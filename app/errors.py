@@ -33,6 +33,7 @@ from starlette.routing import Match
 from app.ops.disk import FULL_DETAIL, RETRY_AFTER_SECONDS, is_disk_full
 from app.ops.middleware import SECURITY_HEADERS
 from app.settings import get_settings
+from app.storage.base import StoreError
 
 log = logging.getLogger("charrnn.api")
 
@@ -62,8 +63,9 @@ DESCRIPTIONS = {
     415: "unsupported Content-Type",
     429: "over a per-owner limit (active jobs, stored corpus bytes, concurrent generations); see `Retry-After`",
     502: "the worker failed to run the model",
-    507: "the server's disk is full; nothing of the upload was kept",
-    503: "no live worker, or the database is busy; retry after `Retry-After` seconds",
+    507: "the server's disk (or object store) is full; nothing of the upload was kept",
+    503: "no live worker, or the database or object store is busy or unreachable; retry after `Retry-After` "
+    "seconds",
 }
 
 # An error echoes at most this much of what it was sent: a 10 MB prompt must not come back whole.
@@ -303,6 +305,12 @@ def classify(request: Request, exc: Exception) -> Problem:
             f"the request holds characters that are not valid Unicode text "
             f"({bad.encode('utf-8', 'backslashreplace').decode()}: a lone surrogate); send real characters",
         )
+    if isinstance(exc, StoreError):
+        # The store (the data directory, or an S3 bucket) refused or did not answer: the message names it
+        # and what to check; whatever the request was writing was not kept (its row never committed).
+        log.warning("store error on %s %s: %s", request.method, request.url.path, exc.message)
+        code = "insufficient_storage" if exc.status == 507 else "service_unavailable"
+        return Problem(exc.status, exc.message, {"Retry-After": "30"}, code=code)
     if isinstance(exc, DATABASE_UNAVAILABLE) and is_disk_full(exc):
         # Not busy but full: no retry helps until someone deletes something (app/ops/disk.py).
         log.warning("the disk is full: %s %s answered 507", request.method, request.url.path)
@@ -331,7 +339,7 @@ def classify(request: Request, exc: Exception) -> Problem:
 
 DATABASE_UNAVAILABLE = (OperationalError, InterfaceError, PoolTimeoutError)
 HANDLED = (ApiError, StarletteHTTPException, RequestValidationError, ClientDisconnect, UnicodeEncodeError,
-           *DATABASE_UNAVAILABLE, Exception)
+           StoreError, *DATABASE_UNAVAILABLE, Exception)
 
 
 def render_native(_request: Request, problem: Problem) -> JSONResponse:

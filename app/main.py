@@ -26,6 +26,8 @@ from app.ops.disk import KeepDeletesWorking
 from app.ops.middleware import ObserveRequests
 from app.ops.routes import router as ops_router
 from app.settings import get_settings
+from app.storage import get_store
+from app.storage.sweep import sweep_orphans
 from app.strings import declare_nul_free_parameters, refuse_nul_in_url
 from app.workers import secret
 
@@ -50,6 +52,7 @@ async def lifespan(app: FastAPI):
     # What a crash or kill -9 left half-written in corpora/ (upload temp files, unfinished deletes).
     try:
         await asyncio.to_thread(corpora_service.sweep_leftovers, settings)
+        await asyncio.to_thread(sweep_orphans, get_store(settings))
     except Exception:  # a start must not fail over leftovers (e.g. the database is not up yet): next start
         log.warning("could not sweep leftover files in corpora/; will try at the next start", exc_info=True)
     # The client for calls to workers' generation servers: each carries the deployment's worker secret.

@@ -16,6 +16,22 @@ class Settings(BaseSettings):
 
     data_dir: Path = Field(Path("./data"), description="SQLite file, corpora and training runs live here")
     database_url: str | None = Field(None, description="any SQLAlchemy URL; default: SQLite in data_dir")
+    # Where corpora and checkpoints live. The data directory by default; `s3://bucket/prefix` for workers on
+    # machines that share no disk (app/storage/s3.py: endpoint, region and credentials from AWS_* as the
+    # AWS tools read them). The data directory then holds only the database, temporary files and the cache.
+    storage_url: str | None = Field(
+        None, description="s3://bucket/prefix for an S3-compatible store; default: the data directory"
+    )
+    cache_bytes: int = Field(
+        2 * 1024**3, ge=0, description="local copies of remote corpora and checkpoints a machine keeps (LRU)"
+    )
+
+    @field_validator("storage_url")
+    @classmethod
+    def _storage_url_is_s3(cls, url: str | None) -> str | None:
+        if url and not url.startswith("s3://"):
+            raise ValueError("only s3://bucket/prefix is understood; leave it unset for the data directory")
+        return url or None
 
     @field_validator("data_dir")
     @classmethod

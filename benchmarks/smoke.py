@@ -42,6 +42,7 @@ QUICK: dict[str, list[str]] = {
                                  "--overhead-requests", "4", "--train-steps", "5", "--corpus", CORPUS],
     "bench_followers.py": ["--seconds", "1", "--rounds", "1", "--followers", "10", "--no-bars", "--test-defaults",
                           "--corpus", CORPUS],
+    "bench_storage_upload.py": ["--megabytes", "2", "--steps", "2"],
     "bench_read_latency.py": ["--seconds", "1", "--rounds", "1", "--clients", "2", "--length", "20",
                               "--corpus", CORPUS],
     "bench_service.py": ["--steps", "20", "--requests", "4", "--clients", "1", "--rounds", "1",

@@ -5,14 +5,14 @@ from __future__ import annotations
 
 import pytest
 
-from tests.harness import ROOT, Service, require_postgres, small_corpus, throwaway_database
+from tests.harness import ROOT, MotoS3, Service, require_postgres, small_corpus, throwaway_database
 
 SERVICE_TESTS = ROOT / "tests" / "service"
 
 
 # The longest files, started first: `make test` hands whole files to its two workers in collection
 # order, and one of these started last would run alone at the end.
-LONGEST_FILES = ("test_stops.py", "test_scaleout.py", "test_database.py", "test_recovery.py")
+LONGEST_FILES = ("test_stops.py", "test_object_store.py", "test_scaleout.py", "test_database.py", "test_recovery.py")
 
 
 def pytest_collection_modifyitems(items):
@@ -29,6 +29,25 @@ def postgres_url():
     require_postgres()
     with throwaway_database() as url:
         yield url
+
+
+@pytest.fixture(scope="session")
+def moto_s3():
+    """One moto S3 server for the whole session (each test takes its own bucket from it)."""
+    server = MotoS3()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(params=["local", "s3"])
+def storage_backend(request):
+    """A backend to run a test on: {} (the data directory) or the settings and environment of a fresh
+    bucket on the session's moto server. `svc.env.update(backend["env"])`, then pass backend["settings"]."""
+    if request.param == "local":
+        return {"name": "local", "settings": {}, "env": {}, "url": None}
+    moto = request.getfixturevalue("moto_s3")
+    url = moto.bucket()
+    return {"name": "s3", "settings": {"storage_url": url}, "env": moto.env, "url": url, "moto": moto}
 
 
 @pytest.fixture(scope="session")

@@ -192,13 +192,13 @@ class Service:
         self.workers: list[subprocess.Popen] = []
         self.logs: list[Path] = []
 
-    def _spawn(self, args: list[str], name: str) -> subprocess.Popen:
+    def _spawn(self, args: list[str], name: str, env: dict[str, str] | None = None) -> subprocess.Popen:
         log = self.root / f"{name}-{len(self.logs)}.log"
         self.logs.append(log)
         return subprocess.Popen(
             [sys.executable, "-m", "worker.cli", *args],
             cwd=ROOT,
-            env=self.env,
+            env={**self.env, **(env or {})},
             stdout=open(log, "ab"),  # noqa: SIM115  (the child keeps it)
             stderr=subprocess.STDOUT,
         )
@@ -227,9 +227,10 @@ class Service:
             time.sleep(0.1)
         raise AssertionError("API did not start:\n" + self.log_text())
 
-    def start_worker(self, wait: bool = True) -> subprocess.Popen:
+    def start_worker(self, wait: bool = True, data_dir: Path | None = None) -> subprocess.Popen:
+        """A worker; `data_dir`: its own, sharing nothing on disk with the API (a store and PostgreSQL)."""
         before = self.live_workers() if wait else 0
-        proc = self._spawn(["worker"], "worker")
+        proc = self._spawn(["worker"], "worker", {"CHARRNN_DATA_DIR": str(data_dir)} if data_dir else None)
         self.workers.append(proc)
         deadline = time.monotonic() + 60  # importing torch takes long on a busy machine
         while wait and self.live_workers() <= before:
@@ -447,3 +448,59 @@ class Serve:
             except (AssertionError, subprocess.TimeoutExpired):
                 os.killpg(self.proc.pid, signal.SIGKILL)
                 self.proc.wait()
+
+
+class MotoS3:
+    """A real S3 server for the tests: moto's ThreadedMotoServer (real HTTP, real request signing) on a
+    free port of 127.0.0.1, shared by a whole test session. Each `bucket()` is a fresh one, so tests share
+    the server but never each other's objects."""
+
+    def __init__(self):
+        from moto.server import ThreadedMotoServer
+
+        self.port = free_port()
+        self.server = ThreadedMotoServer(ip_address="127.0.0.1", port=self.port, verbose=False)
+        self.server.start()
+        self.env = {
+            "AWS_ENDPOINT_URL": f"http://127.0.0.1:{self.port}",
+            "AWS_ACCESS_KEY_ID": "testing",
+            "AWS_SECRET_ACCESS_KEY": "testing",
+            "AWS_DEFAULT_REGION": "us-east-1",
+        }
+        self.buckets = 0
+
+    @contextmanager
+    def environment(self) -> Iterator[None]:
+        """This process's AWS_* variables pointed at the server, for boto3 clients made in the test itself."""
+        saved = {name: os.environ.get(name) for name in self.env}
+        os.environ.update(self.env)
+        try:
+            yield
+        finally:
+            for name, value in saved.items():
+                if value is None:
+                    os.environ.pop(name, None)
+                else:
+                    os.environ[name] = value
+
+    def bucket(self, prefix: str = "charrnn") -> str:
+        """A new, empty bucket; returns its storage URL (`s3://bucket/prefix`)."""
+        import boto3
+
+        self.buckets += 1
+        name = f"test-{self.buckets}-{uuid.uuid4().hex[:8]}"
+        with self.environment():
+            boto3.client("s3").create_bucket(Bucket=name)
+        return f"s3://{name}/{prefix}"
+
+    def objects(self, url: str) -> list[str]:
+        """Every key in the URL's bucket (under its prefix too, and beside it)."""
+        import boto3
+
+        bucket = url.removeprefix("s3://").split("/", 1)[0]
+        with self.environment():
+            pages = boto3.client("s3").get_paginator("list_objects_v2").paginate(Bucket=bucket)
+            return [item["Key"] for page in pages for item in page.get("Contents", [])]
+
+    def stop(self) -> None:
+        self.server.stop()

@@ -13,7 +13,15 @@ import sys
 import typer
 from pydantic import ValidationError
 
-from app.cli import Host, Port, ensure_key, register_api_commands, run_api, upgrade_database
+from app.cli import (
+    Host,
+    Port,
+    ensure_key,
+    register_api_commands,
+    require_writable_store,
+    run_api,
+    upgrade_database,
+)
 from app.settings import Settings
 from worker.engine.cli import describe_invalid, register_engine_commands
 
@@ -58,6 +66,7 @@ def _find_spec(name: str):
 def worker():
     """Run one worker: trains queued jobs and serves generation for the API."""
     require_worker_extra("worker")
+    require_writable_store("worker")
     from worker.service.runner import main
 
     upgrade_database()
@@ -68,6 +77,7 @@ def worker():
 def serve(host: Host = "127.0.0.1", port: Port = 8000):
     """Everything on one machine: migrate, then the API and one worker (a supervised child process)."""
     require_worker_extra("serve")
+    require_writable_store("serve")
     from worker.service.embedded import EmbeddedWorker
 
     upgrade_database()

@@ -5,6 +5,7 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Response
 from fastapi.responses import FileResponse
 
+from app import storage
 from app.checkpoints import integrity, repository, service
 from app.checkpoints.schemas import CheckpointOut
 from app.db import session_scope
@@ -12,6 +13,7 @@ from app.deps import CurrentOwner, ReadSessionDep, SettingsDep, WriteSessionDep
 from app.errors import ApiError, not_found, responses
 from app.jobs import repository as jobs
 from app.pagination import Page, PageParams, page_params
+from app.storage import CorruptObject, ObjectMissing
 
 router = APIRouter(tags=["checkpoints"], responses=responses(401, 404))
 
@@ -65,11 +67,15 @@ def download_checkpoint(checkpoint_id: str, session: ReadSessionDep, owner: Curr
     checkpoint = repository.get(session, owner=owner, checkpoint_id=checkpoint_id)
     if checkpoint is None:
         raise not_found("checkpoint", checkpoint_id)
-    path = settings.data_dir / checkpoint.path
-    if not path.is_file():
-        raise ApiError(410, f"the file of checkpoint {checkpoint_id} is gone from the data directory")
-    # Checked before a byte is sent: a damaged file is refused, never served as if it were the model.
-    sha256, problem = integrity.mismatch(path, sha256=checkpoint.sha256, size_bytes=checkpoint.size_bytes)
+    # The data directory's own file, or (S3) a copy in this machine's cache whose sha256 was checked as it
+    # streamed in; either way checked before a byte is sent: a damaged file is refused, never served.
+    try:
+        path = storage.local_file(settings, checkpoint.path, sha256=checkpoint.sha256, size=checkpoint.size_bytes)
+        sha256, problem = integrity.mismatch(path, sha256=checkpoint.sha256, size_bytes=checkpoint.size_bytes)
+    except (ObjectMissing, FileNotFoundError):
+        raise ApiError(410, f"the file of checkpoint {checkpoint_id} is gone from the store") from None
+    except CorruptObject:
+        sha256, problem = "", "the stored object's size or sha256 differs from the one recorded when it was written"
     if problem:
         # Its own short write: the request's session is read-only, and the mark must outlive the 409.
         with session_scope() as writing:

@@ -9,7 +9,6 @@ are removed only after it commits (remove_files), so no row is ever left without
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 
 from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
@@ -19,6 +18,7 @@ from app.db import after_commit
 from app.errors import ApiError, not_found
 from app.models import ACTIVE_STATUSES, Checkpoint, Job
 from app.settings import Settings
+from app.storage import Store, StoreError, get_store
 
 log = logging.getLogger("charrnn.api")
 
@@ -53,12 +53,14 @@ def prune(session: Session, *, job_id: str, keep: int) -> list[str]:
     return [c.path for c in doomed]
 
 
-def remove_files(data_dir: Path, paths: list[str]) -> None:
-    for path in paths:
-        try:
-            (data_dir / path).unlink(missing_ok=True)
-        except OSError:  # left for the operator: the row is gone, so it no longer counts or serves
-            log.warning("could not remove checkpoint file %s", path, exc_info=True)
+def remove_files(store: Store, paths: list[str]) -> None:
+    """Remove the files (objects) of rows whose delete has committed."""
+    if not paths:
+        return
+    try:
+        store.delete(paths)
+    except StoreError as exc:  # the rows are gone, so they no longer count or serve; the orphan sweep retries
+        log.warning("could not remove %d checkpoint file(s) from %s: %s", len(paths), store.describe, exc.message)
 
 
 def delete_checkpoint(session: Session, *, owner: str, settings: Settings, checkpoint_id: str) -> None:
@@ -93,4 +95,4 @@ def delete_checkpoint(session: Session, *, owner: str, settings: Settings, check
             "cancel them or wait for them to finish, then delete it",
         )
     session.execute(delete(Checkpoint).where(Checkpoint.id == checkpoint_id))
-    after_commit(session, lambda: remove_files(settings.data_dir, [checkpoint.path]))
+    after_commit(session, lambda: remove_files(get_store(settings), [checkpoint.path]))

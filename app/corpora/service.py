@@ -5,16 +5,19 @@ its row, and a delete removes its row and (when it was the last) the file, each 
 content: SQLite's write lock (BEGIN IMMEDIATE), or on PostgreSQL an advisory lock keyed by the hash, so
 the two never interleave. Without it, owner A's delete and owner B's upload of the same bytes raced, and B
 got 201 for a corpus whose file was already gone.
+
+The files live in the deployment's store (app/storage: the data directory, or an S3 bucket). An upload is
+received into a temporary file on this machine (hashed and checked as it streams in), then put in the store
+under the lock; only once its row commits does it count. With S3 the upload happens while the lock is held:
+PostgreSQL's lock is per content, so only uploads and deletes of the same bytes wait for it.
 """
 
 from __future__ import annotations
 
 import logging
-import os
 import re
 import secrets
 import time
-from pathlib import Path
 
 from sqlalchemy import delete as sql_delete
 from sqlalchemy import func, select, text
@@ -25,7 +28,6 @@ from app.corpora import repository
 from app.corpora.references import references_of_upload
 from app.corpora.upload import (
     NAME_MAX,
-    TOMBSTONE_GLOB,
     TOMBSTONE_MIN_AGE_SECONDS,
     CorpusSink,
     Incoming,
@@ -39,6 +41,7 @@ from app.ids import new_id
 from app.models import Checkpoint, Corpus
 from app.owner_lock import lock_owner
 from app.settings import Settings
+from app.storage import ObjectMissing, Store, StoreError, get_store
 from app.strings import NUL_MESSAGE
 
 log = logging.getLogger("charrnn.api")
@@ -81,7 +84,7 @@ async def upload(session: Session, *, owner: str, settings: Settings, body: Inco
             if given and "\x00" in given:
                 raise ApiError(422, f"{field} {NUL_MESSAGE}")
         name = (name or form_name or "corpus").strip() or "corpus"
-        sha256, path = sink.finish()
+        sha256, key = sink.finish()
         reference_losses = await run_in_threadpool(references_of_upload, sink.tmp_path, sink.num_chars)
         corpus = Corpus(
             id=new_id("corpus"),
@@ -91,12 +94,14 @@ async def upload(session: Session, *, owner: str, settings: Settings, body: Inco
             size_bytes=sink.size,
             num_chars=sink.num_chars,
             vocab_size=len(sink.chars),
-            path=str(path.relative_to(settings.data_dir)),
+            path=key,
             created_at=utcnow(),
             reference_losses=reference_losses,
         )
         # Off the event loop: the insert may wait seconds for a database lock, and the API must keep answering.
-        await run_in_threadpool(_store, session, sink, corpus, path, settings.max_corpus_bytes_per_owner)
+        await run_in_threadpool(
+            _store, session, sink, corpus, get_store(settings), settings.max_corpus_bytes_per_owner
+        )
     finally:
         sink.discard()  # no-op once placed
     return corpus
@@ -147,7 +152,7 @@ def check_owner_quota(session: Session, *, owner: str, adding: int, limit: int, 
         raise over_quota(what, corpus_bytes, checkpoint_bytes, adding, limit)
 
 
-def _store(session: Session, sink: CorpusSink, corpus: Corpus, path: Path, owner_limit: int) -> None:
+def _store(session: Session, sink: CorpusSink, corpus: Corpus, store: Store, owner_limit: int) -> None:
     try:
         lock_content(session, corpus.sha256)
         check_owner_quota(
@@ -155,8 +160,9 @@ def _store(session: Session, sink: CorpusSink, corpus: Corpus, path: Path, owner
             what=f"this upload ({corpus.size_bytes:,} bytes)",
         )
         # Placed under the lock, so a delete of the same content either finished before (and the
-        # file is re-created here) or starts after this row is committed (and sees it).
-        sink.place(path)
+        # file is re-created here) or starts after this row is committed (and sees it). A store that
+        # fails (unreachable, full) raises StoreError: the request's transaction rolls back, nothing counts.
+        sink.place(store, corpus.path)
         session.add(corpus)
     finally:
         sink.discard()  # the temporary file, if it was never placed
@@ -170,6 +176,7 @@ def get(session: Session, *, owner: str, corpus_id: str) -> Corpus:
 
 
 def delete(session: Session, *, owner: str, settings: Settings, corpus_id: str) -> None:
+    store = get_store(settings)
     corpus = get(session, owner=owner, corpus_id=corpus_id)
     jobs = repository.active_jobs_using(session, owner=owner, corpus_id=corpus_id)
     if jobs:
@@ -186,18 +193,25 @@ def delete(session: Session, *, owner: str, settings: Settings, corpus_id: str) 
     if not repository.others_with_file(session, path=corpus.path, corpus_id=corpus_id):
         # The last row to use the file: move it aside under the lock, and remove it once the delete
         # has committed (or put it back if the transaction rolls back, so no row is left without its file).
-        final = settings.data_dir / corpus.path
-        tombstone = _move_aside(final)
+        tombstone = _move_aside(store, corpus.path)
         if tombstone is not None:
-            after_commit(session, lambda: tombstone.unlink(missing_ok=True))
-            after_rollback(session, lambda: os.replace(tombstone, final))
+            after_commit(session, lambda: _remove_tombstone(store, tombstone))
+            after_rollback(session, lambda: store.move(tombstone, corpus.path))
 
 
-def _move_aside(path: Path) -> Path | None:
-    tombstone = path.with_name(f".deleted-{secrets.token_hex(8)}-{path.name}")
+def _remove_tombstone(store: Store, tombstone: str) -> None:
     try:
-        os.replace(path, tombstone)
-    except FileNotFoundError:
+        store.delete([tombstone])
+    except StoreError:  # the row is gone, so it no longer counts; the start-up sweep removes it later
+        log.warning("could not remove %s; the start-up sweep will", tombstone)
+
+
+def _move_aside(store: Store, key: str) -> str | None:
+    folder, name = key.rsplit("/", 1)
+    tombstone = f"{folder}/.deleted-{secrets.token_hex(8)}-{name}"
+    try:
+        store.move(key, tombstone)
+    except ObjectMissing:
         return None
     return tombstone
 
@@ -209,29 +223,24 @@ def sweep_leftovers(settings: Settings) -> None:
     A tombstone whose content a corpus row still claims is put back (the delete never committed);
     otherwise it is removed. Each is judged under the content's lock, like a delete."""
     directory = settings.corpora_dir
-    if not directory.is_dir():
-        return
-    for path in sweep_stale_temp_files(directory):
-        log.info("removed a stale upload temp file %s", path.name)
+    if directory.is_dir():
+        for path in sweep_stale_temp_files(directory):
+            log.info("removed a stale upload temp file %s", path.name)
+    store = get_store(settings)
     now = time.time()
-    for tombstone in directory.glob(TOMBSTONE_GLOB):
-        try:
-            if now - tombstone.stat().st_mtime < TOMBSTONE_MIN_AGE_SECONDS:
-                continue
-        except FileNotFoundError:
+    for info in list(store.list("corpora/.deleted-")):
+        if now - info.modified < TOMBSTONE_MIN_AGE_SECONDS:
             continue
-        final_name = tombstone.name.split("-", 2)[-1]  # .deleted-<hex>-<sha256>.txt
+        final_name = info.key.rsplit("/", 1)[-1].split("-", 2)[-1]  # .deleted-<hex>-<sha256>.txt
         if not CONTENT_NAME.fullmatch(final_name):
             continue  # not ours to judge
-        final = directory / final_name
+        final = f"corpora/{final_name}"
         with session_scope() as session:
             lock_content(session, final_name.removesuffix(".txt"))
-            claimed = session.scalar(
-                select(func.count()).where(Corpus.path == str(final.relative_to(settings.data_dir)))
-            )
-            if claimed and not final.exists():
-                os.replace(tombstone, final)
+            claimed = session.scalar(select(func.count()).where(Corpus.path == final))
+            if claimed and store.size(final) is None:
+                store.move(info.key, final)
                 log.warning("restored %s from an unfinished delete", final_name)
             else:
-                tombstone.unlink(missing_ok=True)
-                log.info("removed %s left by an unfinished delete", tombstone.name)
+                store.delete([info.key])
+                log.info("removed %s left by an unfinished delete", info.key.rsplit("/", 1)[-1])

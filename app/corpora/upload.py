@@ -25,6 +25,7 @@ from python_multipart.multipart import parse_options_header
 from starlette.requests import ClientDisconnect
 
 from app.errors import ApiError
+from app.storage import Store
 
 # After the limit is passed the rest of the body is read and dropped (so the client sees the 413
 # instead of a broken pipe) - but only up to this much, then the connection is simply answered.
@@ -127,8 +128,8 @@ class CorpusSink:
     def too_many_chars(self) -> bool:
         return self.max_vocab is not None and len(self.chars) > self.max_vocab
 
-    def finish(self) -> tuple[str, Path]:
-        """Validate the whole upload; returns (sha256, the content-addressed path it will have).
+    def finish(self) -> tuple[str, str]:
+        """Validate the whole upload; returns (sha256, the content-addressed key it will have in the store).
 
         The file stays in its temporary place: `place()` moves it, under the lock that keeps a delete
         of the same content from removing it at the same moment (see corpora/service.py)."""
@@ -163,11 +164,13 @@ class CorpusSink:
                 "text (and scripts) you want the model to learn, or ask the operator to raise the limit.",
             )
         digest = self.sha.hexdigest()
-        return digest, self.directory / f"{digest}.txt"
+        return digest, f"corpora/{digest}.txt"
 
-    def place(self, final: Path) -> None:
-        os.replace(self.tmp_path, final)  # same content, same name: replacing is harmless
-        self._close()
+    def place(self, store: Store, key: str) -> None:
+        """Put the upload in the store: renamed into the data directory, or streamed to S3 (multipart)."""
+        self.file.flush()
+        store.put_file(key, self.tmp_path, move=True)  # same content, same name: replacing is harmless
+        self._close()  # held (locked) until now, so that no start-up sweep takes it mid-put
 
     def _close(self) -> None:
         with contextlib.suppress(OSError):  # flushing the rest failed (disk full): it is closed all the same

@@ -4,9 +4,6 @@ every checkpoint file). One function for both faces: DELETE /jobs/{id} and /v1's
 from __future__ import annotations
 
 import logging
-import os
-import secrets
-import shutil
 
 from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
@@ -17,6 +14,7 @@ from app.errors import ApiError, not_found
 from app.jobs import repository
 from app.models import ACTIVE_STATUSES, Checkpoint, Job, JobEvent, JobMetric
 from app.settings import Settings
+from app.storage import StoreError, get_store, run_prefix
 
 log = logging.getLogger("charrnn.api")
 
@@ -51,22 +49,16 @@ def delete_job(session: Session, *, owner: str, settings: Settings, job_id: str)
     session.execute(delete(Job).where(Job.id == job_id, Job.owner == owner))
 
     def remove() -> None:  # the files go only once their rows are gone for good
-        remove_files(settings.data_dir, paths)
+        remove_files(get_store(settings), paths)
         remove_run_folder(settings, job_id)
 
     after_commit(session, remove)
 
 
 def remove_run_folder(settings: Settings, job_id: str) -> None:
-    run_dir = settings.runs_dir / job_id
-    if not run_dir.is_dir():
-        return
-    # Renamed first, so that a half-removed folder never stands under the job's name.
-    doomed = run_dir.with_name(f".deleted-{secrets.token_hex(4)}-{job_id}")
+    """Every object under the job's run prefix: its checkpoints, best weights, training state, journal,
+    and whatever its worker wrote that no row names (a write racing the delete, see supervisor.py)."""
     try:
-        os.replace(run_dir, doomed)
-    except OSError:
-        doomed = run_dir
-    shutil.rmtree(doomed, ignore_errors=True)
-    if doomed.exists():
-        log.warning("could not remove all of %s", doomed)
+        get_store(settings).delete_prefix(run_prefix(job_id))
+    except StoreError as exc:  # the rows are gone; the orphan sweep (app/storage/sweep.py) retries
+        log.warning("could not remove the run of job %s: %s", job_id, exc.message)

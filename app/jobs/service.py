@@ -22,6 +22,7 @@ from app.jobs.schemas import JobCreate, JobOut, ModelSpec, TrainingSpec
 from app.models import ACTIVE_STATUSES, Corpus, Job
 from app.owner_lock import lock_owner
 from app.settings import Settings
+from app.storage import CorruptObject, ObjectMissing, local_file
 from worker.engine.autoconfig import HIDDEN_SIZES
 from worker.engine.config import (
     TrainConfig,
@@ -153,11 +154,12 @@ def check_init_from_intact(checkpoint, settings: Settings) -> None:
     """A damaged `init_from` file is refused now (409 naming it), not by the worker after the job was queued:
     its size and sha256 must be those recorded when it was written."""
     try:
-        _, problem = integrity.mismatch(
-            settings.data_dir / checkpoint.path, sha256=checkpoint.sha256, size_bytes=checkpoint.size_bytes
-        )
-    except OSError:
+        path = local_file(settings, checkpoint.path, sha256=checkpoint.sha256, size=checkpoint.size_bytes)
+        _, problem = integrity.mismatch(path, sha256=checkpoint.sha256, size_bytes=checkpoint.size_bytes)
+    except (OSError, ObjectMissing):
         raise ApiError(410, f"the file of checkpoint {checkpoint.id} is unreadable or gone") from None
+    except CorruptObject:
+        problem = "the stored object's size or sha256 differs from the one recorded when it was written"
     if problem:
         raise ApiError(409, integrity.corrupt_message(checkpoint.id, problem))
 
@@ -169,6 +171,15 @@ def characters_of(path: Path) -> set[str]:
         while chunk := f.read(1 << 20):
             chars.update(decoder.decode(chunk))
     return chars
+
+
+def _fetched(settings: Settings, corpus: Corpus) -> Path:
+    """A local copy of a stored corpus, its sha256 checked (app/storage: the data directory's own file, or
+    the cache's copy of an object)."""
+    try:
+        return local_file(settings, corpus.path, sha256=corpus.sha256, size=corpus.size_bytes)
+    except (ObjectMissing, CorruptObject):
+        raise ApiError(410, f"the content of corpus {corpus.id} is unreadable or gone from the store") from None
 
 
 def check_vocabulary(session: Session, *, owner: str, settings: Settings, corpus: Corpus, init_from: str | None,
@@ -183,10 +194,10 @@ def check_vocabulary(session: Session, *, owner: str, settings: Settings, corpus
         if validation is None:
             raise not_found("corpus", validation_corpus_id)
         checks.append(("validation_corpus_id", validation))
-    known = init_vocab if init_vocab is not None else characters_of(settings.data_dir / corpus.path)
+    known = init_vocab if init_vocab is not None else characters_of(_fetched(settings, corpus))
     source = f"the init_from checkpoint {init_from}" if init_vocab is not None else f"the corpus {corpus.id}"
     for field, checked in checks:
-        unseen = sorted(characters_of(settings.data_dir / checked.path) - known)
+        unseen = sorted(characters_of(_fetched(settings, checked)) - known)
         if unseen:
             shown = ", ".join(repr(c) for c in unseen[:20]) + (" ..." if len(unseen) > 20 else "")
             raise ApiError(
@@ -213,9 +224,10 @@ def create(
             raise not_found("checkpoint", body.init_from)
         check_init_from_intact(checkpoint, settings)
         try:
-            metadata = read_metadata(settings.data_dir / checkpoint.path)
+            path = local_file(settings, checkpoint.path, sha256=checkpoint.sha256, size=checkpoint.size_bytes)
+            metadata = read_metadata(path)
             config, init_vocab = json.loads(metadata["config"]), set(json.loads(metadata["vocab"]))
-        except (OSError, KeyError, ValueError, TypeError):
+        except (OSError, KeyError, ValueError, TypeError, ObjectMissing, CorruptObject):
             raise ApiError(410, f"the file of checkpoint {body.init_from} is unreadable or gone") from None
         given = {k: v for k, v in body.model.model_dump().items() if v is not None}
         clash = {k: v for k, v in given.items() if config.get(k) != v}

@@ -13,6 +13,7 @@ from app.openai import repository
 from app.openai.errors import OpenAIError
 from app.pagination import PageParams
 from app.settings import Settings
+from app.storage import CorruptObject, ObjectMissing, local_file
 
 
 def file_object(corpus: Corpus) -> dict:
@@ -53,9 +54,13 @@ def list_page(session: Session, *, owner: str, params: PageParams, order: str) -
 
 
 def content_path(session: Session, *, owner: str, settings: Settings, file_id: str) -> Path:
-    path = settings.data_dir / get(session, owner=owner, file_id=file_id).path
-    if not path.is_file():
-        raise OpenAIError(404, f"the content of file {file_id} is gone from the data directory", code="file_gone")
+    corpus = get(session, owner=owner, file_id=file_id)
+    try:
+        path = local_file(settings, corpus.path, sha256=corpus.sha256, size=corpus.size_bytes)
+    except (ObjectMissing, CorruptObject):
+        path = None
+    if path is None or not path.is_file():
+        raise OpenAIError(404, f"the content of file {file_id} is gone from the store", code="file_gone")
     return path
 
 

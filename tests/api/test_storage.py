@@ -10,6 +10,7 @@ from app.db import session_scope, utcnow
 from app.ids import new_id
 from app.models import Checkpoint, Job, JobEvent, JobMetric
 from app.settings import get_settings
+from app.storage import get_store
 from tests.harness import small_corpus
 
 TINY = {"model": {"hidden_size": 16, "num_layers": 1}, "training": {"max_steps": 5}}
@@ -169,7 +170,7 @@ def test_retention_keeps_the_best_and_the_last_n_and_removes_the_rest(api):
         ids = write_checkpoints(api, job_id, steps, best={10, 30})
         with session_scope() as session:
             doomed = service.prune(session, job_id=job_id, keep=3)
-        service.remove_files(api.data_dir, doomed)
+        service.remove_files(get_store(get_settings()), doomed)
         rows = c.get(f"/jobs/{job_id}/checkpoints").json()["data"]
         assert sorted(r["step"] for r in rows) == [30, 50, 60, 70]  # the best (30) and the last 3
         for step in (10, 20, 40):

@@ -205,6 +205,36 @@ def test_postgres_is_optional_behind_a_profile(compose):
     assert all(v in compose["volumes"] for v in named)
 
 
+def test_s3_is_optional_behind_a_profile(compose):
+    """`--profile s3`: a MinIO service and a one-off that makes the bucket; api and worker wait for the
+    bucket only when the profile is on, and read the store's settings the way the AWS tools do."""
+    minio, bucket = compose["services"]["minio"], compose["services"]["minio-bucket"]
+    assert minio["profiles"] == bucket["profiles"] == ["s3"]
+    assert minio["image"].startswith("minio/minio") and "mc" in " ".join(minio["healthcheck"]["test"])
+    assert bucket["depends_on"]["minio"]["condition"] == "service_healthy"
+    assert "local/charrnn" in bucket["entrypoint"]
+    assert all(v.split(":")[0] in compose["volumes"] for v in minio["volumes"])
+    for name in ("api", "worker"):
+        service = compose["services"][name]
+        dep = service["depends_on"]["minio-bucket"]
+        assert dep["required"] is False and dep["condition"] == "service_completed_successfully", name
+        env = environment(service)
+        assert env["CHARRNN_STORAGE_URL"] == "", "the data dir by default"
+        assert env["AWS_ENDPOINT_URL"] == "http://minio:9000"
+        assert {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_REGION"} <= set(env)
+
+
+def test_storage_url_override(raw_compose):
+    resolved = interpolate_tree(raw_compose, {**TEST_ENV, "CHARRNN_STORAGE_URL": "s3://charrnn/charrnn"})
+    for name in ("api", "worker"):
+        assert environment(resolved["services"][name])["CHARRNN_STORAGE_URL"] == "s3://charrnn/charrnn"
+    # The MinIO service's credentials are those the services sign with.
+    minio_env = environment(resolved["services"]["minio"])
+    api_env = environment(resolved["services"]["api"])
+    assert minio_env["MINIO_ROOT_USER"] == api_env["AWS_ACCESS_KEY_ID"]
+    assert minio_env["MINIO_ROOT_PASSWORD"] == api_env["AWS_SECRET_ACCESS_KEY"]
+
+
 def test_api_and_worker_share_the_data_volume(compose):
     volumes = compose["volumes"]
     assert "charrnn-data" in volumes
@@ -276,6 +306,8 @@ def test_docker_compose_config_validates():
     ok = _compose_config(env)
     assert ok.returncode == 0, ok.stderr
     ok = _compose_config(env, "--profile", "postgres")
+    assert ok.returncode == 0, ok.stderr
+    ok = _compose_config({**env, "CHARRNN_STORAGE_URL": "s3://charrnn/charrnn"}, "--profile", "s3")
     assert ok.returncode == 0, ok.stderr
     env.pop("CHARRNN_BOOTSTRAP_KEY")
     missing = _compose_config(env)

@@ -15,6 +15,7 @@ import signal
 import sys
 import traceback
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from worker.engine.errors import DeviceError, EngineError
 from worker.engine.records import CheckpointRecord, Diagnosis, JobSpec, RunResult, RunStarted, Snapshot
@@ -32,6 +33,9 @@ from worker.service.reports import (
     Outcome,
     Started,
 )
+
+if TYPE_CHECKING:
+    from worker.service.run_store import RunMirror
 
 PR_SET_PDEATHSIG = 1
 
@@ -68,9 +72,10 @@ def process_alive(pid: int) -> bool:
 class QueueObserver:
     """Forwards the trainer's hooks to the worker; stops when asked or when the worker is gone."""
 
-    def __init__(self, queue, stop_event, worker_pid: int, run_dir: str):
+    def __init__(self, queue, stop_event, worker_pid: int, run_dir: str, mirror: RunMirror | None = None):
         self.queue, self.stop_event, self.worker_pid = queue, stop_event, worker_pid
         self.journal = Journal(run_dir)
+        self.mirror = mirror  # a remote store's copy of the run (run_store.py), pushed at each checkpoint
 
     def on_start(self, info: RunStarted) -> None:
         self.journal.resumed(info.resumed_from_step)
@@ -86,6 +91,8 @@ class QueueObserver:
 
     def on_checkpoint(self, checkpoint: CheckpointRecord) -> None:
         self.journal.checkpointed(checkpoint.step)
+        if self.mirror is not None and not push_or_fail(self.mirror, checkpoint):
+            return  # the job is gone or no longer ours: nothing written, nothing to report
         self.queue.put(CheckpointSaved(checkpoint))
 
     def on_diagnosis(self, diagnosis: Diagnosis) -> None:
@@ -99,13 +106,25 @@ class QueueObserver:
         return "shutdown" if self.stop_event.is_set() else None
 
 
+def push_or_fail(mirror: RunMirror, checkpoint: CheckpointRecord) -> bool:
+    """Push to the store; a store that fails stops the run with its message (an EngineError: the job
+    fails saying what to check, and a resume starts from the last checkpoint the store holds whole)."""
+    from app.storage import StoreError
+    from worker.engine.errors import EngineError
+
+    try:
+        return mirror.push(checkpoint)
+    except StoreError as exc:
+        raise EngineError(f"the checkpoint of step {checkpoint.step} could not be stored: {exc.message}") from None
+
+
 def _train(spec: JobSpec, observer) -> RunResult:
     from worker.engine.training_run import build_trainer
 
     return build_trainer(spec, observer).train()
 
 
-def _train_rank(spec: JobSpec, queue, stop_event, parent_pid: int) -> Outcome:
+def _train_rank(spec: JobSpec, queue, stop_event, parent_pid: int, mirror: RunMirror | None = None) -> Outcome:
     """One rank of a data-parallel job; rank 0 reports through the queue, the others only train.
     Returns how the run ended, or the user's error it was refused with; a bug fails the launch."""
     import torch
@@ -117,7 +136,7 @@ def _train_rank(spec: JobSpec, queue, stop_event, parent_pid: int) -> Outcome:
     spec = spec.model_copy(update={"training": setup_process_group(spec.training)})
     finished = False
     try:
-        result = _train(spec, QueueObserver(queue, stop_event, parent_pid, spec.run_dir))
+        result = _train(spec, QueueObserver(queue, stop_event, parent_pid, spec.run_dir, mirror))
         finished = True
         return Finished(result)
     except EngineError as exc:
@@ -160,7 +179,7 @@ def data_parallel_capacity(device: str) -> tuple[int, str]:
     return os.cpu_count() or 1, "CPU cores"
 
 
-def train_job(spec: JobSpec, queue, stop_event, worker_pid: int) -> None:
+def train_job(spec: JobSpec, queue, stop_event, worker_pid: int, mirror: RunMirror | None = None) -> None:
     # Ctrl-C, and a supervisor's SIGTERM, reach the whole process group (`kill -TERM -PGID`, systemd):
     # the worker decides when training stops (it checkpoints and requeues), not the signal.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -181,11 +200,11 @@ def train_job(spec: JobSpec, queue, stop_event, worker_pid: int) -> None:
                     f"training.gpus={gpus}, but this worker has {available} {unit}; "
                     f"lower training.gpus to {available} or less (batch_size a multiple of it)"
                 )
-            outcome = launch(gpus, _train_rank, spec, queue, stop_event, os.getpid())
+            outcome = launch(gpus, _train_rank, spec, queue, stop_event, os.getpid(), mirror)
         else:
             if spec.threads:
                 torch.set_num_threads(spec.threads)
-            outcome = Finished(_train(spec, QueueObserver(queue, stop_event, worker_pid, spec.run_dir)))
+            outcome = Finished(_train(spec, QueueObserver(queue, stop_event, worker_pid, spec.run_dir, mirror)))
         queue.put(outcome)
     except EngineError as exc:  # the user's problem: its message is the job's error
         queue.put(Failed(FailureKind.USER, str(exc)))

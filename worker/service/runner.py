@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import signal
 import socket
 import time
+from pathlib import Path
 
 from sqlalchemy import select
 
@@ -24,11 +26,12 @@ from app.jobs import lifecycle
 from app.jobs.reaper import reap_once
 from app.models import Checkpoint, Corpus, Job
 from app.settings import Settings, get_settings
+from app.storage import CorruptObject, ObjectMissing, StoreError, local_file
 from app.workers import repository as workers
 from worker.engine.records import JobSpec
 from worker.service.outage import DATABASE_ERRORS, Outage
 from worker.service.server import GenerationServer, configure_generation_process
-from worker.service.supervisor import JobRun, start_process_server
+from worker.service.supervisor import JobRun, LeaseKeeper, start_process_server
 
 log = logging.getLogger("charrnn.worker")
 
@@ -56,7 +59,10 @@ class Worker:
     def run(self) -> None:
         signal.signal(signal.SIGTERM, self.handle_signal)
         signal.signal(signal.SIGINT, self.handle_signal)
-        self.settings.runs_dir.mkdir(parents=True, exist_ok=True)
+        if self.settings.storage_url:
+            sweep_scratch(self.settings.data_dir / "scratch")
+        else:
+            self.settings.runs_dir.mkdir(parents=True, exist_ok=True)
         start_process_server()
         self.server = GenerationServer(self.settings)
         self.server.start()
@@ -155,46 +161,71 @@ class Worker:
     # -- one job -----------------------------------------------------------------------------------
 
     def spec_for(self, job: Job) -> JobSpec | str:
-        """What the child needs, as plain data; or a message saying why the job cannot run."""
-        data_dir = self.settings.data_dir
+        """What the child needs, as plain data; or a message saying why the job cannot run. Corpora and
+        init_from come from the store: in place in the data directory, or fetched into this machine's
+        cache (keyed and checked by sha256, app/storage/cache.py)."""
         with session_scope() as session:
-            corpus_path, references = session.execute(
-                select(Corpus.path, Corpus.reference_losses).where(Corpus.id == job.corpus_id)
-            ).one_or_none() or (None, None)
-            init_path = init_sha256 = val_path = None
+            corpus = session.execute(
+                select(Corpus.path, Corpus.sha256, Corpus.size_bytes, Corpus.reference_losses)
+                .where(Corpus.id == job.corpus_id)
+            ).one_or_none()
+            val = init = None
             if job.validation_corpus_id:
-                val_path = session.scalar(select(Corpus.path).where(Corpus.id == job.validation_corpus_id))
-            if job.init_from:
-                row = session.execute(
-                    select(Checkpoint.path, Checkpoint.sha256).where(Checkpoint.id == job.init_from)
+                val = session.execute(
+                    select(Corpus.path, Corpus.sha256, Corpus.size_bytes).where(Corpus.id == job.validation_corpus_id)
                 ).one_or_none()
-                init_path, init_sha256 = row if row else (None, None)
-        if corpus_path is None or not (data_dir / corpus_path).is_file():
+            if job.init_from:
+                init = session.execute(
+                    select(Checkpoint.path, Checkpoint.sha256, Checkpoint.size_bytes)
+                    .where(Checkpoint.id == job.init_from)
+                ).one_or_none()
+        corpus_file = self.local_copy(corpus)
+        if corpus_file is None:
             return f"corpus {job.corpus_id} is gone; upload it again and start a new job"
-        if job.validation_corpus_id and (val_path is None or not (data_dir / val_path).is_file()):
+        val_file = self.local_copy(val) if job.validation_corpus_id else None
+        if job.validation_corpus_id and val_file is None:
             return f"validation corpus {job.validation_corpus_id} is gone; upload it again and start a new job"
-        if job.init_from and (init_path is None or not (data_dir / init_path).is_file()):
+        init_file = self.local_copy(init) if job.init_from else None
+        if job.init_from and init_file is None:
             return f"checkpoint {job.init_from} (init_from) is gone"
+        # With a remote store the run directory is scratch space of this worker (run_store.py fills it).
+        runs = self.settings.runs_dir if not self.settings.storage_url else self.settings.data_dir / "scratch" / self.id
         return JobSpec(
-            corpus_path=str((data_dir / corpus_path).resolve()),
-            run_dir=str((self.settings.runs_dir / job.id).resolve()),
+            corpus_path=str(corpus_file.resolve()),
+            run_dir=str((runs / job.id).resolve()),
             model={k: v for k, v in job.model.items() if v is not None},
             training={**{k: v for k, v in job.training.items() if v is not None}, "device": self.settings.device},
-            init_from=str((data_dir / init_path).resolve()) if init_path else None,
-            val_corpus_path=str((data_dir / val_path).resolve()) if val_path else None,
-            init_from_sha256=init_sha256,
+            init_from=str(init_file.resolve()) if init_file else None,
+            val_corpus_path=str(val_file.resolve()) if val_file else None,
+            init_from_sha256=init.sha256 if init else None,
             threads=self.settings.train_thread_count,
             memory_limit=self.settings.worker_memory_limit,
-            reference_losses=references_for_split(references, val_fraction=job.training.get("val_fraction"),
-                                                  separate_validation=bool(job.validation_corpus_id)),
+            reference_losses=references_for_split(
+                corpus.reference_losses, val_fraction=job.training.get("val_fraction"),
+                separate_validation=bool(job.validation_corpus_id),
+            ),
         )
+
+    def local_copy(self, row) -> Path | None:
+        """The file of a corpus or checkpoint row on this machine, or None when it is gone (or damaged: a
+        copy that does not match its sha256 is never trained on). A store that does not answer raises
+        StoreError: the job waits for another attempt rather than failing for good."""
+        if row is None:
+            return None
+        try:
+            path = local_file(self.settings, row.path, sha256=row.sha256, size=row.size_bytes)
+        except (ObjectMissing, CorruptObject):
+            return None
+        return path if path.is_file() else None
 
     def run_job(self, job: Job) -> None:
         self.current_job = job.id
         self.heartbeat(force=True)
         log.info("job %s claimed (attempt %s)", job.id, job.attempts, extra={"fields": {"job_id": job.id}})
         try:
-            spec = self.spec_for(job)
+            # Renewed while the corpus is fetched into the cache: a large one takes longer than a lease.
+            with LeaseKeeper(job.id, self.id, self.settings.job_lease_seconds):
+                spec = self.spec_for(job)
             if isinstance(spec, str):
                 with session_scope() as session:
                     lifecycle.failed(session, job_id=job.id, worker_id=self.id, error=spec)
@@ -209,9 +240,33 @@ class Worker:
             ).supervise()
         except DATABASE_ERRORS as exc:  # before training started: the lease runs out and the job is requeued
             self.outage.failed(exc)
+        except StoreError as exc:  # the store did not answer: another attempt, later or on another worker
+            log.warning("job %s: %s", job.id, exc.message)
+            with session_scope() as session:
+                lifecycle.retry_or_fail(session, job_id=job.id, worker_id=self.id, attempts=job.attempts,
+                                        max_attempts=self.settings.max_attempts, why=exc.message)
         finally:
             self.current_job = None
             self.heartbeat(force=True)
+
+
+SCRATCH_STALE_SECONDS = 3600.0
+
+
+def sweep_scratch(scratch: Path) -> None:
+    """With a remote store, each worker trains in <data dir>/scratch/<worker id>/ and removes a job's folder
+    when the job ends; a worker killed -9 leaves its folder behind. Removed at start once nothing in it has
+    changed for an hour (another worker on this data dir writes its own folder far more often)."""
+    if not scratch.is_dir():
+        return
+    now = time.time()
+    for folder in scratch.iterdir():
+        try:
+            newest = max((p.stat().st_mtime for p in folder.rglob("*")), default=folder.stat().st_mtime)
+        except OSError:
+            continue
+        if now - newest > SCRATCH_STALE_SECONDS:
+            shutil.rmtree(folder, ignore_errors=True)
 
 
 def main() -> None:

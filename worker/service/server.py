@@ -40,6 +40,7 @@ from app.db import read_session, session_scope
 from app.generation import wire
 from app.generation.schemas import SampleOut
 from app.settings import Settings
+from app.storage import CorruptObject, ObjectMissing, StoreError, local_file
 from app.workers import secret
 from worker.engine.errors import EngineError
 from worker.engine.sampler import Cancellation
@@ -127,8 +128,9 @@ class ModelCache:
     """Loaded models by checkpoint id. A checkpoint's file never changes, so a cached model needs no
     database lookup; a miss looks the file up once, under this worker's own data dir."""
 
-    def __init__(self, size: int, device: str, data_dir: Path):
+    def __init__(self, size: int, device: str, data_dir: Path, settings: Settings | None = None):
         self.size, self.device, self.data_dir = size, device, data_dir.resolve()
+        self.settings = settings  # with a remote store (CHARRNN_STORAGE_URL), files come through its cache
         self.models: OrderedDict[str, ServedModel] = OrderedDict()
         self.lock = threading.Lock()
 
@@ -161,10 +163,25 @@ class ModelCache:
         """The file under this worker's data dir, and the sha256 it must have (None: an older checkpoint)."""
         with read_session() as session:
             record = checkpoints.file_record(session, checkpoint_id=checkpoint_id)
+        if record is not None and self.settings is not None and self.settings.storage_url:
+            return self.fetched(checkpoint_id, record), record.sha256
         resolved = (self.data_dir / record.path).resolve() if record is not None else None
         if resolved is None or not resolved.is_relative_to(self.data_dir):
             raise HTTPException(404, f"no checkpoint with id {checkpoint_id!r}")
         return resolved, record.sha256
+
+    def fetched(self, checkpoint_id: str, record) -> Path:
+        """The checkpoint's local copy from the store's cache (its sha256 checked as it streamed in)."""
+        try:
+            return local_file(self.settings, record.path, sha256=record.sha256, size=record.size_bytes)
+        except ObjectMissing:
+            raise HTTPException(410, f"the file of checkpoint {checkpoint_id} is gone from the store") from None
+        except CorruptObject:
+            self.mark_corrupt(checkpoint_id)
+            message = integrity.corrupt_message(checkpoint_id, "the stored object's sha256 differs from its record")
+            raise HTTPException(409, message, headers={wire.CORRUPT_HEADER: checkpoint_id}) from None
+        except StoreError as exc:
+            raise HTTPException(503, exc.message, headers={"Retry-After": "30"}) from None
 
     @staticmethod
     def mark_corrupt(checkpoint_id: str) -> None:
@@ -203,7 +220,7 @@ def create_server_app(settings: Settings) -> FastAPI:
         # The request's problem, by name: a prompt with characters the model never saw, a layer it lacks.
         return JSONResponse({"detail": str(exc)}, status_code=422)
 
-    cache = ModelCache(settings.model_cache_size, settings.device, settings.data_dir)
+    cache = ModelCache(settings.model_cache_size, settings.device, settings.data_dir, settings)
     counts = {"running": 0}  # generations in progress (changed on the event loop only)
 
     def runner_for(body: wire.GenerateBody):

@@ -28,6 +28,7 @@ import multiprocessing
 import multiprocessing.forkserver
 import os
 import queue as queue_module
+import shutil
 import threading
 import time
 from collections.abc import Callable
@@ -41,6 +42,7 @@ from app.jobs import lifecycle, run_records
 from app.jobs.events import prune_metrics_events
 from app.models import Job
 from app.settings import Settings
+from app.storage import StoreError, get_store, run_prefix
 from worker.engine.header import read_metadata
 from worker.engine.records import CheckpointRecord, CheckpointStats, JobSpec
 from worker.service.exits import STDERR_FILE, death_message, stderr_tail
@@ -58,6 +60,7 @@ from worker.service.reports import (
     Report,
     Started,
 )
+from worker.service.run_store import RunMirror
 
 log = logging.getLogger("charrnn.worker")
 
@@ -176,22 +179,64 @@ class JobRun:
         self.last_report_at = 0.0
         self.outage = Outage(f"job {job.id}")
         self.doomed_files: list[str] = []  # checkpoint files retention removes once their rows' delete commits
+        self.store = get_store(settings)
+        # With a remote store the run directory is this machine's working copy, pushed at each checkpoint.
+        self.mirror = RunMirror(settings, job.id, worker_id, spec.run_dir) if settings.storage_url else None
 
     def supervise(self) -> None:
+        # The lease is renewed from here on: fetching a run from the store may take longer than a lease.
+        with LeaseKeeper(self.job.id, self.worker_id, self.settings.job_lease_seconds) as self.lease:
+            if self.mirror is not None and not self._pull():
+                return
+            try:
+                self._start_and_supervise()
+            finally:
+                self._clean_up()
+
+    def _pull(self) -> bool:
+        """The run as the store holds it, into this machine's run directory (a resume on another machine)."""
+        try:
+            pulled = self.mirror.pull()
+        except StoreError as exc:
+            with session_scope() as session:
+                lifecycle.retry_or_fail(
+                    session, job_id=self.job.id, worker_id=self.worker_id, attempts=self.job.attempts,
+                    max_attempts=self.settings.max_attempts,
+                    why=f"could not read the run from the store: {exc.message}",
+                )
+            return False
+        if pulled:
+            log.info("job %s: %d file(s) of its run fetched from %s", self.job.id, pulled, self.store.describe)
+        return True
+
+    def _clean_up(self) -> None:
+        """Once the child has ended: a job deleted meanwhile (cancel, then DELETE at once) loses whatever its
+        child wrote after the delete had removed the run; a remote store's working copy goes in any case."""
+        try:
+            with session_scope() as session:
+                gone = session.get(Job, self.job.id) is None
+            if gone:
+                log.info("job %s was deleted while it stopped; removing what it wrote", self.job.id)
+                self.store.delete_prefix(run_prefix(self.job.id))
+        except (*DATABASE_ERRORS, StoreError):  # the orphan sweep (app/storage/sweep.py) gets it later
+            log.warning("job %s: could not check for a deleted job's leftovers", self.job.id, exc_info=True)
+        if self.mirror is not None:
+            shutil.rmtree(self.spec.run_dir, ignore_errors=True)
+
+    def _start_and_supervise(self) -> None:
         ctx = start_process_server()
         self.messages = ctx.Queue()
         self.stop_event = ctx.Event()
         self.child = ctx.Process(
             target=_child_entry,
-            args=(self.spec, self.messages, self.stop_event, os.getpid()),
+            args=(self.spec, self.messages, self.stop_event, os.getpid(), self.mirror),
             name=f"train-{self.job.id}",
             # A daemon dies with a worker that exits; but a daemon may not start processes of its own,
             # and a data-parallel job starts its ranks. PR_SET_PDEATHSIG covers that case (child.py).
             daemon=self.spec.gpus <= 1,
         )
         self.child.start()
-        with LeaseKeeper(self.job.id, self.worker_id, self.settings.job_lease_seconds) as self.lease:
-            self._supervise()
+        self._supervise()
 
     def _supervise(self) -> None:
         last_flush = 0.0
@@ -291,7 +336,7 @@ class JobRun:
             self.pending = pending + self.pending
             self.doomed_files = []  # their rows' delete rolled back: the files stay with them
             raise
-        checkpoint_service.remove_files(self.settings.data_dir, self.doomed_files)
+        checkpoint_service.remove_files(self.store, self.doomed_files)
         self.doomed_files = []
         return True
 
@@ -336,7 +381,8 @@ class JobRun:
                                              diagnosis=report.diagnosis)
 
     def relative(self, path: Path) -> str:
-        return str(path.resolve().relative_to(self.settings.data_dir.resolve()))
+        """A file of the run directory as its key in the store (and its path in the checkpoint's row)."""
+        return run_prefix(self.job.id) + path.resolve().relative_to(Path(self.spec.run_dir).resolve()).as_posix()
 
     def checkpoints_on_disk(self) -> list[CheckpointRecord]:
         """The run directory's step checkpoints, described by their own metadata (see Trainer._checkpoint)."""
@@ -415,7 +461,7 @@ class JobRun:
                 lifecycle.failed(session, job_id=job_id, worker_id=worker_id, error=error)
 
 
-def _child_entry(spec, messages, stop_event, worker_pid):
+def _child_entry(spec, messages, stop_event, worker_pid, mirror=None):
     from worker.service.child import train_job
 
-    train_job(spec, messages, stop_event, worker_pid)
+    train_job(spec, messages, stop_event, worker_pid, mirror)
