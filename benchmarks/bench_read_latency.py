@@ -1,4 +1,4 @@
-"""GET /jobs/{id} latency while a job trains with log_every 1 and 8 clients generate (issue 26).
+"""GET /jobs/{id} latency while a job trains with log_every 1 and 8 clients generate.
 
 On SQLite every progress write of the worker takes the database's one write lock. A GET that took the
 write lock too (BEGIN IMMEDIATE) queued behind each of them; read routes now use read-only sessions

@@ -175,7 +175,7 @@ def test_the_sweep_spares_an_upload_in_flight(tmp_path):
     assert not list(tmp_path.iterdir())
 
 
-# --- generation slots: free when the answer is (issue 27) ------------------------------------------------
+# --- generation slots: free when the answer is ----------------------------------------------------------
 
 
 def test_a_released_generation_slot_is_free_at_once_and_its_row_is_reused(api):

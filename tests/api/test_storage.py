@@ -1,4 +1,4 @@
-"""Issue 21 item 8, API side, in-process: DELETE /jobs/{id} and DELETE /checkpoints/{id}, checkpoint bytes in
+"""API side, in-process: DELETE /jobs/{id} and DELETE /checkpoints/{id}, checkpoint bytes in
 the owner's stored bytes, the retention rule (the best and the last N), and the disk-full answers naming the
 deletes. A job's checkpoints are written here as the worker writes them (rows and files), since no worker runs."""
 

@@ -136,7 +136,7 @@ with httpx.Client(base_url=sys.argv[1], timeout=30) as probe:
 
 
 def test_large_inspections_leave_the_event_loop_free(service, client, corpus):
-    """Issue 27: 8 concurrent inspections of the maximum size (10,000 characters, a layer's activations,
+    """8 concurrent inspections of the maximum size (10,000 characters, a layer's activations,
     top_k 20: megabytes each) while /healthz is polled every 50 ms; its p99 stays under 50 ms. The API relays
     the worker's answer instead of parsing and serialising it again on its event loop."""
     # The most the worker lists: 10,000 characters x 48 units x 2 states (h, c) is under its 1,000,000 values.

@@ -53,7 +53,7 @@ def test_concurrent_generations_per_owner_answer_429_and_are_released(tmp_path):
 
 
 def test_clients_at_the_limit_sending_back_to_back_never_see_a_429(tmp_path):
-    """Issue 27: a slot is free when its answer is. 32 clients at a limit of 32, each sending its next request
+    """A slot is free when its answer is. 32 clients at a limit of 32, each sending its next request
     as soon as it has read the last answer, for 10 s: no 429 (a quarter of them stream, whose slot must be
     free once their last event is read)."""
     clients_n, seconds = 32, 10

@@ -1,4 +1,4 @@
-"""Issue 21 item 7: per-owner limits hold across API processes that share one database.
+"""Per-owner limits hold across API processes that share one database.
 
 Two real `charrnn api` processes on one database (a SQLite file; PostgreSQL when marked postgres) take
 concurrent requests from one owner: exactly the limit is admitted in total, not the limit per process.

@@ -1,4 +1,4 @@
-"""Issue 28 with real processes: corpora and checkpoints in an S3 store (moto's server, real HTTP and
+"""With real processes: corpora and checkpoints in an S3 store (moto's server, real HTTP and
 signatures), workers with data directories of their own that share no path with the API or each other.
 
 Uploads, training, retention, downloads with their digest, generation, quotas, deletes and the answers of

@@ -1,4 +1,4 @@
-"""Issue 21 item 8 with real workers: retention as the job runs (the best and the last
+"""With real workers: retention as the job runs (the best and the last
 CHARRNN_KEEP_CHECKPOINTS checkpoints, rows and files), an exact resume after a kill -9 although older
 checkpoints were pruned, then DELETE /checkpoints/{id} of the best and DELETE /jobs/{id} of the job."""
 

@@ -1,4 +1,4 @@
-"""Issue 26: the request owns its transaction. Read routes take no write lock on SQLite, so a GET never
+"""The request owns its transaction. Read routes take no write lock on SQLite, so a GET never
 queues behind a writer (the workers' progress writes); a writing route commits once, after its body ran.
 
 Against the real API (uvicorn) on a SQLite file, with the write lock held by another connection."""
