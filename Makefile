@@ -25,7 +25,8 @@ lint: $(STAMP)
 test: lint
 	$(VENV)/bin/python -m pytest -n 2 --dist loadfile --reruns 1 --reruns-delay 2 --durations=20
 
-# Lint and the tests that run in-process (no server or worker processes): under two minutes.
+# Lint and the tests that run in-process (no server, worker or torchrun processes; one torch thread per
+# test process, tests/conftest.py): under a minute on 2 cores.
 check: lint
 	$(VENV)/bin/python -m pytest -n 2 --dist loadfile -m "not slow and not browser" --durations=10
 

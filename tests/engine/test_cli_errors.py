@@ -10,8 +10,20 @@ from tests.harness import SHAKESPEARE
 
 
 def charrnn(*args: str, env: dict | None = None, cwd=None) -> subprocess.CompletedProcess:
+    """`charrnn ARGS` as a real process (pays a torch import: 2-4 s of CPU on a busy 2-core machine)."""
     return subprocess.run([sys.executable, "-m", "worker.cli", *args], capture_output=True, text=True,
                           env=env, cwd=cwd, timeout=120)
+
+
+def charrnn_here(*args: str) -> subprocess.CompletedProcess:
+    """`charrnn ARGS` run in this process (typer's CliRunner), for what needs no process of its own: the
+    same command, its exit code, stdout and stderr. A bug's exception would end it with code 1, not 2."""
+    from typer.testing import CliRunner
+
+    from worker.cli import cli
+
+    result = CliRunner().invoke(cli, list(args))
+    return subprocess.CompletedProcess(args, result.exit_code, result.stdout, result.stderr)
 
 
 def assert_short_error(proc: subprocess.CompletedProcess, *names: str) -> None:
@@ -30,8 +42,9 @@ def checkpoint(tmp_path_factory):
     folder = tmp_path_factory.mktemp("cli")
     corpus = folder / "corpus.txt"
     corpus.write_text(SHAKESPEARE.read_text()[:20_000])
-    proc = charrnn("train", str(corpus), "--out", str(folder / "run"), "--hidden-size", "16", "--num-layers", "1",
-                   "--seq-len", "16", "--batch-size", "4", "--max-steps", "4", "--eval-every", "4", "--device", "cpu")
+    proc = charrnn_here("train", str(corpus), "--out", str(folder / "run"), "--hidden-size", "16", "--num-layers",
+                        "1", "--seq-len", "16", "--batch-size", "4", "--max-steps", "4", "--eval-every", "4",
+                        "--device", "cpu")
     assert proc.returncode == 0, proc.stderr
     return folder / "run"
 
@@ -43,21 +56,22 @@ def checkpoint(tmp_path_factory):
     (["--length", "-3"], ["--length", "0 or more"]),
 ])
 def test_generate_names_the_option_and_its_bound(checkpoint, args, names):
-    assert_short_error(charrnn("generate", str(checkpoint), *args), *names)
+    assert_short_error(charrnn_here("generate", str(checkpoint), *args), *names)
 
 
 def test_generate_writes_as_many_characters_as_asked(checkpoint):
+    # A real process, writing to a real pipe.
     proc = charrnn("generate", str(checkpoint), "--length", "12000", "--seed", "3")
     assert proc.returncode == 0, proc.stderr
     assert len(proc.stdout) == 12_000 + 1  # the text and a final newline
-    again = charrnn("generate", str(checkpoint), "--length", "300", "--seed", "3")
+    again = charrnn_here("generate", str(checkpoint), "--length", "300", "--seed", "3")
     assert proc.stdout.startswith(again.stdout.rstrip("\n"))  # streamed pieces are the same text
 
 
 def test_train_names_the_bad_option(tmp_path):
     corpus = tmp_path / "corpus.txt"
     corpus.write_text(SHAKESPEARE.read_text()[:20_000])
-    proc = charrnn("train", str(corpus), "--out", str(tmp_path / "run"), "--dropout", "3")
+    proc = charrnn_here("train", str(corpus), "--out", str(tmp_path / "run"), "--dropout", "3")
     assert_short_error(proc, "--dropout", "got 3.0", "at most 0.9")
 
 

@@ -16,6 +16,10 @@ MODEL = {"cell": "lstm", "hidden_size": 32, "num_layers": 2, "embedding_dim": 16
 # fp32 on CPU: the only differences are the order of float additions in the gradient all-reduce.
 TOLERANCE = 1e-4
 
+# Real processes: torchrun and two gloo ranks, each importing torch (about 25 s of CPU for the two tests on
+# a 2-core machine, the most of any engine file); `make test` runs them, `make check` leaves them out.
+pytestmark = pytest.mark.slow
+
 
 def test_two_gloo_ranks_match_one_process_with_the_same_global_batch(tmp_path):
     text_path = tmp_path / "corpus.txt"

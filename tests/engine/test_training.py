@@ -172,18 +172,29 @@ def test_init_from_continues_from_weights_and_checks_vocabulary(tmp_path, text):
         Trainer(text + "€", tmp_path / "c", None, tiny_config(max_steps=5), init_from=first.checkpoint)
 
 
+def charrnn_here(*args: str):
+    """`charrnn ARGS` in this process (typer's CliRunner): the command as a user runs it, without paying a
+    torch import in a new process (a real `charrnn train` process runs in test_doctor.py and
+    test_cli_errors.py). Its result: exit_code, stdout, stderr."""
+    from typer.testing import CliRunner
+
+    from worker.cli import cli
+
+    return CliRunner().invoke(cli, list(args))
+
+
 def test_cli_train_prints_json_summary_and_resumes(tmp_path, text):
     corpus = tmp_path / "corpus.txt"
     corpus.write_text(text)
-    cmd = [sys.executable, "-m", "worker.cli", "train", str(corpus), "--out", str(tmp_path / "run"),
-           "--hidden-size", "16", "--num-layers", "1", "--seq-len", "16", "--batch-size", "4",
-           "--max-steps", "12", "--eval-every", "6", "--checkpoint-every", "6", "--device", "cpu"]
-    proc = subprocess.run(cmd, capture_output=True, text=True, check=True)
+    proc = charrnn_here("train", str(corpus), "--out", str(tmp_path / "run"),
+                        "--hidden-size", "16", "--num-layers", "1", "--seq-len", "16", "--batch-size", "4",
+                        "--max-steps", "12", "--eval-every", "6", "--checkpoint-every", "6", "--device", "cpu")
+    assert proc.exit_code == 0, (proc.stderr, proc.exception)
     summary = json.loads(proc.stdout.strip().splitlines()[-1])
     assert {"steps", "train_loss", "val_loss", "chars_per_second", "checkpoint"} <= summary.keys()
     assert summary["steps"] == 12 and Path(summary["checkpoint"]).is_file()
-    resumed = subprocess.run([sys.executable, "-m", "worker.cli", "train", "--resume", str(tmp_path / "run"),
-                              "--max-steps", "18"], capture_output=True, text=True, check=True)
+    resumed = charrnn_here("train", "--resume", str(tmp_path / "run"), "--max-steps", "18")
+    assert resumed.exit_code == 0, (resumed.stderr, resumed.exception)
     again = json.loads(resumed.stdout.strip().splitlines()[-1])
     assert again["steps"] == 18 and again["resumed_from_step"] == 12
 
@@ -196,9 +207,9 @@ def test_cli_train_prints_json_summary_and_resumes(tmp_path, text):
 def test_cli_train_rejects_bad_files_clearly(tmp_path, content, message):
     corpus = tmp_path / "corpus.txt"
     corpus.write_bytes(content)
-    proc = subprocess.run([sys.executable, "-m", "worker.cli", "train", str(corpus), "--out", str(tmp_path / "r")],
-                          capture_output=True, text=True)
-    assert proc.returncode == 2
+    proc = charrnn_here("train", str(corpus), "--out", str(tmp_path / "r"))
+    # exit 2, the user's error: a bug's exception would end it with 1 (and a traceback in a real process)
+    assert proc.exit_code == 2, (proc.stderr, proc.exception)
     assert message in proc.stderr and "Traceback" not in proc.stderr
 
 
