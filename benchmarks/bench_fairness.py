@@ -122,6 +122,9 @@ def main() -> None:
                     flood_seconds.append(seconds)
         finally:
             svc.stop()
+    if not during:
+        raise SystemExit(f"every flood of {args.flood} requests ended before a probe could run beside it: "
+                         "raise --flood")
 
     result = {
         "flood_route": args.flood_route,

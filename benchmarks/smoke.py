@@ -47,7 +47,7 @@ QUICK: dict[str, list[str]] = {
                               "--corpus", CORPUS],
     "bench_service.py": ["--steps", "20", "--requests", "4", "--clients", "1", "--rounds", "1",
                          "--training-rounds", "1", "--corpus", CORPUS],
-    "bench_fairness.py": ["--rounds", "1", "--probes", "2", "--flood", "10", "--flood-clients", "5",
+    "bench_fairness.py": ["--rounds", "1", "--probes", "2", "--flood", "400", "--flood-clients", "10",
                           "--corpus", CORPUS],
     "bench_queue_load.py": ["--jobs", "2", "--workers", "1", "--corpus", CORPUS],
     "bench_seeded_batching.py": ["--rows", "4", "--repeats", "2", "--streams", "2", "--chars", "20"],
