@@ -193,6 +193,9 @@ def test_a_server_validation_error_shows_beside_its_field(page):
 
 
 def test_train_a_job_and_watch_it_learn(page, service):
+    # A fresh form, whatever the previous test left on the page (a retry starts from its own failure).
+    nav(page, "New job")
+    expect(page.locator("#job-form").get_by_label("Corpus", exact=True)).to_be_visible()
     fill_tiny_job(page, state["corpus_id"], "scripted-tiny")
     page.get_by_label("Max seconds").fill("8")
     page.get_by_role("button", name="Start training").click()
