@@ -9,6 +9,7 @@ repository root there too, so `tests.harness` imports without PYTHONPATH.
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
@@ -28,6 +29,7 @@ __all__ = [
     "free_port",
     "queue_dummy_jobs",
     "throwaway_database",
+    "write_results",
 ]
 
 # tinyshakespeare (public domain, 1.1 MB), shipped in the repository for the quickstart.
@@ -41,3 +43,12 @@ def add_corpus_argument(parser: argparse.ArgumentParser) -> None:
         default=SAMPLE_CORPUS,
         help=f"a UTF-8 text file to train on (default: {SAMPLE_CORPUS.relative_to(ROOT)})",
     )
+
+
+def write_results(name: str, data) -> Path:
+    """The raw figures as benchmarks/out/NAME.json, beside the printed table."""
+    out = ROOT / "benchmarks" / "out"
+    out.mkdir(exist_ok=True)
+    path = out / f"{name}.json"
+    path.write_text(json.dumps(data, indent=2))
+    return path

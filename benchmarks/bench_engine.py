@@ -13,16 +13,14 @@ Prints a Markdown table (the one in the README) and writes benchmarks/out/engine
 from __future__ import annotations
 
 import argparse
-import json
 import shutil
 import statistics
 import tempfile
 import time
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from _support import add_corpus_argument
+from _support import add_corpus_argument, write_results
 from torch import nn
 
 from worker.engine.data import Vocab
@@ -144,10 +142,7 @@ def main() -> None:
     print("| measurement | plain PyTorch | charrnn | ratio |\n|---|---:|---:|---:|")
     for name, ref, ours in rows:
         print(f"| {name} | {ref:,.0f} | {ours:,.0f} | {ours / ref:.2f}x |")
-    out = Path(__file__).parent / "out"
-    out.mkdir(exist_ok=True)
-    results = [{"name": name, "plain": ref, "charrnn": ours} for name, ref, ours in rows]
-    (out / "engine.json").write_text(json.dumps(results, indent=2))
+    write_results("engine", [{"name": name, "plain": ref, "charrnn": ours} for name, ref, ours in rows])
 
 
 if __name__ == "__main__":

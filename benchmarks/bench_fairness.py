@@ -23,7 +23,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
-from _support import KEY, Service, add_corpus_argument, client_for
+from _support import KEY, Service, add_corpus_argument, client_for, write_results
 
 MODEL = {"cell": "lstm", "hidden_size": 128, "num_layers": 1, "embedding_dim": 32}
 TRAINING = {"seq_len": 32, "batch_size": 16, "max_steps": 60, "eval_every": 30, "checkpoint_every": 30, "seed": 1}
@@ -142,9 +142,7 @@ def main() -> None:
         "target": "ratio_of_medians <= 2",
     }
     print(json.dumps(result, indent=2))
-    out = Path(__file__).parent / "out"
-    out.mkdir(exist_ok=True)
-    (out / f"fairness-{args.flood_route}.json").write_text(json.dumps(result, indent=2))
+    write_results(f"fairness-{args.flood_route}", result)
 
 
 if __name__ == "__main__":

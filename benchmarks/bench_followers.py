@@ -28,7 +28,7 @@ from collections import Counter
 from pathlib import Path
 
 import httpx
-from _support import KEY, ROOT, Service, add_corpus_argument, client_for
+from _support import KEY, Service, add_corpus_argument, client_for, write_results
 
 # A model to generate from, trained first; then a job that trains through every round.
 MODEL = {"cell": "lstm", "hidden_size": 128, "num_layers": 1, "embedding_dim": 32}
@@ -185,9 +185,7 @@ def main() -> None:
     report = {"seconds": args.seconds, "rounds": args.rounds, "followers": args.followers,
               "generators": args.generators, "medians": medians, "ratios": ratios, "checks": checks,
               "in_order": in_order, "passed": passed, "rounds_raw": rounds}
-    out = ROOT / "benchmarks" / "out"
-    out.mkdir(exist_ok=True)
-    (out / "followers.json").write_text(json.dumps(report, indent=2))
+    write_results("followers", report)
     print(json.dumps(report))
     raise SystemExit(0 if passed or (args.no_bars and in_order) else 1)
 

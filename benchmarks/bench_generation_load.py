@@ -47,7 +47,7 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import httpx
-from _support import KEY, Service, add_corpus_argument
+from _support import KEY, Service, add_corpus_argument, write_results
 from bench_service import in_process_generate, latencies, percentile
 
 MODEL = {"cell": "lstm", "hidden_size": 256, "num_layers": 2, "embedding_dim": 64}
@@ -230,9 +230,7 @@ def main() -> None:
     print(f"  429s at a limit of {n}: {refused}")
     print(f"  load average (1, 5, 15 min) before {fmt_load(load_before)}, after {fmt_load(load_after)}, "
           f"on {os.cpu_count()} CPUs")
-    out = Path(__file__).parent / "out"
-    out.mkdir(exist_ok=True)
-    (out / "generation_load.json").write_text(json.dumps(result, indent=2))
+    write_results("generation_load", result)
 
 
 if __name__ == "__main__":

@@ -18,7 +18,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from _support import Service, add_corpus_argument, queue_dummy_jobs, throwaway_database
+from _support import Service, add_corpus_argument, queue_dummy_jobs, throwaway_database, write_results
 
 JOB_MODEL = {"cell": "gru", "hidden_size": 32, "num_layers": 1, "embedding_dim": 16}
 JOB_TRAINING = {"seq_len": 16, "batch_size": 4, "max_steps": 20, "eval_every": 20, "checkpoint_every": 20,
@@ -99,9 +99,7 @@ def main() -> None:
         "claim_latency_p99_ms": percentile(latencies, 0.99) * 1000,
     }
     print(json.dumps(result, indent=2))
-    out = Path(__file__).parent / "out"
-    out.mkdir(exist_ok=True)
-    (out / "queue_load.json").write_text(json.dumps(result, indent=2))
+    write_results("queue_load", result)
     if not (ok and once):
         sys.exit(1)
 

@@ -28,7 +28,7 @@ import threading
 import time
 from pathlib import Path
 
-from _support import Service, add_corpus_argument
+from _support import Service, add_corpus_argument, write_results
 from bench_service import percentile
 
 GENERATOR = {"cell": "lstm", "hidden_size": 128, "num_layers": 1, "embedding_dim": 32}
@@ -121,9 +121,7 @@ def main() -> None:
           f"generations answered per window {result['generations_answered_median']:.0f}")
     print(f"  the job was still training at the end: {result['training_still_running']}; load average before "
           f"{' '.join(f'{x:.2f}' for x in load_before)}, after {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
-    out = Path(__file__).parent / "out"
-    out.mkdir(exist_ok=True)
-    (out / "read_latency.json").write_text(json.dumps(result, indent=2))
+    write_results("read_latency", result)
 
 
 if __name__ == "__main__":

@@ -26,7 +26,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from _support import ROOT, Service, add_corpus_argument
+from _support import ROOT, Service, add_corpus_argument, write_results
 
 MODEL = {"cell": "lstm", "hidden_size": 256, "num_layers": 2, "embedding_dim": 64}
 TRAINING = {"seq_len": 64, "batch_size": 32, "eval_every": 10**6, "checkpoint_every": 10**6,
@@ -154,9 +154,7 @@ def main() -> None:
         "generate_ms": generation,
     }
     print(json.dumps(result, indent=2))
-    out = Path(__file__).parent / "out"
-    out.mkdir(exist_ok=True)
-    (out / "service.json").write_text(json.dumps(result, indent=2))
+    write_results("service", result)
 
 
 if __name__ == "__main__":
