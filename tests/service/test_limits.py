@@ -16,15 +16,22 @@ from tests.harness import (
 from worker.engine.sampling_params import MAX_LENGTH
 
 
+def start_with_a_tiny_model(svc: Service) -> dict:
+    """Start the API and a worker, and train a 20-step model to generate from: its finished job."""
+    svc.start_api()
+    svc.start_worker()
+    with svc.client() as c:
+        corpus = svc.upload(c, small_corpus())
+        job = svc.wait_job(c, svc.create_job(c, corpus["id"], training={"max_steps": 20})["id"])
+    assert job["status"] == "succeeded", job
+    return job
+
+
 def test_concurrent_generations_per_owner_answer_429_and_are_released(tmp_path):
     svc = Service(tmp_path, max_concurrent_generations_per_owner=1)
     try:
-        svc.start_api()
-        svc.start_worker()
+        job = start_with_a_tiny_model(svc)
         with svc.client() as c:
-            corpus = svc.upload(c, small_corpus())
-            job = svc.wait_job(c, svc.create_job(c, corpus["id"], training={"max_steps": 20})["id"])
-            assert job["status"] == "succeeded", job
             stops = [("ROMEO: " * 150)[:999] + chr(0x100 + i) for i in range(16)]  # slow steps: seconds of stream
             body = {"model": job["id"], "length": MAX_LENGTH, "num_samples": 16, "stop": stops, "stream": True}
             other_key, _ = new_key(svc, "someone-else")
@@ -59,12 +66,7 @@ def test_clients_at_the_limit_sending_back_to_back_never_see_a_429(tmp_path):
     clients_n, seconds = 32, 10
     svc = Service(tmp_path, max_concurrent_generations_per_owner=clients_n)
     try:
-        svc.start_api()
-        svc.start_worker()
-        with svc.client() as c:
-            corpus = svc.upload(c, small_corpus())
-            job = svc.wait_job(c, svc.create_job(c, corpus["id"], training={"max_steps": 20})["id"])
-            assert job["status"] == "succeeded", job
+        job = start_with_a_tiny_model(svc)
         body = {"model": job["id"], "prompt": "a", "length": 1}  # short: as many requests, and releases, as can be
         codes: Counter[int] = Counter()
         lock = threading.Lock()
