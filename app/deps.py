@@ -59,7 +59,13 @@ async def bearer_key_dependency(request: Request) -> str:
     return bearer_key(request)  # async: reading a header needs no trip to the thread pool
 
 
-def get_generation(request: Request) -> Generation:
+# The two below are async for the same reason: FastAPI runs a plain `def` dependency on its thread pool,
+# and two such trips per /generate cost more than the rest of its admission.
+async def current_settings() -> Settings:
+    return get_settings()
+
+
+async def get_generation(request: Request) -> Generation:
     return request.app.state.generation  # the main app's, which /v1 shares (app/openai/app.py)
 
 
@@ -71,5 +77,5 @@ SessionDep = WriteSessionDep  # the older name, for routes written before the sp
 CurrentOwner = Annotated[str, Depends(get_owner)]
 # For routes that look the owner up together with their own reads, in one session (see generation).
 BearerKey = Annotated[str, Depends(bearer_key_dependency)]
-SettingsDep = Annotated[Settings, Depends(get_settings)]
+SettingsDep = Annotated[Settings, Depends(current_settings)]
 GenerationDep = Annotated[Generation, Depends(get_generation)]

@@ -6,7 +6,6 @@ import asyncio
 import logging
 from contextlib import asynccontextmanager
 
-import httpx
 from fastapi import Depends, FastAPI
 from fastapi.openapi.utils import get_openapi
 
@@ -17,6 +16,7 @@ from app.dashboard import routes as dashboard
 from app.errors import install_error_handlers
 from app.generation.routes import router as generation_router
 from app.generation.state import Generation
+from app.generation.upstream import WorkerClient
 from app.inspection.routes import router as inspection_router
 from app.jobs.feeds import Feeds
 from app.jobs.reaper import reap_forever
@@ -56,12 +56,12 @@ async def lifespan(app: FastAPI):
     except Exception:  # a start must not fail over leftovers (e.g. the database is not up yet): next start
         log.warning("could not sweep leftover files in corpora/; will try at the next start", exc_info=True)
     # The client for calls to workers' generation servers: each carries the deployment's worker secret.
-    app.state.generation.client = httpx.AsyncClient(
-        timeout=httpx.Timeout(settings.generate_timeout_seconds, connect=5.0),
+    app.state.generation.client = WorkerClient(
         headers={secret.HEADER: secret.worker_secret(settings)},
-        # Keep the connections a burst of concurrent generations opens: past httpx's default of 20 kept
-        # alive, each request beyond the 20th paid a new TCP connection to the worker.
-        limits=httpx.Limits(max_connections=WORKER_CONNECTIONS, max_keepalive_connections=WORKER_CONNECTIONS),
+        timeout_seconds=settings.generate_timeout_seconds,
+        # Keep the connections a burst of concurrent generations opens: each request past the pool's size
+        # would pay a new TCP connection to the worker.
+        connections=WORKER_CONNECTIONS,
     )
     app.state.generation.slots.start()  # known to the other API processes on this database from now on
     reaper = asyncio.create_task(reap_forever(settings))

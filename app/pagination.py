@@ -22,7 +22,7 @@ class PageParams(BaseModel):
     after: str | None = None
 
 
-def page_params(
+async def page_params(  # async: FastAPI runs a plain def on its thread pool
     limit: Annotated[int, Query(ge=1, le=100, description="items per page, 1 to 100")] = 20,
     after: Annotated[str | None, Query(max_length=64, description="the last ID of the previous page")] = None,
 ) -> PageParams:

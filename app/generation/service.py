@@ -10,11 +10,10 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
-import httpx
 from pydantic import BaseModel, ValidationError
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
@@ -26,6 +25,7 @@ from app.errors import ApiError, not_found
 from app.generation import wire
 from app.generation.limits import Slot
 from app.generation.state import Affinity, Generation
+from app.generation.upstream import Upstream, UpstreamError, WorkerClient
 from app.models import ACTIVE_STATUSES
 from app.ops.metrics import GENERATED_CHARS, GENERATION_SECONDS
 from app.settings import Settings
@@ -118,51 +118,66 @@ def worker_urls(session: Session, *, settings: Settings) -> list[str]:
     return urls
 
 
-def _raise_for_worker(response: httpx.Response, body: bytes) -> None:
+def _raise_for_worker(status: int, headers: Mapping[str, str], body: bytes) -> None:
     try:
         detail = json.loads(body).get("detail")
     except (ValueError, AttributeError):
         detail = None
-    if response.status_code == 401:
+    if status == 401:
         # Not the caller's key: this deployment's API and worker disagree on their shared secret.
         raise ApiError(
             502,
             "the worker refused this API's worker secret; give the API and every worker the same "
             "CHARRNN_WORKER_SECRET (or the same data dir, where it is generated)",
         )
-    if response.status_code == 409 and response.headers.get(wire.CORRUPT_HEADER) and isinstance(detail, str):
+    if status == 409 and headers.get(wire.CORRUPT_HEADER) and isinstance(detail, str):
         raise CorruptCheckpoint(409, detail)
-    if 400 <= response.status_code < 500 and isinstance(detail, str):
-        raise ApiError(response.status_code, detail)
-    raise ApiError(502, f"the worker failed to run the model (HTTP {response.status_code}): {detail or 'no detail'}")
+    if 400 <= status < 500 and isinstance(detail, str):
+        raise ApiError(status, detail)
+    raise ApiError(502, f"the worker failed to run the model (HTTP {status}): {detail or 'no detail'}")
 
 
 async def send(
-    client: httpx.AsyncClient, target: Target, affinity: Affinity, endpoint: str, body: BaseModel, *, stream: bool
-) -> httpx.Response:
+    client: WorkerClient, target: Target, affinity: Affinity, endpoint: str, body: BaseModel
+) -> Upstream:
     """POST `body` to the first worker that can be reached; a worker's refusal is the answer (it would be
-    every worker's). With `stream`, the response is returned unread (its errors still surface here, before
-    any of it is relayed)."""
+    every worker's). The answer is returned unread (its errors surface here, before any of it is relayed):
+    read it whole (`answer`) or relay it."""
     content = body.model_dump_json()
     last_error = None
     for url in target.urls:
-        request = client.build_request(
-            "POST", url + endpoint, content=content, headers={"Content-Type": "application/json"}
-        )
         try:
-            response = await client.send(request, stream=stream)
-        except httpx.TransportError as exc:  # that worker is gone; try the next one
+            response = await client.post(url + endpoint, content)
+        except UpstreamError as exc:  # that worker is gone; try the next one
             last_error = exc
             continue
         if response.status_code != 200:
-            error_body = await response.aread()
-            await response.aclose()
-            _raise_for_worker(response, error_body)
+            try:
+                error_body = await response.aread()
+            except UpstreamError:
+                error_body = b""
+            finally:
+                await response.aclose()
+            _raise_for_worker(response.status_code, response.headers, error_body)
         affinity.remember(target.checkpoint_id, url)
         return response
     raise ApiError(
-        503, f"no worker could be reached ({type(last_error).__name__}); retry in a few seconds", headers=RETRY_AFTER
+        503, f"no worker could be reached ({last_error}); retry in a few seconds", headers=RETRY_AFTER
     )
+
+
+async def answer(client: WorkerClient, target: Target, affinity: Affinity, endpoint: str, body: BaseModel) -> bytes:
+    """`send`, and the worker's whole answer; a worker that goes away before its end is a 503 to retry."""
+    response = await send(client, target, affinity, endpoint, body)
+    try:
+        return await response.aread()
+    except UpstreamError as exc:
+        raise ApiError(
+            503, f"the worker went away before its answer was complete ({exc}); retry in a few seconds",
+            headers=RETRY_AFTER,
+        ) from None
+    finally:
+        await response.aclose()
 
 
 def generate_body(target: Target, params: dict) -> wire.GenerateBody:
@@ -201,43 +216,38 @@ async def parse_answer(model: type[BaseModel], content: bytes):
     return parse(model, content)
 
 
-async def generate(
-    client: httpx.AsyncClient, target: Target, affinity: Affinity, *, model: str, params: dict
-) -> dict:
+async def generate(client: WorkerClient, target: Target, affinity: Affinity, *, model: str, params: dict) -> dict:
     t0 = time.perf_counter()
-    response = await send(client, target, affinity, wire.GENERATE, generate_body(target, params), stream=False)
-    result = await parse_answer(wire.GenerateResult, response.content)
+    content = await answer(client, target, affinity, wire.GENERATE, generate_body(target, params))
+    result = await parse_answer(wire.GenerateResult, content)
     GENERATION_SECONDS.observe(time.perf_counter() - t0)
     samples = [s.model_dump() for s in result.samples]
     return response_body(model, target.checkpoint_id, params["prompt"], samples)
 
 
-async def open_stream(client: httpx.AsyncClient, target: Target, affinity: Affinity, *, params: dict):
+async def open_stream(client: WorkerClient, target: Target, affinity: Affinity, *, params: dict) -> Upstream:
     """Open the worker's NDJSON stream; errors (bad prompt, no worker) surface here, before any SSE."""
-    body = generate_body(target, params)
-    return await send(client, target, affinity, wire.GENERATE_STREAM, body, stream=True)
+    return await send(client, target, affinity, wire.GENERATE_STREAM, generate_body(target, params))
 
 
-async def score(client: httpx.AsyncClient, target: Target, affinity: Affinity, *, model: str, text: str) -> dict:
+async def score(client: WorkerClient, target: Target, affinity: Affinity, *, model: str, text: str) -> dict:
     body = wire.ScoreBody.model_construct(checkpoint_id=target.checkpoint_id, text=text)
-    response = await send(client, target, affinity, wire.SCORE, body, stream=False)
-    result = parse(wire.ScoreResult, response.content)
+    result = parse(wire.ScoreResult, await answer(client, target, affinity, wire.SCORE, body))
     return {"loss": result.loss, "chars": result.chars, "model": model, "checkpoint_id": target.checkpoint_id}
 
 
 async def logprobs(
-    client: httpx.AsyncClient, target: Target, affinity: Affinity, *, context: str, text: str, top: int
+    client: WorkerClient, target: Target, affinity: Affinity, *, context: str, text: str, top: int
 ) -> wire.LogprobsResult:
     """Each character's log-probability in `text` after `context`, and the `top` likeliest at each position."""
     try:
         body = wire.LogprobsBody(checkpoint_id=target.checkpoint_id, context=context, text=text, top=top)
     except ValidationError as exc:
         raise ApiError(422, f"logprobs: {exc.errors()[0]['msg']}") from None
-    response = await send(client, target, affinity, wire.LOGPROBS, body, stream=False)
-    return await parse_answer(wire.LogprobsResult, response.content)
+    return await parse_answer(wire.LogprobsResult, await answer(client, target, affinity, wire.LOGPROBS, body))
 
 
-async def relay(response: httpx.Response, *, model: str, checkpoint_id: str, prompt: str) -> AsyncIterator[dict]:
+async def relay(response: Upstream, *, model: str, checkpoint_id: str, prompt: str) -> AsyncIterator[dict]:
     """The worker's stream lines as SSE events. Closing the upstream response when the client goes away
     (this generator is closed) is what tells the worker to stop generating."""
     try:
@@ -255,6 +265,9 @@ async def relay(response: httpx.Response, *, model: str, checkpoint_id: str, pro
                 yield {"event": "done", "data": json.dumps(response_body(model, checkpoint_id, prompt, samples))}
             else:
                 yield {"event": "error", "data": json.dumps({"detail": message.error})}
+    except UpstreamError as exc:
+        detail = f"the worker went away mid-stream ({exc}); ask again"
+        yield {"event": "error", "data": json.dumps({"detail": detail})}
     finally:
         await response.aclose()
 

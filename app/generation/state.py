@@ -5,9 +5,8 @@ from __future__ import annotations
 from collections import OrderedDict
 from dataclasses import dataclass, field
 
-import httpx
-
 from app.generation.limits import OwnerSlots
+from app.generation.upstream import WorkerClient
 
 
 class Affinity:
@@ -40,4 +39,4 @@ class Generation:
 
     affinity: Affinity = field(default_factory=Affinity)  # which worker served each checkpoint last
     slots: OwnerSlots = field(default_factory=OwnerSlots)  # per-owner generations in flight, in every API process
-    client: httpx.AsyncClient | None = None
+    client: WorkerClient | None = None

@@ -9,11 +9,10 @@ import json
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
-import httpx
-
 from app.errors import ApiError
 from app.generation import service as generation
 from app.generation import wire
+from app.generation.upstream import UpstreamError, WorkerClient
 from app.inspection.schemas import InspectRequest
 
 
@@ -26,14 +25,14 @@ class Relayed:
 
 
 async def inspect(
-    client: httpx.AsyncClient, target: generation.Target, affinity: generation.Affinity, body: InspectRequest
+    client: WorkerClient, target: generation.Target, affinity: generation.Affinity, body: InspectRequest
 ) -> Relayed:
     """The worker's answer (an `InspectResult` with its `mean_surprise_bits`: megabytes with a layer's
     activations) relayed as it arrives, with `model` and `checkpoint_id` put in front. Not parsed: parsing,
     validating and serialising it again took seconds of the API's event loop, and every request waited."""
     options = body.model_dump(exclude={"model"})
     worker_body = wire.InspectBody.model_construct(checkpoint_id=target.checkpoint_id, **options)
-    response = await generation.send(client, target, affinity, wire.INSPECT, worker_body, stream=True)
+    response = await generation.send(client, target, affinity, wire.INSPECT, worker_body)
     chunks = response.aiter_raw()
     start = b""
     try:
@@ -41,7 +40,7 @@ async def inspect(
             start += chunk
             if len(start) >= 2:
                 break
-    except httpx.HTTPError:
+    except UpstreamError:
         await response.aclose()
         raise ApiError(502, "the worker's answer was cut off; retry") from None
     if not start.startswith(b'{"'):

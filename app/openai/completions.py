@@ -27,7 +27,6 @@ import time
 from collections.abc import AsyncIterator, Awaitable
 from dataclasses import dataclass
 
-import httpx
 from pydantic import ValidationError
 from sqlalchemy.orm import Session
 
@@ -35,6 +34,7 @@ from app.errors import ApiError
 from app.generation import service as generation
 from app.generation.limits import Slot
 from app.generation.state import Generation
+from app.generation.upstream import Upstream, WorkerClient
 from app.openai import catalog
 from app.openai.errors import OpenAIError, error_body
 from app.openai.schemas import CompletionRequest, openai_param
@@ -47,9 +47,9 @@ class Streams:
     """The native streams of one streamed request, one per prompt, opened and not yet read."""
 
     prompts: list[str]
-    upstreams: list[httpx.Response]
+    upstreams: list[Upstream]
     target: generation.Target
-    client: httpx.AsyncClient  # for the logprobs of each chunk
+    client: WorkerClient  # for the logprobs of each chunk
     affinity: generation.Affinity
     slot: Slot  # the owner's generation slot, held until the stream ends (ReleasingEventSourceResponse)
 
@@ -134,7 +134,7 @@ async def _all(calls: list[Awaitable]) -> list:
         raise
 
 
-async def _logprobs(client: httpx.AsyncClient, target: generation.Target, affinity: generation.Affinity,
+async def _logprobs(client: WorkerClient, target: generation.Target, affinity: generation.Affinity,
                     prompt: str, text: str, echo: bool, top: int) -> dict:
     context, scored, lead = prompt, text, []
     if echo and prompt:  # the prompt's own characters too; its first has nothing before it
@@ -218,8 +218,8 @@ async def open_streams(gen: Generation, settings: Settings, *, key: str, body: C
     prompts = _prompts(body)
     params = [native_params(body, p) for p in prompts]
 
-    async def work(target: generation.Target) -> list[httpx.Response]:
-        opened: list[httpx.Response] = []
+    async def work(target: generation.Target) -> list[Upstream]:
+        opened: list[Upstream] = []
         try:
             for p in params:
                 opened.append(await generation.open_stream(gen.client, target, gen.affinity, params=p))

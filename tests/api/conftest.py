@@ -22,6 +22,7 @@ from fastapi import FastAPI
 from starlette.exceptions import StarletteDeprecationWarning
 from typer.testing import CliRunner
 
+from app.deps import current_settings
 from app.settings import Settings, get_settings
 from tests.harness import KEY, fail_on_server_error, small_corpus
 
@@ -136,8 +137,8 @@ def limited(api):
 
     def apply(**changes) -> Settings:
         settings = base.model_copy(update=changes)
-        api.app.dependency_overrides[get_settings] = lambda: settings
+        api.app.dependency_overrides[current_settings] = lambda: settings
         return settings
 
     yield apply
-    api.app.dependency_overrides.pop(get_settings, None)
+    api.app.dependency_overrides.pop(current_settings, None)

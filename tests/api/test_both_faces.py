@@ -13,6 +13,7 @@ import json
 import pytest
 
 from app.db import read_session
+from app.deps import current_settings
 from app.keys.service import owner_for_key
 from tests.api.test_limits import HUGE, HUGE_TRAINING
 from tests.harness import KEY, small_corpus
@@ -110,7 +111,7 @@ def test_v1_completions_count_in_the_same_per_owner_slots_as_generate(api, clien
         from app.settings import get_settings
 
         settings = get_settings().model_copy(update={"max_concurrent_generations_per_owner": limit})
-        api.app.dependency_overrides[get_settings] = lambda: settings
+        api.app.dependency_overrides[current_settings] = lambda: settings
         for path, body in (
             ("/generate", {"model": "job_x", "length": 5}),
             ("/score", {"model": "job_x", "text": "abc"}),

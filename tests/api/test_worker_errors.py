@@ -9,6 +9,7 @@ log files its traceback under, and which the API relays as a 502 without the tra
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import re
 from collections.abc import Iterator
@@ -145,8 +146,8 @@ def test_a_bug_mid_stream_ends_the_stream_with_an_error_id_only(worker_app, chec
 
 def test_the_api_relays_a_workers_bug_as_a_502_naming_the_id_without_the_traceback():
     detail = "internal error err_0123456789ab: the worker hit a bug in charrnn, not a problem with what you sent"
-    response = httpx.Response(500, json={"detail": detail, "error_id": "err_0123456789ab"})
+    body = json.dumps({"detail": detail, "error_id": "err_0123456789ab"}).encode()
     with pytest.raises(ApiError) as caught:
-        service._raise_for_worker(response, response.content)
+        service._raise_for_worker(500, {}, body)
     assert caught.value.status_code == 502 and "err_0123456789ab" in caught.value.detail
     assert "Traceback" not in caught.value.detail

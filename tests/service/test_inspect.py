@@ -14,10 +14,12 @@ import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import httpx
 
 from app.generation import service as generation
+from app.generation.upstream import WorkerClient
 from app.inspection import service as inspection
 from app.inspection.schemas import InspectRequest
 from app.workers import secret
@@ -71,12 +73,15 @@ def test_inspect_refusals_name_the_field_and_the_fix(service, client, trained_jo
 def test_inspect_is_one_worker_call(service: Service, trained_job):
     calls = []
 
-    async def run():
-        async def count(request):
-            calls.append(request.url.path)
+    class CountingClient(WorkerClient):
+        async def post(self, url: str, content: str):
+            calls.append(urlsplit(url).path)
+            return await super().post(url, content)
 
+    async def run():
         headers = {secret.HEADER: (service.data_dir / "worker-secret").read_text().strip()}
-        async with httpx.AsyncClient(headers=headers, event_hooks={"request": [count]}, timeout=60) as http:
+        http = CountingClient(headers=headers, timeout_seconds=60, connections=4)
+        try:
             best = httpx.get(f"{service.url}/jobs/{trained_job['id']}/checkpoints",
                              headers={"Authorization": "Bearer " + service.env["CHARRNN_BOOTSTRAP_KEY"]}).json()
             checkpoint = next(c["id"] for c in best["data"] if c["is_best"])
@@ -86,6 +91,8 @@ def test_inspect_is_one_worker_call(service: Service, trained_job):
             answer = b"".join([chunk async for chunk in relayed.body])
             assert len(answer) == relayed.length
             return answer
+        finally:
+            await http.aclose()
 
     result = json.loads(asyncio.run(run()))  # the worker's bytes, relayed with the model put in front
     assert calls == ["/inspect"]
