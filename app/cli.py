@@ -68,9 +68,11 @@ def run_api(host: str, port: int, on_stop_signal: Callable[[], None] | None = No
     from app.settings import get_settings
 
     setup_logging(get_settings().log_level)
-    # server_header=False: no `Server: uvicorn` telling a prober what to look up.
+    # server_header=False: no `Server: uvicorn` telling a prober what to look up. access_log=False: our
+    # middleware logs each request (app/ops/middleware.py), with its owner and duration.
     config = uvicorn.Config(
-        "app.main:app", host=host, port=port, log_config=None, timeout_graceful_shutdown=5, server_header=False
+        "app.main:app", host=host, port=port, log_config=None, timeout_graceful_shutdown=5, server_header=False,
+        access_log=False,
     )
     server = uvicorn.Server(config)
     if on_stop_signal is not None:

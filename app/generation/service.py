@@ -40,6 +40,10 @@ class CorruptCheckpoint(ApiError):
     """The worker found the checkpoint's file damaged (409); a job's best can fall back past it."""
 
 
+class NoWorkerReached(ApiError):
+    """None of the listed workers could be reached (503): the list may be older than a worker's death."""
+
+
 @dataclass
 class Target:
     checkpoint_id: str
@@ -61,7 +65,7 @@ def target(
     key: str,
     settings: Settings,
     model: str,
-    affinity: Affinity,
+    generation: Generation,
     native_model: Callable[[Session, str, str], str] | None = None,
 ) -> Target:
     """The key's owner, the model's checkpoint and the live workers, in one session (call it in a thread):
@@ -74,8 +78,16 @@ def target(
         if native_model is not None:
             model = native_model(session, owner, model)
         checkpoint_id = resolve(session, owner=owner, model=model)
-        urls = worker_urls(session, settings=settings)
-    return Target(checkpoint_id, affinity.order(urls, checkpoint_id), owner, from_job=not model.startswith("ckpt_"))
+        urls = generation.workers.urls(lambda: workers.live_urls(session, within_seconds=settings.job_lease_seconds))
+    if not urls:
+        raise ApiError(
+            503,
+            "no worker is alive to run the model; start one with `charrnn worker` (or `charrnn serve`), then retry",
+            headers=RETRY_AFTER,
+        )
+    return Target(
+        checkpoint_id, generation.affinity.order(urls, checkpoint_id), owner, from_job=not model.startswith("ckpt_")
+    )
 
 
 def resolve(session: Session, *, owner: str, model: str) -> str:
@@ -105,17 +117,6 @@ def resolve(session: Session, *, owner: str, model: str) -> str:
             "from; start a new job (POST /jobs)",
         )
     return best.checkpoint_id
-
-
-def worker_urls(session: Session, *, settings: Settings) -> list[str]:
-    urls = workers.live_urls(session, within_seconds=settings.job_lease_seconds)
-    if not urls:
-        raise ApiError(
-            503,
-            "no worker is alive to run the model; start one with `charrnn worker` (or `charrnn serve`), then retry",
-            headers=RETRY_AFTER,
-        )
-    return urls
 
 
 def _raise_for_worker(status: int, headers: Mapping[str, str], body: bytes) -> None:
@@ -161,7 +162,7 @@ async def send(
             _raise_for_worker(response.status_code, response.headers, error_body)
         affinity.remember(target.checkpoint_id, url)
         return response
-    raise ApiError(
+    raise NoWorkerReached(
         503, f"no worker could be reached ({last_error}); retry in a few seconds", headers=RETRY_AFTER
     )
 
@@ -291,7 +292,8 @@ async def admit(
       (prompts, logprobs); a 429 past the limit;
     - a job's best checkpoint whose file the worker finds damaged falls back to the job's previous good
       checkpoint (the worker has marked it, so resolving the job again gives the next), up to FALLBACKS
-      times; a checkpoint named by its id has no fallback: its 409 is the answer.
+      times; a checkpoint named by its id has no fallback: its 409 is the answer;
+    - when no worker of the (briefly kept) list answers, the list is read again and the call made once more.
 
     The returned slot is held: release it when the answer is complete (`with admitted.slot:`), or hand it
     to the response that streams (ReleasingEventSourceResponse). On an error it is released here."""
@@ -299,19 +301,24 @@ async def admit(
     generation.slots.precheck(key, limit)  # a flood past the limit costs no database lookup
 
     async def resolve_target() -> Target:
-        return await run_in_threadpool(target, key, settings, model, generation.affinity, native_model)
+        return await run_in_threadpool(target, key, settings, model, generation, native_model)
 
     found = await resolve_target()
     slot = await generation.slots.take(found.owner, limit, settings.generation_slot_lease_seconds, key)
     try:
-        fallbacks = 0
+        fallbacks, relisted = 0, False
         while True:
             try:
                 return Admitted(found, await work(found), slot)
             except CorruptCheckpoint:
                 if not found.from_job or fallbacks == FALLBACKS:
                     raise
-            fallbacks += 1
+                fallbacks += 1
+            except NoWorkerReached:
+                if relisted:
+                    raise
+                generation.workers.forget()  # once more with the workers alive now
+                relisted = True
             found = await resolve_target()
     except BaseException:
         slot.release()

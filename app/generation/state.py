@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import time
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from app.generation.limits import OwnerSlots
@@ -31,6 +33,28 @@ class Affinity:
             self._urls.popitem(last=False)
 
 
+class LiveWorkers:
+    """The live workers' urls, read from the database at most once per `max_age` seconds: a statement less
+    for nearly every generation. A worker that joined meanwhile waits that long for traffic; one that died
+    is passed over by the call that finds it gone, and `forget` makes the next read fresh (admit() does so
+    when no listed worker answers). An empty list is never kept: the next call looks again."""
+
+    def __init__(self, max_age: float = 1.0):
+        self.max_age = max_age
+        self._read: tuple[float, list[str]] | None = None
+
+    def urls(self, read: Callable[[], list[str]]) -> list[str]:
+        now = time.monotonic()
+        if self._read is not None and now - self._read[0] < self.max_age:
+            return list(self._read[1])
+        urls = read()
+        self._read = (now, list(urls)) if urls else None
+        return urls
+
+    def forget(self) -> None:
+        self._read = None
+
+
 @dataclass
 class Generation:
     """What every face (the native routes, /v1) runs a generation with: one per app, on app.state.generation.
@@ -38,5 +62,6 @@ class Generation:
     `client` is made in the app's lifespan (it needs the running event loop) and closed there."""
 
     affinity: Affinity = field(default_factory=Affinity)  # which worker served each checkpoint last
+    workers: LiveWorkers = field(default_factory=LiveWorkers)
     slots: OwnerSlots = field(default_factory=OwnerSlots)  # per-owner generations in flight, in every API process
     client: WorkerClient | None = None

@@ -21,7 +21,7 @@ from __future__ import annotations
 import os
 import queue
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 import torch
@@ -91,10 +91,24 @@ class _Member:
     abandoned: bool = False  # the reader went away (a closed stream); stop spending steps on it
     cancel: Cancellation | None = None  # the requester went away or stopped waiting; end it, waking the reader
     draws: SeededDraws | None = None  # a seeded request's own random numbers
+    on_end: Callable[[], None] | None = None  # called on the batch's thread once its end is in `out`
 
     @property
     def rows(self) -> int:
         return self.request.num_samples
+
+
+class PendingSamples:
+    """A submitted `generate`: `result()` waits for its samples (or raises what failed it)."""
+
+    def __init__(self, member: _Member):
+        self._member = member
+
+    def result(self) -> list[Sample]:
+        member = self._member
+        for _ in BatchedSampler._pieces(member):
+            pass
+        return [Sample(t, s.finish_reason) for t, s in zip(member.texts, member.scanners, strict=True)]
 
 
 class BatchedSampler:
@@ -119,12 +133,19 @@ class BatchedSampler:
         return SampleStream(self._pieces(member), member.scanners)
 
     def generate(self, request: SampleRequest, cancel: Cancellation | None = None) -> list[Sample]:
-        member = self._submit(request, live=False, cancel=cancel)
-        for _ in self._pieces(member):
-            pass
-        return [Sample(t, s.finish_reason) for t, s in zip(member.texts, member.scanners, strict=True)]
+        return self.submit(request, cancel).result()
 
-    def _submit(self, request: SampleRequest, live: bool, cancel: Cancellation | None) -> _Member:
+    def submit(
+        self, request: SampleRequest, cancel: Cancellation | None = None, on_end: Callable[[], None] | None = None
+    ) -> PendingSamples:
+        """`generate` without waiting: `on_end()` is called (on the batch's thread, so it must be quick and
+        must not raise) once the request has ended, after which `result()` returns at once. An event loop
+        awaits a generation this way with no thread of its own blocked on it."""
+        return PendingSamples(self._submit(request, live=False, cancel=cancel, on_end=on_end))
+
+    def _submit(
+        self, request: SampleRequest, live: bool, cancel: Cancellation | None, on_end: Callable[[], None] | None = None
+    ) -> _Member:
         # ValueError, not an EngineError: these are the caller's bugs (the server routes requests by seed,
         # and SamplingParams bounds num_samples below max_rows), never a request's problem.
         if (request.seed is not None) != self.seeded:
@@ -140,6 +161,7 @@ class BatchedSampler:
             texts=[""] * request.num_samples,
             cancel=cancel,
             draws=SeededDraws(request.seed, request.num_samples, self.sampler.device) if self.seeded else None,
+            on_end=on_end,
         )
         with self._wake:
             self._waiting.append(member)
@@ -181,7 +203,7 @@ class BatchedSampler:
                     running, state = self._advance(running, joining, state)
                 except Exception as exc:  # noqa: BLE001  a failed step fails its requests, not the thread
                     for member in [*running, *joining]:
-                        member.out.put(exc)
+                        self._end(member, exc)
                     running, state = [], None
 
     def _admit(self, running: list[_Member]) -> list[_Member]:
@@ -205,7 +227,7 @@ class BatchedSampler:
             if member.abandoned:
                 finished.add(member)
             elif member.cancel is not None and member.cancel.cancelled:
-                member.out.put(_DONE)  # its reader (if any is left) gets what was made so far
+                self._end(member, _DONE)  # its reader (if any is left) gets what was made so far
                 finished.add(member)
             elif member.produced == member.request.length:  # a length-0 request
                 self._finish(member)
@@ -269,7 +291,14 @@ class BatchedSampler:
 
     def _finish(self, member: _Member) -> None:
         self._emit(member, [s.flush() for s in member.scanners])
-        member.out.put(_DONE)
+        self._end(member, _DONE)
+
+    @staticmethod
+    def _end(member: _Member, last: object) -> None:
+        """Its last item: _DONE, or the exception that failed it."""
+        member.out.put(last)
+        if member.on_end is not None:
+            member.on_end()
 
     def _regroup(self, running: list[_Member], joining: list[_Member], finished: set, state: list | None) -> list:
         """The batch's hidden state after members left or joined: the staying rows in order, then the newcomers'."""

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 import torch
@@ -47,14 +48,16 @@ class Vocab:
     def __len__(self) -> int:
         return len(self.chars)
 
-    @property
+    # Built once per vocabulary, not per call: every generation request encodes its prompt, and a corpus
+    # can have thousands of distinct characters.
+    @cached_property
     def index(self) -> dict[str, int]:
         return {c: i for i, c in enumerate(self.chars)}
 
     def unknown(self, text: str) -> list[str]:
         """Characters of `text` that are not in the vocabulary, in order of first appearance."""
-        known = set(self.chars)
-        return list(dict.fromkeys(c for c in text if c not in known))
+        index = self.index
+        return list(dict.fromkeys(c for c in text if c not in index))
 
     def encode(self, text: str, what: str = "text") -> torch.Tensor:
         missing = self.unknown(text)

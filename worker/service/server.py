@@ -19,6 +19,7 @@ API relays.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import socket
@@ -98,6 +99,11 @@ class AnswerBugs:
             await JSONResponse({"detail": detail, "error_id": error_id}, status_code=500)(scope, receive, send)
 
 
+def _settle(future: asyncio.Future) -> None:
+    if not future.done():
+        future.set_result(None)
+
+
 class ServedModel:
     """A loaded checkpoint with its samplers: unseeded requests batched together, seeded ones in a batch
     of their own that gives each the text it gets alone (worker/engine/batching.py)."""
@@ -134,14 +140,20 @@ class ModelCache:
         self.models: OrderedDict[str, ServedModel] = OrderedDict()
         self.lock = threading.Lock()
 
+    def loaded(self, checkpoint_id: str) -> ServedModel | None:
+        """The model if it is loaded (no waiting: callable on the event loop), else None."""
+        with self.lock:
+            served = self.models.get(checkpoint_id)
+            if served is not None:
+                self.models.move_to_end(checkpoint_id)
+            return served
+
     def get(self, checkpoint_id: str) -> ServedModel:
         from worker.engine.checkpoint import CheckpointError, CorruptCheckpointError, load_model
         from worker.engine.device import resolve_device
 
-        with self.lock:
-            if checkpoint_id in self.models:
-                self.models.move_to_end(checkpoint_id)
-                return self.models[checkpoint_id]
+        if (served := self.loaded(checkpoint_id)) is not None:
+            return served
         path, sha256 = self.path_of(checkpoint_id)
         try:
             # The file is checked against the sha256 recorded when it was written before it is parsed.
@@ -258,14 +270,22 @@ def create_server_app(settings: Settings) -> FastAPI:
     async def generate(body: wire.GenerateBody, request: Request):
         # Past the API's own timeout nobody waits for the answer: stop then at the latest.
         cancel = Cancellation(timeout_s=settings.generate_timeout_seconds)
+        # A loaded model's request goes to its batch from the event loop, which awaits its end: no thread
+        # of the pool sits waiting on it (one thread hop less per call). Loading a model reads a file: that
+        # is done on a thread.
+        served = cache.loaded(body.checkpoint_id) or await run_in_threadpool(cache.get, body.checkpoint_id)
+        served.sampler.validate(body)  # the prompt's characters; the fields were checked by GenerateBody
+        loop = asyncio.get_running_loop()
+        ended = loop.create_future()
 
-        def work() -> bytes:
-            samples = runner_for(body).generate(body, cancel)
-            out = [SampleOut(text=s.text, finish_reason=s.finish_reason) for s in samples]
-            return wire.GenerateResult(samples=out).model_dump_json()
+        def on_end() -> None:  # on the batch's thread
+            with contextlib.suppress(RuntimeError):  # the loop has closed: nobody waits any more
+                loop.call_soon_threadsafe(_settle, ended)
 
-        content = await until_disconnected(request, run_in_threadpool(work), cancel)
-        return Response(content, media_type="application/json")
+        pending = served.runner_for(body).submit(body, cancel, on_end)
+        await until_disconnected(request, ended, cancel)
+        out = [SampleOut(text=s.text, finish_reason=s.finish_reason) for s in pending.result()]
+        return Response(wire.GenerateResult(samples=out).model_dump_json(), media_type="application/json")
 
     @app.post(wire.GENERATE_STREAM)
     async def generate_stream(body: wire.GenerateBody):
