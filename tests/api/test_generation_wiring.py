@@ -104,3 +104,27 @@ def test_the_generation_server_wants_the_secret_before_anything_else(worker_app)
     assert r.status_code == 422 and "path" in r.text
     r = call(worker_app, "POST", "/generate", json={**body, "num_samples": 1000}, headers=good)
     assert r.status_code == 422 and "num_samples" in r.text
+
+
+def test_the_live_workers_list_is_kept_briefly_and_read_again_when_forgotten():
+    from app.generation.state import LiveWorkers
+
+    reads = []
+
+    def read(urls):
+        def once():
+            reads.append(urls)
+            return list(urls)
+
+        return once
+
+    workers = LiveWorkers(max_age=60)
+    assert workers.urls(read([])) == [] and workers.urls(read(["http://w1"])) == ["http://w1"]  # none: not kept
+    assert workers.urls(read(["http://w2"])) == ["http://w1"]  # kept
+    listed = workers.urls(read(["http://w2"]))
+    listed.remove("http://w1")  # callers reorder their copy (Affinity.order); the kept list is unchanged
+    assert workers.urls(read(["http://w2"])) == ["http://w1"]
+    workers.forget()
+    assert workers.urls(read(["http://w2"])) == ["http://w2"]
+    assert reads == [[], ["http://w1"], ["http://w2"]]
+    assert LiveWorkers(max_age=0).urls(read(["http://w3"])) == ["http://w3"]  # expired at once: read every time

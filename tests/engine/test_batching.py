@@ -1,6 +1,7 @@
 """Batched generation: concurrent requests share steps and each still gets its own sample; a seeded
 request's text is the same alone or beside others, whenever they join and leave."""
 
+import threading
 import time
 
 import pytest
@@ -239,3 +240,28 @@ def test_seeded_rows_step_the_same_in_any_batch(cell, hidden):
             assert torch.equal(part_logits, logits[rows])
             pairs = [(a, b) for la, lb in zip(part_after, after, strict=True) for a, b in zip(la, lb, strict=True)]
             assert all(torch.equal(a, b[rows]) for a, b in pairs)
+
+
+def test_a_submitted_request_calls_on_end_once_and_its_result_is_then_ready(samplers):
+    sampler, batched = samplers
+    ended = threading.Event()
+    calls = []
+
+    def on_end():
+        calls.append(threading.current_thread().name)
+        ended.set()
+
+    request = SampleRequest(prompt="the ", length=40, temperature=0)
+    pending = batched.submit(request, on_end=on_end)
+    assert ended.wait(30)
+    assert calls == ["batched-sampler"]  # called on the batch's thread, once
+    assert pending.result() == sampler.generate(request)
+    # A failed step ends its requests too: on_end is called and result() raises what failed it.
+    failed = threading.Event()
+    broken = BatchedSampler(sampler)
+    broken._advance = lambda *_args: (_ for _ in ()).throw(RuntimeError("planted"))
+    pending = broken.submit(SampleRequest(prompt="a", length=5), on_end=failed.set)
+    assert failed.wait(30)
+    with pytest.raises(RuntimeError, match="planted"):
+        pending.result()
+    broken.close()
