@@ -121,9 +121,10 @@ def resolve(session: Session, *, owner: str, model: str) -> str:
 
 def _raise_for_worker(status: int, headers: Mapping[str, str], body: bytes) -> None:
     try:
-        detail = json.loads(body).get("detail")
+        answer = json.loads(body)
+        detail, param = answer.get("detail"), answer.get("param")
     except (ValueError, AttributeError):
-        detail = None
+        detail = param = None
     if status == 401:
         # Not the caller's key: this deployment's API and worker disagree on their shared secret.
         raise ApiError(
@@ -134,7 +135,7 @@ def _raise_for_worker(status: int, headers: Mapping[str, str], body: bytes) -> N
     if status == 409 and headers.get(wire.CORRUPT_HEADER) and isinstance(detail, str):
         raise CorruptCheckpoint(409, detail)
     if 400 <= status < 500 and isinstance(detail, str):
-        raise ApiError(status, detail)
+        raise ApiError(status, detail, param=param if isinstance(param, str) else None)
     raise ApiError(502, f"the worker failed to run the model (HTTP {status}): {detail or 'no detail'}")
 
 

@@ -59,19 +59,7 @@ def error_response(status: int, message: str, param: str | None = None, code: st
     )
 
 
-# The native fields a worker's message may start with ("prompt has characters ...", "the temperature ...").
-NAMED_IN_MESSAGES = ("prompt", "temperature", "top_p", "top_k", "length", "stop", "seed", "model")
-
-
-def guess_param(message: str) -> str | None:
-    """The request field a native message without a `param` is about (a worker's answer names it in words)."""
-    for field in NAMED_IN_MESSAGES:
-        if message.startswith(field) or f"the {field}" in message:
-            return openai_param(field)
-    return None
-
-
 def render(_request: Request, problem: Problem) -> JSONResponse:
     """A Problem (app/errors.py) in OpenAI's shape; a native field is named as /v1 names it (OPENAI_PARAMS)."""
-    param = openai_param(problem.param) if problem.param else guess_param(problem.message)
+    param = openai_param(problem.param) if problem.param else None
     return error_response(problem.status, problem.message, param, problem.code, problem.headers)

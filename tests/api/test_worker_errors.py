@@ -93,17 +93,19 @@ def post(app, path: str, body: dict) -> httpx.Response:
     return asyncio.run(go())
 
 
-@pytest.mark.parametrize(("path", "body", "words"), [
-    ("/generate", {"prompt": "snow ☃", "length": 5}, "'☃'"),
-    ("/generate/stream", {"prompt": "snow ☃", "length": 5}, "'☃'"),
-    ("/score", {"text": "snow ☃"}, "'☃'"),
-    ("/logprobs", {"context": "☃", "text": "ab"}, "'☃'"),
-    ("/inspect", {"text": "the", "layer": 3}, "layer must be between 0 and 0"),
-    ("/inspect", {"text": "the", "layer": 0, "units": [99]}, "units must be between 0 and 31"),
+@pytest.mark.parametrize(("path", "body", "words", "param"), [
+    ("/generate", {"prompt": "snow ☃", "length": 5}, "'☃'", "prompt"),
+    ("/generate/stream", {"prompt": "snow ☃", "length": 5}, "'☃'", "prompt"),
+    ("/score", {"text": "snow ☃"}, "'☃'", "text"),
+    ("/logprobs", {"context": "☃", "text": "ab"}, "'☃'", "prompt"),
+    ("/inspect", {"text": "the", "layer": 3}, "layer must be between 0 and 0", "layer"),
+    ("/inspect", {"text": "the", "layer": 0, "units": [99]}, "units must be between 0 and 31", "units"),
 ])
-def test_a_request_the_model_cannot_serve_answers_422_in_the_engines_words(worker_app, checkpoint, path, body, words):
+def test_a_request_the_model_cannot_serve_answers_422_in_the_engines_words(
+        worker_app, checkpoint, path, body, words, param):
     r = post(worker_app, path, {"checkpoint_id": checkpoint, **body})
     assert r.status_code == 422, r.text
+    assert r.json()["param"] == param  # the field, named by the engine: the API passes it on (/v1's `param`)
     assert words in r.json()["detail"] and "internal error" not in r.text
 
 

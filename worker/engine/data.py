@@ -59,13 +59,16 @@ class Vocab:
         index = self.index
         return list(dict.fromkeys(c for c in text if c not in index))
 
-    def encode(self, text: str, what: str = "text") -> torch.Tensor:
+    def encode(self, text: str, what: str = "text", param: str | None = None) -> torch.Tensor:
+        """`text` as ids; a CorpusError naming `what` (and the request field `param`) if the model never saw
+        some of its characters."""
         missing = self.unknown(text)
         if missing:
             shown = ", ".join(repr(c) for c in missing[:20]) + (" ..." if len(missing) > 20 else "")
             raise CorpusError(
                 f"{what} contains {len(missing)} character(s) the model never saw in training: {shown}. "
-                "Remove or replace them; the model's vocabulary is available from its checkpoint."
+                "Remove or replace them; the model's vocabulary is available from its checkpoint.",
+                param=param,
             )
         index = self.index
         return torch.tensor([index[c] for c in text], dtype=torch.long)

@@ -21,7 +21,13 @@ from __future__ import annotations
 
 
 class EngineError(Exception):
-    """Bad data, a bad checkpoint, a bad setting or a diverged run: the message is for the user."""
+    """Bad data, a bad checkpoint, a bad setting or a diverged run: the message is for the user. `param`
+    names the request field it is about, where there is one (a prompt, a layer): the generation server
+    passes it on, and /v1 shows it as OpenAI's `param`."""
+
+    def __init__(self, message: str, *, param: str | None = None):
+        super().__init__(message)
+        self.param = param
 
 
 class ConfigError(EngineError):

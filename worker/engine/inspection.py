@@ -44,9 +44,9 @@ def _ids(model: CharRNN, vocab: Vocab, text: str) -> tuple[torch.Tensor, int]:
     from worker.engine.sampler import priming_text
 
     if not text:
-        raise InputError("text must have at least 1 character")
+        raise InputError("text must have at least 1 character", param="text")
     prime = priming_text(vocab, "")
-    ids = vocab.encode(prime + text, what="the text").to(next(model.parameters()).device)
+    ids = vocab.encode(prime + text, what="the text", param="text").to(next(model.parameters()).device)
     return ids, len(prime)
 
 
@@ -104,13 +104,16 @@ def _activations(model: CharRNN, ids: torch.Tensor, start: int, layer: int, unit
         units = list(range(hidden))
     bad = [u for u in units if not 0 <= u < hidden]
     if bad:
-        raise InputError(f"units must be between 0 and {hidden - 1} for this model (its hidden_size), got {bad[:5]}")
+        raise InputError(
+            f"units must be between 0 and {hidden - 1} for this model (its hidden_size), got {bad[:5]}", param="units"
+        )
     states = 2 if model.config.cell == "lstm" else 1
     count = (len(ids) - start) * len(units) * states
     if count > MAX_ACTIVATION_VALUES:
         raise InputError(
             f"units: {len(ids) - start} characters x {len(units)} units x {states} state(s) is {count:,} values, "
-            f"over {MAX_ACTIVATION_VALUES:,}; ask for fewer units (e.g. units=[0, 1, 2]) or a shorter text"
+            f"over {MAX_ACTIVATION_VALUES:,}; ask for fewer units (e.g. units=[0, 1, 2]) or a shorter text",
+            param="units",
         )
     h, c = layer_states(model, ids, layer)
     index = torch.tensor(units, dtype=torch.long, device=h.device)

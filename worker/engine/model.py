@@ -115,7 +115,9 @@ def layer_states(model: CharRNN, x: torch.Tensor, layer: int) -> tuple[torch.Ten
     recomputed from its h: every step's gates at once, then only the cheap elementwise recurrence."""
     config = model.config
     if not 0 <= layer < config.num_layers:
-        raise InputError(f"layer must be between 0 and {config.num_layers - 1} for this model, got {layer}")
+        raise InputError(
+            f"layer must be between 0 and {config.num_layers - 1} for this model, got {layer}", param="layer"
+        )
     return each_layer_states(model, x, layer)[layer]
 
 

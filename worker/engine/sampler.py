@@ -226,11 +226,12 @@ class Sampler:
     def validate(self, request: SampleRequest) -> None:
         """Raise CorpusError naming the prompt's characters the model never saw. The fields' own bounds
         were checked when the request was built (SamplingParams)."""
-        self.vocab.encode(request.prompt, what="the prompt")
+        self.vocab.encode(request.prompt, what="the prompt", param="prompt")
 
     def prime(self, prompt: str, n: int):
         """Hidden state and next-character logits after reading the prompt, for n samples."""
-        ids = self.vocab.encode(priming_text(self.vocab, prompt), what="the prompt").to(self.device).unsqueeze(0)
+        ids = self.vocab.encode(priming_text(self.vocab, prompt), what="the prompt", param="prompt")
+        ids = ids.to(self.device).unsqueeze(0)
         logits, hidden = self.model(ids)
         hs = list(hidden) if self.cell == "lstm" else [hidden]
         per_layer = [tuple(h[layer].expand(n, -1).contiguous() for h in hs) for layer in range(len(self.layers))]

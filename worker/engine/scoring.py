@@ -16,14 +16,16 @@ MIN_STREAM_CHARS = 4096
 
 def score_ids(model: CharRNN, data: torch.Tensor, autocast_dtype: torch.dtype | None = None) -> tuple[float, int]:
     if len(data) < 2:
-        raise InputError("the text must have at least 2 characters to be scored (the first one has no prediction)")
+        raise InputError(
+            "the text must have at least 2 characters to be scored (the first one has no prediction)", param="text"
+        )
     streams = max(1, min(MAX_STREAMS, len(data) // MIN_STREAM_CHARS))
     inputs, targets = eval_streams(data, streams)
     return mean_cross_entropy(model, inputs, targets, autocast_dtype=autocast_dtype)
 
 
 def score_text(model: CharRNN, vocab: Vocab, text: str) -> tuple[float, int]:
-    return score_ids(model, vocab.encode(text, what="the text to score"))
+    return score_ids(model, vocab.encode(text, what="the text to score", param="text"))
 
 
 @torch.inference_mode()
@@ -38,7 +40,7 @@ def character_logprobs(
     if not text:
         return [], []
     prime = priming_text(vocab, context)
-    vocab.encode(context, what="the prompt")
+    vocab.encode(context, what="the prompt", param="prompt")
     ids = vocab.encode(prime + text, what="the text").to(next(model.parameters()).device)
     logits, _ = model.eval()(ids[:-1].unsqueeze(0))
     logprobs = logits[0, len(prime) - 1 :].float().log_softmax(dim=-1)

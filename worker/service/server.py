@@ -229,8 +229,9 @@ def create_server_app(settings: Settings) -> FastAPI:
 
     @app.exception_handler(EngineError)
     async def engine_error(_request: Request, exc: EngineError) -> JSONResponse:
-        # The request's problem, by name: a prompt with characters the model never saw, a layer it lacks.
-        return JSONResponse({"detail": str(exc)}, status_code=422)
+        # The request's problem, by name: a prompt with characters the model never saw, a layer it lacks;
+        # `param` is the request field it is about, for the API's answer (/v1 shows it).
+        return JSONResponse({"detail": str(exc), "param": exc.param}, status_code=422)
 
     cache = ModelCache(settings.model_cache_size, settings.device, settings.data_dir, settings)
     counts = {"running": 0}  # generations in progress (changed on the event loop only)
