@@ -154,6 +154,14 @@ def check_owner_quota(session: Session, *, owner: str, adding: int, limit: int, 
 
 def _store(session: Session, sink: CorpusSink, corpus: Corpus, store: Store, owner_limit: int) -> None:
     try:
+        sent = store.local_root is None
+        if sent:
+            # A remote store: the bytes go before the lock is taken. Sending a large corpus takes seconds,
+            # and on SQLite the lock is the database's one write lock: every worker's progress would wait.
+            # The key is the content's hash, so a second upload of the same text sends the same object.
+            sink.send(store, corpus.path)
+            key, sha256, corpus_id = corpus.path, corpus.sha256, corpus.id
+            after_rollback(session, lambda: _remove_if_unused(store, key, sha256, corpus_id))
         lock_content(session, corpus.sha256)
         check_owner_quota(
             session, owner=corpus.owner, adding=corpus.size_bytes, limit=owner_limit,
@@ -162,10 +170,25 @@ def _store(session: Session, sink: CorpusSink, corpus: Corpus, store: Store, own
         # Placed under the lock, so a delete of the same content either finished before (and the
         # file is re-created here) or starts after this row is committed (and sees it). A store that
         # fails (unreachable, full) raises StoreError: the request's transaction rolls back, nothing counts.
-        sink.place(store, corpus.path)
+        # What was sent before the lock is there unless such a delete (or a start-up sweep of objects no
+        # row names) removed it meanwhile.
+        if not sent or store.size(corpus.path) != corpus.size_bytes:
+            sink.place(store, corpus.path)
         session.add(corpus)
     finally:
         sink.discard()  # the temporary file, if it was never placed
+
+
+def _remove_if_unused(store: Store, key: str, sha256: str, corpus_id: str) -> None:
+    """After a refused upload to a remote store: remove the object it sent, unless a corpus uses that content
+    (checked under the content's lock, as a delete does). Best effort: the start-up sweep removes orphans."""
+    try:
+        with session_scope() as session:
+            lock_content(session, sha256)
+            if not repository.others_with_file(session, path=key, corpus_id=corpus_id):
+                store.delete([key])
+    except Exception:  # noqa: BLE001 - the refusal is the answer; an orphan only waits for the sweep
+        log.warning("could not remove %s after a refused upload; the start-up sweep will", key, exc_info=True)
 
 
 def get(session: Session, *, owner: str, corpus_id: str) -> Corpus:

@@ -166,6 +166,12 @@ class CorpusSink:
         digest = self.sha.hexdigest()
         return digest, f"corpora/{digest}.txt"
 
+    def send(self, store: Store, key: str) -> None:
+        """Copy the upload to a remote store, keeping the temporary file (for `place`, if it must be sent
+        again under the lock)."""
+        self.file.flush()
+        store.put_file(key, self.tmp_path)
+
     def place(self, store: Store, key: str) -> None:
         """Put the upload in the store: renamed into the data directory, or streamed to S3 (multipart)."""
         self.file.flush()
