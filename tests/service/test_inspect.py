@@ -125,8 +125,12 @@ def cpu_seconds(pid: int) -> float:
 
 
 POLL_HEALTHZ = """
-import json, sys, time
+import json, signal, sys, time
 import httpx
+# Ended by SIGINT: take it even if the suite was started with SIGINT ignored or blocked, which every process
+# it starts inherits (a background job of a non-interactive shell starts with SIGINT ignored).
+signal.pthread_sigmask(signal.SIG_UNBLOCK, [signal.SIGINT])
+signal.signal(signal.SIGINT, signal.default_int_handler)
 took = []
 with httpx.Client(base_url=sys.argv[1], timeout=30) as probe:
     probe.get("/healthz")
