@@ -19,13 +19,17 @@ from tests.harness import ROOT, MotoS3, Service, require_postgres, small_corpus,
 SERVICE_TESTS = ROOT / "tests" / "service"
 
 
-# The longest files, longest first, started before all others: `make test` hands whole files to its two
+# The longest files, longest first, started before all others: `make test` hands whole files to its
 # workers in collection order, and one of these started last would run alone at the end. The order is a
-# full run's --durations, each file's tests and fixtures summed.
+# full run's --durations (at -n 4), each file's tests and fixtures summed.
 LONGEST_FILES = (
-    "test_object_store.py", "test_recovery.py", "test_database.py", "test_stops.py", "test_retries.py",
-    "test_followers.py", "test_resume_record.py", "test_readme.py", "test_streams.py", "test_uploads.py",
-    "test_scaleout.py", "test_retention.py",
+    "service/test_object_store.py", "service/test_database.py", "service/test_worker_faults.py",
+    "service/test_stops.py", "service/test_streams.py", "service/test_inspect.py", "service/test_recovery.py",
+    "service/test_followers.py", "service/test_scaleout.py", "service/test_readme.py", "service/test_uploads.py",
+    "service/test_limits.py", "service/test_resume_record.py", "engine/test_distributed.py",
+    "service/test_security.py", "service/test_disk_full.py", "service/test_limits_across_apis.py",
+    "openai/test_generation_rules.py", "service/test_retries.py", "engine/test_gpu_check.py",
+    "service/test_complete_curves.py", "service/test_retention.py",
 )
 
 
@@ -35,7 +39,9 @@ def pytest_collection_modifyitems(items):
         if SERVICE_TESTS in item.path.parents:
             item.add_marker(pytest.mark.slow)
     rank = {name: i for i, name in enumerate(LONGEST_FILES)}
-    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: order within a file kept
+    tests = ROOT / "tests"
+    # Stable: the order within a file is kept. (By path under tests/: two files may share a name.)
+    items.sort(key=lambda item: rank.get(item.path.relative_to(tests).as_posix(), len(rank)))
 
 
 @pytest.fixture

@@ -239,6 +239,18 @@ class Service:
             time.sleep(0.1)
         return proc
 
+    def start_workers(self, n: int) -> list[subprocess.Popen]:
+        """n workers started together, returned once all of them are registered: their imports (torch)
+        overlap instead of running one after another."""
+        before = self.live_workers()
+        procs = [self.start_worker(wait=False) for _ in range(n)]
+        deadline = time.monotonic() + 60 + 10 * n  # n imports of torch share the machine's cores
+        while self.live_workers() < before + n:
+            if any(p.poll() is not None for p in procs) or time.monotonic() > deadline:
+                raise AssertionError(f"{n} workers did not register:\n" + self.log_text())
+            time.sleep(0.1)
+        return procs
+
     def worker_url(self) -> str:
         """The generation server of the most recently heard-from live worker (from the SQLite database)."""
         with sqlite3.connect(self.data_dir / "charrnn.db") as db:

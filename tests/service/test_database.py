@@ -255,8 +255,7 @@ def test_postgres_going_away_under_three_workers_loses_and_repeats_no_job(tmp_pa
     try:
         client = svc.client()
         corpus = svc.upload(client, small_corpus(30_000), name="pg")
-        for _ in range(3):
-            svc.start_worker()
+        svc.start_workers(3)
         training = {"max_steps": 400, "checkpoint_every": 100, "eval_every": 100, "log_every": 50, "seed": 11}
         jobs = [svc.create_job(client, corpus["id"], training=training, name=f"pg-{i}")["id"] for i in range(3)]
         wait_for(

@@ -97,6 +97,9 @@ def test_the_training_state_round_trips_through_its_file(tmp_path):
 def database(tmp_path, monkeypatch):
     monkeypatch.setenv("CHARRNN_DATA_DIR", str(tmp_path))
     monkeypatch.delenv("CHARRNN_DATABASE_URL", raising=False)
+    # One training thread, as the harness's services have (TEST_SETTINGS): the default, every core, makes
+    # torch's threads spin-wait for each other beside the other test processes on a shared machine.
+    monkeypatch.setenv("CHARRNN_TRAIN_THREADS", "1")
     for cached in (app_settings.get_settings, app_db.get_engine, app_db.get_sessionmaker):
         cached.cache_clear()
     from app.cli import upgrade_database

@@ -21,8 +21,7 @@ def test_three_workers_on_postgres_run_every_job_exactly_once(tmp_path, postgres
     svc = Service(tmp_path, database_url=postgres_url, job_lease_seconds=10)
     svc.start_api()
     try:
-        for _ in range(3):
-            svc.start_worker()
+        svc.start_workers(3)
         with svc.client() as client:
             corpus = svc.upload(client, small_corpus(), name="many")
             jobs = [svc.create_job(client, corpus["id"], training={**QUICK, "seed": i}) for i in range(6)]
