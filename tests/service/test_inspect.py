@@ -123,8 +123,8 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-# Polls until its standard input closes (a signal to stop it was once lost on a loaded machine, and the test
-# then waited in vain), then prints every poll's seconds.
+# Polls until its standard input closes, then prints every poll's seconds. Not stopped by SIGINT: a pytest
+# started in the background by a non-interactive shell passes SIGINT on ignored, and the test then waited in vain.
 POLL_HEALTHZ = """
 import json, sys, threading, time
 import httpx
