@@ -242,6 +242,9 @@ class JobRun:
         last_flush = 0.0
         while True:
             if self.lease.lost.is_set():
+                # The lease keeper learnt it from the database: if an outage was going on, it is over (the
+                # job may have been requeued meanwhile, when the outage outlasted its lease).
+                self.outage.succeeded()
                 self.kill("the job is no longer ours (cancelled, or the lease was lost)")
                 return
             if self.stopping() and not self.stop_sent:
