@@ -232,11 +232,8 @@ class Service:
         before = self.live_workers() if wait else 0
         proc = self._spawn(["worker"], "worker", {"CHARRNN_DATA_DIR": str(data_dir)} if data_dir else None)
         self.workers.append(proc)
-        deadline = time.monotonic() + 60  # importing torch takes long on a busy machine
-        while wait and self.live_workers() <= before:
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise AssertionError("worker did not register:\n" + self.log_text())
-            time.sleep(0.1)
+        if wait:
+            self._wait_registered([proc], before, seconds=60)  # importing torch takes long on a busy machine
         return proc
 
     def start_workers(self, n: int) -> list[subprocess.Popen]:
@@ -244,12 +241,16 @@ class Service:
         overlap instead of running one after another."""
         before = self.live_workers()
         procs = [self.start_worker(wait=False) for _ in range(n)]
-        deadline = time.monotonic() + 60 + 10 * n  # n imports of torch share the machine's cores
-        while self.live_workers() < before + n:
-            if any(p.poll() is not None for p in procs) or time.monotonic() > deadline:
-                raise AssertionError(f"{n} workers did not register:\n" + self.log_text())
-            time.sleep(0.1)
+        self._wait_registered(procs, before, seconds=60 + 10 * n)  # n imports of torch share the cores
         return procs
+
+    def _wait_registered(self, procs: list[subprocess.Popen], before: int, *, seconds: float) -> None:
+        """Until `procs` have joined the `before` live workers; fails if one exits or time runs out."""
+        deadline = time.monotonic() + seconds
+        while self.live_workers() < before + len(procs):
+            if any(p.poll() is not None for p in procs) or time.monotonic() > deadline:
+                raise AssertionError(f"{len(procs)} worker(s) did not register:\n" + self.log_text())
+            time.sleep(0.1)
 
     def worker_url(self) -> str:
         """The generation server of the most recently heard-from live worker (from the SQLite database)."""

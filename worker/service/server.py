@@ -275,7 +275,6 @@ def create_server_app(settings: Settings) -> FastAPI:
         # of the pool sits waiting on it (one thread hop less per call). Loading a model reads a file: that
         # is done on a thread.
         served = cache.loaded(body.checkpoint_id) or await run_in_threadpool(cache.get, body.checkpoint_id)
-        served.sampler.validate(body)  # the prompt's characters; the fields were checked by GenerateBody
         loop = asyncio.get_running_loop()
         ended = loop.create_future()
 
@@ -283,6 +282,7 @@ def create_server_app(settings: Settings) -> FastAPI:
             with contextlib.suppress(RuntimeError):  # the loop has closed: nobody waits any more
                 loop.call_soon_threadsafe(_settle, ended)
 
+        # submit() checks the prompt's characters (an EngineError: 422); the fields were checked by GenerateBody.
         pending = served.runner_for(body).submit(body, cancel, on_end)
         await until_disconnected(request, ended, cancel)
         out = [SampleOut(text=s.text, finish_reason=s.finish_reason) for s in pending.result()]
