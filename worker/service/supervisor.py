@@ -66,9 +66,17 @@ log = logging.getLogger("charrnn.worker")
 
 # Training children are forked by a process server (multiprocessing's forkserver) that has already
 # imported torch and the engine: a job starts at once instead of paying those imports (2.5 s on a
-# 2-core CPU) every time. The server is a fresh interpreter with no threads, locks or CUDA state, so
-# what it forks is as clean as a spawned process. It exits when the worker does.
-PRELOAD = ["worker.service.process_server", "torch", "worker.engine.training_run", "worker.service.child"]
+# 2-core CPU) every time. torch._dynamo is among them because torch.optim imports it on the first call
+# of any optimizer (its methods are wrapped in torch._disable_dynamo): another 2 s per job, and 90% of
+# a tiny job's CPU, when it was left to the child. The server is a fresh interpreter with no threads,
+# locks or CUDA state, so what it forks is as clean as a spawned process. It exits when the worker does.
+PRELOAD = [
+    "worker.service.process_server",
+    "torch",
+    "torch._dynamo",
+    "worker.engine.training_run",
+    "worker.service.child",
+]
 
 
 def start_process_server() -> multiprocessing.context.BaseContext:
