@@ -45,6 +45,7 @@ from app.settings import Settings
 from app.storage import StoreError, get_store, run_prefix
 from worker.engine.header import read_metadata
 from worker.engine.records import CheckpointRecord, CheckpointStats, JobSpec
+from worker.service.child import train_job
 from worker.service.exits import STDERR_FILE, death_message, stderr_tail
 from worker.service.journal import read_journal
 from worker.service.outage import DATABASE_ERRORS, Outage
@@ -236,7 +237,10 @@ class JobRun:
         self.messages = ctx.Queue()
         self.stop_event = ctx.Event()
         self.child = ctx.Process(
-            target=_child_entry,
+            # Defined in a module the process server has imported (PRELOAD): the child unpickles it at
+            # once. A function of this module would make every child import it, and with it FastAPI and
+            # the database layer (a second of CPU per job).
+            target=train_job,
             args=(self.spec, self.messages, self.stop_event, os.getpid(), self.mirror),
             name=f"train-{self.job.id}",
             # A daemon dies with a worker that exits; but a daemon may not start processes of its own,
@@ -470,9 +474,3 @@ class JobRun:
             case None:
                 error = self.death_message()
                 lifecycle.failed(session, job_id=job_id, worker_id=worker_id, error=error)
-
-
-def _child_entry(spec, messages, stop_event, worker_pid, mirror=None):
-    from worker.service.child import train_job
-
-    train_job(spec, messages, stop_event, worker_pid, mirror)
