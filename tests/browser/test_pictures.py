@@ -2,7 +2,7 @@
 for a short while with the size left to the server, watch it, then play with the model.
 
 Its own owner (a key of its own), so no other test's corpora or jobs appear in the pictures. The budget is
-CHARRNN_PICTURES_SECONDS (20 s by default, to keep the suite short); the committed pictures come from
+CHARRNN_PICTURES_SECONDS (12 s by default, to keep the suite short); the committed pictures come from
     CHARRNN_PICTURES_SECONDS=120 .venv/bin/python -m pytest tests/browser/test_pictures.py tests/browser/test_docs.py
     cp build/screenshots/*.png docs/screenshots/
 """
@@ -22,7 +22,7 @@ from tests.harness import ROOT
 pytestmark = pytest.mark.browser
 
 SAMPLE = ROOT / "samples" / "tinyshakespeare.txt"
-SECONDS = os.environ.get("CHARRNN_PICTURES_SECONDS", "20")
+SECONDS = os.environ.get("CHARRNN_PICTURES_SECONDS", "12")
 # The server's defaults, but evaluated (with a sample) and saved often enough to show within a short budget.
 ADVANCED = {"Eval every": "50", "Checkpoint every": "100", "Log every": "5"}
 state: dict = {}
