@@ -20,11 +20,12 @@ serve: $(STAMP)
 lint: $(STAMP)
 	$(VENV)/bin/ruff check app worker tests benchmarks
 
-# The whole suite, three test files at a time, and the 20 slowest tests printed at the end. Three on 2 cores:
+# The whole suite, three test files at a time, the longest first (tests/conftest.py, LONGEST_FILES), and the
+# 20 slowest tests printed at the end. Three on 2 cores:
 # many tests wait on real server and worker processes, so a third file's waits overlap the others' work
 # (measured on 2 cores: 794 s at -n 2, 604 s at -n 3; at -n 4 the CPUs are the limit and it was no faster).
 test: lint
-	$(VENV)/bin/python -m pytest -n 3 --dist loadfile --reruns 1 --reruns-delay 2 --durations=20
+	$(VENV)/bin/python -m pytest -n 3 --dist loadfile --no-loadscope-reorder --reruns 1 --reruns-delay 2 --durations=20
 
 # Lint and the tests that run in-process (no server, worker or torchrun processes; one torch thread per
 # test process, tests/conftest.py): under a minute on 2 cores.

@@ -20,16 +20,18 @@ SERVICE_TESTS = ROOT / "tests" / "service"
 
 
 # The longest files, longest first, started before all others: `make test` hands whole files to its
-# workers in collection order, and one of these started last would run alone at the end. The order is a
-# full run's --durations (at -n 4), each file's tests and fixtures summed.
+# workers in collection order (with --no-loadscope-reorder: by default pytest-xdist sorts files by their
+# number of tests, which put one-test files that run a minute last, to run alone at the end). The order is
+# a full run's per-file times (`make test`'s junit report, 2026-12-06).
 LONGEST_FILES = (
-    "service/test_object_store.py", "service/test_database.py", "service/test_worker_faults.py",
-    "service/test_stops.py", "service/test_streams.py", "service/test_inspect.py", "service/test_recovery.py",
-    "service/test_followers.py", "service/test_scaleout.py", "service/test_readme.py", "service/test_uploads.py",
-    "service/test_limits.py", "service/test_resume_record.py", "engine/test_distributed.py",
-    "service/test_security.py", "service/test_disk_full.py", "service/test_limits_across_apis.py",
-    "openai/test_generation_rules.py", "service/test_retries.py", "engine/test_gpu_check.py",
-    "service/test_complete_curves.py", "service/test_retention.py",
+    "service/test_database.py", "service/test_object_store.py", "service/test_stops.py", "service/test_recovery.py",
+    "service/test_worker_faults.py", "service/test_uploads.py", "service/test_readme.py", "service/test_streams.py",
+    "service/test_followers.py", "service/test_scaleout.py", "service/test_resume_record.py",
+    "browser/test_dashboard.py", "service/test_limits.py", "engine/test_distributed.py", "browser/test_pictures.py",
+    "service/test_limits_across_apis.py", "service/test_security.py", "service/test_inspect.py",
+    "service/test_disk_full.py", "openai/test_generation_rules.py", "engine/test_gpu_check.py",
+    "service/test_complete_curves.py", "service/test_retries.py", "service/test_retention.py",
+    "service/test_e2e.py", "service/test_api.py", "browser/test_inspect.py",
 )
 
 
