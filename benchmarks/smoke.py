@@ -51,6 +51,7 @@ QUICK: dict[str, list[str]] = {
                           "--corpus", CORPUS],
     "bench_queue_load.py": ["--jobs", "2", "--workers", "1", "--corpus", CORPUS],
     "bench_seeded_batching.py": ["--rows", "4", "--repeats", "2", "--streams", "2", "--chars", "20"],
+    "bench_job_start.py": ["--rounds", "1", "--jobs", "1", "--corpus", CORPUS],
 }
 NEEDS_POSTGRES = {"bench_queue_load.py"}
 TIMEOUT = 180  # seconds, for one script: its quick mode takes seconds on a quiet machine
